@@ -1,0 +1,276 @@
+"""Read weight files into ``{name: numpy array}`` with NumPy alone.
+
+Formats are told apart by content, not by file name: ``torch.save`` zip and
+legacy archives (see :mod:`lstm_infer.torchfile`), ``.npz`` archives and
+safetensors files. Every problem is a :class:`~lstm_infer.errors.FormatError`
+(a ``ValueError``) whose message starts with the file name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import torchfile
+from .errors import FormatError, UnsafeFileError
+
+__all__ = ["read_tensors", "read_object", "parse_safetensors", "sniff", "find_state_dict",
+           "FormatError", "UnsafeFileError", "SAFETENSORS_DTYPES", "MAX_HEADER_BYTES"]
+
+# safetensors dtype code -> NumPy dtype (little-endian)
+SAFETENSORS_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "u1",
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module")
+
+
+def _data_and_name(path_or_bytes, name):
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes), name or "<bytes>"
+    with open(path_or_bytes, "rb") as fh:
+        return fh.read(), name or os.fspath(path_or_bytes)
+
+
+def sniff(data: bytes) -> str:
+    """'torch-zip', 'torch-legacy', 'npz', 'safetensors' or 'unknown'."""
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                names = zf.namelist()
+        except Exception:  # noqa: BLE001 - a broken zip is reported by the reader
+            return "torch-zip"
+        if any(n.endswith(".npy") for n in names) or not names:
+            return "npz"
+        return "torch-zip"
+    if torchfile.is_legacy(data):
+        return "torch-legacy"
+    if len(data) >= 9 and data[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
+# --------------------------------------------------------------- safetensors
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise FormatError(f"duplicate name {k!r} in header")
+        out[k] = v
+    return out
+
+
+def _is_int(v):
+    return type(v) is int
+
+
+def parse_safetensors(data: bytes, src: str = "<bytes>", max_header: int = MAX_HEADER_BYTES):
+    """Validate a safetensors buffer and return ``(tensors, metadata)``.
+
+    ``tensors`` maps name -> (numpy dtype code, safetensors dtype, shape, begin, end)
+    with offsets absolute in ``data``; nothing is copied. Checks: header length
+    against the file and ``max_header``, UTF-8 JSON object without duplicate names,
+    known dtypes, integer shapes, offsets in range, byte span == shape x itemsize,
+    and tensors tiling the data section in order without gaps or overlaps.
+    """
+    if len(data) < 8:
+        raise FormatError(f"{src}: file is {len(data)} bytes, too short for a safetensors header")
+    (n,) = struct.unpack_from("<Q", data, 0)
+    if n > max_header:
+        raise FormatError(f"{src}: header length {n} exceeds the limit of {max_header} bytes")
+    if 8 + n > len(data):
+        raise FormatError(f"{src}: header length {n} runs past the end of the {len(data)}-byte file")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except FormatError as exc:
+        raise FormatError(f"{src}: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{src}: header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{src}: header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise FormatError(f"{src}: __metadata__ must map strings to strings")
+    start = 8 + n
+    size = len(data) - start
+    entries = {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise FormatError(f"{src}: tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise FormatError(f"{src}: tensor {name!r}: unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+            raise FormatError(f"{src}: tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)
+                and 0 <= offs[0] <= offs[1] <= size):
+            raise FormatError(f"{src}: tensor {name!r}: data_offsets {offs!r} outside the {size}-byte data section")
+        code = SAFETENSORS_DTYPES[dtype]
+        nbytes = np.dtype(code).itemsize
+        for s in shape:
+            nbytes *= s
+        if nbytes != offs[1] - offs[0]:
+            raise FormatError(f"{src}: tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, "
+                              f"data_offsets span {offs[1] - offs[0]}")
+        entries[name] = (code, dtype, tuple(shape), start + offs[0], start + offs[1])
+    pos = start
+    for name, (_, _, _, b, e) in sorted(entries.items(), key=lambda kv: (kv[1][3], kv[1][4])):
+        if b != pos:
+            what = "overlaps the previous tensor" if b < pos else f"leaves a gap of {b - pos} bytes before it"
+            raise FormatError(f"{src}: tensor {name!r} at offset {b - start} {what}")
+        pos = e
+    if pos != len(data):
+        raise FormatError(f"{src}: {len(data) - pos} bytes after the last tensor are not described by the header")
+    return entries, metadata
+
+
+def _safetensors_arrays(data, src):
+    entries, _ = parse_safetensors(data, src)
+    out = {}
+    for name, (code, dtype, shape, b, e) in entries.items():
+        arr = np.frombuffer(data, dtype=code, count=(e - b) // np.dtype(code).itemsize, offset=b).reshape(shape)
+        if dtype == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        elif dtype == "BOOL":
+            arr = arr != 0
+        else:
+            arr = arr.astype(arr.dtype.newbyteorder("="))  # own, writable copy
+        out[name] = arr
+    return out
+
+
+# ---------------------------------------------------------------------- npz
+
+def _npz_arrays(data, src):
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except Exception as exc:  # noqa: BLE001
+        raise FormatError(f"{src}: not a readable zip archive ({type(exc).__name__}: {exc})") from exc
+    out = {}
+    with zf:
+        for info in infos:
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise FormatError(f"{src}: npz member {name!r} is not a .npy array")
+            raw = torchfile.read_zip_member(zf, name, src, len(data))
+            key = name[:-4]
+            if key in out:
+                raise FormatError(f"{src}: duplicate array name {key!r}")
+            out[key] = _parse_npy(raw, f"{src}[{name}]")
+    return out
+
+
+def _parse_npy(raw, src):
+    f = io.BytesIO(raw)
+    try:
+        major, minor = np.lib.format.read_magic(f)
+        if (major, minor) == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif (major, minor) in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise FormatError(f"{src}: unsupported .npy version {major}.{minor}")
+    except FormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/SyntaxError/... on bad headers
+        raise FormatError(f"{src}: bad .npy header ({type(exc).__name__}: {exc})") from exc
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise FormatError(f"{src}: dtype {dtype} is not a plain numeric type (object arrays are refused)")
+    count = 1
+    for s in shape:
+        count *= s
+    body = len(raw) - f.tell()
+    if count * dtype.itemsize != body:
+        raise FormatError(f"{src}: shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, member holds {body}")
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=f.tell())
+    arr = arr.reshape(shape, order="F" if fortran else "C")
+    return np.array(arr, dtype=dtype.newbyteorder("="), order="C")
+
+
+# --------------------------------------------------------- state-dict finding
+
+def _flatten(obj, prefix, out, depth=0):
+    """Add every array leaf of nested mappings to ``out``; return True if only arrays were found."""
+    if depth > 50:
+        raise FormatError("mapping nesting too deep")
+    pure = True
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, np.ndarray):
+            out[key] = v
+        elif isinstance(v, Mapping):
+            pure = _flatten(v, key + ".", out, depth + 1) and pure
+        else:
+            pure = False
+    return pure
+
+
+def find_state_dict(obj, src="<object>"):
+    """The state dict inside a loaded object, flattened to ``{dotted name: array}``.
+
+    Order: the object itself if its leaves are all arrays; else the first of
+    ``state_dict``, ``model_state_dict``, ``model``, ``net``, ``network``, ``module``
+    holding tensors; else the only nested mapping of tensors; else every array leaf.
+    """
+    if not isinstance(obj, Mapping):
+        raise FormatError(f"{src}: file holds a {type(obj).__name__}, not a mapping of tensors")
+    flat = {}
+    if _flatten(obj, "", flat) and flat:
+        return flat
+    for key in _STATE_DICT_KEYS:
+        sub = obj.get(key)
+        if isinstance(sub, Mapping):
+            found = {}
+            _flatten(sub, "", found)
+            if found:
+                return found
+    pure = []
+    for k, v in obj.items():
+        if isinstance(v, Mapping):
+            sub = {}
+            if _flatten(v, "", sub) and sub:
+                pure.append(sub)
+    if len(pure) == 1:
+        return pure[0]
+    if not flat:
+        raise FormatError(f"{src}: no tensors found (top-level keys: {', '.join(map(repr, list(obj)[:10]))})")
+    return flat
+
+
+# ------------------------------------------------------------------- public
+
+def read_object(path_or_bytes, name: str | None = None):
+    """Load a file as it was saved: a checkpoint comes back whole (tensors as arrays)."""
+    data, src = _data_and_name(path_or_bytes, name)
+    kind = sniff(data)
+    if kind in ("torch-zip", "torch-legacy"):
+        return torchfile.load(data, src)
+    if kind == "npz":
+        return _npz_arrays(data, src)
+    if kind == "safetensors":
+        return _safetensors_arrays(data, src)
+    if data[:1] == b"\x80":
+        raise FormatError(f"{src}: a plain pickle, not a torch.save file; refusing to unpickle it")
+    raise FormatError(f"{src}: unrecognised format (expected torch.save zip or legacy file, "
+                      f"safetensors or .npz)")
+
+
+def read_tensors(path_or_bytes, name: str | None = None) -> dict:
+    """``{name: numpy array}`` from a torch.save / safetensors / npz file.
+
+    Checkpoints are searched for their state dict (see :func:`find_state_dict`);
+    nested mappings are flattened with '.'-joined keys. bfloat16 becomes float32.
+    """
+    data, src = _data_and_name(path_or_bytes, name)
+    return find_state_dict(read_object(data, src), src)
