@@ -1,0 +1,891 @@
+#!/usr/bin/env python3
+"""Benchmark lstm_infer against PyTorch, ONNX Runtime and OpenVINO.
+
+All engines run in this one process on the same weights and inputs, at the
+same thread count.  Before anything is timed, every engine's result is checked
+against PyTorch (the ground truth; lstm_infer stands in when torch is missing)
+over the valid positions of output, h_n and c_n.  A disagreement is printed,
+marked in the tables and makes the script exit with status 1.
+
+    python tools/bench.py --markdown            # all cases, 1 and 2 threads
+    python tools/bench.py --quick               # smoke run, under a minute
+    python tools/bench.py --cases nlp,server --threads 1 --engines li,torch
+
+See tools/README.md for what is measured and how.
+"""
+
+import argparse
+import gc
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+# --------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    T: int             # sequence length (max, when ragged)
+    B: int             # batch size
+    I: int             # input width
+    H: int             # hidden width
+    L: int             # stacked layers
+    bidir: bool
+    ragged: bool       # per-sequence lengths, uniform in [T//4, T], one of length T
+    hx: bool = False   # pass an initial (h0, c0)
+    note: str = ""
+
+    @property
+    def D(self):
+        return 2 if self.bidir else 1
+
+    def shape(self):
+        return (f"T{self.T} B{self.B} I{self.I} H{self.H} L{self.L} "
+                f"{'bi' if self.bidir else 'uni'}"
+                f"{' ragged' if self.ragged else ''}{' hx' if self.hx else ''}")
+
+
+CASES = [
+    Case("tiny",   20,   1,  16,  32, 1, False, False, note="call overhead"),
+    Case("step",    1,   1, 128, 128, 1, False, False, hx=True,
+         note="one streaming step per call"),
+    Case("edge",  200,   1,  64, 128, 1, False, False),
+    Case("wide",  100,   1, 512, 512, 2, False, False),
+    Case("nlp",    60,  32, 128, 256, 2, True,  True),
+    Case("server", 100, 64, 512, 512, 2, True,  True),
+    Case("big",    50, 256, 256, 256, 1, False, True),
+]
+CASES_BY_NAME = {c.name: c for c in CASES}
+
+ENGINES = ["lstm_infer", "torch", "onnxruntime", "openvino"]
+ENGINE_ALIASES = {"li": "lstm_infer", "pytorch": "torch", "ort": "onnxruntime",
+                  "ov": "openvino"}
+OURS = "lstm_infer"
+# Max abs difference allowed against the reference (torch), per engine.
+TOLERANCE = {"lstm_infer": 1e-5, "torch": 1e-5, "onnxruntime": 1e-4, "openvino": 1e-4}
+SEED = 1234
+
+
+# --------------------------------------------------------------------------
+# Data: one torch-initialised state_dict and one input set per case
+# --------------------------------------------------------------------------
+
+@dataclass
+class CaseData:
+    sd: dict           # torch key -> float32 numpy array
+    x: np.ndarray      # (T, B, I) float32
+    hx: tuple          # ((L*D, B, H), (L*D, B, H)) float32, or None
+    lengths: np.ndarray  # (B,) int64, or None when all sequences are full
+    valid_tokens: int
+
+
+def make_case_data(case, torch):
+    """Weights from a seeded torch nn.LSTM (uniform +-1/sqrt(H)); inputs from numpy."""
+    if torch is not None:
+        torch.manual_seed(SEED)
+        ref = torch.nn.LSTM(case.I, case.H, case.L, bidirectional=case.bidir)
+        sd = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
+    else:  # same distribution, without torch
+        rng = np.random.default_rng(SEED)
+        bound = 1.0 / math.sqrt(case.H)
+        sd = {}
+        for layer in range(case.L):
+            in_l = case.I if layer == 0 else case.D * case.H
+            for sfx in ["", "_reverse"][:case.D]:
+                for key, shape in [("weight_ih", (4 * case.H, in_l)),
+                                   ("weight_hh", (4 * case.H, case.H)),
+                                   ("bias_ih", (4 * case.H,)),
+                                   ("bias_hh", (4 * case.H,))]:
+                    sd[f"{key}_l{layer}{sfx}"] = rng.uniform(
+                        -bound, bound, shape).astype(np.float32)
+
+    rng = np.random.default_rng(SEED + 1)
+    x = rng.standard_normal((case.T, case.B, case.I), dtype=np.float32)
+    hx = None
+    if case.hx:
+        shape = (case.L * case.D, case.B, case.H)
+        hx = (0.5 * rng.standard_normal(shape, dtype=np.float32),
+              0.5 * rng.standard_normal(shape, dtype=np.float32))
+    lengths = None
+    valid = case.T * case.B
+    if case.ragged:
+        lengths = rng.integers(case.T // 4, case.T + 1, size=case.B).astype(np.int64)
+        lengths[rng.integers(case.B)] = case.T
+        valid = int(lengths.sum())
+    return CaseData(sd, x, hx, lengths, valid)
+
+
+def case_flops(case, valid_tokens):
+    """2*4H*(in_l + H) flops per valid token, per layer and direction."""
+    per_token = 0
+    for layer in range(case.L):
+        in_l = case.I if layer == 0 else case.D * case.H
+        per_token += case.D * 2 * 4 * case.H * (in_l + case.H)
+    return per_token * valid_tokens
+
+
+# --------------------------------------------------------------------------
+# Engines.  Each make_* returns a zero-argument callable doing exactly one
+# user-level call on prepared inputs and returning (output, h_n, c_n), where
+# output is (T, B, D*H) and h_n, c_n are (L*D, B, H), in any array type
+# np.asarray understands.
+# --------------------------------------------------------------------------
+
+def make_lstm_infer(li, case, data, threads):
+    li.set_num_threads(threads)
+    got = li.get_num_threads() if hasattr(li, "get_num_threads") else threads
+    if got != threads:
+        raise RuntimeError(f"li.set_num_threads({threads}) left {got} threads")
+    m = li.LSTM.from_state_dict(data.sd)
+    x, hx, lengths = data.x, data.hx, data.lengths
+
+    def run():
+        out, (h, c) = m(x, hx=hx, lengths=lengths)
+        return out, h, c
+    return run
+
+
+def make_torch(torch, case, data, threads):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch.set_num_threads(threads)
+    m = torch.nn.LSTM(case.I, case.H, case.L, bidirectional=case.bidir)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in data.sd.items()})
+    m.eval()
+    x = torch.from_numpy(data.x)
+    hx = None if data.hx is None else tuple(torch.from_numpy(a) for a in data.hx)
+    T = case.T
+
+    if data.lengths is None:
+        def run():
+            with torch.inference_mode():
+                out, (h, c) = m(x, hx)
+            return out, h, c
+    else:
+        lengths = torch.from_numpy(data.lengths)
+
+        def run():
+            with torch.inference_mode():
+                packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+                out, (h, c) = m(packed, hx)
+                out, _ = pad_packed_sequence(out, total_length=T)
+            return out, h, c
+    return run
+
+
+# Torch packs the four gate blocks of weight_ih/weight_hh/biases as i, f, g, o;
+# the ONNX LSTM op wants i, o, f, c (c == torch's g).
+TORCH_TO_ONNX_GATES = [0, 3, 1, 2]
+
+
+def _onnx_gates(w, H):
+    blocks = w.reshape(4, H, *w.shape[1:])
+    return blocks[TORCH_TO_ONNX_GATES].reshape(w.shape)
+
+
+def build_onnx_model(case, data):
+    """A stack of ONNX LSTM ops with the case's weights, serialized to bytes.
+
+    Inputs: X (T, B, I); sequence_lens (B,) int32 when ragged; initial_h and
+    initial_c (L*D, B, H) when the case has hx.  Outputs match torch:
+    output (T, B, D*H), h_n and c_n (L*D, B, H).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    T, B, H, L, D = case.T, case.B, case.H, case.L, case.D
+    f32 = TensorProto.FLOAT
+    inits, nodes = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    inputs = [helper.make_tensor_value_info("X", f32, [T, B, case.I])]
+    seq_lens = ""
+    if data.lengths is not None:
+        seq_lens = "sequence_lens"
+        inputs.append(helper.make_tensor_value_info(seq_lens, TensorProto.INT32, [B]))
+    if data.hx is not None:
+        for name in ("initial_h", "initial_c"):
+            inputs.append(helper.make_tensor_value_info(name, f32, [L * D, B, H]))
+    const("y_shape", np.array([0, 0, D * H], dtype=np.int64))
+
+    layer_in, h_outs, c_outs = "X", [], []
+    for layer in range(L):
+        sfx = ["", "_reverse"][:D]
+        sd = data.sd
+        W = np.stack([_onnx_gates(sd[f"weight_ih_l{layer}{s}"], H) for s in sfx])
+        R = np.stack([_onnx_gates(sd[f"weight_hh_l{layer}{s}"], H) for s in sfx])
+        Bias = np.stack([np.concatenate([_onnx_gates(sd[f"bias_ih_l{layer}{s}"], H),
+                                         _onnx_gates(sd[f"bias_hh_l{layer}{s}"], H)])
+                         for s in sfx])
+        init_h = init_c = ""
+        if data.hx is not None:  # this layer's slice [layer*D, (layer+1)*D)
+            starts = const(f"start{layer}", np.array([layer * D], dtype=np.int64))
+            ends = const(f"end{layer}", np.array([(layer + 1) * D], dtype=np.int64))
+            init_h, init_c = f"h0_l{layer}", f"c0_l{layer}"
+            nodes.append(helper.make_node("Slice", ["initial_h", starts, ends], [init_h]))
+            nodes.append(helper.make_node("Slice", ["initial_c", starts, ends], [init_c]))
+        y, h, c = f"Y_l{layer}", f"h_l{layer}", f"c_l{layer}"
+        nodes.append(helper.make_node(
+            "LSTM",
+            [layer_in, const(f"W{layer}", W), const(f"R{layer}", R),
+             const(f"B{layer}", Bias), seq_lens, init_h, init_c],
+            [y, h, c],
+            hidden_size=H, direction="bidirectional" if D == 2 else "forward"))
+        # Y is (T, D, B, H); the next layer (and torch) want (T, B, D*H).
+        yt = f"Yt_l{layer}"
+        layer_out = "output" if layer == L - 1 else f"X_l{layer + 1}"
+        nodes.append(helper.make_node("Transpose", [y], [yt], perm=[0, 2, 1, 3]))
+        nodes.append(helper.make_node("Reshape", [yt, "y_shape"], [layer_out]))
+        layer_in = layer_out
+        h_outs.append(h)
+        c_outs.append(c)
+
+    for name, parts in (("h_n", h_outs), ("c_n", c_outs)):
+        if len(parts) == 1:
+            nodes.append(helper.make_node("Identity", parts, [name]))
+        else:
+            nodes.append(helper.make_node("Concat", parts, [name], axis=0))
+
+    outputs = [helper.make_tensor_value_info("output", f32, [T, B, D * H]),
+               helper.make_tensor_value_info("h_n", f32, [L * D, B, H]),
+               helper.make_tensor_value_info("c_n", f32, [L * D, B, H])]
+    graph = helper.make_graph(nodes, f"lstm_{case.name}", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="lstm_infer-bench")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _onnx_feeds(data):
+    feeds = {"X": data.x}
+    if data.lengths is not None:
+        feeds["sequence_lens"] = data.lengths.astype(np.int32)
+    if data.hx is not None:
+        feeds["initial_h"], feeds["initial_c"] = data.hx
+    return feeds
+
+
+def make_onnxruntime(ort, onnx_bytes, data, threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    feeds = _onnx_feeds(data)
+
+    def run():
+        return sess.run(None, feeds)
+    return run
+
+
+OPENVINO_CONFIG = {
+    "NUM_STREAMS": 1,                  # one request at a time, like the others
+    "PERFORMANCE_HINT": "LATENCY",
+    "INFERENCE_PRECISION_HINT": "f32",  # no bf16/f16 downcast on CPUs that have it
+    "ENABLE_CPU_PINNING": False,       # don't pin threads the other engines share
+}
+
+
+def make_openvino(ov, onnx_bytes, data, threads):
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "lstm.onnx")
+        with open(path, "wb") as f:
+            f.write(onnx_bytes)
+        model = core.read_model(path)
+    config = dict(OPENVINO_CONFIG, INFERENCE_NUM_THREADS=threads)
+    supported = core.get_property("CPU", "SUPPORTED_PROPERTIES")
+    config = {k: v for k, v in config.items() if k in supported}
+    compiled = core.compile_model(model, "CPU", config)
+    # Make sure the settings that matter for a fair comparison took effect.
+    got = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+    if got != threads:
+        raise RuntimeError(f"OpenVINO runs {got} threads, not {threads}")
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    if "f32" not in precision and "float32" not in precision:
+        raise RuntimeError(f"OpenVINO inference precision is {precision}, not f32")
+    # Outputs by name (an output can carry several names once Identity is folded).
+    names = [o.get_names() for o in compiled.outputs]
+    order = [next(i for i, n in enumerate(names) if want in n)
+             for want in ("output", "h_n", "c_n")]
+    request = compiled.create_infer_request()
+    feeds = _onnx_feeds(data)
+
+    def run():
+        res = request.infer(feeds).to_tuple()
+        return tuple(res[i] for i in order)
+    return run
+
+
+# --------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------
+
+def as_numpy(result):
+    """(output, h_n, c_n) of any engine as fresh float32 NumPy arrays."""
+    return tuple(np.array(np.asarray(a), dtype=np.float32, copy=True) for a in result)
+
+
+def max_abs_diff(result, ref, lengths):
+    """Max abs difference over the valid positions of output, and over h_n, c_n.
+
+    inf when shapes differ; NaN anywhere gives NaN (which fails every check).
+    """
+    out, h, c = result
+    r_out, r_h, r_c = ref
+    if out.shape != r_out.shape or h.shape != r_h.shape or c.shape != r_c.shape:
+        return math.inf
+    d = np.abs(out - r_out)
+    if lengths is not None:
+        valid = np.arange(out.shape[0])[:, None] < lengths[None, :]   # (T, B)
+        d = d[valid]
+    parts = [d.max(initial=0.0), np.abs(h - r_h).max(initial=0.0),
+             np.abs(c - r_c).max(initial=0.0)]
+    if any(math.isnan(p) for p in parts):
+        return math.nan
+    return float(max(parts))
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+
+class Timer:
+    """Collects per-call times of one engine's run() over several rounds.
+
+    A sample is the mean time of `batch` back-to-back calls; cheap calls are
+    batched so that a sample lasts >= BATCH_SECONDS and the clock's own cost
+    and resolution don't matter.  The result is the median over all samples.
+    """
+    BATCH_SECONDS = 2e-3
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.batch = 1
+        self.samples = []
+
+    def calibrate(self, warmup_seconds, first_call=None):
+        """Warm up and choose the batch size.  The first call (done by the
+        caller for the check) is the first warm-up.  A call slower than a
+        batch is kept as a sample: it was warm, and more would cost seconds.
+        With first_call (its duration; --quick) a slow first call is taken as
+        the warm-up and calibration call instead of making another one."""
+        if first_call is not None and first_call >= max(warmup_seconds, self.BATCH_SECONDS):
+            dt = first_call
+        else:
+            t = time.perf_counter()
+            self.fn()
+            dt = time.perf_counter() - t
+        if dt >= self.BATCH_SECONDS:
+            self.samples.append(dt)
+        self.batch = max(1, min(100_000, int(self.BATCH_SECONDS / max(dt, 1e-9))))
+        t_end = time.perf_counter() + warmup_seconds
+        while time.perf_counter() < t_end and dt < warmup_seconds:
+            self.fn()
+
+    def sample(self, seconds, min_samples):
+        fn, batch, samples = self.fn, self.batch, []
+        gc.collect()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            t_end = time.perf_counter() + seconds
+            while len(samples) < min_samples or time.perf_counter() < t_end:
+                t = time.perf_counter()
+                for _ in range(batch):
+                    fn()
+                samples.append((time.perf_counter() - t) / batch)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self.samples += samples
+
+    def median(self):
+        return statistics.median(self.samples) if self.samples else math.nan
+
+    def spread(self):
+        """Half the interquartile range, relative to the median."""
+        if len(self.samples) < 4:
+            return math.nan
+        q = statistics.quantiles(self.samples, n=4)
+        return (q[2] - q[0]) / 2 / self.median()
+
+    def calls(self):
+        return len(self.samples) * self.batch
+
+
+# --------------------------------------------------------------------------
+# Machine: CPU model and the NumPy SGEMM ceiling
+# --------------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model, flags = platform.machine(), set()
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    simd = [f for f in ("avx512f", "avx2", "fma", "avx", "neon", "asimd") if f in flags]
+    return f"{model} [{' '.join(simd) or 'no avx'}]"
+
+
+def usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+SGEMM_N = 1024
+
+_SGEMM_SNIPPET = """
+import statistics, sys, time
+import numpy as np
+
+def sgemm(n, min_time):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = a @ b
+    c = a @ b
+    t_end, times = time.perf_counter() + min_time, []
+    while len(times) < 5 or time.perf_counter() < t_end:
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+if __name__ == "__main__":
+    print(sgemm(int(sys.argv[1]), float(sys.argv[2])))
+"""
+
+
+def sgemm_gflops(threads, min_time):
+    """NumPy float32 SGEMM_N^3 matmul rate (GFLOP/s) with `threads` BLAS threads.
+
+    In process under threadpoolctl's limit when it is installed; otherwise in
+    a fresh interpreter whose BLAS thread count is fixed by environment
+    variables before NumPy is imported (OpenBLAS, MKL, BLIS, OpenMP BLAS).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        scope = {}
+        exec(_SGEMM_SNIPPET, scope)
+        with threadpool_limits(limits=threads, user_api="blas"):
+            return scope["sgemm"](SGEMM_N, min_time), "threadpoolctl"
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        env[var] = str(threads)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _SGEMM_SNIPPET, str(SGEMM_N), str(min_time)],
+            env=env, capture_output=True, text=True, timeout=300, check=True)
+        return float(res.stdout.strip()), "env vars, subprocess"
+    except (subprocess.SubprocessError, ValueError) as e:
+        print(f"note: SGEMM measurement failed with {threads} thread(s): {e}")
+        return math.nan, "failed"
+
+
+# --------------------------------------------------------------------------
+# Engine loading
+# --------------------------------------------------------------------------
+
+def import_engines(wanted):
+    """name -> (module, version); missing engines are skipped with a note."""
+    found = {}
+    for name in wanted:
+        try:
+            if name == "lstm_infer":
+                import lstm_infer as mod
+                version = str(getattr(mod, "__version__", "?"))
+                for attr in ("isa", "get_isa", "cpu_isa", "kernel_name"):
+                    if callable(getattr(mod, attr, None)):
+                        version += f" (kernels: {getattr(mod, attr)()})"
+                        break
+            elif name == "torch":
+                import torch as mod
+                mod.set_num_interop_threads(1)
+                version = mod.__version__
+            elif name == "onnxruntime":
+                import onnx  # noqa: F401  (builds the model)
+                import onnxruntime as mod
+                mod.set_default_logger_severity(3)
+                version = mod.__version__
+            elif name == "openvino":
+                import onnx  # noqa: F401
+                import openvino as mod
+                version = mod.__version__.split("-")[0]
+            found[name] = (mod, version)
+        except Exception as e:  # ImportError, or a broken install
+            print(f"note: skipping {name}: {type(e).__name__}: {e}")
+    return found
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    seconds: float = math.nan
+    spread: float = math.nan
+    calls: int = 0
+    diff: float = math.nan     # max abs diff vs the reference engine
+    ref: str = ""              # the reference engine's name
+    ok: bool = True            # agrees with the reference within TOLERANCE
+    error: str = ""            # failed to build or run
+
+
+def make_engine(name, mod, case, data, onnx_bytes, threads):
+    if name == "lstm_infer":
+        return make_lstm_infer(mod, case, data, threads)
+    if name == "torch":
+        return make_torch(mod, case, data, threads)
+    if name == "onnxruntime":
+        return make_onnxruntime(mod, onnx_bytes, data, threads)
+    return make_openvino(mod, onnx_bytes, data, threads)
+
+
+def run_threads(case, engines, data, onnx_bytes, threads, args):
+    """One case at one thread count: build, check, then time every engine.
+
+    Each engine's first call gives the output that is checked against the
+    reference engine's first call (torch when present) in this same row.  The
+    timing is interleaved: `args.rounds` rounds, each giving every engine
+    min_time / rounds seconds, in a rotated order, with a pause before each
+    engine so that the previous engine's worker threads have gone to sleep.
+    """
+    row, fns, outs, first = {}, {}, {}, {}
+    for name, (mod, _) in engines.items():
+        r = row[name] = Result()
+        try:
+            fns[name] = make_engine(name, mod, case, data, onnx_bytes, threads)
+            t = time.perf_counter()
+            result = fns[name]()                 # also the first warm-up call
+            first[name] = time.perf_counter() - t
+            outs[name] = as_numpy(result)
+            del result
+        except Exception as e:
+            r.ok, r.error = False, f"{type(e).__name__}: {e}"
+            fns.pop(name, None)
+            print(f"ERROR: {case.name} t={threads}: {name} failed: {r.error}", flush=True)
+
+    ref = next((n for n in ("torch", OURS) if n in outs), None)
+    for name in outs:
+        r = row[name]
+        if name == ref:
+            r.diff, r.ref = 0.0, name
+            continue
+        r.ref = ref
+        r.diff = max_abs_diff(outs[name], outs[ref], data.lengths)
+        tol = TOLERANCE[name] if ref == "torch" else max(TOLERANCE[name], TOLERANCE[ref])
+        r.ok = r.diff <= tol
+        if not r.ok:
+            print(f"ERROR: {case.name} t={threads}: {name} disagrees with {ref}: "
+                  f"max abs diff {r.diff:.2e} > {tol:g}", flush=True)
+    del outs
+
+    timers = {name: Timer(fn) for name, fn in fns.items()}
+    del fns
+    for name, timer in timers.items():
+        time.sleep(args.settle)
+        timer.calibrate(0.1 * args.min_time, first[name] if args.quick else None)
+    names = list(timers)
+    per_round = args.min_time / args.rounds
+    min_samples = max(1, math.ceil(args.min_calls / args.rounds))
+    for rnd in range(args.rounds):
+        shift = rnd % max(1, len(names))
+        for name in names[shift:] + names[:shift]:
+            time.sleep(args.settle)
+            # Slow calls sampled while calibrating count towards the first round.
+            done = timers[name].samples if rnd == 0 else []
+            try:
+                timers[name].sample(per_round - sum(done), min_samples - len(done))
+            except Exception as e:
+                row[name].ok, row[name].error = False, f"{type(e).__name__}: {e}"
+                print(f"ERROR: {case.name} t={threads}: {name} failed while timed: "
+                      f"{row[name].error}", flush=True)
+                names.remove(name)
+    for name, timer in timers.items():
+        r = row[name]
+        if not r.error:
+            r.seconds, r.spread, r.calls = timer.median(), timer.spread(), timer.calls()
+    del timers
+    gc.collect()
+    return row
+
+
+def run_case(case, engines, args):
+    """Times every engine on one case; returns ({threads: {engine: Result}}, flops)."""
+    torch = engines.get("torch", (None,))[0]
+    data = make_case_data(case, torch)
+    flops = case_flops(case, data.valid_tokens)
+    onnx_bytes = None
+    if "onnxruntime" in engines or "openvino" in engines:
+        onnx_bytes = build_onnx_model(case, data)   # once per case
+    results = {}
+    for threads in args.thread_list:
+        results[threads] = run_threads(case, engines, data, onnx_bytes, threads, args)
+        print_text_row(case, threads, results[threads], flops)
+    return results, flops
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+SHORT = {"lstm_infer": "lstm_infer", "torch": "torch", "onnxruntime": "ORT",
+         "openvino": "OpenVINO"}
+
+
+def speedup(row):
+    """(our speed-up, fastest other engine) among the engines that agree."""
+    ours = row.get(OURS)
+    others = [(r.seconds, n) for n, r in row.items()
+              if n != OURS and r.ok and not math.isnan(r.seconds)]
+    if ours is None or math.isnan(ours.seconds) or not others:
+        return None
+    best_s, best_n = min(others)
+    return best_s / ours.seconds, best_n
+
+
+def fmt_time(s):
+    if math.isnan(s):
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1.0:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_cell(r, flops):
+    if r.error:
+        return "FAILED"
+    cell = f"{fmt_time(r.seconds)} ({flops / r.seconds / 1e9:.1f})"
+    return cell if r.ok else cell + " !"
+
+
+def fmt_speedup(row):
+    s = speedup(row)
+    if s is None:
+        return "-"
+    text = f"{s[0]:.2f}× vs {SHORT[s[1]]}"
+    return text if row[OURS].ok else text + " !"
+
+
+def print_text_row(case, threads, row, flops):
+    cells = []
+    for n, r in row.items():
+        spread = "" if math.isnan(r.spread) else f" ±{100 * r.spread:.0f}%"
+        cells.append(f"{SHORT[n]} {fmt_cell(r, flops) + spread:>24}")
+    tail = f"  {fmt_speedup(row)}" if OURS in row and len(row) > 1 else ""
+    print(f"{case.name:>7} t={threads}  {'  '.join(cells)}{tail}", flush=True)
+
+
+def fmt_diff(r):
+    if r.error:
+        return "FAILED"
+    text = f"{r.diff:.1e}"
+    return text if r.ok else f"**{text} FAIL**"
+
+
+def machine_lines(engines, sgemm, ncpu):
+    lines = [f"Machine: {cpu_model()}, {ncpu} usable CPUs ({os.cpu_count()} online), "
+             f"{platform.system()} {platform.machine()}; Python {platform.python_version()}",
+             "Versions: " + ", ".join([f"{n} {v}" for n, (_, v) in engines.items()]
+                                      + [f"numpy {np.__version__}"])]
+    rates = ", ".join(f"{g:.1f} GFLOP/s on {t} thread{'s' * (t > 1)}"
+                      for t, (g, _) in sorted(sgemm.items()))
+    how = next(iter(sgemm.values()))[1]
+    lines.append(f"SGEMM ceiling (NumPy {SGEMM_N}×{SGEMM_N} float32 matmul, "
+                 f"BLAS threads set by {how}): {rates}")
+    return lines
+
+
+def print_markdown(all_results, engines, sgemm, ncpu, argv):
+    names = list(engines)
+    ours = OURS in names and len(names) > 1
+    print()
+    print("Command: `" + " ".join(["python tools/bench.py"]
+                                  + [shlex.quote(a) for a in argv]) + "`")
+    print()
+    for line in machine_lines(engines, sgemm, ncpu):
+        print(line + "  ")
+    print()
+    print("Median time per call (effective GFLOP/s over valid tokens). "
+          "`!` marks a result that disagrees with torch.")
+    print()
+    head = ["case", "shape", "threads"] + [SHORT[n] for n in names]
+    if ours:
+        head += ["speed-up", "ours vs SGEMM", "ours vs 1 thread"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    for case, (results, flops) in all_results:
+        one = results.get(1, {}).get(OURS)
+        for threads, row in results.items():
+            cells = [case.name, case.shape(), str(threads)]
+            cells += [fmt_cell(row[n], flops) for n in names]
+            if ours:
+                r = row[OURS]
+                cells.append(fmt_speedup(row))
+                ceiling = sgemm.get(threads, (math.nan,))[0]
+                frac = flops / r.seconds / 1e9 / ceiling
+                cells.append("-" if math.isnan(frac) else f"{100 * frac:.0f}%")
+                scale = "-"
+                if threads != 1 and one is not None and not math.isnan(one.seconds):
+                    scale = f"{one.seconds / r.seconds:.2f}×"
+                cells.append(scale)
+            print("| " + " | ".join(cells) + " |")
+    print()
+    print("Agreement: max abs difference from torch over valid positions of output, "
+          "h_n and c_n (worst over thread counts; tolerance "
+          + ", ".join(f"{SHORT[n]} {TOLERANCE[n]:g}" for n in names if n != "torch") + ").")
+    print()
+    print("| case | " + " | ".join(SHORT[n] for n in names) + " |")
+    print("|---|" + "|".join(["---:"] * len(names)) + "|")
+    for case, (results, _) in all_results:
+        cells = [case.name]
+        for n in names:
+            rs = [row[n] for row in results.values()]
+            failed = [r for r in rs if r.error]
+            if failed:
+                cells.append("FAILED")
+                continue
+            worst = max(rs, key=lambda r: (not r.ok, -math.inf if math.isnan(r.diff)
+                                           else r.diff))
+            cells.append("reference" if worst.ref == n else fmt_diff(worst))
+        print("| " + " | ".join(cells) + " |")
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default=",".join(c.name for c in CASES),
+                   help="comma-separated subset of: " + ", ".join(CASES_BY_NAME))
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help="comma-separated subset of: " + ", ".join(ENGINES)
+                   + " (aliases: li, pytorch, ort, ov)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds of timed calls per engine, case and thread count "
+                        "(default 1.0, or 0.1 with --quick)")
+    p.add_argument("--min-calls", type=int, default=None,
+                   help="timed calls at least, for slow cases (default 3, 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing rounds over the engines (default 3, "
+                        "1 with --quick)")
+    p.add_argument("--settle", type=float, default=0.05,
+                   help="pause in seconds before each engine's turn (default 0.05)")
+    p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print README-ready tables, the command and the machine")
+    args = p.parse_args(argv)
+    if args.min_time is None:
+        args.min_time = 0.1 if args.quick else 1.0
+    if args.min_calls is None:
+        args.min_calls = 1 if args.quick else 3
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.min_time < 0 or args.min_calls < 1 or args.rounds < 1 or args.settle < 0:
+        p.error("--min-time and --settle must be >= 0, --min-calls and --rounds >= 1")
+    try:
+        args.case_list = [CASES_BY_NAME[n.strip()] for n in args.cases.split(",")
+                          if n.strip()]
+    except KeyError as e:
+        p.error(f"unknown case {e}; choose from {', '.join(CASES_BY_NAME)}")
+    try:
+        args.thread_list = [int(t) for t in args.threads.split(",") if t.strip()]
+    except ValueError:
+        p.error(f"--threads wants integers, got {args.threads!r}")
+    if not args.thread_list or min(args.thread_list) < 1:
+        p.error("--threads wants positive integers")
+    engines = [ENGINE_ALIASES.get(e.strip().lower(), e.strip().lower())
+               for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        p.error(f"unknown engine(s) {unknown}; choose from {ENGINES}")
+    args.engine_list = [e for e in ENGINES if e in engines]   # lstm_infer first
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    started = time.perf_counter()
+    ncpu = usable_cpus()
+    if max(args.thread_list) > ncpu:
+        print(f"note: {max(args.thread_list)} threads on {ncpu} usable CPUs: "
+              f"oversubscribed, timings will be poor")
+
+    # The ceiling first, before any engine has started threads of its own.
+    sgemm = {t: sgemm_gflops(t, max(0.2, args.min_time / 2))
+             for t in sorted(set(args.thread_list) | {1, ncpu})}
+    engines = import_engines(args.engine_list)
+    if not engines:
+        print("error: no engine available", file=sys.stderr)
+        return 2
+
+    for line in machine_lines(engines, sgemm, ncpu):
+        print(line)
+    if OURS not in engines:
+        print(f"note: {OURS} missing: no speed-up is shown")
+    if "torch" not in engines:
+        print(f"note: torch missing: results are checked against {OURS} instead")
+    print("Cells: median time per call (effective GFLOP/s over valid tokens) "
+          "±half the interquartile range; '!' = disagrees with torch")
+
+    all_results = []
+    for case in args.case_list:
+        print(f"-- {case.name}: {case.shape()}" + (f" ({case.note})" if case.note else ""),
+              flush=True)
+        all_results.append((case, run_case(case, engines, args)))
+
+    if args.markdown:
+        print_markdown(all_results, engines, sgemm, ncpu, argv)
+
+    bad = [f"{case.name} t={t} {SHORT[n]}: "
+           + (r.error or f"max abs diff {r.diff:.2e} vs {r.ref}")
+           for case, (results, _) in all_results
+           for t, row in results.items() for n, r in row.items() if not r.ok]
+    print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
+    if bad:
+        print(f"\nFAILED: {len(bad)} engine result(s) failed or disagree:")
+        for line in bad:
+            print("  " + line)
+        return 1
+    print("all engines agree with the reference within tolerance")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
