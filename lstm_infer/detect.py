@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["LSTMSpec", "find_lstms", "infer_config", "lstm_state_dict", "select"]
+__all__ = ["LSTMSpec", "scan", "find_lstms", "find_one", "infer_config", "lstm_state_dict", "select"]
 
 _LAYER_RE = re.compile(
     r"^(?P<prefix>(?:.*\.)?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -174,8 +174,9 @@ def _cell_group(prefix: str, names: dict, sd: Mapping) -> LSTMSpec:
     return LSTMSpec(prefix, "LSTMCell", config, keys)
 
 
-def _scan(sd: Mapping) -> list:
-    """[(prefix, kind, LSTMSpec or ValueError)] for every candidate group, sorted by prefix."""
+def scan(sd: Mapping) -> list:
+    """[(prefix, kind, LSTMSpec or the ValueError describing what is wrong)] for every
+    LSTM-like group, sorted by prefix; unlike :func:`find_lstms` it never raises."""
     groups: dict = {}
     cells: dict = {}
     for k in sd:
@@ -214,7 +215,7 @@ def find_lstms(sd: Mapping) -> list:
     for the first group whose keys look like an LSTM but are inconsistent.
     """
     specs = []
-    for _, _, res in _scan(sd):
+    for _, _, res in scan(sd):
         if isinstance(res, ValueError):
             raise res
         specs.append(res)
@@ -249,12 +250,15 @@ def select(specs: list, prefix: str | None = None) -> LSTMSpec:
         return hits[0]
     if not hits:
         raise ValueError(f"no LSTM at prefix {prefix!r}; available prefixes: {_describe(specs)}")
-    raise ValueError(f"several LSTMs match prefix {prefix!r}: {_describe(hits)}; choose one with a prefix")
+    if want:
+        raise ValueError(f"several LSTMs match prefix {prefix!r}: {_describe(hits)}")
+    raise ValueError(f"found {len(hits)} LSTMs: {_describe(hits)}; choose one by prefix")
 
 
-def _select_checked(sd: Mapping, prefix: str | None) -> LSTMSpec:
-    # A broken group is only an error if it is the one asked for.
-    found = _scan(sd)
+def find_one(sd: Mapping, prefix: str | None = None) -> LSTMSpec:
+    """The spec at ``prefix`` (as :func:`select`). A broken LSTM elsewhere in ``sd``
+    is ignored; a broken one at ``prefix`` raises its ``ValueError``."""
+    found = scan(sd)
     want = _norm_prefix(prefix)
     if want:
         hits = [r for p, _, r in found if p == want]
@@ -271,7 +275,7 @@ def _select_checked(sd: Mapping, prefix: str | None) -> LSTMSpec:
 
 def infer_config(sd: Mapping, prefix: str | None = "") -> tuple:
     """(kind, config) of the LSTM at ``prefix`` (see :func:`select`)."""
-    spec = _select_checked(sd, prefix)
+    spec = find_one(sd, prefix)
     return spec.kind, dict(spec.config)
 
 
@@ -279,7 +283,7 @@ def lstm_state_dict(sd: Mapping, spec: LSTMSpec | str | None = "") -> dict:
     """The spec's tensors under torch ``nn.LSTM`` key names (prefix stripped,
     LSTMCell keys renamed to ``*_l0``). ``spec`` may also be a prefix string."""
     if not isinstance(spec, LSTMSpec):
-        spec = _select_checked(sd, spec)
+        spec = find_one(sd, spec)
     n = len(spec.prefix)
     out = {}
     for k in spec.keys:

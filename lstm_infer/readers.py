@@ -219,15 +219,14 @@ def _flatten(obj, prefix, out, depth=0):
 def find_state_dict(obj, src="<object>"):
     """The state dict inside a loaded object, flattened to ``{dotted name: array}``.
 
-    Order: the object itself if its leaves are all arrays; else the first of
+    Order: the object itself if its values are all arrays; else the first of
     ``state_dict``, ``model_state_dict``, ``model``, ``net``, ``network``, ``module``
     holding tensors; else the only nested mapping of tensors; else every array leaf.
     """
     if not isinstance(obj, Mapping):
         raise FormatError(f"{src}: file holds a {type(obj).__name__}, not a mapping of tensors")
-    flat = {}
-    if _flatten(obj, "", flat) and flat:
-        return flat
+    if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
+        return {str(k): v for k, v in obj.items()}
     for key in _STATE_DICT_KEYS:
         sub = obj.get(key)
         if isinstance(sub, Mapping):
@@ -243,6 +242,8 @@ def find_state_dict(obj, src="<object>"):
                 pure.append(sub)
     if len(pure) == 1:
         return pure[0]
+    flat = {}
+    _flatten(obj, "", flat)
     if not flat:
         raise FormatError(f"{src}: no tensors found (top-level keys: {', '.join(map(repr, list(obj)[:10]))})")
     return flat
