@@ -516,14 +516,30 @@ def sgemm_gflops(threads, min_time):
 # Engine loading
 # --------------------------------------------------------------------------
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def import_engines(wanted):
-    """name -> (module, version); missing engines are skipped with a note."""
+    """name -> (module, version); missing engines are skipped with a note.
+
+    lstm_infer is taken from this checkout when it has the package (an in-place
+    build), else from wherever it is installed.
+    """
+    if os.path.isdir(os.path.join(REPO_ROOT, "lstm_infer")) and REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
     found = {}
     for name in wanted:
         try:
             if name == "lstm_infer":
                 import lstm_infer as mod
+                missing = [a for a in ("LSTM", "set_num_threads") if not hasattr(mod, a)]
+                if missing:   # e.g. a source tree whose extension is not built
+                    raise ImportError(f"lstm_infer has no {', '.join(missing)} "
+                                      f"(not built?)")
                 version = str(getattr(mod, "__version__", "?"))
+                where = os.path.abspath(mod.__file__ or ".")
+                version += (" (this checkout)" if where.startswith(REPO_ROOT + os.sep)
+                            else " (installed)")
                 for attr in ("isa", "get_isa", "cpu_isa", "kernel_name"):
                     if callable(getattr(mod, attr, None)):
                         version += f" (kernels: {getattr(mod, attr)()})"
@@ -562,6 +578,16 @@ class Result:
     error: str = ""            # failed to build or run
 
 
+def reference_engine(names):
+    """The engine the others are checked against: torch, else ours, else the first."""
+    return next((n for n in ("torch", OURS, *names) if n in names), None)
+
+
+def tolerance(name, ref):
+    """Against torch an engine's own tolerance; against another, the looser of both."""
+    return TOLERANCE[name] if ref == "torch" else max(TOLERANCE[name], TOLERANCE[ref])
+
+
 def make_engine(name, mod, case, data, onnx_bytes, threads):
     if name == "lstm_infer":
         return make_lstm_infer(mod, case, data, threads)
@@ -596,7 +622,7 @@ def run_threads(case, engines, data, onnx_bytes, threads, args):
             fns.pop(name, None)
             print(f"ERROR: {case.name} t={threads}: {name} failed: {r.error}", flush=True)
 
-    ref = next((n for n in ("torch", OURS) if n in outs), None)
+    ref = reference_engine(outs)
     for name in outs:
         r = row[name]
         if name == ref:
@@ -604,7 +630,7 @@ def run_threads(case, engines, data, onnx_bytes, threads, args):
             continue
         r.ref = ref
         r.diff = max_abs_diff(outs[name], outs[ref], data.lengths)
-        tol = TOLERANCE[name] if ref == "torch" else max(TOLERANCE[name], TOLERANCE[ref])
+        tol = tolerance(name, ref)
         r.ok = r.diff <= tol
         if not r.ok:
             print(f"ERROR: {case.name} t={threads}: {name} disagrees with {ref}: "
@@ -739,8 +765,9 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
     for line in machine_lines(engines, sgemm, ncpu):
         print(line + "  ")
     print()
+    ref = reference_engine(names)
     print("Median time per call (effective GFLOP/s over valid tokens). "
-          "`!` marks a result that disagrees with torch.")
+          f"`!` marks a result that disagrees with {ref}.")
     print()
     head = ["case", "shape", "threads"] + [SHORT[n] for n in names]
     if ours:
@@ -764,9 +791,9 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
                 cells.append(scale)
             print("| " + " | ".join(cells) + " |")
     print()
-    print("Agreement: max abs difference from torch over valid positions of output, "
+    print(f"Agreement: max abs difference from {ref} over valid positions of output, "
           "h_n and c_n (worst over thread counts; tolerance "
-          + ", ".join(f"{SHORT[n]} {TOLERANCE[n]:g}" for n in names if n != "torch") + ").")
+          + ", ".join(f"{SHORT[n]} {tolerance(n, ref):g}" for n in names if n != ref) + ").")
     print()
     print("| case | " + " | ".join(SHORT[n] for n in names) + " |")
     print("|---|" + "|".join(["---:"] * len(names)) + "|")
@@ -859,10 +886,11 @@ def main(argv=None):
         print(line)
     if OURS not in engines:
         print(f"note: {OURS} missing: no speed-up is shown")
-    if "torch" not in engines:
-        print(f"note: torch missing: results are checked against {OURS} instead")
+    ref = reference_engine(engines)
+    if ref != "torch":
+        print(f"note: torch missing: results are checked against {ref} instead")
     print("Cells: median time per call (effective GFLOP/s over valid tokens) "
-          "±half the interquartile range; '!' = disagrees with torch")
+          f"±half the interquartile range; '!' = disagrees with {ref}")
 
     all_results = []
     for case in args.case_list:
