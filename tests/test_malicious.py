@@ -1,0 +1,140 @@
+"""Pickles that would run code under plain ``pickle`` are refused and run nothing."""
+
+import os
+import pickle
+import sys
+import time
+
+import pytest
+
+from file_helpers import call, dict_ops, frag, glob, legacy_file, path, program, rezip, member, tensor_ops, torch_zip
+from lstm_infer import readers, torchfile
+from lstm_infer.errors import UnsafeFileError
+
+PY = sys.executable
+
+
+def _payloads(sentinel):
+    """name -> (global the loader must name, data.pkl body opcodes that create ``sentinel``)."""
+    s = str(sentinel)
+    touch_code = f"open({s!r}, 'w').close()"
+    return {
+        "os.system": ("posix.system", call(glob("posix", "system"), frag(f"touch '{s}'"))),
+        "os.system-alias": ("os.system", call(glob("os", "system"), frag(f"touch '{s}'"))),
+        "builtins.eval": ("builtins.eval", call(glob("builtins", "eval"), frag(touch_code))),
+        "builtins.exec": ("builtins.exec", call(glob("builtins", "exec"), frag(touch_code))),
+        "subprocess.Popen": ("subprocess.Popen",
+                             call(glob("subprocess", "Popen"), frag([PY, "-c", touch_code]))),
+        # protocol 4 STACK_GLOBAL: module and name come from the stack
+        "stack-global": ("builtins.exec", frag("builtins") + frag("exec") + b"\x93" + frag((touch_code,)) + b"R"),
+        # protocol 0 INST opcode: instantiate a class by name with arguments
+        "inst": ("builtins.exec", b"(" + frag(touch_code) + b"ibuiltins\nexec\n"),
+        # __reduce__ via copyreg: _reconstructor(cls, base, state) -> base.__new__(cls, state)
+        "copyreg": ("copyreg._reconstructor",
+                    call(glob("copyreg", "_reconstructor"), glob("subprocess", "Popen"), glob("builtins", "object"),
+                         frag(None))),
+        # torch's own helper that unpickles nested bytes with plain pickle
+        "torch._load_from_bytes": ("torch.storage._load_from_bytes",
+                                   call(glob("torch.storage", "_load_from_bytes"),
+                                        frag(pickle.dumps(None)))),
+        # the dangerous call hidden inside an allowed one
+        "nested-in-ordereddict": ("builtins.eval",
+                                  call(glob("collections", "OrderedDict"),
+                                       call(glob("builtins", "eval"), frag(f"[(0, {touch_code})]")))),
+        # as the storage type of an otherwise valid tensor
+        "storage-type": ("builtins.exec",
+                         call(glob("torch._utils", "_rebuild_tensor_v2"),
+                              b"(" + frag("storage") + call(glob("builtins", "exec"), frag(touch_code)) + frag("0")
+                              + frag("cpu") + frag(1) + b"tQ", frag(0), frag((1,)), frag((1,)))),
+        "unknown-global": ("mypkg.helpers.Thing", call(glob("mypkg.helpers", "Thing"))),
+        "getattr": ("builtins.getattr", call(glob("builtins", "getattr"), glob("os", "path"), frag("join"))),
+        "numpy-loads": ("numpy.core.multiarray._reconstruct",
+                        call(glob("numpy.core.multiarray", "_reconstruct"), frag(1))),
+    }
+
+
+LIVE = ("os.system", "builtins.eval", "builtins.exec", "subprocess.Popen", "stack-global", "inst")
+
+
+def _wait_for(p, seconds=3.0):
+    end = time.time() + seconds
+    while time.time() < end and not p.exists():
+        time.sleep(0.02)
+    return p.exists()
+
+
+@pytest.mark.parametrize("name", LIVE)
+def test_payloads_are_live_under_plain_pickle(name, tmp_path):
+    """The payloads really run code when loaded naively: the refusals below mean something."""
+    sentinel = tmp_path / "ran"
+    _, body = _payloads(sentinel)[name]
+    try:
+        pickle.loads(program(body))
+    except Exception:  # noqa: BLE001 - only the side effect matters
+        pass
+    assert _wait_for(sentinel)
+
+
+def _embedded(body):
+    """The payload as a value inside an otherwise valid state dict."""
+    return program(dict_ops([("weight", tensor_ops("0", 2, 0, (2,), (1,))), ("evil", body)]))
+
+
+@pytest.mark.parametrize("name", sorted(_payloads("x")))
+@pytest.mark.parametrize("layout", ["zip", "zip-embedded", "legacy"])
+def test_refused_and_nothing_ran(name, layout, tmp_path):
+    sentinel = tmp_path / "ran"
+    qualname, body = _payloads(sentinel)[name]
+    if layout == "zip":
+        data = torch_zip(program(body), {})
+    elif layout == "zip-embedded":
+        data = torch_zip(_embedded(body), {"0": b"\0" * 8})
+    else:
+        data = legacy_file(program(body), [])
+    f = tmp_path / "evil.pt"
+    f.write_bytes(data)
+    for load in (torchfile.load, readers.read_tensors):
+        with pytest.raises(UnsafeFileError) as info:
+            load(f)
+        msg = str(info.value)
+        assert f"'{qualname}'" in msg and str(f) in msg and "nothing was executed" in msg
+        assert isinstance(info.value, ValueError)
+    time.sleep(0.05)  # a spawned process would have had time to create it
+    assert not sentinel.exists()
+
+
+def test_evil_pickle_inside_real_torch_file(tmp_path):
+    """A real torch.save archive whose data.pkl had a payload spliced in after the fact."""
+    sentinel = tmp_path / "ran"
+    data = open(path("uni.pt"), "rb").read()
+    name, pkl = member(data, "data.pkl")
+    _, body = _payloads(sentinel)["os.system"]
+    evil = rezip(data, {name: b"\x80\x02" + body + b"0" + pkl[2:]})  # run payload, POP, then the real pickle
+    assert not sentinel.exists()
+    with pytest.raises(UnsafeFileError, match="posix.system"):
+        readers.read_tensors(evil, "spliced.pt")
+    assert not sentinel.exists()
+
+
+def test_plain_pickle_file_is_refused_without_unpickling(tmp_path):
+    sentinel = tmp_path / "ran"
+    data = program(_payloads(sentinel)["builtins.exec"][1])
+    with pytest.raises(ValueError, match="plain pickle"):
+        readers.read_tensors(data, "model.pkl")
+    assert not sentinel.exists()
+
+
+def test_npz_object_arrays_refused(tmp_path):
+    import numpy as np
+
+    sentinel = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch '{sentinel}'",))
+
+    f = tmp_path / "evil.npz"
+    np.savez(f, w=np.array([Evil()], dtype=object))
+    with pytest.raises(ValueError, match="object arrays are refused"):
+        readers.read_tensors(f)
+    assert not sentinel.exists()
