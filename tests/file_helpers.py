@@ -57,7 +57,7 @@ def np_lstm(sd, cfg, x, hx=None, lengths=None):
             sfx = f"_l{layer}" + ("_reverse" if d else "")
             w_ih = sd["weight_ih" + sfx].astype(np.float64)
             w_hh = sd["weight_hh" + sfx].astype(np.float64)
-            b = (sd["bias_ih" + sfx] + sd["bias_hh" + sfx]).astype(np.float64) if cfg["bias"] else 0.0
+            b = sd["bias_ih" + sfx].astype(np.float64) + sd["bias_hh" + sfx] if cfg["bias"] else 0.0
             w_hr = sd["weight_hr" + sfx].astype(np.float64) if P else None
             idx = layer * D + d
             for bi in range(B):

@@ -1,0 +1,203 @@
+"""read_tensors over every format; weights read without torch reproduce torch's outputs."""
+
+import io
+import json
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from file_helpers import MANIFEST, check_against_ref, files, lstm_cases, np_lstm, path, ref
+from lstm_infer import detect, readers
+from lstm_infer.errors import FormatError
+
+
+@pytest.mark.parametrize("name", files())
+def test_sniff(name):
+    assert readers.sniff(open(path(name), "rb").read()) == MANIFEST[name]["format"]
+
+
+@pytest.mark.parametrize("name, prefix, info", lstm_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_weights_reproduce_torch_outputs(name, prefix, info):
+    """Config from detect equals torch's; the weights give torch's outputs (NumPy equations)."""
+    sd = readers.read_tensors(path(name))
+    kind, cfg = detect.infer_config(sd, prefix)
+    assert cfg == info["config"]
+    assert kind == info.get("kind", "LSTM")
+    weights = detect.lstm_state_dict(sd, prefix)
+    check_against_ref(lambda x, hx, lengths: np_lstm(weights, cfg, x, hx, lengths), ref(info["ref"]))
+
+
+def test_reference_detects_wrong_weights():
+    """The check above can fail: a tiny weight change is caught."""
+    sd = detect.lstm_state_dict(readers.read_tensors(path("uni.pt")))
+    sd["weight_hh_l0"] = sd["weight_hh_l0"].copy()
+    sd["weight_hh_l0"][3, 2] += 1e-3
+    cfg = MANIFEST["uni.pt"]["lstms"][""]["config"]
+    with pytest.raises(AssertionError):
+        check_against_ref(lambda x, hx, lengths: np_lstm(sd, cfg, x, hx, lengths), ref("uni.ref.npz"))
+
+
+@pytest.mark.parametrize("stem", ["uni", "proj"])
+def test_all_formats_agree(stem):
+    base = readers.read_tensors(path(stem + ".pt"))
+    for other in (stem + "_legacy.pt", stem + ".safetensors", stem + ".npz"):
+        got = readers.read_tensors(path(other))
+        assert sorted(got) == sorted(base)
+        for k in base:
+            np.testing.assert_array_equal(got[k], base[k])
+
+
+def test_safetensors_dtypes_against_library(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f32": rng.standard_normal((3, 4)).astype(np.float32),
+        "f64": rng.standard_normal(5),
+        "f16": rng.standard_normal((2, 2)).astype(np.float16),
+        "i64": np.arange(-3, 3, dtype=np.int64),
+        "i32": np.arange(4, dtype=np.int32).reshape(2, 2),
+        "i16": np.array([-2, 7], np.int16),
+        "i8": np.array([-1, 1], np.int8),
+        "u8": np.array([0, 255], np.uint8),
+        "bool": np.array([True, False, True]),
+        "empty": np.zeros((0, 3), np.float32),
+        "scalar": np.array(2.5, np.float32),
+    }
+    f = tmp_path / "t.safetensors"
+    safetensors.numpy.save_file(arrays, str(f), metadata={"who": "test"})
+    got = readers.read_tensors(f)
+    assert sorted(got) == sorted(arrays)
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        np.testing.assert_array_equal(got[k], v)
+    _, meta = readers.parse_safetensors(f.read_bytes())
+    assert meta == {"who": "test"}
+
+
+def test_safetensors_bf16_from_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    t = torch.randn(4, 5).to(torch.bfloat16)
+    f = tmp_path / "b.safetensors"
+    safetensors.torch.save_file({"w": t}, str(f))
+    np.testing.assert_array_equal(readers.read_tensors(f)["w"], t.float().numpy())
+
+
+def _st(header, data=b""):
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
+GOOD = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F16", "shape": [2], "data_offsets": [8, 12]}}
+
+
+SAFETENSORS_BAD = [
+    (b"\x05\x00\x00", "too short"),
+    (struct.pack("<Q", 1 << 40) + b"{}", "exceeds the limit"),
+    (struct.pack("<Q", 100) + b"{}", "runs past the end"),
+    (_st(b"{not json"), "not valid UTF-8 JSON"),
+    (_st(b'{"a": \xff}'), "not valid UTF-8 JSON"),
+    (_st(b"[" * 100000), "not valid"),
+    (_st([1, 2]), "not an object"),
+    (_st(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},'
+         b' "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4), "duplicate"),
+    (_st({"a": {"dtype": "F32", "shape": [1]}}), "exactly dtype"),
+    (_st({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "unsupported dtype"),
+    (_st({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),
+    (_st({"a": {"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),
+    (_st({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),
+    (_st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 4), "outside"),
+    (_st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4), "outside"),
+    (_st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4), "needs 8 bytes"),
+    (_st({"a": {"dtype": "F32", "shape": [1 << 62, 1 << 62], "data_offsets": [0, 4]}}, b"\0" * 4), "needs"),
+    (_st(dict(GOOD, b=dict(GOOD["b"], data_offsets=[6, 10])), b"\0" * 12), "overlaps"),
+    (_st(dict(GOOD, b=dict(GOOD["b"], data_offsets=[10, 14])), b"\0" * 14), "gap of 2"),
+    (_st(GOOD, b"\0" * 16), "4 bytes after the last tensor"),
+    (_st({"__metadata__": {"k": 1}}), "strings to strings"),
+]
+
+
+@pytest.mark.parametrize("blob, message", SAFETENSORS_BAD, ids=[m for _, m in SAFETENSORS_BAD])
+def test_safetensors_bad_files(blob, message):
+    assert readers.read_tensors(_st(GOOD, b"\0" * 12))["b"].dtype == np.float16
+    with pytest.raises(FormatError, match=message) as info:
+        readers.parse_safetensors(blob, "bad.safetensors")
+    assert str(info.value).startswith("bad.safetensors: ")
+    with pytest.raises(FormatError):  # through the sniffing entry point too
+        readers.read_tensors(blob, "bad.safetensors")
+
+
+def test_npz_variants(tmp_path):
+    a = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    b = np.arange(5, dtype=">f8")
+    for save in (np.savez, np.savez_compressed):
+        f = tmp_path / "x.npz"
+        save(f, a=a, b=b)
+        got = readers.read_tensors(f)
+        np.testing.assert_array_equal(got["a"], a)
+        assert got["b"].dtype == np.float64 and got["b"].dtype.isnative
+        np.testing.assert_array_equal(got["b"], b)
+
+
+def _npz(members):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, raw in members.items():
+            zf.writestr(name, raw)
+    return buf.getvalue()
+
+
+def _npy(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members, message", [
+    ({"a.npy": _npy(np.zeros(3))[:-8]}, "needs 24 bytes"),
+    ({"a.npy": _npy(np.zeros(3)) + b"\0"}, "needs 24 bytes"),
+    ({"a.npy": b"\x93NUMPY\x01\x00" + b"\x10\x00" + b"{'descr': 1}    "}, "bad .npy header"),
+    ({"a.npy": b"not numpy at all"}, "bad .npy header"),
+    ({"a.npy": _npy(np.zeros(2)), "b.txt": b"x"}, "not a .npy"),
+    ({"a.npy": _npy(np.zeros(2, dtype=[("x", "<f4")]))}, "not a plain numeric"),
+])
+def test_npz_bad_files(members, message):
+    with pytest.raises(FormatError, match=message):
+        readers.read_tensors(_npz(members), "bad.npz")
+
+
+@pytest.mark.parametrize("obj, keys", [
+    ({"model": {"w": 1}, "state_dict": {"a.w": np.zeros(1)}, "epoch": 1}, ["a.w"]),
+    ({"model": {"enc": {"w": np.zeros(1)}}, "epoch": 1}, ["enc.w"]),
+    ({"net": {"w": np.zeros(1)}, "ema": {"w": np.zeros(1)}}, ["w"]),
+    ({"weights": {"w": np.zeros(1)}, "epoch": 2}, ["w"]),
+    ({"enc": {"w": np.zeros(1)}, "dec": {"w": np.zeros(1)}, "step": 1}, ["dec.w", "enc.w"]),
+    ({"w": np.zeros(1), 3: np.zeros(1)}, ["3", "w"]),
+])
+def test_find_state_dict(obj, keys):
+    assert sorted(readers.find_state_dict(obj)) == keys
+
+
+def test_find_state_dict_errors():
+    with pytest.raises(FormatError, match="not a mapping"):
+        readers.find_state_dict([np.zeros(1)], "f.pt")
+    with pytest.raises(FormatError, match="no tensors found"):
+        readers.find_state_dict({"epoch": 3}, "f.pt")
+
+
+def test_checkpoint_with_prefixed_state_dict():
+    sd = readers.read_tensors(path("checkpoint_state_dict.pt"))
+    assert all(k.startswith("rnn.") for k in sd)
+    (spec,) = detect.find_lstms(sd)
+    assert spec.prefix == "rnn."
+
+
+def test_unknown_and_missing_files(tmp_path):
+    with pytest.raises(FormatError, match="unrecognised format"):
+        readers.read_tensors(b"just some text", "notes.txt")
+    with pytest.raises(FileNotFoundError):
+        readers.read_tensors(tmp_path / "missing.pt")
