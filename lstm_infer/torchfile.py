@@ -21,7 +21,9 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -33,7 +35,7 @@ __all__ = ["load", "is_legacy", "read_zip_member", "FormatError", "UnsafeFileErr
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 # Largest tensor we materialise beyond its storage size (stride-0 broadcasts).
-_MAX_EXPANDED_BYTES = 1 << 30
+_MAX_EXPANDED_BYTES = 1 << 26
 
 
 class _DType:
@@ -205,11 +207,28 @@ class _SafeUnpickler(pickle.Unpickler):
         return self._storage_for(pid[1:])
 
 
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _prescan(fileobj, src):
+    """Walk the opcodes without executing anything. A memo index far beyond the
+    number of opcodes (which the pickler never writes) would make the C unpickler
+    grow its memo table to gigabytes, so such files are refused up front."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pickletools warns on bad escapes in STRING opcodes
+        for n, (op, arg, pos) in enumerate(pickletools.genops(fileobj)):
+            if op.name in _MEMO_PUTS and not 0 <= int(arg) <= n:
+                raise FormatError(f"{src}: corrupt pickle (memo index {arg} at byte {pos})")
+
+
 def _unpickle(fileobj, src, storage_for=None):
     def no_storages(_):
         raise FormatError(f"{src}: unexpected storage reference")
 
     try:
+        start = fileobj.tell()
+        _prescan(fileobj, src)
+        fileobj.seek(start)
         return _SafeUnpickler(fileobj, src, storage_for or no_storages).load()
     except FormatError:
         raise
