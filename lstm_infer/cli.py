@@ -73,7 +73,8 @@ def cmd_inspect(args) -> int:
         print(f"  {len(sd)} tensors, {n} parameters, float32")
         return 0
     kind = readers.sniff(data)
-    tensors = readers.read_tensors(data, args.file)
+    stored = {}
+    tensors = readers.read_tensors(data, args.file, stored)
     found = detect.scan(tensors)
     print(f"{args.file}: {kind}, {len(tensors)} tensors, {len(found)} LSTM(s) found")
     used = set()
@@ -84,7 +85,7 @@ def cmd_inspect(args) -> int:
             continue
         used.update(res.keys)
         n = sum(int(np.prod(tensors[k].shape)) for k in res.keys)
-        dtypes = sorted({str(tensors[k].dtype) for k in res.keys})
+        dtypes = sorted({stored[k] for k in res.keys})
         print(f"  {where} {res.kind}({_fmt_config(res.config)})")
         print(f"      {len(res.keys)} tensors, {n} parameters, dtype {', '.join(dtypes)}")
     rest = len(tensors) - len(used)

@@ -134,7 +134,12 @@ def parse_safetensors(data: bytes, src: str = "<bytes>", max_header: int = MAX_H
     return entries, metadata
 
 
-def _safetensors_arrays(data, src):
+_TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32",
+                "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+
+
+def _safetensors_arrays(data, src, dtype_log=None):
     entries, _ = parse_safetensors(data, src)
     out = {}
     for name, (code, dtype, shape, b, e) in entries.items():
@@ -146,6 +151,8 @@ def _safetensors_arrays(data, src):
         else:
             arr = arr.astype(arr.dtype.newbyteorder("="))  # own, writable copy
         out[name] = arr
+        if dtype_log is not None:
+            dtype_log[id(arr)] = _TORCH_NAMES[dtype]
     return out
 
 
@@ -251,27 +258,33 @@ def find_state_dict(obj, src="<object>"):
 
 # ------------------------------------------------------------------- public
 
-def read_object(path_or_bytes, name: str | None = None):
-    """Load a file as it was saved: a checkpoint comes back whole (tensors as arrays)."""
+def read_object(path_or_bytes, name: str | None = None, dtype_log: dict | None = None):
+    """Load a file as it was saved: a checkpoint comes back whole (tensors as arrays).
+    ``dtype_log`` receives id(array) -> dtype name as stored, where that differs from NumPy's."""
     data, src = _data_and_name(path_or_bytes, name)
     kind = sniff(data)
     if kind in ("torch-zip", "torch-legacy"):
-        return torchfile.load(data, src)
+        return torchfile.load(data, src, dtype_log)
     if kind == "npz":
         return _npz_arrays(data, src)
     if kind == "safetensors":
-        return _safetensors_arrays(data, src)
+        return _safetensors_arrays(data, src, dtype_log)
     if data[:1] == b"\x80":
         raise FormatError(f"{src}: a plain pickle, not a torch.save file; refusing to unpickle it")
     raise FormatError(f"{src}: unrecognised format (expected torch.save zip or legacy file, "
                       f"safetensors or .npz)")
 
 
-def read_tensors(path_or_bytes, name: str | None = None) -> dict:
+def read_tensors(path_or_bytes, name: str | None = None, source_dtypes: dict | None = None) -> dict:
     """``{name: numpy array}`` from a torch.save / safetensors / npz file.
 
     Checkpoints are searched for their state dict (see :func:`find_state_dict`);
-    nested mappings are flattened with '.'-joined keys. bfloat16 becomes float32.
+    nested mappings are flattened with '.'-joined keys. bfloat16 becomes float32;
+    ``source_dtypes``, if given, is filled with name -> dtype as stored in the file.
     """
     data, src = _data_and_name(path_or_bytes, name)
-    return find_state_dict(read_object(data, src), src)
+    log = {}
+    sd = find_state_dict(read_object(data, src, log), src)
+    if source_dtypes is not None:
+        source_dtypes.update({k: log.get(id(v), str(v.dtype)) for k, v in sd.items()})
+    return sd

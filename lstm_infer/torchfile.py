@@ -246,14 +246,17 @@ def _check_storage_args(src, storage_type, key, numel):
     return key
 
 
-def _materialise(obj, src, byteorder):
-    """Replace every _Tensor in a nested structure by a NumPy array (in place for lists/dicts)."""
+def _materialise(obj, src, byteorder, dtype_log=None):
+    """Replace every _Tensor in a nested structure by a NumPy array (in place for lists/dicts).
+    ``dtype_log``, if given, receives id(array) -> torch dtype name as stored."""
     done = {}
 
     def walk(o):
         if isinstance(o, _Tensor):
             if id(o) not in done:
-                done[id(o)] = o.materialise(src, byteorder)
+                done[id(o)] = arr = o.materialise(src, byteorder)
+                if dtype_log is not None:
+                    dtype_log[id(arr)] = o.dtype.name
             return done[id(o)]
         if isinstance(o, (dict, list)):
             if id(o) in done:
@@ -301,7 +304,7 @@ def read_zip_member(zf, name, src, limit_total):
         raise FormatError(f"{src}: cannot read record {name!r} ({type(exc).__name__}: {exc})") from exc
 
 
-def _load_zip(data: bytes, src: str):
+def _load_zip(data: bytes, src: str, dtype_log=None):
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = zf.namelist()
@@ -336,7 +339,7 @@ def _load_zip(data: bytes, src: str):
             return storages[key]
 
         obj = _unpickle(io.BytesIO(read_zip_member(zf, pkl, src, len(data))), src, storage_for)
-    return _materialise(obj, src, byteorder)
+    return _materialise(obj, src, byteorder, dtype_log)
 
 
 # ------------------------------------------------------------- legacy format
@@ -346,7 +349,7 @@ def is_legacy(data: bytes) -> bool:
     return data[:4] == b"\x80\x02\x8a\x0a" and int.from_bytes(data[4:14], "little") == LEGACY_MAGIC
 
 
-def _load_legacy(data: bytes, src: str):
+def _load_legacy(data: bytes, src: str, dtype_log=None):
     f = io.BytesIO(data)
     magic = _unpickle(f, src)
     if magic != LEGACY_MAGIC:
@@ -402,16 +405,17 @@ def _load_legacy(data: bytes, src: str):
                               f"{len(data) - pos} left in the file")
         st.data = memoryview(data)[pos:pos + nbytes]
         pos += nbytes
-    return _materialise(obj, src, "little")  # legacy data is always written little-endian
+    return _materialise(obj, src, "little", dtype_log)  # legacy data is always written little-endian
 
 
 # ------------------------------------------------------------------- public
 
-def load(path_or_bytes, name: str | None = None):
+def load(path_or_bytes, name: str | None = None, dtype_log: dict | None = None):
     """Load a ``torch.save`` file (zip or legacy) and return the saved object with
     every tensor replaced by a NumPy array. Raises :class:`FormatError` (a
     ``ValueError``) for anything malformed and :class:`UnsafeFileError` for a
-    pickle that asks for a global outside the allow-list."""
+    pickle that asks for a global outside the allow-list. ``dtype_log``, if given,
+    is filled with id(array) -> torch dtype name as stored (e.g. 'bfloat16')."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data, src = bytes(path_or_bytes), name or "<bytes>"
     else:
@@ -419,7 +423,7 @@ def load(path_or_bytes, name: str | None = None):
         with open(path_or_bytes, "rb") as fh:
             data = fh.read()
     if data[:4] == b"PK\x03\x04":
-        return _load_zip(data, src)
+        return _load_zip(data, src, dtype_log)
     if is_legacy(data):
-        return _load_legacy(data, src)
+        return _load_legacy(data, src, dtype_log)
     raise FormatError(f"{src}: not a torch.save file")

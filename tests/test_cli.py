@@ -54,7 +54,8 @@ def test_convert_batch_first_and_python_m(tmp_path):
 
 def test_inspect_lists_every_lstm(capsys):
     torch = pytest.importorskip("torch")
-    for name in ("encdec.pt", "cell_legacy.pt", "checkpoint.pt", "proj.safetensors", "uni.npz", "bf16.pt"):
+    for name in ("encdec.pt", "cell_legacy.pt", "checkpoint.pt", "proj.safetensors", "uni.npz", "bf16.pt",
+                 "bf16_legacy.pt", "fp16.pt", "fp64_legacy.pt"):
         assert cli.main(["inspect", path(name)]) == 0
         text = capsys.readouterr().out
         assert text.startswith(f"{path(name)}: {MANIFEST[name]['format']}")
@@ -67,7 +68,7 @@ def test_inspect_lists_every_lstm(capsys):
                                                       ("input_size", "hidden_size", "num_layers", "bias",
                                                        "bidirectional", "proj_size")) + ")"
             assert line in text.splitlines(), (name, text)
-            assert f"{params} parameters" in text
+            assert f"{params} parameters, dtype {info.get('dtype', 'torch.float32')[len('torch.'):]}" in text
 
 
 def test_inspect_reports_other_tensors_and_broken_lstms(capsys, tmp_path):

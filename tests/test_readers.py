@@ -83,7 +83,9 @@ def test_safetensors_bf16_from_torch(tmp_path):
     t = torch.randn(4, 5).to(torch.bfloat16)
     f = tmp_path / "b.safetensors"
     safetensors.torch.save_file({"w": t}, str(f))
-    np.testing.assert_array_equal(readers.read_tensors(f)["w"], t.float().numpy())
+    stored = {}
+    np.testing.assert_array_equal(readers.read_tensors(f, source_dtypes=stored)["w"], t.float().numpy())
+    assert stored == {"w": "bfloat16"}
 
 
 def _st(header, data=b""):
