@@ -38,7 +38,18 @@ LEGACY_PROTOCOL = 1001
 _MAX_EXPANDED_BYTES = 1 << 26
 
 
-class _DType:
+class _Sealed:
+    """Objects handed to the unpickler. The BUILD opcode calls ``__setstate__`` if it
+    exists; refusing there stops a pickle from rewriting our objects (the dtype
+    markers are shared by every load in the process)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise FormatError(f"pickle tries to set the state of a {type(self).__name__.strip('_')} object")
+
+
+class _DType(_Sealed):
     """A torch dtype or storage type as seen by the unpickler (never callable)."""
 
     __slots__ = ("name", "np_code", "itemsize")
@@ -72,7 +83,7 @@ _DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "l
                   "int": "int32", "short": "int16"}
 
 
-class _Storage:
+class _Storage(_Sealed):
     """Raw bytes of one storage; ``data`` is filled in when the bytes are known."""
 
     __slots__ = ("key", "dtype", "numel", "data", "base", "base_offset")
@@ -95,7 +106,7 @@ class _Storage:
         return self.data
 
 
-class _Tensor:
+class _Tensor(_Sealed):
     """A tensor waiting to be materialised once all storages are read."""
 
     __slots__ = ("storage", "offset", "size", "stride", "dtype")
@@ -123,6 +134,7 @@ class _Tensor:
             raise FormatError(f"{src}: negative tensor size, stride or offset: size={size} stride={stride} offset={offset}")
         raw = self.storage.raw(src)
         count = len(raw) // dt.itemsize
+        stride = tuple(st if n > 1 else 0 for n, st in zip(size, stride))  # unused strides may be anything
         numel = 1
         for s in size:
             numel *= s
@@ -161,18 +173,34 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
+class _Call(_Sealed):
+    """A rebuild function as the unpickler sees it: callable, but its attributes
+    (``__defaults__`` of a plain function, say) cannot be set by BUILD."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+_TORCH_UTILS = {
+    "_rebuild_tensor": _Call(_rebuild_tensor),
+    "_rebuild_tensor_v2": _Call(_rebuild_tensor),
+    "_rebuild_tensor_v3": _Call(_rebuild_tensor_v3),
+    "_rebuild_parameter": _Call(_rebuild_parameter),
+    "_rebuild_parameter_with_state": _Call(_rebuild_parameter),
+}
+
+
 def _allowed_global(module, name):
     """The object for an allowed global, or None."""
     if module == "collections" and name == "OrderedDict":
         return collections.OrderedDict
     if module == "torch._utils":
-        return {
-            "_rebuild_tensor": _rebuild_tensor,
-            "_rebuild_tensor_v2": _rebuild_tensor,
-            "_rebuild_tensor_v3": _rebuild_tensor_v3,
-            "_rebuild_parameter": _rebuild_parameter,
-            "_rebuild_parameter_with_state": _rebuild_parameter,
-        }.get(name)
+        return _TORCH_UTILS.get(name)
     if module == "torch":
         if name in _STORAGE_TYPES:
             return _STORAGE_TYPES[name]
@@ -279,6 +307,8 @@ def _materialise(obj, src, byteorder, dtype_log=None):
         return walk(obj)
     except RecursionError as exc:
         raise FormatError(f"{src}: object nesting too deep") from exc
+    except (OverflowError, TypeError) as exc:  # absurd sizes numpy cannot represent
+        raise FormatError(f"{src}: bad tensor geometry ({exc})") from exc
 
 
 # ---------------------------------------------------------------- zip format

@@ -5,6 +5,7 @@ import pickle
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from file_helpers import call, dict_ops, frag, glob, legacy_file, path, program, rezip, member, tensor_ops, torch_zip
@@ -125,8 +126,6 @@ def test_plain_pickle_file_is_refused_without_unpickling(tmp_path):
 
 
 def test_npz_object_arrays_refused(tmp_path):
-    import numpy as np
-
     sentinel = tmp_path / "ran"
 
     class Evil:
@@ -138,3 +137,33 @@ def test_npz_object_arrays_refused(tmp_path):
     with pytest.raises(ValueError, match="object arrays are refused"):
         readers.read_tensors(f)
     assert not sentinel.exists()
+
+
+# BUILD (the opcode behind __setstate__) applied to objects the loader hands out:
+# the dtype markers and rebuild functions are shared by every load in the process.
+POISON = {
+    "dtype marker state": glob("torch", "FloatStorage") + frag({"np_code": "O"}) + b"b",
+    "dtype marker slots": glob("torch", "FloatStorage") + frag((None, {"np_code": "O", "itemsize": 1})) + b"b",
+    "rebuild defaults": glob("torch._utils", "_rebuild_tensor_v2") + frag((None, {"__defaults__": (0, (1,), (1,))})) + b"b",
+    "OrderedDict class": glob("collections", "OrderedDict") + frag((None, {"__getitem__": 1})) + b"b",
+    "tensor object": tensor_ops("0", 2, 0, (2,), (1,)) + frag((None, {"size": "abc"})) + b"b",
+}
+
+
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_build_cannot_rewrite_loader_objects(name):
+    good = torch_zip(program(dict_ops([("w", tensor_ops("0", 2, 0, (2,), (1,)))])), {"0": b"\0\0\x80?\0\0\0@"})
+    assert torchfile.load(good)["w"].tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError):
+        torchfile.load(torch_zip(program(POISON[name]), {"0": b"\0" * 8}))
+    out = torchfile.load(good)["w"]  # the next load is unaffected
+    assert out.dtype == np.float32 and out.tolist() == [1.0, 2.0]
+
+
+def test_huge_memo_index_refused_quickly():
+    # LONG_BINPUT 2**32-1: plain pickle would grow its memo table to tens of GB
+    body = dict_ops([]) + b"r\xff\xff\xff\xff"
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="memo index 4294967295"):
+        torchfile.load(torch_zip(program(body), {}))
+    assert time.perf_counter() - start < 0.5
