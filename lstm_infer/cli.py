@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import numpy as np
 
@@ -114,7 +115,8 @@ def _torch_forward(torch, net, x, lengths, hx, batch_first):
 
     xt = torch.from_numpy(x)
     hxt = None if hx is None else tuple(torch.from_numpy(h) for h in hx)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
         if lengths is None:
             out, (h, c) = net(xt, hxt)
         else:

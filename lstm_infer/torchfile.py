@@ -75,9 +75,17 @@ _DTYPES = {
     "bool": ("BoolStorage", "u1", 1),  # turned into np.bool_ by != 0
     "complex64": ("ComplexFloatStorage", "<c8", 8),
     "complex128": ("ComplexDoubleStorage", "<c16", 16),
+    # no typed storage class: saved as UntypedStorage + _rebuild_tensor_v3(dtype)
+    "uint16": ("", "<u2", 2),
+    "uint32": ("", "<u4", 4),
+    "uint64": ("", "<u8", 8),
 }
+# dtypes torch may name that NumPy cannot hold: reported clearly when a tensor uses them
+_UNSUPPORTED = {"float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
+                "float8_e8m0fnu": 1, "complex32": 4, "qint8": 1, "quint8": 1, "qint32": 4}
 _DTYPE_BY_NAME = {n: _DType(n, c, s) for n, (_, c, s) in _DTYPES.items()}
-_STORAGE_TYPES = {st: _DTYPE_BY_NAME[n] for n, (st, _, _) in _DTYPES.items()}
+_DTYPE_BY_NAME.update({n: _DType(n, None, s) for n, s in _UNSUPPORTED.items()})
+_STORAGE_TYPES = {st: _DTYPE_BY_NAME[n] for n, (st, _, _) in _DTYPES.items() if st}
 _STORAGE_TYPES["UntypedStorage"] = _DTYPE_BY_NAME["uint8"]
 _DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64",
                   "int": "int32", "short": "int16"}
@@ -127,6 +135,8 @@ class _Tensor(_Sealed):
 
     def materialise(self, src, byteorder):
         dt = self.dtype
+        if dt.np_code is None:
+            raise FormatError(f"{src}: tensor dtype torch.{dt.name} is not supported")
         size, stride, offset = self.size, self.stride, self.offset
         if len(size) != len(stride):
             raise FormatError(f"{src}: tensor has {len(size)} sizes but {len(stride)} strides")
@@ -208,6 +218,8 @@ def _allowed_global(module, name):
             return _DTYPE_BY_NAME[_DTYPE_ALIASES.get(name, name)]
         if name == "Size":  # torch.Size pickles as Size((…,)); a tuple is equivalent here
             return tuple
+    if module == "torch.storage" and name == "UntypedStorage":
+        return _STORAGE_TYPES["UntypedStorage"]
     return None
 
 
