@@ -387,8 +387,13 @@ def _load_zip(data: bytes, src: str, dtype_log=None):
 # ------------------------------------------------------------- legacy format
 
 def is_legacy(data: bytes) -> bool:
-    # Protocol-2 pickle of the magic number: PROTO 2, LONG1 of 10 bytes.
-    return data[:4] == b"\x80\x02\x8a\x0a" and int.from_bytes(data[4:14], "little") == LEGACY_MAGIC
+    """True if ``data`` opens with the legacy magic-number pickle (any protocol)."""
+    if data[:1] != b"\x80":
+        return False
+    try:  # the restricted unpickler is safe on anything; the first pickle is just an int
+        return _unpickle(io.BytesIO(data[:64]), "<sniff>") == LEGACY_MAGIC
+    except FormatError:
+        return False
 
 
 def _load_legacy(data: bytes, src: str, dtype_log=None):

@@ -229,3 +229,16 @@ def test_dtypes_without_typed_storage(tmp_path):
     torch.save({"w": torch.ones(3).to(torch.float8_e4m3fn)}, f)
     with pytest.raises(FormatError, match="tensor dtype torch.float8_e4m3fn is not supported"):
         torchfile.load(f)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickle_protocols(protocol, zip_format, tmp_path):
+    torch = pytest.importorskip("torch")
+    sd = torch.nn.LSTM(2, 3, bidirectional=True).state_dict()
+    f = tmp_path / "p.pt"
+    torch.save(sd, f, _use_new_zipfile_serialization=zip_format, pickle_protocol=protocol)
+    got = torchfile.load(f)
+    assert list(got) == list(sd)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(got[k], v.numpy())
