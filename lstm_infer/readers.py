@@ -207,17 +207,17 @@ def _parse_npy(raw, src):
 
 # --------------------------------------------------------- state-dict finding
 
-def _flatten(obj, prefix, out, depth=0):
+def _flatten(obj, prefix, out, src, depth=0):
     """Add every array leaf of nested mappings to ``out``; return True if only arrays were found."""
     if depth > 50:
-        raise FormatError("mapping nesting too deep")
+        raise FormatError(f"{src}: mappings nested too deep")
     pure = True
     for k, v in obj.items():
         key = f"{prefix}{k}"
         if isinstance(v, np.ndarray):
             out[key] = v
         elif isinstance(v, Mapping):
-            pure = _flatten(v, key + ".", out, depth + 1) and pure
+            pure = _flatten(v, key + ".", out, src, depth + 1) and pure
         else:
             pure = False
     return pure
@@ -238,19 +238,19 @@ def find_state_dict(obj, src="<object>"):
         sub = obj.get(key)
         if isinstance(sub, Mapping):
             found = {}
-            _flatten(sub, "", found)
+            _flatten(sub, "", found, src)
             if found:
                 return found
     pure = []
     for k, v in obj.items():
         if isinstance(v, Mapping):
             sub = {}
-            if _flatten(v, "", sub) and sub:
+            if _flatten(v, "", sub, src) and sub:
                 pure.append(sub)
     if len(pure) == 1:
         return pure[0]
     flat = {}
-    _flatten(obj, "", flat)
+    _flatten(obj, "", flat, src)
     if not flat:
         raise FormatError(f"{src}: no tensors found (top-level keys: {', '.join(map(repr, list(obj)[:10]))})")
     return flat

@@ -187,6 +187,10 @@ def test_find_state_dict(obj, keys):
 def test_find_state_dict_errors():
     with pytest.raises(FormatError, match="not a mapping"):
         readers.find_state_dict([np.zeros(1)], "f.pt")
+    cycle = {}
+    cycle["self"] = cycle  # pickles can build cycles
+    with pytest.raises(FormatError, match="f.pt: mappings nested too deep"):
+        readers.find_state_dict({"a": cycle, "epoch": 1}, "f.pt")
     with pytest.raises(FormatError, match="no tensors found"):
         readers.find_state_dict({"epoch": 3}, "f.pt")
 
