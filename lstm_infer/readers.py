@@ -12,6 +12,7 @@ import io
 import json
 import os
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 
@@ -181,13 +182,15 @@ def _npz_arrays(data, src):
 def _parse_npy(raw, src):
     f = io.BytesIO(raw)
     try:
-        major, minor = np.lib.format.read_magic(f)
-        if (major, minor) == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif (major, minor) in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise FormatError(f"{src}: unsupported .npy version {major}.{minor}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's header parser warns on bad escapes
+            major, minor = np.lib.format.read_magic(f)
+            if (major, minor) == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif (major, minor) in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise FormatError(f"{src}: unsupported .npy version {major}.{minor}")
     except FormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/SyntaxError/... on bad headers
