@@ -22,11 +22,13 @@ def run(*argv, extra_code=""):
     return res.returncode, res.stdout, res.stderr
 
 
-def test_convert_every_fixture_without_importing_torch(tmp_path):
-    """All conversions in one process that never imports torch; outputs match torch's."""
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Every LSTM of every fixture converted in one process that never imports torch."""
+    tmp = tmp_path_factory.mktemp("converted")
     jobs = []
     for i, (name, prefix, info) in enumerate(lstm_cases()):
-        out = str(tmp_path / f"m{i}.lstm")
+        out = str(tmp / f"m{i}.lstm")
         argv = ["convert", path(name), "-o", out] + (["--prefix", prefix] if prefix else [])
         jobs.append((argv, out, name, prefix, info))
     code = ("import sys, json; from lstm_infer.cli import main; "
@@ -36,11 +38,29 @@ def test_convert_every_fixture_without_importing_torch(tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report == {"rcs": [0] * len(jobs), "torch": False}
-    for _, out, name, prefix, info in jobs:
+    return [j[1:] for j in jobs]
+
+
+def test_converted_without_torch_match_torch_outputs(converted):
+    """The weights in each converted file reproduce torch's outputs (NumPy equations)."""
+    for out, name, prefix, info in converted:
         cfg, sd = modelfile.read_model(out)
         assert {k: cfg[k] for k in info["config"]} == info["config"], name
         assert cfg["batch_first"] is False
         check_against_ref(lambda x, hx, lengths: np_lstm(sd, cfg, x, hx, lengths), ref(info["ref"]))
+
+
+def test_converted_without_torch_run_by_engine(converted):
+    """The same files loaded by li.load's code path and run by our engine."""
+    pytest.importorskip("lstm_infer.model")
+    for out, name, prefix, info in converted:
+        m = modelfile.load_model(out)
+
+        def forward(x, hx, lengths):
+            o, (h, c) = m(x, hx=hx, lengths=lengths)
+            return o, h, c
+
+        check_against_ref(forward, ref(info["ref"]))
 
 
 def test_convert_batch_first_and_python_m(tmp_path):
