@@ -262,3 +262,45 @@ def test_loaded_model_matches_torch_outputs(name, prefix, info, tmp_path):
 
     check_against_ref(forward, ref(info["ref"]))
     assert MANIFEST[name]["lstms"][prefix]["config"] == {k: loaded.config[k] for k in info["config"]}
+
+
+# ------------------------------------------- property: any config, any reader
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def _torch_shapes(cfg):
+    """nn.LSTM parameter names and shapes (as in torch's LSTM docs)."""
+    H, P, D = cfg["hidden_size"], cfg["proj_size"], 2 if cfg["bidirectional"] else 1
+    out = {}
+    for layer in range(cfg["num_layers"]):
+        for sfx in ("", "_reverse")[:D]:
+            s = f"_l{layer}{sfx}"
+            out["weight_ih" + s] = (4 * H, cfg["input_size"] if layer == 0 else D * (P or H))
+            out["weight_hh" + s] = (4 * H, P or H)
+            if cfg["bias"]:
+                out["bias_ih" + s] = out["bias_hh" + s] = (4 * H,)
+            if P:
+                out["weight_hr" + s] = (P, H)
+    return out
+
+
+_configs = st.fixed_dictionaries({
+    "input_size": st.integers(1, 9), "hidden_size": st.integers(2, 9), "num_layers": st.integers(1, 3),
+    "bias": st.booleans(), "bidirectional": st.booleans(), "batch_first": st.booleans(),
+    "dropout": st.sampled_from([0.0, 0.5]), "proj_size": st.integers(0, 8),
+}).filter(lambda c: c["proj_size"] < c["hidden_size"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(_configs, st.integers(0, 2**32 - 1))
+def test_any_config_round_trips_and_opens_in_safetensors(tmp_path_factory, cfg, seed):
+    rng = np.random.default_rng(seed)
+    sd = {k: rng.standard_normal(s).astype(np.float32) for k, s in _torch_shapes(cfg).items()}
+    f = tmp_path_factory.mktemp("prop") / "m.lstm"
+    modelfile.write_model(f, sd, cfg)
+    got_cfg, got = modelfile.read_model(f)
+    assert got_cfg == cfg
+    theirs = safetensors.numpy.load_file(str(f))
+    for k, v in sd.items():
+        assert got[k].tobytes() == v.tobytes() == theirs[k].tobytes()

@@ -207,3 +207,33 @@ def test_unknown_and_missing_files(tmp_path):
         readers.read_tensors(b"just some text", "notes.txt")
     with pytest.raises(FileNotFoundError):
         readers.read_tensors(tmp_path / "missing.pt")
+
+
+# -------------------------------------------------- property: vs safetensors
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_DTYPES = ["<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "i1", "u1", "<u2", "<u4", "<u8", "?"]
+_arrays = st.dictionaries(
+    st.text("abcdefgh._0123456789", min_size=1, max_size=12),
+    st.tuples(st.sampled_from(_DTYPES), st.lists(st.integers(0, 4), max_size=3), st.integers(0, 2**32 - 1)),
+    min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_arrays)
+def test_safetensors_files_from_library_read_back(spec):
+    arrays = {}
+    for name, (dtype, shape, seed) in spec.items():
+        raw = np.random.default_rng(seed).integers(0, 256, size=int(np.prod(shape)) * np.dtype(dtype).itemsize,
+                                                   dtype=np.uint8)
+        arr = raw.view(dtype).reshape(shape)
+        if dtype == "?":
+            arr = np.asarray(arr.view(np.uint8) % 2 == 1)
+        arrays[name] = arr
+    blob = safetensors.numpy.save(arrays)
+    got = readers.read_tensors(blob, "prop.safetensors")
+    assert sorted(got) == sorted(arrays)
+    for k, v in arrays.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        assert got[k].tobytes() == v.tobytes()  # bit-exact, NaN payloads included
