@@ -145,12 +145,7 @@ def _safetensors_arrays(data, src, dtype_log=None):
     out = {}
     for name, (code, dtype, shape, b, e) in entries.items():
         arr = np.frombuffer(data, dtype=code, count=(e - b) // np.dtype(code).itemsize, offset=b).reshape(shape)
-        if dtype == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        elif dtype == "BOOL":
-            arr = arr != 0
-        else:
-            arr = arr.astype(arr.dtype.newbyteorder("="))  # own, writable copy
+        arr = torchfile.to_native(arr, _TORCH_NAMES[dtype])
         out[name] = arr
         if dtype_log is not None:
             dtype_log[id(arr)] = _TORCH_NAMES[dtype]

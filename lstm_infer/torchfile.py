@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import FormatError, UnsafeFileError
 
-__all__ = ["load", "is_legacy", "read_zip_member", "FormatError", "UnsafeFileError"]
+__all__ = ["load", "is_legacy", "read_zip_member", "to_native", "FormatError", "UnsafeFileError"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -162,11 +162,18 @@ class _Tensor(_Sealed):
                 flat[offset:], shape=size, strides=[st * dt.itemsize for st in stride], writeable=False)
         else:
             view = np.zeros(size, dtype=code)
-        if dt.name == "bfloat16":
-            return (view.astype(np.uint32) << 16).view(np.float32)
-        if dt.name == "bool":
-            return view != 0
-        return np.array(view, dtype=view.dtype.newbyteorder("="), order="C")
+        return to_native(view, dt.name)
+
+
+def to_native(view, name):
+    """A fresh C-contiguous native-endian array from a raw view; ``name`` is the torch
+    dtype name: bfloat16 (stored as uint16) widens exactly to float32, bool bytes
+    become np.bool_. Always an ndarray, also for 0-d views."""
+    if name == "bfloat16":
+        return np.asarray(view.astype(np.uint32) << 16).view(np.float32)
+    if name == "bool":
+        return np.asarray(view != 0)
+    return np.array(view, dtype=view.dtype.newbyteorder("="), order="C")
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):

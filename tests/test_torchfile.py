@@ -212,19 +212,23 @@ def test_no_torch_import():
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
-def test_dtypes_without_typed_storage(tmp_path):
-    """uint16/32/64 are saved as UntypedStorage + _rebuild_tensor_v3; float8 is refused clearly."""
+def test_dtypes_without_typed_storage_and_0d(tmp_path):
+    """uint16/32/64 are saved as UntypedStorage + _rebuild_tensor_v3; 0-d tensors stay arrays;
+    float8 is refused clearly."""
     torch = pytest.importorskip("torch")
     f = tmp_path / "u.pt"
     values = {str(dt): torch.arange(5).to(dt)[1::2] for dt in (torch.uint16, torch.uint32, torch.uint64)}
     values["param"] = torch.nn.Parameter(torch.ones(2))
+    values.update(bf16_0d=torch.tensor(1.5, dtype=torch.bfloat16), bool_0d=torch.tensor(True),
+                  f16_0d=torch.tensor(2.5, dtype=torch.float16))
     values["size"] = torch.Size([2, 3])
     torch.save(values, f)
     got = torchfile.load(f)
     for k, v in values.items():
         if isinstance(v, torch.Tensor):
-            np.testing.assert_array_equal(got[k], v.detach().numpy())
-            assert got[k].dtype == v.detach().numpy().dtype
+            want = v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy()
+            assert isinstance(got[k], np.ndarray) and got[k].dtype == want.dtype and got[k].shape == want.shape
+            np.testing.assert_array_equal(got[k], want)
     assert got["size"] == (2, 3)
     torch.save({"w": torch.ones(3).to(torch.float8_e4m3fn)}, f)
     with pytest.raises(FormatError, match="tensor dtype torch.float8_e4m3fn is not supported"):
