@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from file_helpers import DATA, MANIFEST, check_against_ref, lstm_cases, np_lstm, path, ref, torch_zip, program, call, glob, frag
+from file_helpers import (MANIFEST, call, check_against_ref, engine, frag, glob, lstm_cases, np_lstm, path, program,
+                          ref, torch_zip)
 from lstm_infer import cli, modelfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def test_converted_without_torch_match_torch_outputs(converted):
 
 def test_converted_without_torch_run_by_engine(converted):
     """The same files loaded by li.load's code path and run by our engine."""
-    pytest.importorskip("lstm_infer.model")
+    engine()
     for out, name, prefix, info in converted:
         m = modelfile.load_model(out)
 
@@ -164,7 +165,7 @@ def test_verify_without_torch_exits_3(tmp_path):
 
 def _engine():
     pytest.importorskip("torch")
-    return pytest.importorskip("lstm_infer.model")
+    return engine()
 
 
 @pytest.mark.parametrize("name, prefix", [("proj.pt", ""), ("encdec_legacy.pt", "decoder"),

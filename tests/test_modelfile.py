@@ -9,7 +9,7 @@ import pytest
 import safetensors
 import safetensors.numpy
 
-from file_helpers import MANIFEST, check_against_ref, lstm_cases, path, ref
+from file_helpers import MANIFEST, check_against_ref, engine, lstm_cases, path, ref
 from lstm_infer import detect, modelfile, readers
 from lstm_infer.errors import FormatError
 
@@ -248,7 +248,7 @@ def test_not_a_model_file():
 
 @pytest.mark.parametrize("name, prefix, info", lstm_cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_loaded_model_matches_torch_outputs(name, prefix, info, tmp_path):
-    model = pytest.importorskip("lstm_infer.model")
+    model = engine()
     sd = readers.read_tensors(path(name))
     m = model.LSTM.from_state_dict(sd, prefix=prefix)
     f = tmp_path / "m.lstm"

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from file_helpers import (DATA, files, legacy_file, member, path, program, rezip, storage_pid, tensor_ops,
-                          dict_ops, torch_zip, frag, call, glob)
+from file_helpers import (DATA, call, dict_ops, files, frag, glob, legacy_file, member, path, program, rezip,
+                          tensor_ops, torch_zip)
 from lstm_infer import torchfile
 from lstm_infer.errors import FormatError
 
