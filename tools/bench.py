@@ -516,6 +516,9 @@ def sgemm_gflops(threads, min_time):
 # Engine loading
 # --------------------------------------------------------------------------
 
+SKIPPED = {}   # engine -> why it was not imported
+
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -559,7 +562,8 @@ def import_engines(wanted):
                 version = mod.__version__.split("-")[0]
             found[name] = (mod, version)
         except Exception as e:  # ImportError, or a broken install
-            print(f"note: skipping {name}: {type(e).__name__}: {e}")
+            SKIPPED[name] = f"{type(e).__name__}: {e}"
+            print(f"note: skipping {name}: {SKIPPED[name]}")
     return found
 
 
@@ -764,6 +768,8 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
     print()
     for line in machine_lines(engines, sgemm, ncpu):
         print(line + "  ")
+    for name, why in SKIPPED.items():
+        print(f"Skipped {name}: {why}  ")
     print()
     ref = reference_engine(names)
     print("Median time per call (effective GFLOP/s over valid tokens). "
