@@ -1,0 +1,131 @@
+/*
+ * lstm_infer.h - CPU inference for PyTorch-compatible LSTMs, in plain C.
+ *
+ * The semantics are those of torch.nn.LSTM in eval mode: stacked layers,
+ * bidirectional, optional biases, optional projection (proj_size), and
+ * variable-length batches that behave like pack_padded_sequence(...,
+ * enforce_sorted=False) -> LSTM -> pad_packed_sequence.
+ *
+ * Usage:
+ *
+ *     lstm_config cfg = {.input_size = 40, .hidden_size = 128, .num_layers = 2,
+ *                        .bias = 1, .bidirectional = 1, .proj_size = 0};
+ *     lstm_model *m;
+ *     if (lstm_model_create(&cfg, weights, n_weights, &m) != LSTM_OK) ...
+ *     lstm_forward_args a = {.seq_len = T, .batch = B, .input = x,
+ *                            .input_stride_t = B * 40, .input_stride_b = 40,
+ *                            .lengths = lens, .output = y,
+ *                            .output_stride_t = B * 256, .output_stride_b = 256,
+ *                            .h_n = hn, .c_n = cn};
+ *     lstm_status s = lstm_model_forward(m, &a, NULL, 0);  // library allocates scratch
+ *     lstm_model_free(m);
+ *
+ * Threading: a model is read-only after lstm_model_create, so any number of
+ * threads may call lstm_model_forward on it at once, each with its own outputs
+ * and workspace. The library's own worker threads serve one call at a time;
+ * a call that finds them busy runs on the calling thread alone.
+ */
+#ifndef LSTM_INFER_H
+#define LSTM_INFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    LSTM_OK = 0,
+    LSTM_ERR_INVALID_ARGUMENT = 1, /* a NULL pointer, a negative size, a bad length, ... */
+    LSTM_ERR_OUT_OF_MEMORY = 2,
+    LSTM_ERR_SIZE_OVERFLOW = 3,    /* sizes whose product does not fit in memory */
+    LSTM_ERR_WORKSPACE_TOO_SMALL = 4,
+    LSTM_ERR_UNKNOWN_ISA = 5
+} lstm_status;
+
+/* A short English description of a status; never NULL, static storage. */
+const char *lstm_status_string(lstm_status status);
+
+typedef struct {
+    int32_t input_size;    /* features per input step, > 0 */
+    int32_t hidden_size;   /* H, > 0 */
+    int32_t num_layers;    /* L, > 0 */
+    int32_t bias;          /* 0 or 1: bias_ih/bias_hh present */
+    int32_t bidirectional; /* 0 or 1; D = 1 + bidirectional */
+    int32_t proj_size;     /* P, 0 for none, else 0 < P < H */
+} lstm_config;
+
+typedef struct lstm_model lstm_model;
+
+/*
+ * The number of weight arrays lstm_model_create expects for cfg, 0 if cfg is
+ * invalid. Per layer k, per direction d (forward first), in this order:
+ *   weight_ih  (4H, in_k)  gates i,f,g,o; in_0 = input_size, in_k = D * out
+ *   weight_hh  (4H, out)   out = P if proj_size else H
+ *   bias_ih    (4H)        only when cfg->bias
+ *   bias_hh    (4H)        only when cfg->bias
+ *   weight_hr  (P, H)      only when cfg->proj_size
+ * This is the order of torch.nn.LSTM's state_dict.
+ */
+size_t lstm_weight_count(const lstm_config *cfg);
+
+/*
+ * Builds a model: checks cfg, copies and repacks the row-major float32
+ * weights (the caller keeps ownership of them). On success *out must be
+ * freed with lstm_model_free.
+ */
+lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
+                              size_t n_weights, lstm_model **out);
+void lstm_model_free(lstm_model *model);
+const lstm_config *lstm_model_config(const lstm_model *model);
+
+/*
+ * One forward call. Shapes use T = seq_len, B = batch, D, H, out as above.
+ * Strides are in floats; the feature axis of input and output is contiguous.
+ */
+typedef struct {
+    int64_t seq_len, batch;
+    const float *input;      /* (T, B, input_size) at input + t*stride_t + b*stride_b */
+    int64_t input_stride_t, input_stride_b;
+    const int64_t *lengths;  /* B entries in [0, T], any order; NULL means all T */
+    const float *h_0;        /* (L*D, B, out) contiguous, or NULL for zeros */
+    const float *c_0;        /* (L*D, B, H) contiguous, or NULL for zeros */
+    float *output;           /* (T, B, D*out); steps past a length are set to 0 */
+    int64_t output_stride_t, output_stride_b;
+    float *h_n;              /* (L*D, B, out) contiguous, or NULL */
+    float *c_n;              /* (L*D, B, H) contiguous, or NULL */
+} lstm_forward_args;
+
+/*
+ * Bytes of scratch lstm_model_forward needs for seq_len x batch (any lengths).
+ * Returns LSTM_ERR_SIZE_OVERFLOW when that cannot be represented.
+ */
+lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_t batch,
+                                size_t *bytes);
+
+/*
+ * Runs the model. workspace may be NULL (then the library allocates and frees
+ * scratch itself) or at least lstm_workspace_size bytes owned by this call.
+ * A sequence of length 0 gets zeros in output and h_0/c_0 as its final state.
+ * NaN and Inf in the input propagate as they do in PyTorch.
+ */
+lstm_status lstm_model_forward(const lstm_model *model, const lstm_forward_args *args,
+                               void *workspace, size_t workspace_size);
+
+/* Worker threads for all models (default: LSTM_INFER_NUM_THREADS, else usable cores). */
+void lstm_set_num_threads(int n);
+int lstm_get_num_threads(void);
+
+/*
+ * SIMD kernels: "avx2" (AVX2+FMA) or "scalar", chosen from the CPU at first
+ * use, overridable with the LSTM_INFER_ISA environment variable. lstm_set_isa
+ * changes it at run time (for tests); it must not race with a forward call.
+ */
+const char *lstm_get_isa(void);
+lstm_status lstm_set_isa(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LSTM_INFER_H */

@@ -1,0 +1,195 @@
+/*
+ * pool.c - persistent worker threads. Workers spin briefly for the next job
+ * (a streaming caller issues calls back to back) and then sleep on a condition
+ * variable so an idle library costs nothing.
+ */
+#define _GNU_SOURCE
+#include "pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+#define SPIN_BEFORE_SLEEP 20000
+#define SPIN_BEFORE_YIELD 4000
+#define MAX_THREADS 256
+
+static struct {
+    pthread_mutex_t busy;      /* held by the call that uses the workers */
+    pthread_mutex_t config;    /* serialises resizing */
+    pthread_mutex_t sleep_mu;  /* with wake: idle workers sleep here */
+    pthread_cond_t wake;
+    atomic_uint generation;    /* bumped once per job */
+    atomic_int remaining;      /* workers still running the current job */
+    atomic_int sleepers;
+    atomic_int quit;
+    lstm_job_fn fn;
+    void *arg;
+    int n;                     /* threads in the current job */
+    int size;                  /* threads in all, caller included; 0 = not yet chosen */
+    int started;               /* workers running */
+    pthread_t threads[MAX_THREADS];
+} pool = {
+    .busy = PTHREAD_MUTEX_INITIALIZER,
+    .config = PTHREAD_MUTEX_INITIALIZER,
+    .sleep_mu = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER,
+};
+
+unsigned lstm_denormals_off(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    const unsigned old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040); /* FTZ | DAZ: denormals would cost ~100 cycles each */
+    return old;
+#else
+    return 0;
+#endif
+}
+
+void lstm_denormals_restore(unsigned mode) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(mode);
+#else
+    (void)mode;
+#endif
+}
+
+static void *worker_main(void *p) {
+    const int tid = (int)(intptr_t)p;
+    unsigned seen = atomic_load(&pool.generation);
+    lstm_denormals_off();
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen) {
+            if (++spins < SPIN_BEFORE_SLEEP) { CPU_RELAX(); continue; }
+            pthread_mutex_lock(&pool.sleep_mu);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.sleep_mu);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            pthread_mutex_unlock(&pool.sleep_mu);
+        }
+        seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
+        if (atomic_load(&pool.quit)) return NULL;
+        if (tid < pool.n) {
+            pool.fn(pool.arg, tid, pool.n);
+            atomic_fetch_sub_explicit(&pool.remaining, 1, memory_order_release);
+        }
+    }
+}
+
+static void publish(void) {
+    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.sleep_mu);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.sleep_mu);
+    }
+}
+
+static int usable_cores(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+    return 1;
+}
+
+static int default_size(void) {
+    const char *env = getenv("LSTM_INFER_NUM_THREADS");
+    if (env && *env) {
+        const int n = atoi(env);
+        if (n > 0) return n;
+    }
+    return usable_cores();
+}
+
+/* Stops workers beyond the new size or starts missing ones; config and busy held. */
+static void resize_locked(int n) {
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    if (pool.started > n - 1) {
+        atomic_store(&pool.quit, 1);
+        publish();
+        for (int i = 0; i < pool.started; i++) pthread_join(pool.threads[i], NULL);
+        atomic_store(&pool.quit, 0);
+        pool.started = 0;
+    }
+    while (pool.started < n - 1) {
+        if (pthread_create(&pool.threads[pool.started], NULL, worker_main,
+                           (void *)(intptr_t)(pool.started + 1)) != 0)
+            break; /* fewer threads is still correct */
+        pool.started++;
+    }
+    pool.size = pool.started + 1;
+}
+
+void lstm_pool_set_size(int n) {
+    pthread_mutex_lock(&pool.config);
+    pthread_mutex_lock(&pool.busy);
+    resize_locked(n);
+    pthread_mutex_unlock(&pool.busy);
+    pthread_mutex_unlock(&pool.config);
+}
+
+int lstm_pool_size(void) {
+    pthread_mutex_lock(&pool.config);
+    if (pool.size == 0) {
+        pthread_mutex_lock(&pool.busy);
+        resize_locked(default_size());
+        pthread_mutex_unlock(&pool.busy);
+    }
+    const int n = pool.size;
+    pthread_mutex_unlock(&pool.config);
+    return n;
+}
+
+int lstm_pool_begin(int wanted) {
+    if (wanted <= 1) return 1;
+    if (lstm_pool_size() <= 1) return 1;
+    if (pthread_mutex_trylock(&pool.busy) != 0) return 1;
+    const int n = wanted < pool.size ? wanted : pool.size;
+    if (n <= 1) pthread_mutex_unlock(&pool.busy);
+    return n;
+}
+
+void lstm_pool_run(int n, lstm_job_fn fn, void *arg) {
+    if (n <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    pool.fn = fn;
+    pool.arg = arg;
+    pool.n = n;
+    atomic_store(&pool.remaining, n - 1);
+    publish();
+    fn(arg, 0, n);
+    while (atomic_load_explicit(&pool.remaining, memory_order_acquire) > 0) CPU_RELAX();
+    pthread_mutex_unlock(&pool.busy);
+}
+
+void lstm_barrier_init(lstm_barrier *b, int n) {
+    atomic_init(&b->count, 0);
+    atomic_init(&b->phase, 0);
+    b->n = n;
+}
+
+void lstm_barrier_wait(lstm_barrier *b) {
+    if (b->n <= 1) return;
+    const int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->phase, 1, memory_order_release);
+        return;
+    }
+    int spins = 0;
+    while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) {
+        if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
+        else sched_yield(); /* more threads than free cores: let the others run */
+    }
+}

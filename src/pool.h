@@ -1,0 +1,39 @@
+/*
+ * pool.h - the library's persistent worker threads and a spinning barrier.
+ * Internal. One forward call holds the pool at a time; a call that finds it
+ * held runs on its own thread, so concurrent callers never wait for each other.
+ */
+#ifndef LSTM_POOL_H
+#define LSTM_POOL_H
+
+#include <stdatomic.h>
+
+typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads);
+
+/*
+ * Asks for up to `wanted` threads (the caller included). Returns how many the
+ * call may use: 1 means the caller runs alone and holds nothing; more means the
+ * pool is held until lstm_pool_run returns.
+ */
+int lstm_pool_begin(int wanted);
+
+/* Runs fn(arg, tid, n) for tid in [0, n), the caller as tid 0; n from lstm_pool_begin. */
+void lstm_pool_run(int n, lstm_job_fn fn, void *arg);
+
+void lstm_pool_set_size(int n); /* total threads, caller included; joins or starts workers */
+int lstm_pool_size(void);
+
+typedef struct {
+    atomic_int count;
+    atomic_int phase;
+    int n;
+} lstm_barrier;
+
+void lstm_barrier_init(lstm_barrier *b, int n);
+void lstm_barrier_wait(lstm_barrier *b);
+
+/* Flush denormals to zero on this thread (x86); returns the old mode for restore. */
+unsigned lstm_denormals_off(void);
+void lstm_denormals_restore(unsigned mode);
+
+#endif /* LSTM_POOL_H */
