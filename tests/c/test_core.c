@@ -1,0 +1,716 @@
+/*
+ * test_core.c - tests of the C core without Python.
+ *
+ *   (a) every kernel of every ISA the CPU supports against a naive C loop over
+ *       the documented packed layout, odd sizes, row index tables;
+ *   (b) lstm_model_forward against a naive double-precision LSTM written from
+ *       the equations, many configs, every ISA, 1 and 2 threads, library and
+ *       caller-provided workspace, strided input/output;
+ *   (c) error statuses.
+ *
+ * Exits non-zero on any failure. Built by tests/c/Makefile (also under
+ * ASan+UBSan).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "lstm_infer.h"
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond, ...)                                            \
+    do {                                                            \
+        checks++;                                                   \
+        if (!(cond)) {                                              \
+            failures++;                                             \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
+            fprintf(stderr, __VA_ARGS__);                           \
+            fprintf(stderr, "\n");                                  \
+        }                                                           \
+    } while (0)
+
+/* deterministic xorshift random numbers */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd_u64(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float rnd_f(float lo, float hi) {
+    return lo + (hi - lo) * (float)((rnd_u64() >> 11) * (1.0 / 9007199254740992.0));
+}
+static int64_t rnd_i(int64_t lo, int64_t hi) { /* inclusive */
+    return lo + (int64_t)(rnd_u64() % (uint64_t)(hi - lo + 1));
+}
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory in test\n");
+        exit(2);
+    }
+    return p;
+}
+
+static int close_enough(double got, double want, double atol, double rtol) {
+    if (isnan(got) || isnan(want)) return isnan(got) && isnan(want);
+    return fabs(got - want) <= atol + rtol * fabs(want);
+}
+
+static void shuffle(int64_t *v, int64_t n) {
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = rnd_i(0, i), t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+    }
+}
+
+static double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* ------------------------------------------------------------------ (a) kernels */
+
+static const float SENTINEL = -12345.0f;
+
+static void test_gemm(const lstm_kernels *k, int64_t m, int64_t K, int64_t ncols, int use_idx,
+                      int use_bias, int64_t p0, int64_t p1) {
+    const int64_t panels = (ncols + LSTM_PANEL - 1) / LSTM_PANEL;
+    const int64_t lda = K + 3, ldc = panels * LSTM_PANEL + 5;
+    const int64_t nrows = m + 4; /* storage rows, idx picks a permutation of them */
+    float *a = xcalloc((size_t)(nrows * lda), sizeof(float));
+    float *b = xcalloc((size_t)(panels * K * LSTM_PANEL), sizeof(float));
+    float *bias = xcalloc((size_t)(panels * LSTM_PANEL), sizeof(float));
+    float *c = xcalloc((size_t)(nrows * ldc), sizeof(float));
+    int64_t *ia = xcalloc((size_t)nrows, sizeof(int64_t)), *ic = xcalloc((size_t)nrows, sizeof(int64_t));
+    for (int64_t i = 0; i < nrows * lda; i++) a[i] = rnd_f(-1, 1);
+    for (int64_t i = 0; i < panels * K * LSTM_PANEL; i++) b[i] = rnd_f(-1, 1);
+    for (int64_t i = 0; i < panels * LSTM_PANEL; i++) bias[i] = rnd_f(-1, 1);
+    for (int64_t i = 0; i < nrows * ldc; i++) c[i] = SENTINEL;
+    for (int64_t i = 0; i < nrows; i++) ia[i] = ic[i] = i;
+    shuffle(ia, nrows);
+    shuffle(ic, nrows);
+    lstm_rows ra = {a, lda, use_idx ? ia : NULL}, rc = {c, ldc, use_idx ? ic : NULL};
+    k->gemm(m, K, ra, b, use_bias ? bias : NULL, p0, p1, ncols, rc);
+    int bad = 0;
+    /* every storage row of c: written exactly where expected, untouched elsewhere */
+    char *written = xcalloc((size_t)nrows, 1);
+    for (int64_t r = 0; r < m; r++) written[use_idx ? ic[r] : r] = 1;
+    for (int64_t r = 0; r < m && bad < 5; r++) {
+        const float *ar = a + (use_idx ? ia[r] : r) * lda;
+        const float *cr = c + (use_idx ? ic[r] : r) * ldc;
+        for (int64_t col = 0; col < ldc; col++) {
+            const int64_t p = col / LSTM_PANEL, j = col % LSTM_PANEL;
+            if (col < ncols && p >= p0 && p < p1) {
+                double want = use_bias ? bias[col] : 0.0, mag = fabs(want);
+                for (int64_t kk = 0; kk < K; kk++) {
+                    double t = (double)ar[kk] * b[(p * K + kk) * LSTM_PANEL + j];
+                    want += t;
+                    mag += fabs(t);
+                }
+                if (!close_enough(cr[col], want, 1e-6 * (mag + 1), 1e-5)) {
+                    bad++;
+                    CHECK(0, "%s gemm m=%ld K=%ld n=%ld idx=%d bias=%d: c[%ld][%ld]=%g want %g",
+                          k->name, (long)m, (long)K, (long)ncols, use_idx, use_bias, (long)r,
+                          (long)col, cr[col], want);
+                }
+            } else if (cr[col] != SENTINEL) {
+                bad++;
+                CHECK(0, "%s gemm wrote outside its range: row %ld col %ld", k->name, (long)r,
+                      (long)col);
+            }
+        }
+    }
+    for (int64_t r = 0; r < nrows; r++)
+        if (!written[r])
+            for (int64_t col = 0; col < ldc; col++)
+                if (c[r * ldc + col] != SENTINEL && bad < 5) {
+                    bad++;
+                    CHECK(0, "%s gemm wrote to a row it was not given (%ld)", k->name, (long)r);
+                }
+    CHECK(bad == 0, "%s gemm case failed", k->name);
+    free(written);
+    free(a), free(b), free(bias), free(c), free(ia), free(ic);
+}
+
+static void test_cell(const lstm_kernels *k, int64_t m, int64_t K, int64_t H, int use_idx,
+                      int64_t t0, int64_t t1) {
+    const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE;
+    const int64_t Hp = tiles * LSTM_TILE;
+    const int64_t lda = K + 1, ldg = tiles * LSTM_PANEL + 3, ldc = Hp + 7, ldh = Hp + 2;
+    const int64_t nrows = m + 3;
+    float *a = xcalloc((size_t)(nrows * lda), sizeof(float));
+    float *w = xcalloc((size_t)(tiles * K * LSTM_PANEL), sizeof(float));
+    float *g = xcalloc((size_t)(nrows * ldg), sizeof(float));
+    float *c = xcalloc((size_t)(m * ldc), sizeof(float));
+    float *c0 = xcalloc((size_t)(m * ldc), sizeof(float));
+    float *h = xcalloc((size_t)(nrows * ldh), sizeof(float));
+    int64_t *ia = xcalloc((size_t)nrows, sizeof(int64_t)), *ig = xcalloc((size_t)nrows, sizeof(int64_t)),
+            *ih = xcalloc((size_t)nrows, sizeof(int64_t));
+    for (int64_t i = 0; i < nrows * lda; i++) a[i] = rnd_f(-1, 1);
+    for (int64_t i = 0; i < tiles * K * LSTM_PANEL; i++) w[i] = rnd_f(-0.5f, 0.5f);
+    for (int64_t i = 0; i < nrows * ldg; i++) g[i] = rnd_f(-2, 2);
+    for (int64_t i = 0; i < m * ldc; i++) c[i] = c0[i] = rnd_f(-2, 2);
+    for (int64_t i = 0; i < nrows * ldh; i++) h[i] = SENTINEL;
+    for (int64_t i = 0; i < nrows; i++) ia[i] = ig[i] = ih[i] = i;
+    shuffle(ia, nrows), shuffle(ig, nrows), shuffle(ih, nrows);
+    lstm_rows ra = {a, lda, use_idx ? ia : NULL}, rg = {g, ldg, use_idx ? ig : NULL},
+              rh = {h, ldh, use_idx ? ih : NULL};
+    k->cell(m, K, ra, w, rg, c, ldc, t0, t1, H, rh);
+    int bad = 0;
+    for (int64_t r = 0; r < m && bad < 5; r++) {
+        const float *ar = a + (use_idx ? ia[r] : r) * lda;
+        const float *gr = g + (use_idx ? ig[r] : r) * ldg;
+        const float *hr = h + (use_idx ? ih[r] : r) * ldh;
+        for (int64_t unit = 0; unit < ldc; unit++) {
+            const int64_t t = unit / LSTM_TILE, u = unit % LSTM_TILE;
+            const int in_range = unit < Hp && t >= t0 && t < t1;
+            double cn = c0[r * ldc + unit], hn = 0;
+            if (in_range) {
+                double acc[4];
+                for (int q = 0; q < 4; q++) {
+                    const int64_t j = q * LSTM_TILE + u;
+                    acc[q] = gr[t * LSTM_PANEL + j];
+                    for (int64_t kk = 0; kk < K; kk++)
+                        acc[q] += (double)ar[kk] * w[(t * K + kk) * LSTM_PANEL + j];
+                }
+                cn = sigm(acc[1]) * cn + sigm(acc[0]) * tanh(acc[2]);
+                hn = sigm(acc[3]) * tanh(cn);
+            }
+            if (!close_enough(c[r * ldc + unit], cn, 2e-6, 1e-5)) {
+                bad++;
+                CHECK(0, "%s cell m=%ld K=%ld H=%ld idx=%d tiles[%ld,%ld): c[%ld][%ld]=%g want %g",
+                      k->name, (long)m, (long)K, (long)H, use_idx, (long)t0, (long)t1, (long)r,
+                      (long)unit, c[r * ldc + unit], cn);
+            }
+            if (unit < ldh) {
+                const float got = hr[unit];
+                if (in_range && unit < H) {
+                    if (!close_enough(got, hn, 2e-6, 1e-5)) {
+                        bad++;
+                        CHECK(0, "%s cell h[%ld][%ld]=%g want %g", k->name, (long)r, (long)unit,
+                              got, hn);
+                    }
+                } else if (got != SENTINEL) {
+                    bad++;
+                    CHECK(0, "%s cell wrote h outside its range: row %ld unit %ld (H=%ld)",
+                          k->name, (long)r, (long)unit, (long)H);
+                }
+            }
+        }
+    }
+    CHECK(bad == 0, "%s cell case failed", k->name);
+    free(a), free(w), free(g), free(c), free(c0), free(h), free(ia), free(ig), free(ih);
+}
+
+static int cpu_has_avx2(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+static void test_kernels(const lstm_kernels *k) {
+    const int64_t Ks[] = {1, 2, 7, 16, 37, 65};
+    const int64_t ms[] = {1, 3, 8, 13};
+    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+        for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++)
+            for (int use_idx = 0; use_idx < 2; use_idx++) {
+                const int64_t ncols = rnd_i(1, 200), panels = (ncols + 63) / 64;
+                test_gemm(k, ms[mi], Ks[ki], ncols, use_idx, (int)(rnd_u64() & 1), 0, panels);
+                const int64_t p0 = rnd_i(0, panels - 1), p1 = rnd_i(p0 + 1, panels);
+                test_gemm(k, ms[mi], Ks[ki], ncols, use_idx, 1, p0, p1);
+                const int64_t H = rnd_i(1, 70), tiles = (H + 15) / 16;
+                test_cell(k, ms[mi], Ks[ki], H, use_idx, 0, tiles);
+                const int64_t t0 = rnd_i(0, tiles - 1), t1 = rnd_i(t0 + 1, tiles);
+                test_cell(k, ms[mi], Ks[ki], H, use_idx, t0, t1);
+            }
+    test_gemm(k, 0, 5, 10, 0, 1, 0, 1); /* m = 0: nothing written */
+    test_cell(k, 0, 5, 10, 1, 0, 1);
+}
+
+/* ------------------------------------------------------------------ (b) forward */
+
+typedef struct {
+    lstm_config cfg;
+    int64_t T, B;
+    int ragged;   /* random lengths in [0, T] incl. 0 and T */
+    int with_hx;  /* h_0/c_0 given */
+} fcase;
+
+typedef struct {
+    lstm_config cfg;
+    size_t n;
+    float **w;         /* torch order */
+    int64_t *rows, *cols;
+} weights;
+
+static void make_weights(const lstm_config *cfg, weights *W) {
+    const int64_t H = cfg->hidden_size, P = cfg->proj_size, out = P ? P : H;
+    const int64_t D = 1 + cfg->bidirectional;
+    W->cfg = *cfg;
+    W->n = lstm_weight_count(cfg);
+    W->w = xcalloc(W->n, sizeof(float *));
+    W->rows = xcalloc(W->n, sizeof(int64_t));
+    W->cols = xcalloc(W->n, sizeof(int64_t));
+    size_t i = 0;
+    const float scale = 1.0f / sqrtf((float)H);
+    for (int64_t l = 0; l < cfg->num_layers; l++)
+        for (int64_t d = 0; d < D; d++) {
+            const int64_t in = l == 0 ? cfg->input_size : D * out;
+            int64_t shapes[5][2] = {{4 * H, in}, {4 * H, out}, {4 * H, 1}, {4 * H, 1}, {P, H}};
+            for (int s = 0; s < 5; s++) {
+                if ((s == 2 || s == 3) && !cfg->bias) continue;
+                if (s == 4 && !P) continue;
+                W->rows[i] = shapes[s][0];
+                W->cols[i] = shapes[s][1];
+                const int64_t cnt = shapes[s][0] * shapes[s][1];
+                W->w[i] = xcalloc((size_t)cnt, sizeof(float));
+                for (int64_t e = 0; e < cnt; e++) W->w[i][e] = rnd_f(-scale, scale) * 1.5f;
+                i++;
+            }
+        }
+    if (i != W->n) {
+        fprintf(stderr, "weight count mismatch: %zu vs %zu\n", i, W->n);
+        exit(2);
+    }
+}
+
+static void free_weights(weights *W) {
+    for (size_t i = 0; i < W->n; i++) free(W->w[i]);
+    free(W->w), free(W->rows), free(W->cols);
+}
+
+/* naive LSTM, double precision, packed-sequence semantics; x (T,B,I) contiguous */
+static void naive_forward(const weights *W, int64_t T, int64_t B, const float *x,
+                          const int64_t *lengths, const float *h0, const float *c0, double *out,
+                          double *hn, double *cn) {
+    const lstm_config *cfg = &W->cfg;
+    const int64_t H = cfg->hidden_size, P = cfg->proj_size, O = P ? P : H;
+    const int64_t D = 1 + cfg->bidirectional, L = cfg->num_layers;
+    int64_t in = cfg->input_size;
+    double *layer_in = xcalloc((size_t)(T * B * (in > D * O ? in : D * O)), sizeof(double));
+    for (int64_t i = 0; i < T * B * in; i++) layer_in[i] = x[i];
+    double *layer_out = xcalloc((size_t)(T * B * D * O), sizeof(double));
+    double *h = xcalloc((size_t)H, sizeof(double)), *c = xcalloc((size_t)H, sizeof(double));
+    double *hp = xcalloc((size_t)O, sizeof(double)), *gates = xcalloc((size_t)(4 * H), sizeof(double));
+    size_t wi = 0;
+    for (int64_t l = 0; l < L; l++) {
+        memset(layer_out, 0, (size_t)(T * B * D * O) * sizeof(double));
+        for (int64_t d = 0; d < D; d++) {
+            const float *w_ih = W->w[wi++], *w_hh = W->w[wi++];
+            const float *b_ih = cfg->bias ? W->w[wi++] : NULL, *b_hh = cfg->bias ? W->w[wi++] : NULL;
+            const float *w_hr = P ? W->w[wi++] : NULL;
+            const int64_t slot = l * D + d;
+            for (int64_t b = 0; b < B; b++) {
+                const int64_t len = lengths ? lengths[b] : T;
+                for (int64_t u = 0; u < O; u++) hp[u] = h0 ? h0[(slot * B + b) * O + u] : 0.0;
+                for (int64_t u = 0; u < H; u++) c[u] = c0 ? c0[(slot * B + b) * H + u] : 0.0;
+                for (int64_t s = 0; s < len; s++) {
+                    const int64_t t = d == 0 ? s : len - 1 - s;
+                    const double *xt = layer_in + (t * B + b) * in;
+                    for (int64_t r = 0; r < 4 * H; r++) {
+                        double acc = cfg->bias ? (double)b_ih[r] + b_hh[r] : 0.0;
+                        for (int64_t k = 0; k < in; k++) acc += (double)w_ih[r * in + k] * xt[k];
+                        for (int64_t k = 0; k < O; k++) acc += (double)w_hh[r * O + k] * hp[k];
+                        gates[r] = acc;
+                    }
+                    for (int64_t u = 0; u < H; u++) {
+                        const double ig = sigm(gates[u]), fg = sigm(gates[H + u]);
+                        const double gg = tanh(gates[2 * H + u]), og = sigm(gates[3 * H + u]);
+                        c[u] = fg * c[u] + ig * gg;
+                        h[u] = og * tanh(c[u]);
+                    }
+                    if (P) {
+                        for (int64_t p = 0; p < P; p++) {
+                            double acc = 0;
+                            for (int64_t u = 0; u < H; u++) acc += (double)w_hr[p * H + u] * h[u];
+                            hp[p] = acc;
+                        }
+                    } else {
+                        memcpy(hp, h, (size_t)H * sizeof(double));
+                    }
+                    memcpy(layer_out + (t * B + b) * D * O + d * O, hp, (size_t)O * sizeof(double));
+                }
+                memcpy(hn + (slot * B + b) * O, hp, (size_t)O * sizeof(double));
+                memcpy(cn + (slot * B + b) * H, c, (size_t)H * sizeof(double));
+            }
+        }
+        in = D * O;
+        memcpy(layer_in, layer_out, (size_t)(T * B * D * O) * sizeof(double));
+    }
+    memcpy(out, layer_out, (size_t)(T * B * D * O) * sizeof(double));
+    free(layer_in), free(layer_out), free(h), free(c), free(hp), free(gates);
+}
+
+static int compare(const char *what, const char *ctx, const float *got, const double *want,
+                   int64_t n) {
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!close_enough(got[i], want[i], 3e-5, 1e-4)) {
+            if (bad < 3)
+                CHECK(0, "%s %s[%ld] = %.8g, want %.8g", ctx, what, (long)i, got[i], want[i]);
+            bad++;
+        }
+    checks++;
+    return bad;
+}
+
+static void run_case(const fcase *fc, const char *isa, int threads, int own_workspace) {
+    const lstm_config *cfg = &fc->cfg;
+    const int64_t T = fc->T, B = fc->B, I = cfg->input_size, H = cfg->hidden_size;
+    const int64_t O = cfg->proj_size ? cfg->proj_size : H, D = 1 + cfg->bidirectional;
+    const int64_t S = cfg->num_layers * D;
+    char ctx[256];
+    snprintf(ctx, sizeof ctx,
+             "[isa=%s thr=%d ws=%d I=%d H=%d L=%d bi=%d bias=%d P=%d T=%ld B=%ld ragged=%d hx=%d]",
+             isa, threads, own_workspace, cfg->input_size, cfg->hidden_size, cfg->num_layers,
+             cfg->bidirectional, cfg->bias, cfg->proj_size, (long)T, (long)B, fc->ragged,
+             fc->with_hx);
+    CHECK(lstm_set_isa(isa) == LSTM_OK, "set_isa(%s)", isa);
+    CHECK(strcmp(lstm_get_isa(), isa) == 0, "get_isa after set_isa(%s) = %s", isa, lstm_get_isa());
+    lstm_set_num_threads(threads);
+    CHECK(lstm_get_num_threads() == threads, "get_num_threads = %d", lstm_get_num_threads());
+
+    weights W;
+    make_weights(cfg, &W);
+    lstm_model *m = NULL;
+    lstm_status s = lstm_model_create(cfg, (const float *const *)W.w, W.n, &m);
+    CHECK(s == LSTM_OK && m, "%s create: %s", ctx, lstm_status_string(s));
+    if (!m) {
+        free_weights(&W);
+        return;
+    }
+    CHECK(memcmp(lstm_model_config(m), cfg, sizeof *cfg) == 0, "%s config round trip", ctx);
+
+    float *x = xcalloc((size_t)(T * B * I), sizeof(float));
+    for (int64_t i = 0; i < T * B * I; i++) x[i] = rnd_f(-2, 2);
+    /* a strided copy of x for the library: padding between batch rows and steps */
+    const int64_t xsb = I + 3, xst = B * xsb + 5;
+    float *xs = xcalloc((size_t)(T * xst), sizeof(float));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t b = 0; b < B; b++) memcpy(xs + t * xst + b * xsb, x + (t * B + b) * I, (size_t)I * sizeof(float));
+    int64_t *lengths = NULL;
+    if (fc->ragged) {
+        lengths = xcalloc((size_t)B, sizeof(int64_t));
+        for (int64_t b = 0; b < B; b++) lengths[b] = rnd_i(0, T);
+        lengths[0] = T;
+        if (B > 2) lengths[B - 1] = 0;
+        if (B > 3) lengths[1] = 1;
+    }
+    float *h0 = NULL, *c0 = NULL;
+    if (fc->with_hx) {
+        h0 = xcalloc((size_t)(S * B * O), sizeof(float));
+        c0 = xcalloc((size_t)(S * B * H), sizeof(float));
+        for (int64_t i = 0; i < S * B * O; i++) h0[i] = rnd_f(-1, 1);
+        for (int64_t i = 0; i < S * B * H; i++) c0[i] = rnd_f(-1, 1);
+    }
+    const int64_t osb = D * O + 2, ost = B * osb + 1;
+    float *out = xcalloc((size_t)(T * ost), sizeof(float));
+    for (int64_t i = 0; i < T * ost; i++) out[i] = SENTINEL;
+    float *hn = xcalloc((size_t)(S * B * O), sizeof(float)), *cn = xcalloc((size_t)(S * B * H), sizeof(float));
+    double *rout = xcalloc((size_t)(T * B * D * O), sizeof(double));
+    double *rhn = xcalloc((size_t)(S * B * O), sizeof(double)), *rcn = xcalloc((size_t)(S * B * H), sizeof(double));
+    naive_forward(&W, T, B, x, lengths, h0, c0, rout, rhn, rcn);
+
+    lstm_forward_args a = {.seq_len = T, .batch = B, .input = xs, .input_stride_t = xst,
+                           .input_stride_b = xsb, .lengths = lengths, .h_0 = h0, .c_0 = c0,
+                           .output = out, .output_stride_t = ost, .output_stride_b = osb,
+                           .h_n = hn, .c_n = cn};
+    void *ws = NULL;
+    size_t ws_size = 0;
+    if (own_workspace) {
+        s = lstm_workspace_size(m, T, B, &ws_size);
+        CHECK(s == LSTM_OK, "%s workspace_size: %s", ctx, lstm_status_string(s));
+        ws = malloc(ws_size ? ws_size : 1);
+        /* garbage in the workspace must not matter */
+        memset(ws, 0xA5, ws_size);
+    }
+    s = lstm_model_forward(m, &a, ws, ws_size);
+    CHECK(s == LSTM_OK, "%s forward: %s", ctx, lstm_status_string(s));
+    /* gather the strided output and check the padding was not touched */
+    float *og = xcalloc((size_t)(T * B * D * O), sizeof(float));
+    int pad_bad = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(og + (t * B + b) * D * O, out + t * ost + b * osb, (size_t)(D * O) * sizeof(float));
+            for (int64_t e = D * O; e < osb; e++)
+                if (out[t * ost + b * osb + e] != SENTINEL) pad_bad++;
+        }
+    CHECK(pad_bad == 0, "%s output padding overwritten (%d floats)", ctx, pad_bad);
+    compare("output", ctx, og, rout, T * B * D * O);
+    compare("h_n", ctx, hn, rhn, S * B * O);
+    compare("c_n", ctx, cn, rcn, S * B * H);
+    /* outputs past a length must be exactly 0, length-0 states exactly h_0/c_0 */
+    if (lengths)
+        for (int64_t b = 0; b < B; b++) {
+            int nz = 0;
+            for (int64_t t = lengths[b]; t < T; t++)
+                for (int64_t e = 0; e < D * O; e++) nz += og[(t * B + b) * D * O + e] != 0.0f;
+            CHECK(nz == 0, "%s output past length of seq %ld not zero", ctx, (long)b);
+            if (lengths[b] == 0)
+                for (int64_t sl = 0; sl < S; sl++) {
+                    for (int64_t e = 0; e < O; e++) {
+                        const float want = h0 ? h0[(sl * B + b) * O + e] : 0.0f;
+                        if (hn[(sl * B + b) * O + e] != want) nz++;
+                    }
+                    for (int64_t e = 0; e < H; e++) {
+                        const float want = c0 ? c0[(sl * B + b) * H + e] : 0.0f;
+                        if (cn[(sl * B + b) * H + e] != want) nz++;
+                    }
+                }
+            CHECK(nz == 0, "%s length-0 seq %ld state is not h_0/c_0 exactly", ctx, (long)b);
+        }
+    /* the same call again must be bit-identical (deterministic, no state in the model) */
+    float *out2 = xcalloc((size_t)(T * ost), sizeof(float));
+    float *hn2 = xcalloc((size_t)(S * B * O), sizeof(float)), *cn2 = xcalloc((size_t)(S * B * H), sizeof(float));
+    for (int64_t i = 0; i < T * ost; i++) out2[i] = SENTINEL;
+    a.output = out2, a.h_n = hn2, a.c_n = cn2;
+    s = lstm_model_forward(m, &a, ws, ws_size);
+    CHECK(s == LSTM_OK && memcmp(out, out2, (size_t)(T * ost) * sizeof(float)) == 0 &&
+              memcmp(hn, hn2, (size_t)(S * B * O) * sizeof(float)) == 0 &&
+              memcmp(cn, cn2, (size_t)(S * B * H) * sizeof(float)) == 0,
+          "%s second call differs", ctx);
+    /* h_n / c_n NULL are allowed */
+    a.h_n = NULL, a.c_n = NULL;
+    s = lstm_model_forward(m, &a, NULL, 0);
+    CHECK(s == LSTM_OK && memcmp(out, out2, (size_t)(T * ost) * sizeof(float)) == 0,
+          "%s call without h_n/c_n differs", ctx);
+
+    free(ws);
+    free(og), free(out2), free(hn2), free(cn2);
+    free(x), free(xs), free(lengths), free(h0), free(c0), free(out), free(hn), free(cn);
+    free(rout), free(rhn), free(rcn);
+    lstm_model_free(m);
+    free_weights(&W);
+}
+
+static void test_forward(const char *const *isas, int n_isas) {
+    const fcase cases[] = {
+        /* I, H, L, bias, bi, P;  T, B, ragged, hx */
+        {{37, 50, 1, 1, 0, 0}, 7, 5, 1, 0},
+        {{37, 50, 2, 1, 1, 0}, 6, 4, 1, 1},
+        {{5, 16, 3, 1, 1, 0}, 5, 3, 1, 1},
+        {{8, 20, 2, 0, 0, 0}, 4, 3, 0, 1},     /* no bias */
+        {{8, 20, 2, 1, 1, 7}, 5, 4, 1, 1},     /* proj, bi */
+        {{3, 33, 3, 0, 1, 5}, 4, 6, 1, 0},     /* proj, no bias, 3 layers, bi */
+        {{1, 1, 1, 1, 0, 0}, 3, 1, 0, 0},      /* tiny */
+        {{9, 17, 1, 1, 1, 0}, 1, 1, 0, 1},     /* T 1, batch 1 */
+        {{6, 12, 2, 1, 0, 0}, 5, 1, 1, 1},     /* batch 1 ragged (len T) */
+        {{11, 24, 1, 1, 1, 3}, 6, 7, 1, 1},
+        /* big enough for the pool's threads, team split and bidirectional teams */
+        {{40, 128, 2, 1, 1, 0}, 12, 8, 1, 1},
+        {{40, 130, 1, 1, 0, 64}, 10, 9, 1, 0},
+    };
+    const int threads[] = {1, 2};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
+        for (int i = 0; i < n_isas; i++)
+            for (int t = 0; t < 2; t++)
+                for (int ws = 0; ws < 2; ws++) run_case(&cases[c], isas[i], threads[t], ws);
+    /* all sequences of length 0 */
+    fcase zero = {{4, 8, 2, 1, 1, 0}, 3, 4, 0, 1};
+    for (int i = 0; i < n_isas; i++) {
+        CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
+        weights W;
+        make_weights(&zero.cfg, &W);
+        lstm_model *m = NULL;
+        CHECK(lstm_model_create(&zero.cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+        int64_t lens[4] = {0, 0, 0, 0};
+        float x[3 * 4 * 4] = {0}, out[3 * 4 * 16], hn[4 * 4 * 8], cn[4 * 4 * 8], h0[4 * 4 * 8], c0[4 * 4 * 8];
+        for (int e = 0; e < 128; e++) h0[e] = rnd_f(-1, 1), c0[e] = rnd_f(-1, 1);
+        for (int e = 0; e < 3 * 4 * 16; e++) out[e] = 7.0f;
+        lstm_forward_args a = {.seq_len = 3, .batch = 4, .input = x, .input_stride_t = 16,
+                               .input_stride_b = 4, .lengths = lens, .h_0 = h0, .c_0 = c0,
+                               .output = out, .output_stride_t = 64, .output_stride_b = 16,
+                               .h_n = hn, .c_n = cn};
+        CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "all-zero lengths forward");
+        int bad = 0;
+        for (int e = 0; e < 3 * 4 * 16; e++) bad += out[e] != 0.0f;
+        bad += memcmp(hn, h0, sizeof hn) != 0;
+        bad += memcmp(cn, c0, sizeof cn) != 0;
+        CHECK(bad == 0, "all-zero lengths: output not 0 or state not h_0/c_0 (%d)", bad);
+        lstm_model_free(m);
+        free_weights(&W);
+    }
+}
+
+/* ------------------------------------------------------------------ (c) errors */
+
+static void test_errors(void) {
+    lstm_config cfg = {6, 10, 2, 1, 1, 0};
+    weights W;
+    make_weights(&cfg, &W);
+    const float *const *w = (const float *const *)W.w;
+    lstm_model *m = (lstm_model *)(uintptr_t)1; /* must be left alone or set to NULL */
+
+    /* status strings */
+    for (int st = 0; st <= 6; st++) CHECK(lstm_status_string((lstm_status)st) != NULL, "status string %d", st);
+    CHECK(lstm_status_string((lstm_status)999) != NULL, "status string 999");
+    CHECK(lstm_status_string((lstm_status)-1) != NULL, "status string -1");
+
+    /* create */
+    CHECK(lstm_model_create(NULL, w, W.n, &m) != LSTM_OK, "create NULL cfg");
+    CHECK(lstm_model_create(&cfg, w, W.n, NULL) != LSTM_OK, "create NULL out");
+    CHECK(lstm_model_create(&cfg, NULL, W.n, &m) != LSTM_OK, "create NULL weights");
+    CHECK(lstm_model_create(&cfg, w, W.n - 1, &m) == LSTM_ERR_INVALID_ARGUMENT, "create too few weights");
+    CHECK(lstm_model_create(&cfg, w, W.n + 1, &m) == LSTM_ERR_INVALID_ARGUMENT, "create too many weights");
+    {
+        float *saved = W.w[3];
+        W.w[3] = NULL;
+        CHECK(lstm_model_create(&cfg, w, W.n, &m) == LSTM_ERR_INVALID_ARGUMENT, "create a NULL weight");
+        W.w[3] = saved;
+    }
+    const lstm_config bad_cfgs[] = {
+        {6, 0, 2, 1, 1, 0},  {6, -1, 2, 1, 1, 0}, {0, 10, 2, 1, 1, 0}, {-3, 10, 2, 1, 1, 0},
+        {6, 10, 0, 1, 1, 0}, {6, 10, -2, 1, 1, 0}, {6, 10, 2, 2, 1, 0}, {6, 10, 2, 1, 2, 0},
+        {6, 10, 2, 1, 1, 10}, {6, 10, 2, 1, 1, 11}, {6, 10, 2, 1, 1, -1}, {6, 10, 2, -1, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof bad_cfgs / sizeof *bad_cfgs; i++) {
+        CHECK(lstm_weight_count(&bad_cfgs[i]) == 0, "weight_count of bad cfg %zu", i);
+        CHECK(lstm_model_create(&bad_cfgs[i], w, W.n, &m) == LSTM_ERR_INVALID_ARGUMENT,
+              "create bad cfg %zu", i);
+    }
+    CHECK(lstm_weight_count(NULL) == 0, "weight_count NULL");
+    /* sizes whose weights cannot be represented */
+    {
+        lstm_config huge = {INT32_MAX, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX - 1};
+        size_t n = lstm_weight_count(&huge);
+        lstm_status s = lstm_model_create(&huge, w, n, &m);
+        CHECK(s == LSTM_ERR_SIZE_OVERFLOW || s == LSTM_ERR_INVALID_ARGUMENT || s == LSTM_ERR_OUT_OF_MEMORY,
+              "create huge cfg -> %d", s);
+    }
+    lstm_model_free(NULL); /* allowed */
+    CHECK(lstm_model_config(NULL) == NULL, "config(NULL)");
+
+    m = NULL;
+    CHECK(lstm_model_create(&cfg, w, W.n, &m) == LSTM_OK && m, "create good");
+    const int64_t T = 4, B = 3, O = 10, S = 4;
+    float x[4 * 3 * 6], out[4 * 3 * 20], hn[4 * 3 * 10], cn[4 * 3 * 10];
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++) x[i] = rnd_f(-1, 1);
+    int64_t lens[3] = {4, 2, 0};
+    lstm_forward_args good = {.seq_len = T, .batch = B, .input = x, .input_stride_t = B * 6,
+                              .input_stride_b = 6, .lengths = lens, .output = out,
+                              .output_stride_t = B * 2 * O, .output_stride_b = 2 * O, .h_n = hn,
+                              .c_n = cn};
+    (void)S;
+    CHECK(lstm_model_forward(m, &good, NULL, 0) == LSTM_OK, "good forward");
+    CHECK(lstm_model_forward(NULL, &good, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "forward NULL model");
+    CHECK(lstm_model_forward(m, NULL, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "forward NULL args");
+    lstm_forward_args a = good;
+    a.input = NULL;
+    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "forward NULL input");
+    a = good, a.output = NULL;
+    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "forward NULL output");
+    a = good, a.seq_len = -1;
+    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "forward T<0");
+    a = good, a.batch = -1;
+    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "forward B<0");
+    {
+        int64_t l1[3] = {4, -1, 2}, l2[3] = {5, 1, 2}, l3[3] = {INT64_MIN, 1, 1}, l4[3] = {1, 1, INT64_MAX};
+        const int64_t *ls[] = {l1, l2, l3, l4};
+        for (int i = 0; i < 4; i++) {
+            a = good, a.lengths = ls[i];
+            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "forward bad lengths %d", i);
+        }
+    }
+    size_t need = 0;
+    CHECK(lstm_workspace_size(m, T, B, &need) == LSTM_OK && need > 0, "workspace_size");
+    CHECK(lstm_workspace_size(NULL, T, B, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size NULL model");
+    CHECK(lstm_workspace_size(m, T, B, NULL) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size NULL out");
+    CHECK(lstm_workspace_size(m, -1, B, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size T<0");
+    CHECK(lstm_workspace_size(m, T, -1, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size B<0");
+    lstm_workspace_size(m, T, B, &need);
+    {
+        char *ws = malloc(need);
+        CHECK(lstm_model_forward(m, &good, ws, need - 1) == LSTM_ERR_WORKSPACE_TOO_SMALL, "workspace one byte short");
+        CHECK(lstm_model_forward(m, &good, ws, 0) == LSTM_ERR_WORKSPACE_TOO_SMALL, "workspace size 0");
+        CHECK(lstm_model_forward(m, &good, ws, need) == LSTM_OK, "workspace exact");
+        /* an unaligned workspace of the announced size must still be enough */
+        char *ws2 = malloc(need + 1);
+        CHECK(lstm_model_forward(m, &good, ws2 + 1, need) == LSTM_OK, "workspace unaligned");
+        free(ws2);
+        free(ws);
+    }
+    /* overflow: checked before allocating anything */
+    {
+        const int64_t big[][2] = {{INT64_C(1) << 40, INT64_C(1) << 40}, {INT64_MAX, 1},
+                                  {1, INT64_MAX}, {INT64_MAX, INT64_MAX},
+                                  {INT64_C(1) << 31, INT64_C(1) << 31}, {INT64_C(1) << 62, 2}};
+        for (size_t i = 0; i < sizeof big / sizeof *big; i++) {
+            need = 12345;
+            CHECK(lstm_workspace_size(m, big[i][0], big[i][1], &need) == LSTM_ERR_SIZE_OVERFLOW,
+                  "workspace_size overflow %zu (T=%lld B=%lld)", i, (long long)big[i][0], (long long)big[i][1]);
+            a = good;
+            a.seq_len = big[i][0], a.batch = big[i][1], a.lengths = NULL;
+            /* lengths NULL and T*B huge: the library must refuse before touching input */
+            lstm_status s = lstm_model_forward(m, &a, NULL, 0);
+            CHECK(s == LSTM_ERR_SIZE_OVERFLOW, "forward overflow %zu -> %d (%s)", i, s, lstm_status_string(s));
+            s = lstm_model_forward(m, &a, out, sizeof out);
+            CHECK(s == LSTM_ERR_SIZE_OVERFLOW, "forward overflow with workspace %zu -> %d", i, s);
+        }
+    }
+    /* representable but impossible to allocate: OUT_OF_MEMORY, not a crash */
+    {
+        const int64_t Tb = INT64_C(1) << 36;
+        lstm_status s = lstm_workspace_size(m, Tb, 64, &need);
+        if (s == LSTM_OK && need >= (size_t)1 << 50) {
+            a = good;
+            a.seq_len = Tb, a.batch = 64, a.lengths = NULL;
+            s = lstm_model_forward(m, &a, NULL, 0);
+            CHECK(s == LSTM_ERR_OUT_OF_MEMORY, "forward unallocatable -> %d", s);
+        } else {
+            CHECK(s == LSTM_ERR_SIZE_OVERFLOW, "workspace_size(2^36, 64) -> %d", s);
+        }
+    }
+    /* T = 0 or B = 0 are valid no-ops */
+    a = good, a.seq_len = 0, a.lengths = NULL;
+    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "forward T=0");
+    a = good, a.batch = 0, a.lengths = NULL;
+    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "forward B=0");
+
+    /* ISA and threads */
+    const char *before = lstm_get_isa();
+    CHECK(lstm_set_isa("bogus") == LSTM_ERR_UNKNOWN_ISA, "set_isa bogus");
+    CHECK(lstm_set_isa("") == LSTM_ERR_UNKNOWN_ISA, "set_isa empty");
+    CHECK(lstm_set_isa(NULL) != LSTM_OK, "set_isa NULL");
+    CHECK(strcmp(lstm_get_isa(), before) == 0, "a failed set_isa changed the ISA");
+    CHECK(lstm_set_isa("scalar") == LSTM_OK, "set_isa scalar");
+    lstm_set_num_threads(0);
+    CHECK(lstm_get_num_threads() >= 1, "threads after set 0: %d", lstm_get_num_threads());
+    lstm_set_num_threads(-5);
+    CHECK(lstm_get_num_threads() >= 1, "threads after set -5: %d", lstm_get_num_threads());
+    lstm_set_num_threads(3);
+    CHECK(lstm_model_forward(m, &good, NULL, 0) == LSTM_OK, "forward after thread changes");
+    lstm_set_num_threads(1);
+
+    lstm_model_free(m);
+    free_weights(&W);
+}
+
+int main(void) {
+    const char *isas[2] = {"scalar", NULL};
+    int n_isas = 1;
+    test_kernels(&lstm_kernels_scalar);
+#if defined(__x86_64__)
+    if (cpu_has_avx2()) {
+        test_kernels(&lstm_kernels_avx2);
+        isas[n_isas++] = "avx2";
+    } else {
+        CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused without CPU support");
+        printf("note: CPU has no AVX2+FMA; avx2 kernels not tested\n");
+    }
+#endif
+    test_forward(isas, n_isas);
+    test_errors();
+    lstm_set_num_threads(1);
+    printf("%s: %d checks, %d failures (ISAs:", failures ? "FAILED" : "OK", checks, failures);
+    for (int i = 0; i < n_isas; i++) printf(" %s", isas[i]);
+    printf(")\n");
+    return failures ? 1 : 0;
+}
