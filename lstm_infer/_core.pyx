@@ -72,47 +72,62 @@ cdef class Core:
         lengths: contiguous int64 (B,) or None; h_0/c_0: contiguous float32 or None;
         output: float32 (T, B, D*out) with a contiguous last axis; h_n/c_n: contiguous."""
         cdef cnp.ndarray xa = x, oa = output
-        cdef cnp.ndarray hn = h_n, cn = c_n
-        cdef lstm_forward_args args
-        cdef int64_t T = xa.shape[0], B = xa.shape[1]
-        if (xa.ndim != 3 or xa.dtype != np.float32 or xa.shape[2] != self.input_size
-                or (xa.shape[2] > 1 and xa.strides[2] != 4)):
+        cdef int64_t T, B, slots = self.num_layers * self.directions
+        # C-level checks only: this runs on every call, streaming steps included
+        if (cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT
+                or cnp.PyArray_DIMS(xa)[2] != self.input_size
+                or (cnp.PyArray_DIMS(xa)[2] > 1 and cnp.PyArray_STRIDES(xa)[2] != 4)
+                or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4):
             raise ValueError("input buffer: bad shape, dtype or layout")
-        if (oa.ndim != 3 or oa.dtype != np.float32 or oa.shape[0] != T or oa.shape[1] != B
-                or oa.shape[2] != self.directions * self.out_size or oa.strides[2] != 4
-                or not oa.flags.writeable):
+        T = cnp.PyArray_DIMS(xa)[0]
+        B = cnp.PyArray_DIMS(xa)[1]
+        if (cnp.PyArray_NDIM(oa) != 3 or cnp.PyArray_TYPE(oa) != cnp.NPY_FLOAT
+                or cnp.PyArray_DIMS(oa)[0] != T or cnp.PyArray_DIMS(oa)[1] != B
+                or cnp.PyArray_DIMS(oa)[2] != self.directions * self.out_size
+                or cnp.PyArray_STRIDES(oa)[2] != 4 or cnp.PyArray_STRIDES(oa)[0] % 4
+                or cnp.PyArray_STRIDES(oa)[1] % 4 or not cnp.PyArray_ISWRITEABLE(oa)):
             raise ValueError("output buffer: bad shape, dtype or layout")
-        cdef int64_t slots = self.num_layers * self.directions
-        for name, arr, width in (("h_n", hn, self.out_size), ("c_n", cn, self.hidden_size),
-                                 ("h_0", h_0, self.out_size), ("c_0", c_0, self.hidden_size)):
-            if arr is None:
-                continue
-            if (arr.dtype != np.float32 or not arr.flags.c_contiguous
-                    or arr.shape != (slots, B, width)):
-                raise ValueError(f"{name} buffer: bad shape, dtype or layout")
+        cdef lstm_forward_args args
+        args.h_n = <float *>_state_ptr(h_n, slots, B, self.out_size, True, "h_n")
+        args.c_n = <float *>_state_ptr(c_n, slots, B, self.hidden_size, True, "c_n")
+        args.h_0 = _state_ptr(h_0, slots, B, self.out_size, False, "h_0")
+        args.c_0 = _state_ptr(c_0, slots, B, self.hidden_size, False, "c_0")
         cdef cnp.ndarray la
         args.lengths = NULL
         if lengths is not None:
             la = lengths
-            if la.dtype != np.int64 or not la.flags.c_contiguous or la.shape[0] != B:
+            if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or cnp.PyArray_NDIM(la) != 1
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(la) or cnp.PyArray_DIMS(la)[0] != B):
                 raise ValueError("lengths buffer: bad shape, dtype or layout")
             args.lengths = <const int64_t *>cnp.PyArray_DATA(la)
         args.seq_len = T
         args.batch = B
         args.input = <const float *>cnp.PyArray_DATA(xa)
-        args.input_stride_t = xa.strides[0] // 4
-        args.input_stride_b = xa.strides[1] // 4
-        args.h_0 = NULL if h_0 is None else <const float *>cnp.PyArray_DATA(<cnp.ndarray>h_0)
-        args.c_0 = NULL if c_0 is None else <const float *>cnp.PyArray_DATA(<cnp.ndarray>c_0)
+        args.input_stride_t = cnp.PyArray_STRIDES(xa)[0] // 4
+        args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
         args.output = <float *>cnp.PyArray_DATA(oa)
-        args.output_stride_t = oa.strides[0] // 4
-        args.output_stride_b = oa.strides[1] // 4
-        args.h_n = <float *>cnp.PyArray_DATA(hn)
-        args.c_n = <float *>cnp.PyArray_DATA(cn)
+        args.output_stride_t = cnp.PyArray_STRIDES(oa)[0] // 4
+        args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
         cdef lstm_status s
         with nogil:
             s = lstm_model_forward(self.model, &args, NULL, 0)
         _check(s, "forward")
+
+
+cdef const float *_state_ptr(object obj, int64_t slots, int64_t B, int64_t width,
+                             bint writable, str name) except? NULL:
+    """Pointer to a C-contiguous float32 (slots, B, width) array; NULL for None inputs."""
+    if obj is None:
+        if writable:
+            raise ValueError(f"{name} buffer is required")
+        return NULL
+    cdef cnp.ndarray a = obj
+    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT or cnp.PyArray_NDIM(a) != 3
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_DIMS(a)[0] != slots
+            or cnp.PyArray_DIMS(a)[1] != B or cnp.PyArray_DIMS(a)[2] != width
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))):
+        raise ValueError(f"{name} buffer: bad shape, dtype or layout")
+    return <const float *>cnp.PyArray_DATA(a)
 
 
 def set_num_threads(int n):

@@ -29,6 +29,8 @@ def _to_numpy(value, what):
 
 
 def _float_array(value, what):
+    if type(value) is np.ndarray and value.dtype == np.float32:
+        return value  # the common case, kept cheap for streaming calls
     arr = _to_numpy(value, what)
     if arr.dtype.kind not in _FLOAT_KINDS:
         raise TypeError(f"{what} must have a floating-point dtype (float16/32/64), "
@@ -236,20 +238,24 @@ class LSTM:
             return None, None
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError("hx must be a tuple (h_0, c_0)")
-        slots = self.num_layers * self.num_directions
-        result = []
-        for name, value, width in (("h_0", hx[0], self.out_size), ("c_0", hx[1], self.hidden_size)):
-            arr = _float_array(value, name)
-            want = (slots, width) if unbatched else (slots, B, width)
-            if arr.shape != want:
-                raise ValueError(f"{name} must have shape {want} (num_layers*num_directions, "
-                                 f"{'' if unbatched else 'batch, '}"
-                                 f"{'proj_size or hidden_size' if name == 'h_0' else 'hidden_size'}"
-                                 f"), got {arr.shape}")
-            if unbatched:
-                arr = arr[:, None, :]
-            result.append(np.ascontiguousarray(arr, dtype=np.float32))
-        return tuple(result)
+        core = self._core
+        slots = core.num_layers * core.directions
+        h_0 = self._check_state(hx[0], "h_0", slots, B, core.out_size, unbatched)
+        c_0 = self._check_state(hx[1], "c_0", slots, B, core.hidden_size, unbatched)
+        return h_0, c_0
+
+    @staticmethod
+    def _check_state(value, name, slots, B, width, unbatched):
+        arr = _float_array(value, name)
+        want = (slots, width) if unbatched else (slots, B, width)
+        if arr.shape != want:
+            what = "proj_size or hidden_size" if name == "h_0" else "hidden_size"
+            batch = "" if unbatched else "batch, "
+            raise ValueError(f"{name} must have shape {want} (num_layers*num_directions, "
+                             f"{batch}{what}), got {arr.shape}")
+        if unbatched:
+            arr = arr[:, None, :]
+        return np.ascontiguousarray(arr)
 
     def _check_lengths(self, lengths, T, B):
         arr = _to_numpy(lengths, "lengths")
@@ -275,18 +281,19 @@ class LSTM:
         if B == 0:
             raise ValueError("input has batch size 0; it must be at least 1")
         # the C core takes any strides in multiples of 4 bytes with a contiguous feature axis
-        if (x.strides[2] != 4 and x.shape[2] > 1) or any(s % 4 for s in x.strides):
+        strides = x.strides
+        if (strides[2] != 4 and x.shape[2] > 1) or strides[0] % 4 or strides[1] % 4:
             x = np.ascontiguousarray(x)
         lens = None if lengths is None else self._check_lengths(lengths, T, B)
-        D, out, slots = self.num_directions, self.out_size, self.num_layers * self.num_directions
         core = self._core  # one snapshot, so a concurrent load_state_dict cannot mix models
         if batch_first:
-            output = np.empty((B, T, D * out), np.float32)
+            output = np.empty((B, T, core.directions * core.out_size), np.float32)
             out_view = output.transpose(1, 0, 2)
         else:
-            output = out_view = np.empty((T, B, D * out), np.float32)
-        h_n = np.empty((slots, B, out), np.float32)
-        c_n = np.empty((slots, B, self.hidden_size), np.float32)
+            output = out_view = np.empty((T, B, core.directions * core.out_size), np.float32)
+        slots = core.num_layers * core.directions
+        h_n = np.empty((slots, B, core.out_size), np.float32)
+        c_n = np.empty((slots, B, core.hidden_size), np.float32)
         core.forward(x, lens, h0c0[0], h0c0[1], out_view, h_n, c_n)
         return output, (h_n, c_n)
 
