@@ -114,6 +114,48 @@ cdef class Core:
         _check(s, "forward")
 
 
+    def run_fast(self, x, h_0, c_0):
+        """The common call (float32 (T, B, I) array, optional float32 C-contiguous
+        h_0/c_0 of the right shapes), checked and allocated here. Returns None when
+        anything needs converting or a friendly error: the caller then takes the
+        general path in model.py."""
+        if type(x) is not np.ndarray:
+            return None
+        cdef cnp.ndarray xa = x
+        if (cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT
+                or cnp.PyArray_DIMS(xa)[2] != self.input_size or cnp.PyArray_STRIDES(xa)[2] != 4
+                or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4
+                or cnp.PyArray_DIMS(xa)[0] == 0 or cnp.PyArray_DIMS(xa)[1] == 0):
+            return None
+        cdef cnp.npy_intp T = cnp.PyArray_DIMS(xa)[0], B = cnp.PyArray_DIMS(xa)[1]
+        cdef cnp.npy_intp slots = self.num_layers * self.directions
+        if not (_state_fits(h_0, slots, B, self.out_size)
+                and _state_fits(c_0, slots, B, self.hidden_size)):
+            return None
+        cdef cnp.npy_intp dims[3]
+        dims[0] = T
+        dims[1] = B
+        dims[2] = self.directions * self.out_size
+        output = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
+        dims[0] = slots
+        dims[2] = self.out_size
+        h_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
+        dims[2] = self.hidden_size
+        c_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
+        self.forward(xa, None, h_0, c_0, output, h_n, c_n)
+        return output, (h_n, c_n)
+
+
+cdef bint _state_fits(object obj, cnp.npy_intp slots, cnp.npy_intp B, cnp.npy_intp width):
+    if obj is None:
+        return True
+    if type(obj) is not np.ndarray:
+        return False
+    cdef cnp.ndarray a = obj
+    return (cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT and cnp.PyArray_NDIM(a) == 3
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_DIMS(a)[0] == slots
+            and cnp.PyArray_DIMS(a)[1] == B and cnp.PyArray_DIMS(a)[2] == width)
+
 cdef const float *_state_ptr(object obj, int64_t slots, int64_t B, int64_t width,
                              bint writable, str name) except? NULL:
     """Pointer to a C-contiguous float32 (slots, B, width) array; NULL for None inputs."""

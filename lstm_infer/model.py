@@ -197,6 +197,12 @@ class LSTM:
           Outputs past a length are 0; a length of 0 returns h_0/c_0 as its state.
         Returns output, (h_n, c_n) as float32 arrays (output is a list for list input).
         """
+        if lengths is None and not self.batch_first:
+            h_0, c_0 = hx if type(hx) is tuple and len(hx) == 2 else (None, None)
+            if hx is None or h_0 is not None:
+                result = self._core.run_fast(input, h_0, c_0)  # None: take the general path
+                if result is not None:
+                    return result
         if isinstance(input, (list, tuple)):
             return self._call_list(input, hx, lengths)
         x = _float_array(input, "input")
