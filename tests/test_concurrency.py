@@ -1,0 +1,105 @@
+"""One model called from 8 Python threads at once, each with its own ragged
+batches: results bit-identical to serial calls, also while another thread
+keeps changing li.set_num_threads. Sizes are big enough for the C pool's
+worker threads to be used (and for calls that find the pool busy to run on
+their own thread instead)."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import lstm_infer as li
+from reference import random_state_dict
+
+CFG = dict(input_size=40, hidden_size=128, num_layers=1, bias=True, bidirectional=True)
+N_THREADS = 8
+CALLS_PER_THREAD = 4
+T, MAX_B = 50, 16
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(7)
+    m = li.LSTM(**CFG)
+    m.load_state_dict(random_state_dict(rng, **CFG))
+    jobs = []
+    for _ in range(N_THREADS * CALLS_PER_THREAD):
+        B = int(rng.integers(8, MAX_B + 1))
+        x = rng.uniform(-1, 1, (T, B, CFG["input_size"])).astype(np.float32)
+        lengths = rng.integers(0, T + 1, B)
+        lengths[0] = T
+        hx = None
+        if rng.random() < 0.5:
+            hx = (rng.uniform(-1, 1, (2, B, 128)).astype(np.float32),
+                  rng.uniform(-1, 1, (2, B, 128)).astype(np.float32))
+        jobs.append((x, hx, lengths))
+    saved = li.get_num_threads()
+    li.set_num_threads(2)
+    serial = [m(x, hx, lengths) for x, hx, lengths in jobs]
+    yield m, jobs, serial
+    li.set_num_threads(saved)
+
+
+def _check_same(results, serial):
+    for i, (got, want) in enumerate(zip(results, serial)):
+        np.testing.assert_array_equal(got[0], want[0], err_msg=f"job {i} output")
+        np.testing.assert_array_equal(got[1][0], want[1][0], err_msg=f"job {i} h_n")
+        np.testing.assert_array_equal(got[1][1], want[1][1], err_msg=f"job {i} c_n")
+
+
+def _run_concurrently(m, jobs):
+    start = threading.Barrier(N_THREADS)
+
+    def worker(k):
+        start.wait()  # all threads enter the engine together
+        return [(i, m(*jobs[i])) for i in range(k, len(jobs), N_THREADS)]
+
+    results = [None] * len(jobs)
+    with ThreadPoolExecutor(N_THREADS) as ex:
+        for part in ex.map(worker, range(N_THREADS)):
+            for i, r in part:
+                results[i] = r
+    return results
+
+
+def test_pool_is_used(setup):
+    assert li.get_num_threads() == 2
+
+
+def test_threads_bit_identical_to_serial(setup):
+    m, jobs, serial = setup
+    _check_same(_run_concurrently(m, jobs), serial)
+
+
+def test_threads_bit_identical_while_num_threads_changes(setup):
+    m, jobs, serial = setup
+    stop = threading.Event()
+    toggles = [0]
+
+    def toggler():
+        n = 1
+        while not stop.is_set():
+            li.set_num_threads(n)
+            n = 3 - n
+            toggles[0] += 1
+
+    t = threading.Thread(target=toggler)
+    t.start()
+    try:
+        results = _run_concurrently(m, jobs)
+    finally:
+        stop.set()
+        t.join()
+        li.set_num_threads(2)
+    assert toggles[0] > 1
+    _check_same(results, serial)
+
+
+def test_single_thread_pool_matches(setup):
+    m, jobs, serial = setup
+    li.set_num_threads(1)
+    try:
+        _check_same([m(*j) for j in jobs[:4]], serial[:4])
+    finally:
+        li.set_num_threads(2)
