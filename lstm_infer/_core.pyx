@@ -8,6 +8,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
 cimport numpy as cnp
+import numbers
+
 import numpy as np
 
 from lstm_infer._core cimport *
@@ -172,11 +174,16 @@ cdef const float *_state_ptr(object obj, int64_t slots, int64_t B, int64_t width
     return <const float *>cnp.PyArray_DATA(a)
 
 
-def set_num_threads(int n):
+def set_num_threads(n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"number of threads must be an integer, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
+    if n > 256:
+        raise ValueError(f"number of threads {n} is too large (at most 256)")
+    cdef int count = n
     with nogil:
-        lstm_set_num_threads(n)
+        lstm_set_num_threads(count)
 
 
 def get_num_threads():
@@ -188,7 +195,10 @@ def get_isa():
 
 
 def set_isa(name):
-    cdef bytes b = str(name).encode()
-    if lstm_set_isa(b) != LSTM_OK:
+    if name not in ("auto", "avx2", "scalar"):
         raise ValueError(f"unknown or unsupported instruction set {name!r} "
-                         f"(choose 'auto', 'avx2' or 'scalar'; this CPU may lack avx2)")
+                         f"(choose 'auto', 'avx2' or 'scalar')")
+    cdef bytes b = name.encode()
+    if lstm_set_isa(b) != LSTM_OK:
+        raise ValueError(f"unknown or unsupported instruction set {name!r}: "
+                         f"this CPU lacks it (it has {get_isa()!r})")

@@ -64,6 +64,8 @@ class LSTM:
         self.hidden_size = _as_int(hidden_size, "hidden_size", 1)
         self.num_layers = _as_int(num_layers, "num_layers", 1)
         self.proj_size = _as_int(proj_size, "proj_size", 0)
+        if self.num_layers > 1024:
+            raise ValueError(f"num_layers = {self.num_layers} is too large (at most 1024)")
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size ({self.proj_size}) must be smaller than "
                              f"hidden_size ({self.hidden_size})")
@@ -172,6 +174,8 @@ class LSTM:
         keys like "encoder.weight_ih_l0"); nn.LSTMCell keys load as one layer.
         """
         from . import detect
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         _, cfg = detect.infer_config(state_dict, prefix)
         weights = detect.lstm_state_dict(state_dict, prefix)
         model = cls(batch_first=batch_first, **cfg)
