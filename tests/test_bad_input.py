@@ -220,34 +220,27 @@ BAD = [
     ("set_num_threads -1", lambda m: li.set_num_threads(-1), ValueError, "must be >= 1"),
     ("set_num_threads str", lambda m: li.set_num_threads("2"), TypeError, "integer"),
     ("set_num_threads None", lambda m: li.set_num_threads(None), TypeError, None),
-    ("set_num_threads 2**40", lambda m: li.set_num_threads(2**40), OverflowError, "too large"),
+    ("set_num_threads 2**40", lambda m: li.set_num_threads(2**40), (ValueError, OverflowError),
+     "too large"),
+    ("set_num_threads 257", lambda m: li.set_num_threads(257), ValueError,
+     r"too large \(at most 256\)"),
     ("set_isa unknown", lambda m: li.set_isa("neon"), ValueError, "unknown or unsupported"),
     ("set_isa empty", lambda m: li.set_isa(""), ValueError, "unknown or unsupported"),
     ("set_isa None", lambda m: li.set_isa(None), ValueError, "unknown or unsupported"),
     ("set_isa int", lambda m: li.set_isa(3), ValueError, "unknown or unsupported"),
+    # ---- once mishandled (hang, silent truncation, wrong exception); fixed in 91c3d5a
+    ("ctor num_layers 1025", lambda m: li.LSTM(5, 8, num_layers=1025), ValueError,
+     r"num_layers = 1025 is too large \(at most 1024\)"),
+    ("ctor num_layers 2**31", lambda m: li.LSTM(5, 8, num_layers=2**31), ValueError,
+     "num_layers .* too large"),
+    ("set_num_threads float", lambda m: li.set_num_threads(2.5), TypeError,
+     "must be an integer"),
+    ("set_isa embedded NUL", lambda m: li.set_isa("scalar\0junk"), ValueError,
+     "unknown or unsupported"),
+    ("from_state_dict prefix not str", lambda m: li.LSTM.from_state_dict(SD, prefix=3),
+     TypeError, "prefix must be a str"),
 ]
 
-# Bad inputs the API does not handle cleanly yet (see the report in the commit
-# message); strict, so a fix shows up as XPASS and the marker must go.
-KNOWN_BAD = [
-    pytest.param("ctor num_layers 1025 (C core limit is 1024)",
-                 lambda m: li.LSTM(5, 8, num_layers=1025), ValueError, "num_layers",
-                 marks=pytest.mark.xfail(strict=True, reason="cryptic 'invalid LSTM "
-                                         "configuration' from _core instead of naming num_layers")),
-    pytest.param("ctor num_layers 2**31", lambda m: li.LSTM(5, 8, num_layers=2**31), ValueError,
-                 "num_layers",
-                 marks=pytest.mark.xfail(run=False, reason="hangs: builds 2**31 layers of "
-                                         "random weights in Python before any check")),
-    pytest.param("set_num_threads float", lambda m: li.set_num_threads(2.5), TypeError, "int",
-                 marks=pytest.mark.xfail(strict=True, reason="2.5 silently truncated to 2")),
-    pytest.param("set_isa embedded NUL", lambda m: li.set_isa("scalar\0junk"), ValueError,
-                 "unknown",
-                 marks=pytest.mark.xfail(strict=True, reason="C string cut at NUL: accepted "
-                                         "as 'scalar'")),
-    pytest.param("from_state_dict prefix not str", lambda m: li.LSTM.from_state_dict(SD, prefix=3),
-                 TypeError, "prefix",
-                 marks=pytest.mark.xfail(strict=True, reason="AttributeError from str methods")),
-]
 
 
 def test_table_size():
@@ -262,8 +255,7 @@ def _restore_globals():
     li.set_isa("auto")
 
 
-@pytest.mark.parametrize("name, call, exc, msg", BAD + KNOWN_BAD,
-                         ids=[r[0] for r in BAD] + [p.values[0] for p in KNOWN_BAD])
+@pytest.mark.parametrize("name, call, exc, msg", BAD, ids=[r[0] for r in BAD])
 def test_bad_input(name, call, exc, msg):
     m = _model()
     with pytest.raises(exc, match=msg):
@@ -361,12 +353,11 @@ def _nonfinite_input():
 
 
 def _isa_params():
-    params = [pytest.param("scalar")]
+    # avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo) (fixed in 91c3d5a)
+    params = ["scalar"]
     try:
         li.set_isa("avx2")
-        params.append(pytest.param("avx2", marks=pytest.mark.xfail(
-            strict=True, reason="KNOWN BUG: exp_avx2 in src/kernels_avx2.c clamps with "
-            "_mm256_max_ps(x, lo), which returns lo for NaN, so NaN inputs give finite outputs")))
+        params.append("avx2")
     except ValueError:
         pass
     li.set_isa("auto")

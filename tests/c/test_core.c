@@ -740,15 +740,9 @@ int main(void) {
 #endif
     test_forward(isas, n_isas);
     CHECK(nan_propagates("scalar"), "scalar: NaN does not propagate like PyTorch");
-    /* KNOWN BUG (avx2): exp_avx2 clamps with _mm256_max_ps(x, lo), which returns lo for a
-     * NaN x, so NaN gates become finite. Fix: _mm256_max_ps(lo, x) / _mm256_min_ps(hi, .).
-     * Reported as XFAIL until fixed; then turn it into a CHECK. */
-    if (n_isas > 1) {
-        if (nan_propagates("avx2"))
-            printf("XPASS: avx2 NaN propagation now works; make it a CHECK in test_core.c\n");
-        else
-            printf("XFAIL: avx2 kernels swallow NaN (known bug, see test_core.c)\n");
-    }
+    /* avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo), which returns
+     * lo for a NaN x (fixed by putting x second). */
+    if (n_isas > 1) CHECK(nan_propagates("avx2"), "avx2: NaN does not propagate like PyTorch");
     test_errors();
     lstm_set_num_threads(1);
     printf("%s: %d checks, %d failures (ISAs:", failures ? "FAILED" : "OK", checks, failures);
