@@ -103,3 +103,50 @@ def test_single_thread_pool_matches(setup):
         _check_same([m(*j) for j in jobs[:4]], serial[:4])
     finally:
         li.set_num_threads(2)
+
+
+def test_threads_bit_identical_while_weights_reload(setup):
+    """load_state_dict swaps the core under running calls; each call uses one snapshot."""
+    m, jobs, serial = setup
+    sd = m.state_dict()
+    stop = threading.Event()
+    reloads = [0]
+
+    def reloader():
+        while not stop.is_set():
+            m.load_state_dict(sd)
+            reloads[0] += 1
+
+    t = threading.Thread(target=reloader)
+    t.start()
+    try:
+        results = _run_concurrently(m, jobs)
+    finally:
+        stop.set()
+        t.join()
+    assert reloads[0] > 1
+    _check_same(results, serial)
+
+
+def test_many_models_at_once():
+    """Different models in different threads: each equals its own serial result."""
+    rng = np.random.default_rng(11)
+    models, inputs = [], []
+    for k in range(N_THREADS):
+        cfg = dict(input_size=int(rng.integers(1, 30)), hidden_size=int(rng.integers(16, 100)),
+                   num_layers=int(rng.integers(1, 3)), bidirectional=bool(k % 2))
+        m = li.LSTM(**cfg)
+        m.load_state_dict(random_state_dict(rng, **cfg))
+        x = rng.uniform(-1, 1, (30, 12, cfg["input_size"])).astype(np.float32)
+        models.append(m)
+        inputs.append((x, None, rng.integers(0, 31, 12)))
+    serial = [m(*a) for m, a in zip(models, inputs)]
+    start = threading.Barrier(N_THREADS)
+
+    def worker(k):
+        start.wait()
+        return [models[k](*inputs[k]) for _ in range(3)]
+
+    with ThreadPoolExecutor(N_THREADS) as ex:
+        for k, runs in enumerate(ex.map(worker, range(N_THREADS))):
+            _check_same(runs, [serial[k]] * 3)
