@@ -12,6 +12,7 @@
  * ASan+UBSan).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -572,6 +573,55 @@ static int nan_propagates(const char *isa) {
     return ok;
 }
 
+/* Several caller threads on one model at once (the pool serves one call, the
+ * others run on their own thread): every result bit-identical to a serial call. */
+typedef struct {
+    const lstm_model *m;
+    lstm_forward_args a;
+    int ok;
+} caller;
+
+static void *caller_main(void *p) {
+    caller *c = p;
+    c->ok = 1;
+    for (int rep = 0; rep < 3; rep++) c->ok &= lstm_model_forward(c->m, &c->a, NULL, 0) == LSTM_OK;
+    return NULL;
+}
+
+static void test_concurrent_callers(const char *isa) {
+    enum { NC = 4, TT = 20, BB = 6, II = 24, HH = 96 };
+    lstm_config cfg = {II, HH, 1, 1, 1, 0};
+    weights W;
+    make_weights(&cfg, &W);
+    lstm_model *m = NULL;
+    CHECK(lstm_set_isa(isa) == LSTM_OK, "set_isa");
+    lstm_set_num_threads(2);
+    CHECK(lstm_model_create(&cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+    static float x[NC][TT * BB * II], out[NC][TT * BB * 2 * HH], want[NC][TT * BB * 2 * HH];
+    static int64_t lens[NC][BB];
+    caller c[NC];
+    pthread_t th[NC];
+    for (int k = 0; k < NC; k++) {
+        for (int i = 0; i < TT * BB * II; i++) x[k][i] = rnd_f(-1, 1);
+        for (int b = 0; b < BB; b++) lens[k][b] = rnd_i(0, TT);
+        lstm_forward_args a = {.seq_len = TT, .batch = BB, .input = x[k],
+                               .input_stride_t = BB * II, .input_stride_b = II,
+                               .lengths = lens[k], .output = want[k],
+                               .output_stride_t = BB * 2 * HH, .output_stride_b = 2 * HH};
+        CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "serial forward");
+        a.output = out[k];
+        c[k] = (caller){m, a, 0};
+    }
+    for (int k = 0; k < NC; k++) pthread_create(&th[k], NULL, caller_main, &c[k]);
+    for (int k = 0; k < NC; k++) {
+        pthread_join(th[k], NULL);
+        CHECK(c[k].ok, "%s concurrent caller %d failed", isa, k);
+        CHECK(memcmp(out[k], want[k], sizeof out[k]) == 0, "%s concurrent caller %d differs", isa, k);
+    }
+    lstm_model_free(m);
+    free_weights(&W);
+}
+
 /* ------------------------------------------------------------------ (c) errors */
 
 static void test_errors(void) {
@@ -743,6 +793,7 @@ int main(void) {
     /* avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo), which returns
      * lo for a NaN x (fixed by putting x second). */
     if (n_isas > 1) CHECK(nan_propagates("avx2"), "avx2: NaN does not propagate like PyTorch");
+    for (int i = 0; i < n_isas; i++) test_concurrent_callers(isas[i]);
     test_errors();
     lstm_set_num_threads(1);
     printf("%s: %d checks, %d failures (ISAs:", failures ? "FAILED" : "OK", checks, failures);
