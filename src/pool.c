@@ -37,7 +37,7 @@ static struct {
     int n;                     /* threads in the current job */
     int size;                  /* threads in all, caller included; 0 = not yet chosen */
     int started;               /* workers running */
-    unsigned start_generation; /* generation when the workers were started */
+    atomic_uint start_generation; /* generation when the workers were started */
     pthread_t threads[MAX_THREADS];
 } pool = {
     .busy = PTHREAD_MUTEX_INITIALIZER,
@@ -68,7 +68,7 @@ static void *worker_main(void *p) {
     const int tid = (int)(intptr_t)p;
     /* the generation at creation, not now: a job published before this thread
        ran must not be missed (busy is held while workers start, so none is lost) */
-    unsigned seen = pool.start_generation;
+    unsigned seen = atomic_load(&pool.start_generation);
     lstm_denormals_off();
     for (;;) {
         int spins = 0;
@@ -124,7 +124,7 @@ static void resize_locked(int n) {
         atomic_store(&pool.quit, 0);
         pool.started = 0;
     }
-    pool.start_generation = atomic_load(&pool.generation);
+    atomic_store(&pool.start_generation, atomic_load(&pool.generation));
     while (pool.started < n - 1) {
         if (pthread_create(&pool.threads[pool.started], NULL, worker_main,
                            (void *)(intptr_t)(pool.started + 1)) != 0)

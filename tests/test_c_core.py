@@ -20,7 +20,7 @@ def _have(tool):
 
 @pytest.mark.skipif(not _have("make") or not (_have("gcc") or _have("cc")),
                     reason="needs make and a C compiler")
-@pytest.mark.parametrize("target", ["test", "asan"])
+@pytest.mark.parametrize("target", ["test", "asan", "tsan"])
 def test_c_core(target):
     env = dict(os.environ)
     env.pop("LSTM_INFER_ISA", None)
