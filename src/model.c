@@ -472,21 +472,32 @@ static int args_ok(const lstm_model *m, const lstm_forward_args *a) {
     return 1;
 }
 
-/* Chooses threads and teams from the amount of work. */
-static void plan_threads(forward_job *j) {
+/* Teams and hidden-unit split for nth threads. */
+static void plan_teams(forward_job *j, int nth) {
     const lstm_model *m = j->m;
-    double flops = 0.0;
-    for (int64_t l = 0; l < m->L; l++)
-        flops += 2.0 * (double)j->N * (double)m->D * 4.0 * (double)m->H *
-                 (double)(m->layers[l].in + m->P);
-    int wanted = flops < MIN_FLOPS_FOR_THREADS ? 1 : lstm_get_num_threads();
-    j->nth = lstm_pool_begin(wanted);
-    j->teams = (m->D == 2 && j->nth >= 2) ? 2 : 1;
-    j->team_size = j->nth / j->teams;
+    j->teams = (m->D == 2 && nth >= 2) ? 2 : 1;
+    j->team_size = nth / j->teams;
     // a team splits hidden units only when every member gets real work per step
     const double step_flops = 2.0 * (double)j->B * 4.0 * (double)m->Hp * (double)m->P;
     j->split = j->team_size > 1 && m->tiles >= j->team_size && step_flops >= MIN_STEP_FLOPS_TO_SPLIT;
     if (!j->split) j->team_size = 1;
+}
+
+/* Chooses threads and teams from the amount of work. */
+static void plan_threads(forward_job *j) {
+    const lstm_model *m = j->m;
+    double gemm_flops = 0.0, flops = 0.0;
+    for (int64_t l = 0; l < m->L; l++) {
+        const double per_token = 2.0 * (double)m->D * 4.0 * (double)m->H;
+        gemm_flops += per_token * (double)j->N * (double)m->layers[l].in;
+        flops += per_token * (double)j->N * (double)(m->layers[l].in + m->P);
+    }
+    int wanted = flops < MIN_FLOPS_FOR_THREADS ? 1 : lstm_get_num_threads();
+    plan_teams(j, wanted);
+    // one recurrence that cannot be shared: threads only pay off for a big input projection
+    if (j->teams == 1 && !j->split && gemm_flops < 4.0 * MIN_FLOPS_FOR_THREADS) wanted = 1;
+    j->nth = lstm_pool_begin(wanted);
+    plan_teams(j, j->nth);
     lstm_barrier_init(&j->all, j->nth);
     for (int t = 0; t < 2; t++) lstm_barrier_init(&j->team[t], j->team_size);
 }
