@@ -11,24 +11,12 @@ import numpy as np
 import pytest
 
 import lstm_infer as li
+from isa_helpers import available_isas
 from lstm_infer import readers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = sorted(glob.glob(os.path.join(HERE, "fixtures", "*.npz")))
 TOL = 1e-5
-
-
-def available_isas():
-    found = []
-    for name in ("scalar", "avx2"):
-        try:
-            li.set_isa(name)
-            found.append(name)
-        except ValueError:
-            pass
-    li.set_isa("auto")
-    return found
-
 
 ISAS = available_isas()
 

@@ -14,25 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lstm_infer as li
+from isa_helpers import available_isas
 from reference import random_state_dict, reference
 
 ATOL = 1e-5
 RTOL = 1e-5
 
 
-def _isas():
-    found = []
-    for name in ("scalar", "avx2"):
-        try:
-            li.set_isa(name)
-            found.append(name)
-        except ValueError:
-            pass
-    li.set_isa("auto")
-    return found
-
-
-ISAS = _isas()
+ISAS = available_isas()
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
