@@ -16,6 +16,8 @@ _FLOAT_KINDS = "f"
 
 def _to_numpy(value, what):
     """An array-like (NumPy array, torch tensor, list) as a NumPy array, without torch."""
+    if value is None:
+        raise TypeError(f"{what} must be an array, got None")
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
         value = value.detach().cpu()
         if str(getattr(value, "dtype", "")) == "torch.bfloat16":
@@ -203,7 +205,7 @@ class LSTM:
         """
         if lengths is None and not self.batch_first:
             h_0, c_0 = hx if type(hx) is tuple and len(hx) == 2 else (None, None)
-            if hx is None or h_0 is not None:
+            if hx is None or (h_0 is not None and c_0 is not None):
                 result = self._core.run_fast(input, h_0, c_0)  # None: take the general path
                 if result is not None:
                     return result

@@ -91,7 +91,7 @@ BAD = [
     ("ctor dropout str", lambda m: li.LSTM(5, 8, dropout="x"), ValueError, "dropout"),
     ("ctor dropout nan", lambda m: li.LSTM(5, 8, dropout=float("nan")), ValueError, "dropout"),
     # ---- input: type, dtype, rank, sizes
-    ("input None", lambda m: m(None), TypeError, "floating-point dtype"),
+    ("input None", lambda m: m(None), TypeError, "input must be an array, got None"),
     ("input str", lambda m: m("hello"), TypeError, "floating-point dtype"),
     ("input object array", lambda m: m(np.full((T, B, I), object())), TypeError,
      "floating-point dtype"),
@@ -158,6 +158,8 @@ BAD = [
     ("hx 1-tuple", lambda m: m(X, (HX[0],)), TypeError, "hx must be a tuple"),
     ("hx dict", lambda m: m(X, {"h": HX[0], "c": HX[1]}), TypeError, "hx must be a tuple"),
     ("hx str", lambda m: m(X, "hc"), TypeError, "hx must be a tuple"),
+    ("hx c_0 None", lambda m: m(X, (HX[0], None)), TypeError, "c_0 must be an array, got None"),
+    ("hx h_0 None", lambda m: m(X, (None, HX[1])), TypeError, "h_0 must be an array, got None"),
     ("hx h_0 wrong batch", lambda m: m(X, _hx(h=np.zeros((S, B + 1, P), np.float32))),
      ValueError, r"h_0 must have shape \(4, 3, 3\)"),
     ("hx c_0 wrong width", lambda m: m(X, _hx(c=np.zeros((S, B, P), np.float32))),
