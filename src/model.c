@@ -495,7 +495,10 @@ static void plan_threads(forward_job *j) {
     int wanted = flops < MIN_FLOPS_FOR_THREADS ? 1 : lstm_get_num_threads();
     plan_teams(j, wanted);
     // one recurrence that cannot be shared: threads only pay off for a big input projection
-    if (j->teams == 1 && !j->split && gemm_flops < 4.0 * MIN_FLOPS_FOR_THREADS) wanted = 1;
+    // (the idle thread spins through the recurrence, which costs the busy one on shared cores)
+    if (j->teams == 1 && !j->split &&
+        (gemm_flops < 4.0 * MIN_FLOPS_FOR_THREADS || gemm_flops < flops - gemm_flops))
+        wanted = 1;
     j->nth = lstm_pool_begin(wanted);
     plan_teams(j, j->nth);
     lstm_barrier_init(&j->all, j->nth);
