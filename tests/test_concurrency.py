@@ -72,27 +72,40 @@ def test_threads_bit_identical_to_serial(setup):
     _check_same(_run_concurrently(m, jobs), serial)
 
 
-def test_threads_bit_identical_while_num_threads_changes(setup):
-    m, jobs, serial = setup
+def _run_while(m, jobs, action):
+    """Runs the jobs concurrently while another thread repeats action(); returns the
+    results and how many times action ran."""
     stop = threading.Event()
-    toggles = [0]
+    count = [0]
 
-    def toggler():
-        n = 1
+    def loop():
         while not stop.is_set():
-            li.set_num_threads(n)
-            n = 3 - n
-            toggles[0] += 1
+            action()
+            count[0] += 1
 
-    t = threading.Thread(target=toggler)
+    t = threading.Thread(target=loop)
     t.start()
     try:
         results = _run_concurrently(m, jobs)
     finally:
         stop.set()
         t.join()
+    return results, count[0]
+
+
+def test_threads_bit_identical_while_num_threads_changes(setup):
+    m, jobs, serial = setup
+    n = [1]
+
+    def toggle():
+        li.set_num_threads(n[0])
+        n[0] = 3 - n[0]
+
+    try:
+        results, toggles = _run_while(m, jobs, toggle)
+    finally:
         li.set_num_threads(2)
-    assert toggles[0] > 1
+    assert toggles > 1
     _check_same(results, serial)
 
 
@@ -109,24 +122,9 @@ def test_threads_bit_identical_while_weights_reload(setup):
     """load_state_dict swaps the core under running calls; each call uses one snapshot."""
     m, jobs, serial = setup
     sd = m.state_dict()
-    stop = threading.Event()
-    reloads = [0]
-
-    def reloader():
-        while not stop.is_set():
-            m.load_state_dict(sd)
-            reloads[0] += 1
-
-    t = threading.Thread(target=reloader)
-    t.start()
-    try:
-        results = _run_concurrently(m, jobs)
-    finally:
-        stop.set()
-        t.join()
-    assert reloads[0] > 1
+    results, reloads = _run_while(m, jobs, lambda: m.load_state_dict(sd))
+    assert reloads > 1
     _check_same(results, serial)
-
 
 def test_many_models_at_once():
     """Different models in different threads: each equals its own serial result."""
