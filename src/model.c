@@ -462,13 +462,12 @@ static void forward_thread(void *arg, int tid, int nth) {
     lstm_denormals_restore(fp_mode);
 }
 
-static int args_ok(const lstm_model *m, const lstm_forward_args *a) {
+static int args_ok(const lstm_forward_args *a) {
     if (!a || a->seq_len < 0 || a->batch < 0 || !a->output) return 0;
     if (a->seq_len > 0 && a->batch > 0 && !a->input) return 0;
     if (a->lengths)
         for (int64_t b = 0; b < a->batch; b++)
             if (a->lengths[b] < 0 || a->lengths[b] > a->seq_len) return 0;
-    (void)m;
     return 1;
 }
 
@@ -507,7 +506,7 @@ static void plan_threads(forward_job *j) {
 
 lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *args,
                                void *workspace, size_t workspace_size) {
-    if (!m || !args_ok(m, args)) return LSTM_ERR_INVALID_ARGUMENT;
+    if (!m || !args_ok(args)) return LSTM_ERR_INVALID_ARGUMENT;
     forward_job j = {.m = m, .args = args, .k = lstm_active_kernels(), .T = args->seq_len,
                      .B = args->batch};
     size_t need;
