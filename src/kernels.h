@@ -3,11 +3,13 @@
  * packed weight layout they share. Internal to the library.
  *
  * Packed layout ("panels"): a (K, N) right-hand matrix is cut into panels of
- * LSTM_PANEL = 64 columns, each stored k-major: panel p holds columns
- * [64p, 64p+64) as K rows of 64 floats, zero beyond N. For gate matrices the
- * 64 columns of panel j are the four gates of hidden units [16j, 16j+16):
- * i(16) f(16) g(16) o(16), so one panel carries everything a tile of hidden
- * units needs for its cell update. The layout does not depend on the ISA.
+ * LSTM_PANEL = 64 columns, zero beyond N. A panel is four "strips" of
+ * LSTM_TILE = 16 columns one after another, each strip K rows of 16 floats
+ * (so one strip row is one cache line and a strip is contiguous: a K-block of
+ * it stays in L1 without set conflicts). For gate matrices the strips of
+ * panel j are the gates i, f, g, o of hidden units [16j, 16j+16), so one
+ * panel carries everything a tile of hidden units needs for its cell update.
+ * The layout does not depend on the ISA.
  */
 #ifndef LSTM_KERNELS_H
 #define LSTM_KERNELS_H
@@ -17,6 +19,12 @@
 
 #define LSTM_TILE 16             /* hidden units per panel */
 #define LSTM_PANEL (4 * LSTM_TILE) /* floats per panel row */
+
+/* Offset of element (k, col) in a packed (K, N) matrix. */
+static inline int64_t lstm_packed_at(int64_t K, int64_t k, int64_t col) {
+    const int64_t p = col / LSTM_PANEL, j = col % LSTM_PANEL;
+    return (p * LSTM_PANEL + j / LSTM_TILE * LSTM_TILE) * K + k * LSTM_TILE + j % LSTM_TILE;
+}
 
 /* A set of rows: row r is at base + (idx ? idx[r] : r) * ld. */
 typedef struct {

@@ -2,11 +2,13 @@
  * kernels_avx2.c - AVX2 + FMA kernels (8 floats a vector, 16 registers).
  * Built with -mavx2 -mfma; only called after the CPU reported both.
  *
- * One register-blocked microkernel serves both kernels: MR rows x NV vectors
- * of a 64-column panel, accumulating over K with broadcast-FMA. The shape is
- * picked from the rows left so that 8 to 12 independent accumulators hide the
- * FMA latency: 6x16 for full blocks, 3x32 / 2x32 / 1x64 for the remainders
- * (a streaming step with batch 1 is the 1x64 case).
+ * One register-blocked microkernel serves both kernels: MR rows x NS strips
+ * (16 columns, two vectors each) accumulated over a K-block of KC with
+ * broadcast-FMA. Full groups of 6 rows run 6x1 (12 accumulators) strip by
+ * strip, so a K-block of one strip (16 KB) stays in L1 while every row group
+ * passes over it; the 1 to 5 rows left run 3x2 / 2x2 / 1x4 shapes so that
+ * 8 to 12 independent accumulators still hide the FMA latency (a streaming
+ * step with batch 1 is the 1x4 case: all four gates of a tile at once).
  */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "kernels_avx2.c must be compiled with -mavx2 -mfma"
@@ -19,7 +21,9 @@
 
 #define INLINE static inline __attribute__((always_inline))
 #define MR_MAX 6
-#define ROW_BLOCK 96 /* rows of A kept hot in L2 while panels stream past */
+#define KC 256        /* K-block: 6 rows of A and one strip's block fit in L1 */
+#define ROW_BLOCK 96  /* gemm rows of A kept hot in L2 while panels stream past */
+#define CELL_ROWS 48  /* cell rows whose gate pre-activations wait in a stack tile */
 
 // ---------------------------------------------------------------- activations
 
@@ -69,44 +73,96 @@ INLINE __m256 tanh_avx2(__m256 x) {
 
 // ---------------------------------------------------------------- microkernel
 
-// out[r][col0 .. col0+8NV] = init[r] (or bias, or 0) + sum_k a[r][k] * bp[k][col0 ..]
-INLINE void block(const int MR, const int NV, int64_t K, const float *const *a, const float *bp,
-                  int col0, const float *const *init, const float *bias, float *const *out) {
+/*
+ * out[r][16s .. 16s+16] for rows r < MR and strips s < NS, over one K-block:
+ *   (init ? init[r] : bias ? bias : 0)[16s ..] + sum_k a[r][k] * strip s row k
+ * a[r] and bs already point at the block's first k; strips are sstride apart.
+ */
+INLINE void block(const int MR, const int NS, int64_t kc, const float *const *a, const float *bs,
+                  int64_t sstride, const float *const *init, const float *bias,
+                  float *const *out) {
     __m256 acc[MR_MAX][8];
     for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++)
-            acc[r][v] = init ? _mm256_loadu_ps(init[r] + col0 + 8 * v)
-                      : bias ? _mm256_loadu_ps(bias + col0 + 8 * v)
+        for (int v = 0; v < 2 * NS; v++)
+            acc[r][v] = init ? _mm256_loadu_ps(init[r] + 8 * v)
+                      : bias ? _mm256_loadu_ps(bias + 8 * v)
                              : _mm256_setzero_ps();
-    const float *bk = bp + col0;
-    for (int64_t k = 0; k < K; k++, bk += LSTM_PANEL) {
+    for (int64_t k = 0; k < kc; k++) {
         __m256 bv[8];
-        for (int v = 0; v < NV; v++) bv[v] = _mm256_loadu_ps(bk + 8 * v);
+        for (int v = 0; v < 2 * NS; v++)
+            bv[v] = _mm256_loadu_ps(bs + (v / 2) * sstride + k * LSTM_TILE + 8 * (v % 2));
         for (int r = 0; r < MR; r++) {
             const __m256 x = _mm256_broadcast_ss(a[r] + k);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
+            for (int v = 0; v < 2 * NS; v++) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
         }
     }
     for (int r = 0; r < MR; r++)
-        for (int v = 0; v < NV; v++) _mm256_storeu_ps(out[r] + col0 + 8 * v, acc[r][v]);
+        for (int v = 0; v < 2 * NS; v++) _mm256_storeu_ps(out[r] + 8 * v, acc[r][v]);
 }
 
-// a whole 64-column panel for mr rows, in the block shape that suits mr
-INLINE void panel_shape(const int MR, const int NV, int64_t K, const float *const *a,
-                        const float *bp, const float *const *init, const float *bias,
-                        float *const *out) {
-    for (int col0 = 0; col0 < LSTM_PANEL; col0 += 8 * NV) block(MR, NV, K, a, bp, col0, init, bias, out);
+static void block6(int64_t kc, const float *const *a, const float *bs, const float *const *init,
+                   const float *bias, float *const *out) {
+    block(6, 1, kc, a, bs, 0, init, bias, out);
 }
 
-static void panel(int mr, int64_t K, const float *const *a, const float *bp,
-                  const float *const *init, const float *bias, float *const *out) {
-    switch (mr) {
-    case 6: panel_shape(6, 2, K, a, bp, init, bias, out); break;
-    case 5: panel_shape(5, 2, K, a, bp, init, bias, out); break;
-    case 4: panel_shape(4, 2, K, a, bp, init, bias, out); break;
-    case 3: panel_shape(3, 4, K, a, bp, init, bias, out); break;
-    case 2: panel_shape(2, 4, K, a, bp, init, bias, out); break;
-    default: panel_shape(1, 8, K, a, bp, init, bias, out); break;
+// fewer than 6 rows: every strip of the panel, in the shape that suits mr
+static void block_tail(int mr, int64_t kc, const float *const *a, const float *bs, int64_t sstride,
+                       const float *const *init, const float *bias, float *const *out) {
+    const float *in[MR_MAX];
+    float *o[MR_MAX];
+    const int ns = mr >= 4 ? 1 : mr == 1 ? 4 : 2;
+    for (int s = 0; s < 4; s += ns) {
+        for (int r = 0; r < mr; r++) {
+            in[r] = init ? init[r] + s * LSTM_TILE : NULL;
+            o[r] = out[r] + s * LSTM_TILE;
+        }
+        const float *const *ip = init ? in : NULL;
+        const float *b = bias ? bias + s * LSTM_TILE : NULL, *w = bs + s * sstride;
+        switch (mr) {
+        case 5: block(5, 1, kc, a, w, sstride, ip, b, o); break;
+        case 4: block(4, 1, kc, a, w, sstride, ip, b, o); break;
+        case 3: block(3, 2, kc, a, w, sstride, ip, b, o); break;
+        case 2: block(2, 2, kc, a, w, sstride, ip, b, o); break;
+        default: block(1, 4, kc, a, w, sstride, ip, b, o); break;
+        }
+    }
+}
+
+/*
+ * out[r][0 .. 64] = (init rows, or bias, or 0) + a[r] (K) @ packed panel bp,
+ * for rows r < m. The panel goes strip by strip and K-block by K-block over
+ * every full group of 6 rows; a later K-block accumulates onto out.
+ */
+static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, const lstm_rows *init,
+                       const float *bias, lstm_rows out) {
+    const float *ar[MR_MAX], *ir[MR_MAX];
+    float *orow[MR_MAX];
+    const int64_t full = m / MR_MAX * MR_MAX, sstride = K * LSTM_TILE;
+    for (int s = 0; s < 4; s++)
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            const float *bs = bp + s * sstride + k0 * LSTM_TILE;
+            for (int64_t r0 = 0; r0 < full; r0 += MR_MAX) {
+                for (int r = 0; r < MR_MAX; r++) {
+                    ar[r] = lstm_row(a, r0 + r) + k0;
+                    orow[r] = lstm_row(out, r0 + r) + s * LSTM_TILE;
+                    ir[r] = k0 ? orow[r] : init ? lstm_row(*init, r0 + r) + s * LSTM_TILE : NULL;
+                }
+                block6(kc, ar, bs, k0 || init ? ir : NULL, k0 ? NULL : bias ? bias + s * LSTM_TILE : NULL,
+                       orow);
+            }
+        }
+    const int mr = (int)(m - full);
+    if (!mr) return;
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = K - k0 < KC ? K - k0 : KC;
+        for (int r = 0; r < mr; r++) {
+            ar[r] = lstm_row(a, full + r) + k0;
+            orow[r] = lstm_row(out, full + r);
+            ir[r] = k0 ? orow[r] : init ? lstm_row(*init, full + r) : NULL;
+        }
+        block_tail(mr, kc, ar, bp + k0 * LSTM_TILE, sstride, k0 || init ? ir : NULL,
+                   k0 ? NULL : bias, orow);
     }
 }
 
@@ -115,27 +171,26 @@ static void panel(int mr, int64_t K, const float *const *a, const float *bp,
 static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, const float *bias,
                       int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[MR_MAX][LSTM_PANEL];
-    const float *ar[MR_MAX];
-    float *cr[MR_MAX], *tr[MR_MAX];
-    for (int r = 0; r < MR_MAX; r++) tr[r] = tmp[r];
     for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
-        const int64_t rb_end = rb + ROW_BLOCK < m ? rb + ROW_BLOCK : m;
+        const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
+        const lstm_rows ab = lstm_rows_from(a, rb);
         for (int64_t p = p0; p < p1; p++) {
             const float *bp = b + p * K * LSTM_PANEL;
             const float *bias_p = bias ? bias + p * LSTM_PANEL : NULL;
             const int64_t width = ncols - p * LSTM_PANEL;
-            for (int64_t r0 = rb; r0 < rb_end; r0 += MR_MAX) {
-                const int mr = (int)(rb_end - r0 < MR_MAX ? rb_end - r0 : MR_MAX);
-                for (int r = 0; r < mr; r++) {
-                    ar[r] = lstm_row(a, r0 + r);
-                    cr[r] = lstm_row(c, r0 + r) + p * LSTM_PANEL;
-                }
-                if (width >= LSTM_PANEL) {
-                    panel(mr, K, ar, bp, NULL, bias_p, cr);
-                } else { // last panel of a matrix whose width is not a multiple of 64
-                    panel(mr, K, ar, bp, NULL, bias_p, tr);
-                    for (int r = 0; r < mr; r++) memcpy(cr[r], tmp[r], (size_t)width * sizeof(float));
-                }
+            lstm_rows cb = lstm_rows_from(c, rb);
+            cb.base += p * LSTM_PANEL;
+            if (width >= LSTM_PANEL) {
+                panel_rows(rows, K, ab, bp, NULL, bias_p, cb);
+                continue;
+            }
+            // last panel of a matrix whose width is not a multiple of 64: via a stack tile
+            for (int64_t r0 = 0; r0 < rows; r0 += MR_MAX) {
+                const int64_t mr = rows - r0 < MR_MAX ? rows - r0 : MR_MAX;
+                panel_rows(mr, K, lstm_rows_from(ab, r0), bp, NULL, bias_p,
+                           (lstm_rows){tmp[0], LSTM_PANEL, NULL});
+                for (int64_t r = 0; r < mr; r++)
+                    memcpy(lstm_row(cb, r0 + r), tmp[r], (size_t)width * sizeof(float));
             }
         }
     }
@@ -143,23 +198,19 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, const f
 
 static void cell_avx2(int64_t m, int64_t K, lstm_rows a, const float *w_hh, lstm_rows g,
                       float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {
-    float tmp[MR_MAX][LSTM_PANEL];
+    float tmp[CELL_ROWS][LSTM_PANEL];
     float hbuf[LSTM_TILE];
-    const float *ar[MR_MAX], *gr[MR_MAX];
-    float *tr[MR_MAX];
-    for (int r = 0; r < MR_MAX; r++) tr[r] = tmp[r];
     for (int64_t t = t0; t < t1; t++) {
         const float *wp = w_hh + t * K * LSTM_PANEL;
         const int64_t unit0 = t * LSTM_TILE;
         const int64_t units = H - unit0 < LSTM_TILE ? H - unit0 : LSTM_TILE;
-        for (int64_t r0 = 0; r0 < m; r0 += MR_MAX) {
-            const int mr = (int)(m - r0 < MR_MAX ? m - r0 : MR_MAX);
-            for (int r = 0; r < mr; r++) {
-                ar[r] = lstm_row(a, r0 + r);
-                gr[r] = lstm_row(g, r0 + r) + t * LSTM_PANEL;
-            }
-            panel(mr, K, ar, wp, gr, NULL, tr);
-            for (int r = 0; r < mr; r++) {
+        for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
+            const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
+            lstm_rows gt = lstm_rows_from(g, r0);
+            gt.base += t * LSTM_PANEL;
+            panel_rows(rows, K, lstm_rows_from(a, r0), wp, &gt, NULL,
+                       (lstm_rows){tmp[0], LSTM_PANEL, NULL});
+            for (int64_t r = 0; r < rows; r++) {
                 float *cr = c + (r0 + r) * ldc + unit0;
                 float *hr = lstm_row(h, r0 + r) + unit0;
                 for (int half = 0; half < LSTM_TILE; half += 8) {

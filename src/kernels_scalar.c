@@ -9,6 +9,16 @@
 
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// acc[64] += a (K) @ one packed panel: strip by strip, each K rows of 16
+static void strips(int64_t K, const float *a, const float *panel, float *acc) {
+    for (int s = 0; s < 4; s++) {
+        const float *w = panel + s * K * LSTM_TILE;
+        float *out = acc + s * LSTM_TILE;
+        for (int64_t k = 0; k < K; k++, w += LSTM_TILE)
+            for (int j = 0; j < LSTM_TILE; j++) out[j] += a[k] * w[j];
+    }
+}
+
 // c rows (m, cols in panels [p0,p1)) = bias + a (m, K) @ b (K, panels)
 static void gemm_scalar(int64_t m, int64_t K, lstm_rows a, const float *b, const float *bias,
                         int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
@@ -19,11 +29,7 @@ static void gemm_scalar(int64_t m, int64_t K, lstm_rows a, const float *b, const
         for (int64_t p = p0; p < p1; p++) {
             const float *bp = b + p * K * LSTM_PANEL;
             for (int j = 0; j < LSTM_PANEL; j++) acc[j] = bias ? bias[p * LSTM_PANEL + j] : 0.0f;
-            for (int64_t k = 0; k < K; k++) {
-                const float x = ar[k];
-                const float *bk = bp + k * LSTM_PANEL;
-                for (int j = 0; j < LSTM_PANEL; j++) acc[j] += x * bk[j];
-            }
+            strips(K, ar, bp, acc);
             int64_t n = ncols - p * LSTM_PANEL;
             if (n > LSTM_PANEL) n = LSTM_PANEL;
             memcpy(cr + p * LSTM_PANEL, acc, (size_t)n * sizeof(float));
@@ -43,11 +49,7 @@ static void cell_scalar(int64_t m, int64_t K, lstm_rows a, const float *w_hh, ls
         for (int64_t t = t0; t < t1; t++) {
             const float *wp = w_hh + t * K * LSTM_PANEL;
             memcpy(acc, gr + t * LSTM_PANEL, sizeof(acc));
-            for (int64_t k = 0; k < K; k++) {
-                const float x = ar[k];
-                const float *wk = wp + k * LSTM_PANEL;
-                for (int j = 0; j < LSTM_PANEL; j++) acc[j] += x * wk[j];
-            }
+            strips(K, ar, wp, acc);
             for (int u = 0; u < LSTM_TILE; u++) {
                 const int64_t unit = t * LSTM_TILE + u;
                 const float i = sigmoid(acc[u]);

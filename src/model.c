@@ -109,25 +109,19 @@ static void *arena_take(arena *a, int64_t count, int64_t elem) {
 // gate weights W (4H, K) row-major, gates i,f,g,o -> tiles panels of (K x 64)
 static void pack_gates(const float *w, int64_t K, int64_t H, int64_t tiles, float *dst) {
     for (int64_t t = 0; t < tiles; t++)
-        for (int64_t k = 0; k < K; k++) {
-            float *row = dst + (t * K + k) * LSTM_PANEL;
-            for (int q = 0; q < 4; q++)
-                for (int u = 0; u < LSTM_TILE; u++) {
-                    const int64_t unit = t * LSTM_TILE + u;
-                    row[q * LSTM_TILE + u] = unit < H ? w[(q * H + unit) * K + k] : 0.0f;
-                }
-        }
+        for (int q = 0; q < 4; q++)
+            for (int u = 0; u < LSTM_TILE; u++) {
+                const int64_t unit = t * LSTM_TILE + u, col = t * LSTM_PANEL + q * LSTM_TILE + u;
+                for (int64_t k = 0; k < K; k++)
+                    dst[lstm_packed_at(K, k, col)] = unit < H ? w[(q * H + unit) * K + k] : 0.0f;
+            }
 }
 
 // plain W (N, K) row-major -> ceil(N/64) panels of (K x 64) holding W^T
 static void pack_plain(const float *w, int64_t N, int64_t K, float *dst) {
-    const int64_t panels = (N + LSTM_PANEL - 1) / LSTM_PANEL;
-    for (int64_t p = 0; p < panels; p++)
-        for (int64_t k = 0; k < K; k++)
-            for (int j = 0; j < LSTM_PANEL; j++) {
-                const int64_t col = p * LSTM_PANEL + j;
-                dst[(p * K + k) * LSTM_PANEL + j] = col < N ? w[col * K + k] : 0.0f;
-            }
+    const int64_t cols = (N + LSTM_PANEL - 1) / LSTM_PANEL * LSTM_PANEL;
+    for (int64_t col = 0; col < cols; col++)
+        for (int64_t k = 0; k < K; k++) dst[lstm_packed_at(K, k, col)] = col < N ? w[col * K + k] : 0.0f;
 }
 
 // b_ih + b_hh (4H each) -> one packed panel row per tile
