@@ -196,10 +196,50 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, const f
     }
 }
 
+// the cell update of 8 units from their four gate pre-activations; h goes to hout
+INLINE __m256 cell_update(__m256 i, __m256 f, __m256 g, __m256 o, float *c) {
+    const __m256 cn = _mm256_fmadd_ps(sigmoid_avx2(f), _mm256_loadu_ps(c),
+                                      _mm256_mul_ps(sigmoid_avx2(i), tanh_avx2(g)));
+    _mm256_storeu_ps(c, cn);
+    return _mm256_mul_ps(sigmoid_avx2(o), tanh_avx2(cn));
+}
+
+// one row (a streaming step, or the last live sequence): gates stay in registers
+static __attribute__((noinline)) void cell_row(int64_t K, const float *a, const float *w_hh, const float *g, float *c,
+                     int64_t t0, int64_t t1, int64_t H, float *h) {
+    const int64_t sstride = K * LSTM_TILE;
+    for (int64_t t = t0; t < t1; t++) {
+        const float *wp = w_hh + t * K * LSTM_PANEL, *gt = g + t * LSTM_PANEL;
+        __m256 acc[8];
+        for (int v = 0; v < 8; v++) acc[v] = _mm256_loadu_ps(gt + 8 * v);
+        for (int64_t k = 0; k < K; k++, wp += LSTM_TILE) {
+            const __m256 x = _mm256_broadcast_ss(a + k);
+            for (int v = 0; v < 8; v++)
+                acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
+        }
+        const int64_t unit0 = t * LSTM_TILE;
+        float *ct = c + unit0;
+        const __m256 h0 = cell_update(acc[0], acc[2], acc[4], acc[6], ct);
+        const __m256 h1 = cell_update(acc[1], acc[3], acc[5], acc[7], ct + 8);
+        if (H - unit0 >= LSTM_TILE) {
+            _mm256_storeu_ps(h + unit0, h0);
+            _mm256_storeu_ps(h + unit0 + 8, h1);
+        } else {
+            float hbuf[LSTM_TILE];
+            _mm256_storeu_ps(hbuf, h0);
+            _mm256_storeu_ps(hbuf + 8, h1);
+            memcpy(h + unit0, hbuf, (size_t)(H - unit0) * sizeof(float));
+        }
+    }
+}
+
 static void cell_avx2(int64_t m, int64_t K, lstm_rows a, const float *w_hh, lstm_rows g,
                       float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {
+    if (m == 1) {
+        cell_row(K, lstm_row(a, 0), w_hh, lstm_row(g, 0), c, t0, t1, H, lstm_row(h, 0));
+        return;
+    }
     float tmp[CELL_ROWS][LSTM_PANEL];
-    float hbuf[LSTM_TILE];
     for (int64_t t = t0; t < t1; t++) {
         const float *wp = w_hh + t * K * LSTM_PANEL;
         const int64_t unit0 = t * LSTM_TILE;
@@ -211,19 +251,15 @@ static void cell_avx2(int64_t m, int64_t K, lstm_rows a, const float *w_hh, lstm
             panel_rows(rows, K, lstm_rows_from(a, r0), wp, &gt, NULL,
                        (lstm_rows){tmp[0], LSTM_PANEL, NULL});
             for (int64_t r = 0; r < rows; r++) {
-                float *cr = c + (r0 + r) * ldc + unit0;
-                float *hr = lstm_row(h, r0 + r) + unit0;
-                for (int half = 0; half < LSTM_TILE; half += 8) {
-                    const float *q = tmp[r] + half;
-                    const __m256 ig = sigmoid_avx2(_mm256_loadu_ps(q));
-                    const __m256 fg = sigmoid_avx2(_mm256_loadu_ps(q + LSTM_TILE));
-                    const __m256 gg = tanh_avx2(_mm256_loadu_ps(q + 2 * LSTM_TILE));
-                    const __m256 og = sigmoid_avx2(_mm256_loadu_ps(q + 3 * LSTM_TILE));
-                    const __m256 cn = _mm256_fmadd_ps(fg, _mm256_loadu_ps(cr + half), _mm256_mul_ps(ig, gg));
-                    _mm256_storeu_ps(cr + half, cn);
-                    _mm256_storeu_ps(hbuf + half, _mm256_mul_ps(og, tanh_avx2(cn)));
-                }
-                memcpy(hr, hbuf, (size_t)units * sizeof(float));
+                const float *q = tmp[r];
+                float *cr = c + (r0 + r) * ldc + unit0, hbuf[LSTM_TILE];
+                for (int half = 0; half < LSTM_TILE; half += 8)
+                    _mm256_storeu_ps(hbuf + half,
+                                     cell_update(_mm256_loadu_ps(q + half),
+                                                 _mm256_loadu_ps(q + LSTM_TILE + half),
+                                                 _mm256_loadu_ps(q + 2 * LSTM_TILE + half),
+                                                 _mm256_loadu_ps(q + 3 * LSTM_TILE + half), cr + half));
+                memcpy(lstm_row(h, r0 + r) + unit0, hbuf, (size_t)units * sizeof(float));
             }
         }
     }
