@@ -74,36 +74,43 @@ INLINE __m256 tanh_avx2(__m256 x) {
 // ---------------------------------------------------------------- microkernel
 
 /*
- * out[r][16s .. 16s+16] for rows r < MR and strips s < NS, over one K-block:
+ * block_MRxNS: out[r][16s .. 16s+16] for rows r < MR and strips s < NS, over
+ * one K-block:
  *   (init ? init[r] : bias ? bias : 0)[16s ..] + sum_k a[r][k] * strip s row k
  * a[r] and bs already point at the block's first k; strips are sstride apart.
+ * One function per shape, each with an accumulator array of exactly its size:
+ * GCC keeps such arrays in registers, but spills a larger shared one to the
+ * stack on every iteration when it inlines it into a big caller.
  */
-INLINE void block(const int MR, const int NS, int64_t kc, const float *const *a, const float *bs,
-                  int64_t sstride, const float *const *init, const float *bias,
-                  float *const *out) {
-    __m256 acc[MR_MAX][8];
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < 2 * NS; v++)
-            acc[r][v] = init ? _mm256_loadu_ps(init[r] + 8 * v)
-                      : bias ? _mm256_loadu_ps(bias + 8 * v)
-                             : _mm256_setzero_ps();
-    for (int64_t k = 0; k < kc; k++) {
-        __m256 bv[8];
-        for (int v = 0; v < 2 * NS; v++)
-            bv[v] = _mm256_loadu_ps(bs + (v / 2) * sstride + k * LSTM_TILE + 8 * (v % 2));
-        for (int r = 0; r < MR; r++) {
-            const __m256 x = _mm256_broadcast_ss(a[r] + k);
-            for (int v = 0; v < 2 * NS; v++) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
-        }
+#define DEFINE_BLOCK(MR, NS)                                                                  \
+    static __attribute__((noinline)) void block_##MR##x##NS(                                 \
+        int64_t kc, const float *const *a, const float *bs, int64_t sstride,                \
+        const float *const *init, const float *bias, float *const *out) {                   \
+        __m256 acc[MR][2 * NS];                                                               \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < 2 * NS; v++)                                                  \
+                acc[r][v] = init ? _mm256_loadu_ps(init[r] + 8 * v)                           \
+                          : bias ? _mm256_loadu_ps(bias + 8 * v)                              \
+                                 : _mm256_setzero_ps();                                       \
+        for (int64_t k = 0; k < kc; k++) {                                                    \
+            __m256 bv[2 * NS];                                                                \
+            for (int v = 0; v < 2 * NS; v++)                                                  \
+                bv[v] = _mm256_loadu_ps(bs + (v / 2) * sstride + k * LSTM_TILE + 8 * (v % 2)); \
+            for (int r = 0; r < MR; r++) {                                                    \
+                const __m256 x = _mm256_broadcast_ss(a[r] + k);                               \
+                for (int v = 0; v < 2 * NS; v++) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]); \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < 2 * NS; v++) _mm256_storeu_ps(out[r] + 8 * v, acc[r][v]);     \
     }
-    for (int r = 0; r < MR; r++)
-        for (int v = 0; v < 2 * NS; v++) _mm256_storeu_ps(out[r] + 8 * v, acc[r][v]);
-}
 
-static void block6(int64_t kc, const float *const *a, const float *bs, const float *const *init,
-                   const float *bias, float *const *out) {
-    block(6, 1, kc, a, bs, 0, init, bias, out);
-}
+DEFINE_BLOCK(6, 1)
+DEFINE_BLOCK(5, 1)
+DEFINE_BLOCK(4, 1)
+DEFINE_BLOCK(3, 2)
+DEFINE_BLOCK(2, 2)
+DEFINE_BLOCK(1, 4)
 
 // fewer than 6 rows: every strip of the panel, in the shape that suits mr
 static void block_tail(int mr, int64_t kc, const float *const *a, const float *bs, int64_t sstride,
@@ -119,11 +126,11 @@ static void block_tail(int mr, int64_t kc, const float *const *a, const float *b
         const float *const *ip = init ? in : NULL;
         const float *b = bias ? bias + s * LSTM_TILE : NULL, *w = bs + s * sstride;
         switch (mr) {
-        case 5: block(5, 1, kc, a, w, sstride, ip, b, o); break;
-        case 4: block(4, 1, kc, a, w, sstride, ip, b, o); break;
-        case 3: block(3, 2, kc, a, w, sstride, ip, b, o); break;
-        case 2: block(2, 2, kc, a, w, sstride, ip, b, o); break;
-        default: block(1, 4, kc, a, w, sstride, ip, b, o); break;
+        case 5: block_5x1(kc, a, w, sstride, ip, b, o); break;
+        case 4: block_4x1(kc, a, w, sstride, ip, b, o); break;
+        case 3: block_3x2(kc, a, w, sstride, ip, b, o); break;
+        case 2: block_2x2(kc, a, w, sstride, ip, b, o); break;
+        default: block_1x4(kc, a, w, sstride, ip, b, o); break;
         }
     }
 }
@@ -148,8 +155,8 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, const
                     orow[r] = lstm_row(out, r0 + r) + s * LSTM_TILE;
                     ir[r] = k0 ? orow[r] : init ? lstm_row(*init, r0 + r) + s * LSTM_TILE : NULL;
                 }
-                block6(kc, ar, bs, k0 || init ? ir : NULL, k0 ? NULL : bias ? bias + s * LSTM_TILE : NULL,
-                       orow);
+                block_6x1(kc, ar, bs, 0, k0 || init ? ir : NULL,
+                          k0 ? NULL : bias ? bias + s * LSTM_TILE : NULL, orow);
             }
         }
     const int mr = (int)(m - full);
