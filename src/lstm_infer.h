@@ -105,8 +105,10 @@ lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_
                                 size_t *bytes);
 
 /*
- * Runs the model. workspace may be NULL (then the library allocates and frees
- * scratch itself) or at least lstm_workspace_size bytes owned by this call.
+ * Runs the model. workspace may be NULL (then the library provides scratch: the
+ * model keeps the last such block for the next call, so repeated calls touch
+ * no fresh memory; lstm_model_free releases it) or at least
+ * lstm_workspace_size bytes owned by this call.
  * A sequence of length 0 gets zeros in output and h_0/c_0 as its final state.
  * NaN and Inf in the input propagate as they do in PyTorch.
  */
