@@ -6,6 +6,7 @@ guarantees that what reaches C has the right dtype, layout and sizes.
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 cimport numpy as cnp
 import numbers
@@ -90,6 +91,7 @@ cdef class Core:
                 or cnp.PyArray_STRIDES(oa)[1] % 4 or not cnp.PyArray_ISWRITEABLE(oa)):
             raise ValueError("output buffer: bad shape, dtype or layout")
         cdef lstm_forward_args args
+        memset(&args, 0, sizeof(args))
         args.h_n = <float *>_state_ptr(h_n, slots, B, self.out_size, True, "h_n")
         args.c_n = <float *>_state_ptr(c_n, slots, B, self.hidden_size, True, "c_n")
         args.h_0 = _state_ptr(h_0, slots, B, self.out_size, False, "h_0")
@@ -102,8 +104,12 @@ cdef class Core:
                     or not cnp.PyArray_IS_C_CONTIGUOUS(la) or cnp.PyArray_DIMS(la)[0] != B):
                 raise ValueError("lengths buffer: bad shape, dtype or layout")
             args.lengths = <const int64_t *>cnp.PyArray_DATA(la)
-        args.seq_len = T
-        args.batch = B
+        self._run(xa, oa, &args)
+
+    cdef _run(self, cnp.ndarray xa, cnp.ndarray oa, lstm_forward_args *args):
+        """Fills in the input and output of args (checked by the caller) and runs C."""
+        args.seq_len = cnp.PyArray_DIMS(xa)[0]
+        args.batch = cnp.PyArray_DIMS(xa)[1]
         args.input = <const float *>cnp.PyArray_DATA(xa)
         args.input_stride_t = cnp.PyArray_STRIDES(xa)[0] // 4
         args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
@@ -112,7 +118,7 @@ cdef class Core:
         args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
         cdef lstm_status s
         with nogil:
-            s = lstm_model_forward(self.model, &args, NULL, 0)
+            s = lstm_model_forward(self.model, args, NULL, 0)
         _check(s, "forward")
 
 
@@ -144,7 +150,16 @@ cdef class Core:
         h_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
         dims[2] = self.hidden_size
         c_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
-        self.forward(xa, None, h_0, c_0, output, h_n, c_n)
+        # every buffer is now known to fit: straight to C, without forward's re-checks
+        cdef lstm_forward_args args
+        memset(&args, 0, sizeof(args))
+        if h_0 is not None:
+            args.h_0 = <const float *>cnp.PyArray_DATA(<cnp.ndarray>h_0)
+        if c_0 is not None:
+            args.c_0 = <const float *>cnp.PyArray_DATA(<cnp.ndarray>c_0)
+        args.h_n = <float *>cnp.PyArray_DATA(<cnp.ndarray>h_n)
+        args.c_n = <float *>cnp.PyArray_DATA(<cnp.ndarray>c_n)
+        self._run(xa, <cnp.ndarray>output, &args)
         return output, (h_n, c_n)
 
 
