@@ -130,26 +130,24 @@ INLINE void tile_update(__m256 *q, float *c, __m256 *h) {
  * stack on every iteration when it inlines it into a big caller.
  */
 #define DEFINE_BLOCK(MR, NS)                                                                  \
-    static __attribute__((noinline)) void block_##MR##x##NS(                                 \
+    static __attribute__((noipa)) void block_##MR##x##NS(                                    \
         int64_t kc, const float *const *a, const float *bs, int64_t sstride,                \
         const float *const *init, const float *bias, float *const *out) {                   \
         __m256 acc[MR][2 * NS];                                                               \
-        for (int r = 0; r < MR; r++)                                                          \
-            for (int v = 0; v < 2 * NS; v++)                                                  \
-                acc[r][v] = init ? _mm256_loadu_ps(init[r] + 8 * v)                           \
-                          : bias ? _mm256_loadu_ps(bias + 8 * v)                              \
-                                 : _mm256_setzero_ps();                                       \
+        EACH(r, MR) EACH(v, 2 * NS)                                                           \
+            acc[r][v] = init ? _mm256_loadu_ps(init[r] + 8 * v)                               \
+                      : bias ? _mm256_loadu_ps(bias + 8 * v)                                  \
+                             : _mm256_setzero_ps();                                           \
         for (int64_t k = 0; k < kc; k++) {                                                    \
             __m256 bv[2 * NS];                                                                \
-            for (int v = 0; v < 2 * NS; v++)                                                  \
+            EACH(v, 2 * NS)                                                                   \
                 bv[v] = _mm256_loadu_ps(bs + (v / 2) * sstride + k * LSTM_TILE + 8 * (v % 2)); \
-            for (int r = 0; r < MR; r++) {                                                    \
+            EACH(r, MR) {                                                                     \
                 const __m256 x = _mm256_broadcast_ss(a[r] + k);                               \
-                for (int v = 0; v < 2 * NS; v++) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]); \
+                EACH(v, 2 * NS) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);             \
             }                                                                                 \
         }                                                                                     \
-        for (int r = 0; r < MR; r++)                                                          \
-            for (int v = 0; v < 2 * NS; v++) _mm256_storeu_ps(out[r] + 8 * v, acc[r][v]);     \
+        EACH(r, MR) EACH(v, 2 * NS) _mm256_storeu_ps(out[r] + 8 * v, acc[r][v]);              \
     }
 
 DEFINE_BLOCK(6, 1)
@@ -258,7 +256,7 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, const f
  * dependency chains, and with no matrix-vector loop between them the CPU
  * overlaps the chains of different tiles.
  */
-static __attribute__((noinline)) void cell_row(int64_t K, const float *a, const float *w_hh,
+static __attribute__((noipa)) void cell_row(int64_t K, const float *a, const float *w_hh,
                                                const float *g, float *c, int64_t t0, int64_t t1,
                                                int64_t H, float *h) {
     const int64_t sstride = K * LSTM_TILE;

@@ -1,0 +1,59 @@
+"""The built extension's SIMD inner loops keep their accumulators in registers.
+
+GCC decides per call site whether an array of __m256 accumulators lives in
+registers; twice a small change elsewhere (Python's -fwrapv build flag, then a
+new caller) made it store every accumulator to the stack on each iteration,
+which halved the speed of every case with no change in any result. This reads
+the machine code of the extension that the tests import and checks each
+multiply-add inner loop for stack traffic.
+"""
+import platform
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from lstm_infer import _core
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _loops(path):
+    """(function, instructions) for every backward-jump loop of at most 40 instructions."""
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True,
+                          text=True, check=True).stdout
+    funcs, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if m:
+            name = m.group(1)
+            funcs[name] = []
+            continue
+        m = re.match(r"^\s+([0-9a-f]+):\s+(.*)$", line)
+        if m and name:
+            funcs[name].append((int(m.group(1), 16), m.group(2)))
+    for fname, ins in funcs.items():
+        for addr, text in ins:
+            m = re.match(r"j\w+\s+([0-9a-f]+)\b", text)
+            if not m:
+                continue
+            target = int(m.group(1), 16)
+            body = [t for a, t in ins if target <= a <= addr]
+            if target < addr and 0 < len(body) <= 40:
+                yield fname, body
+
+
+@pytest.mark.skipif(not X86 or shutil.which("objdump") is None,
+                    reason="needs x86-64 and objdump")
+def test_fma_inner_loops_do_not_touch_the_stack():
+    loops = [(f, body) for f, body in _loops(_core.__file__)
+             if sum("vfmadd" in t for t in body) >= 8]
+    # the register-blocked microkernels and the one-row step all have such a loop
+    names = {f.split(".")[0] for f, _ in loops}
+    assert {"block_6x1", "block_1x4", "cell_row"} <= names, sorted(names)
+    spilling = [(f, [t for t in body if "(%rsp)" in t or "(%rbp)" in t])
+                for f, body in loops
+                if any("(%rsp)" in t or "(%rbp)" in t for t in body)
+                and sum("vfmadd" in t for t in body) * 3 >= len(body)]
+    assert not spilling, f"SIMD inner loops spill to the stack: {spilling}"
