@@ -7,8 +7,11 @@
 #define LSTM_POOL_H
 
 #include <stdatomic.h>
+#include <stdint.h>
 
 typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads);
+/* Called once on the caller, before fn, with the number of threads that run the job. */
+typedef void (*lstm_team_fn)(void *arg, int nthreads);
 
 /*
  * Asks for up to `wanted` threads (the caller included). Returns how many the
@@ -17,8 +20,12 @@ typedef void (*lstm_job_fn)(void *arg, int tid, int nthreads);
  */
 int lstm_pool_begin(int wanted);
 
-/* Runs fn(arg, tid, n) for tid in [0, n), the caller as tid 0; n from lstm_pool_begin. */
-void lstm_pool_run(int n, lstm_job_fn fn, void *arg);
+/*
+ * Runs fn(arg, tid, m) for tid in [0, m), the caller as tid 0, where m <= n
+ * (n from lstm_pool_begin) counts the caller and the workers that joined
+ * within join_wait_ns; team(arg, m) runs first, on the caller, to plan for m.
+ */
+void lstm_pool_run(int n, int64_t join_wait_ns, lstm_team_fn team, lstm_job_fn fn, void *arg);
 
 void lstm_pool_set_size(int n); /* total threads, caller included; joins or starts workers */
 int lstm_pool_size(void);
