@@ -7,8 +7,9 @@
  * broadcast-FMA. Full groups of 6 rows run 6x1 (12 accumulators) strip by
  * strip, so a K-block of one strip (16 KB) stays in L1 while every row group
  * passes over it; the 1 to 5 rows left run 3x2 / 2x2 / 1x4 shapes so that
- * 8 to 12 independent accumulators still hide the FMA latency (a streaming
- * step with batch 1 is the 1x4 case: all four gates of a tile at once).
+ * 8 to 12 independent accumulators still hide the FMA latency. A step with
+ * one row (streaming, batch 1) has its own loop, cell_row: the four gates of
+ * a tile in eight registers over the whole of K.
  */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "kernels_avx2.c must be compiled with -mavx2 -mfma"
@@ -252,9 +253,8 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, const f
 
 /*
  * One row (a streaming step, or the last live sequence). The gate sums of up
- * to 8 tiles go first, then all their cell updates: the updates are long
- * dependency chains, and with no matrix-vector loop between them the CPU
- * overlaps the chains of different tiles.
+ * to 8 tiles go first, then all their cell updates, so that the updates' long
+ * dependency chains are not separated by matrix-vector loops.
  */
 static __attribute__((noipa)) void cell_row(int64_t K, const float *a, const float *w_hh,
                                                const float *g, float *c, int64_t t0, int64_t t1,
@@ -266,13 +266,12 @@ static __attribute__((noipa)) void cell_row(int64_t K, const float *a, const flo
         for (int64_t j = 0; j < n; j++) {
             const float *wp = w_hh + (c0 + j) * K * LSTM_PANEL, *gt = g + (c0 + j) * LSTM_PANEL;
             __m256 acc[8];
-            for (int v = 0; v < 8; v++) acc[v] = _mm256_loadu_ps(gt + 8 * v);
+            EACH(v, 8) acc[v] = _mm256_loadu_ps(gt + 8 * v);
             for (int64_t k = 0; k < K; k++, wp += LSTM_TILE) {
                 const __m256 x = _mm256_broadcast_ss(a + k);
-                for (int v = 0; v < 8; v++)
-                    acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
+                EACH(v, 8) acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
             }
-            for (int v = 0; v < 8; v++) _mm256_storeu_ps(gates[j] + 8 * v, acc[v]);
+            EACH(v, 8) _mm256_storeu_ps(gates[j] + 8 * v, acc[v]);
         }
         for (int64_t j = 0; j < n; j++) {
             const int64_t unit0 = (c0 + j) * LSTM_TILE;
