@@ -4,6 +4,7 @@
 Argument validation with friendly messages lives in model.py; this layer only
 guarantees that what reaches C has the right dtype, layout and sizes.
 """
+cimport cython
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
@@ -217,3 +218,25 @@ def set_isa(name):
     if lstm_set_isa(b) != LSTM_OK:
         raise ValueError(f"unknown or unsupported instruction set {name!r}: "
                          f"this CPU lacks it (it has {get_isa()!r})")
+
+
+@cython.binding(True)
+def lstm_call(self, input, hx=None, lengths=None):
+    """LSTM.__call__ (see model.py): the common call, a float32 array with no
+    lengths and optional float32 (h_0, c_0), goes straight to Core.run_fast
+    without a Python frame; anything else, and every error, to self._call."""
+    cdef Core core
+    if lengths is None and not self.batch_first:
+        if hx is None:
+            core = self._core
+            result = core.run_fast(input, None, None)
+            if result is not None:
+                return result
+        elif type(hx) is tuple and len(<tuple>hx) == 2:
+            h_0, c_0 = <tuple>hx
+            if h_0 is not None and c_0 is not None:
+                core = self._core
+                result = core.run_fast(input, h_0, c_0)
+                if result is not None:
+                    return result
+    return self._call(input, hx, lengths)

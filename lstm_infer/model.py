@@ -190,7 +190,10 @@ class LSTM:
         save_model(self, path)
 
     # ------------------------------------------------------------ forward
-    def __call__(self, input, hx=None, lengths=None):
+    # the common call takes a C fast path; _call does the general one
+    __call__ = _core.lstm_call
+
+    def _call(self, input, hx=None, lengths=None):
         """Runs the LSTM, exactly like torch.nn.LSTM in eval mode.
 
         input: (T, B, input_size), or (B, T, input_size) with batch_first, or
@@ -203,12 +206,6 @@ class LSTM:
           Outputs past a length are 0; a length of 0 returns h_0/c_0 as its state.
         Returns output, (h_n, c_n) as float32 arrays (output is a list for list input).
         """
-        if lengths is None and not self.batch_first:
-            h_0, c_0 = hx if type(hx) is tuple and len(hx) == 2 else (None, None)
-            if hx is None or (h_0 is not None and c_0 is not None):
-                result = self._core.run_fast(input, h_0, c_0)  # None: take the general path
-                if result is not None:
-                    return result
         if isinstance(input, (list, tuple)):
             return self._call_list(input, hx, lengths)
         x = _float_array(input, "input")
@@ -310,3 +307,7 @@ class LSTM:
         return output, (h_n, c_n)
 
     forward = __call__
+
+
+# __call__ is the binding's fast path (it hands everything else to _call): same help text
+LSTM.__call__.__doc__ = LSTM._call.__doc__
