@@ -215,6 +215,8 @@ static void test_cell(const lstm_kernels *k, int64_t m, int64_t K, int64_t H, in
     free(a), free(w), free(g), free(c), free(c0), free(h), free(ia), free(ig), free(ih);
 }
 
+/* The test's own CPU probe, not dispatch.c's: with it the test can check that
+ * dispatch refuses avx2 on a CPU without it instead of trusting dispatch. */
 static int cpu_has_avx2(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
