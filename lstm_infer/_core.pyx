@@ -4,7 +4,6 @@
 Argument validation with friendly messages lives in model.py; this layer only
 guarantees that what reaches C has the right dtype, layout and sizes.
 """
-cimport cython
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
@@ -123,7 +122,7 @@ cdef class Core:
         _check(s, "forward")
 
 
-    def run_fast(self, x, h_0, c_0):
+    cdef run_fast(self, x, h_0, c_0):
         """The common call (float32 (T, B, I) array, optional float32 C-contiguous
         h_0/c_0 of the right shapes), checked and allocated here. Returns None when
         anything needs converting or a friendly error: the caller then takes the
@@ -220,23 +219,35 @@ def set_isa(name):
                          f"this CPU lacks it (it has {get_isa()!r})")
 
 
-@cython.binding(True)
-def lstm_call(self, input, hx=None, lengths=None):
-    """LSTM.__call__ (see model.py): the common call, a float32 array with no
-    lengths and optional float32 (h_0, c_0), goes straight to Core.run_fast
-    without a Python frame; anything else, and every error, to self._call."""
-    cdef Core core
-    if lengths is None and not self.batch_first:
-        if hx is None:
-            core = self._core
-            result = core.run_fast(input, None, None)
-            if result is not None:
-                return result
-        elif type(hx) is tuple and len(<tuple>hx) == 2:
-            h_0, c_0 = <tuple>hx
-            if h_0 is not None and c_0 is not None:
-                core = self._core
-                result = core.run_fast(input, h_0, c_0)
+cdef class Module:
+    """Base of model.LSTM: what its common call needs, as C fields, and that call."""
+    cdef public Core _core
+    cdef public bint batch_first
+
+    def __call__(self, input, hx=None, lengths=None):
+        """Runs the LSTM, exactly like torch.nn.LSTM in eval mode.
+
+        input: (T, B, input_size), or (B, T, input_size) with batch_first, or
+          unbatched (T, input_size), or a list of (T_i, input_size) arrays.
+        hx: optional (h_0, c_0) of shapes (num_layers*D, B, out) and
+          (num_layers*D, B, hidden_size) -- batch-second even with batch_first;
+          (num_layers*D, out) for unbatched input.
+        lengths: optional (B,) integers in [0, T]: like pack_padded_sequence(
+          enforce_sorted=False) -> LSTM -> pad_packed_sequence(total_length=T).
+          Outputs past a length are 0; a length of 0 returns h_0/c_0 as its state.
+        Returns output, (h_n, c_n) as float32 arrays (output is a list for list input).
+        """
+        # the common call, a float32 array with no lengths and optional float32
+        # (h_0, c_0), goes straight to C; anything else, and every error, to _call
+        if lengths is None and not self.batch_first and self._core is not None:
+            if hx is None:
+                result = self._core.run_fast(input, None, None)
                 if result is not None:
                     return result
-    return self._call(input, hx, lengths)
+            elif type(hx) is tuple and len(<tuple>hx) == 2:
+                h_0, c_0 = <tuple>hx
+                if h_0 is not None and c_0 is not None:
+                    result = self._core.run_fast(input, h_0, c_0)
+                    if result is not None:
+                        return result
+        return self._call(input, hx, lengths)

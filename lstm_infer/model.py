@@ -49,7 +49,7 @@ def _as_int(value, name, minimum):
     return value
 
 
-class LSTM:
+class LSTM(_core.Module):
     """torch.nn.LSTM for inference, on NumPy arrays.
 
     LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -190,22 +190,11 @@ class LSTM:
         save_model(self, path)
 
     # ------------------------------------------------------------ forward
-    # the common call takes a C fast path; _call does the general one
-    __call__ = _core.lstm_call
+    # __call__ (in _core.Module, documented there) takes the common call to C
+    # directly and hands every other one to _call
 
     def _call(self, input, hx=None, lengths=None):
-        """Runs the LSTM, exactly like torch.nn.LSTM in eval mode.
-
-        input: (T, B, input_size), or (B, T, input_size) with batch_first, or
-          unbatched (T, input_size), or a list of (T_i, input_size) arrays.
-        hx: optional (h_0, c_0) of shapes (num_layers*D, B, out) and
-          (num_layers*D, B, hidden_size) -- batch-second even with batch_first;
-          (num_layers*D, out) for unbatched input.
-        lengths: optional (B,) integers in [0, T]: like pack_padded_sequence(
-          enforce_sorted=False) -> LSTM -> pad_packed_sequence(total_length=T).
-          Outputs past a length are 0; a length of 0 returns h_0/c_0 as its state.
-        Returns output, (h_n, c_n) as float32 arrays (output is a list for list input).
-        """
+        """The general path of __call__: converts and checks, then runs."""
         if isinstance(input, (list, tuple)):
             return self._call_list(input, hx, lengths)
         x = _float_array(input, "input")
@@ -306,8 +295,4 @@ class LSTM:
         core.forward(x, lens, h0c0[0], h0c0[1], out_view, h_n, c_n)
         return output, (h_n, c_n)
 
-    forward = __call__
-
-
-# __call__ is the binding's fast path (it hands everything else to _call): same help text
-LSTM.__call__.__doc__ = LSTM._call.__doc__
+    forward = _core.Module.__call__

@@ -343,6 +343,26 @@ def test_batch_first_views_must_work():
         np.testing.assert_array_equal(c, BASE[1][1])
 
 
+def test_fast_and_general_call_paths_agree():
+    # a float32 array without lengths goes straight to C (_core.Module.__call__);
+    # with lengths, the call takes the general path (LSTM._call)
+    x = np.ascontiguousarray(X)
+    fast = M(x, HX)
+    general = M(x, HX, np.full(X.shape[1], X.shape[0]))
+    via_forward = M.forward(x, HX)
+    for got in (general, via_forward):
+        np.testing.assert_array_equal(got[0], fast[0])
+        np.testing.assert_array_equal(got[1][0], fast[1][0])
+        np.testing.assert_array_equal(got[1][1], fast[1][1])
+    # batch_first set after construction is honoured by the fast path too
+    m = li.LSTM(**CFG)
+    m.load_state_dict(SD)
+    m.batch_first = True
+    out, _ = m(np.ascontiguousarray(x.transpose(1, 0, 2)))
+    np.testing.assert_array_equal(out.transpose(1, 0, 2), M(x)[0])
+    assert "torch.nn.LSTM" in li.LSTM.__call__.__doc__
+
+
 # ------------------------------------------------------------------ non-finite values
 
 def _nonfinite_input():
