@@ -11,6 +11,7 @@
  * Exits non-zero on any failure. Built by tests/c/Makefile (also under
  * ASan+UBSan).
  */
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -215,6 +216,54 @@ static void test_cell(const lstm_kernels *k, int64_t m, int64_t K, int64_t H, in
     free(a), free(w), free(g), free(c), free(c0), free(h), free(ia), free(ig), free(ih);
 }
 
+/* Relative accuracy of sigmoid or tanh over the given points, through the
+ * cell kernel: with c_0 = 0, K = 1, a = 0 and the other gate saturated
+ * (pre-activation 40: sigmoid and tanh are 1 within 1e-17), c = sigmoid(x) or
+ * tanh(x) alone. Points whose exact value is below FLT_MIN are skipped. */
+static double activation_error(const lstm_kernels *k, int of_tanh, const float *xs, int64_t n) {
+    const int64_t m = (n + LSTM_TILE - 1) / LSTM_TILE;
+    float *a = xcalloc((size_t)m, sizeof(float)), w[LSTM_PANEL] = {0};
+    float *g = xcalloc((size_t)(m * LSTM_PANEL), sizeof(float));
+    float *c = xcalloc((size_t)(m * LSTM_TILE), sizeof(float));
+    float *h = xcalloc((size_t)(m * LSTM_TILE), sizeof(float));
+    for (int64_t p = 0; p < m * LSTM_TILE; p++) {
+        float *gr = g + p / LSTM_TILE * LSTM_PANEL + p % LSTM_TILE;
+        const float x = p < n ? xs[p] : 0.0f;
+        gr[0] = of_tanh ? 40.0f : x;                 /* i */
+        gr[2 * LSTM_TILE] = of_tanh ? x : 40.0f;     /* g */
+    }
+    k->cell(m, 1, (lstm_rows){a, 1, NULL}, w, (lstm_rows){g, LSTM_PANEL, NULL}, c, LSTM_TILE, 0, 1,
+            LSTM_TILE, (lstm_rows){h, LSTM_TILE, NULL});
+    double worst = 0;
+    for (int64_t p = 0; p < n; p++) {
+        const double x = xs[p], want = of_tanh ? tanh(x) : 1.0 / (1.0 + exp(-x));
+        if (fabs(want) < FLT_MIN) continue;
+        const double err = fabs(c[p] - want) / fabs(want);
+        if (!(err <= worst)) worst = err; /* NaN sticks */
+    }
+    free(a), free(g), free(c), free(h);
+    return worst;
+}
+
+/* ~1e-7 relative everywhere, near 0 (tanh) and deep in the tails included */
+static void test_activation_accuracy(const lstm_kernels *k) {
+    enum { N = 120000 };
+    static float xs[N];
+    int64_t n = 0;
+    for (int i = 0; i <= 6000; i++) { /* tanh: +-1e-30 .. +-20, log-spaced, and a fine linear grid */
+        const float x = (float)pow(10.0, -30.0 + 31.30103 * i / 6000);
+        xs[n++] = x, xs[n++] = -x;
+    }
+    for (int i = 0; i <= 48000; i++) xs[n++] = -12.0f + 24.0f * (float)i / 48000;
+    const double et = activation_error(k, 1, xs, n);
+    n = 0;
+    for (int i = 0; i <= 57500; i++) xs[n++] = -86.0f + 116.0f * (float)i / 57500; /* sigmoid */
+    const double es = activation_error(k, 0, xs, n);
+    printf("%s activations: max relative error sigmoid %.2g, tanh %.2g\n", k->name, es, et);
+    CHECK(es <= 4e-7, "%s sigmoid max relative error %.3g", k->name, es);
+    CHECK(et <= 4e-7, "%s tanh max relative error %.3g", k->name, et);
+}
+
 /* The test's own CPU probe, not dispatch.c's: with it the test can check that
  * dispatch refuses avx2 on a CPU without it instead of trusting dispatch. */
 static int cpu_has_avx2(void) {
@@ -246,6 +295,7 @@ static void test_kernels(const lstm_kernels *k) {
     test_cell(k, 101, 530, 40, 1, 0, 3);
     test_gemm(k, 0, 5, 10, 0, 1, 0, 1); /* m = 0: nothing written */
     test_cell(k, 0, 5, 10, 1, 0, 1);
+    test_activation_accuracy(k);
 }
 
 /* ------------------------------------------------------------------ (b) forward */
