@@ -23,6 +23,7 @@
 #define INLINE static inline __attribute__((always_inline))
 #define MR_MAX 6
 #define KC 256        /* K-block: 6 rows of A and one strip's block fit in L1 */
+#define SMALL_K 64    /* up to this K, a panel's four strips (16 KB) fit in L1 together */
 #define ROW_BLOCK 96  /* gemm rows of A kept hot in L2 while panels stream past */
 #define CELL_ROWS 48  /* cell rows whose gate pre-activations wait in a stack tile */
 
@@ -114,9 +115,9 @@ INLINE void tile_update(__m256 *q, float *c, __m256 *h) {
 // ---------------------------------------------------------------- microkernel
 
 /*
- * block_MRxNS: out[r][16s .. 16s+16] for rows r < MR and strips s < NS, over
- * one K-block:
- *   (init ? init[r] : bias ? bias : 0)[16s ..] + sum_k a[r][k] * strip s row k
+ * block_MRxNS: out[r][col + 16s .. +16] for rows r < MR and strips s < NS,
+ * over one K-block:
+ *   (init ? init[r][col ..] : bias ? bias : 0)[16s ..] + sum_k a[r][k] * strip s row k
  * a[r] and bs already point at the block's first k; strips are sstride apart.
  * One function per shape, each with an accumulator array of exactly its size:
  * GCC keeps such arrays in registers, but spills a larger shared one to the
@@ -125,10 +126,10 @@ INLINE void tile_update(__m256 *q, float *c, __m256 *h) {
 #define DEFINE_BLOCK(MR, NS)                                                                  \
     static __attribute__((noipa)) void block_##MR##x##NS(                                    \
         int64_t kc, const float *const *a, const float *bs, int64_t sstride,                \
-        const float *const *init, const float *bias, float *const *out) {                   \
+        const float *const *init, const float *bias, float *const *out, int64_t col) {      \
         __m256 acc[MR][2 * NS];                                                               \
         EACH(r, MR) EACH(v, 2 * NS)                                                           \
-            acc[r][v] = init ? _mm256_loadu_ps(init[r] + 8 * v)                               \
+            acc[r][v] = init ? _mm256_loadu_ps(init[r] + col + 8 * v)                         \
                       : bias ? _mm256_loadu_ps(bias + 8 * v)                                  \
                              : _mm256_setzero_ps();                                           \
         for (int64_t k = 0; k < kc; k++) {                                                    \
@@ -140,7 +141,7 @@ INLINE void tile_update(__m256 *q, float *c, __m256 *h) {
                 EACH(v, 2 * NS) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);             \
             }                                                                                 \
         }                                                                                     \
-        EACH(r, MR) EACH(v, 2 * NS) _mm256_storeu_ps(out[r] + 8 * v, acc[r][v]);              \
+        EACH(r, MR) EACH(v, 2 * NS) _mm256_storeu_ps(out[r] + col + 8 * v, acc[r][v]);        \
     }
 
 DEFINE_BLOCK(6, 1)
@@ -153,50 +154,59 @@ DEFINE_BLOCK(1, 4)
 // fewer than 6 rows: every strip of the panel, in the shape that suits mr
 static void block_tail(int mr, int64_t kc, const float *const *a, const float *bs, int64_t sstride,
                        const float *const *init, const float *bias, float *const *out) {
-    const float *in[MR_MAX];
-    float *o[MR_MAX];
     const int ns = mr >= 4 ? 1 : mr == 1 ? 4 : 2;
     for (int s = 0; s < 4; s += ns) {
-        for (int r = 0; r < mr; r++) {
-            in[r] = init ? init[r] + s * LSTM_TILE : NULL;
-            o[r] = out[r] + s * LSTM_TILE;
-        }
-        const float *const *ip = init ? in : NULL;
         const float *b = bias ? bias + s * LSTM_TILE : NULL, *w = bs + s * sstride;
+        const int64_t col = s * LSTM_TILE;
         switch (mr) {
-        case 5: block_5x1(kc, a, w, sstride, ip, b, o); break;
-        case 4: block_4x1(kc, a, w, sstride, ip, b, o); break;
-        case 3: block_3x2(kc, a, w, sstride, ip, b, o); break;
-        case 2: block_2x2(kc, a, w, sstride, ip, b, o); break;
-        default: block_1x4(kc, a, w, sstride, ip, b, o); break;
+        case 5: block_5x1(kc, a, w, sstride, init, b, out, col); break;
+        case 4: block_4x1(kc, a, w, sstride, init, b, out, col); break;
+        case 3: block_3x2(kc, a, w, sstride, init, b, out, col); break;
+        case 2: block_2x2(kc, a, w, sstride, init, b, out, col); break;
+        default: block_1x4(kc, a, w, sstride, init, b, out, col); break;
         }
     }
 }
 
 /*
  * out[r][0 .. 64] = (init rows, or bias, or 0) + a[r] (K) @ packed panel bp,
- * for rows r < m. The panel goes strip by strip and K-block by K-block over
- * every full group of 6 rows; a later K-block accumulates onto out.
+ * for rows r < m. Full groups of 6 rows run 6x1 strip by strip; a later
+ * K-block accumulates onto out. Where all four strips fit in L1 together
+ * (small K) a row group takes them one after another; otherwise a strip's
+ * K-block stays in L1 while every row group passes over it.
  */
 static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, const lstm_rows *init,
                        const float *bias, lstm_rows out) {
     const float *ar[MR_MAX], *ir[MR_MAX];
     float *orow[MR_MAX];
     const int64_t full = m / MR_MAX * MR_MAX, sstride = K * LSTM_TILE;
-    for (int s = 0; s < 4; s++)
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            const int64_t kc = K - k0 < KC ? K - k0 : KC;
-            const float *bs = bp + s * sstride + k0 * LSTM_TILE;
-            for (int64_t r0 = 0; r0 < full; r0 += MR_MAX) {
-                for (int r = 0; r < MR_MAX; r++) {
-                    ar[r] = lstm_row(a, r0 + r) + k0;
-                    orow[r] = lstm_row(out, r0 + r) + s * LSTM_TILE;
-                    ir[r] = k0 ? orow[r] : init ? lstm_row(*init, r0 + r) + s * LSTM_TILE : NULL;
-                }
-                block_6x1(kc, ar, bs, 0, k0 || init ? ir : NULL,
-                          k0 ? NULL : bias ? bias + s * LSTM_TILE : NULL, orow);
+    if (K <= SMALL_K) {
+        for (int64_t r0 = 0; r0 < full; r0 += MR_MAX) {
+            for (int r = 0; r < MR_MAX; r++) {
+                ar[r] = lstm_row(a, r0 + r);
+                orow[r] = lstm_row(out, r0 + r);
+                ir[r] = init ? lstm_row(*init, r0 + r) : NULL;
             }
+            for (int s = 0; s < 4; s++)
+                block_6x1(K, ar, bp + s * sstride, 0, init ? ir : NULL,
+                          bias ? bias + s * LSTM_TILE : NULL, orow, s * LSTM_TILE);
         }
+    } else {
+        for (int s = 0; s < 4; s++)
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                const int64_t kc = K - k0 < KC ? K - k0 : KC;
+                const float *bs = bp + s * sstride + k0 * LSTM_TILE;
+                for (int64_t r0 = 0; r0 < full; r0 += MR_MAX) {
+                    for (int r = 0; r < MR_MAX; r++) {
+                        ar[r] = lstm_row(a, r0 + r) + k0;
+                        orow[r] = lstm_row(out, r0 + r);
+                        ir[r] = k0 ? orow[r] : init ? lstm_row(*init, r0 + r) : NULL;
+                    }
+                    block_6x1(kc, ar, bs, 0, k0 || init ? ir : NULL,
+                              k0 ? NULL : bias ? bias + s * LSTM_TILE : NULL, orow, s * LSTM_TILE);
+                }
+            }
+    }
     const int mr = (int)(m - full);
     if (!mr) return;
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
