@@ -278,11 +278,15 @@ static __attribute__((noipa)) void cell_row(int64_t K, const float *a, const flo
         for (int64_t j = 0; j < n; j++) {
             const int64_t unit0 = (c0 + j) * LSTM_TILE;
             __m256 q[8], hv[2];
-            float hbuf[LSTM_TILE];
             EACH(v, 8) q[v] = _mm256_loadu_ps(gates[j] + 8 * v);
             tile_update(q, c + unit0, hv);
-            EACH(v, 2) _mm256_storeu_ps(hbuf + 8 * v, hv[v]);
-            memcpy(h + unit0, hbuf, (size_t)(H - unit0 < LSTM_TILE ? H - unit0 : LSTM_TILE) * sizeof(float));
+            if (H - unit0 >= LSTM_TILE) {
+                EACH(v, 2) _mm256_storeu_ps(h + unit0 + 8 * v, hv[v]);
+            } else { // h ends inside this tile
+                float hbuf[LSTM_TILE];
+                EACH(v, 2) _mm256_storeu_ps(hbuf + 8 * v, hv[v]);
+                memcpy(h + unit0, hbuf, (size_t)(H - unit0) * sizeof(float));
+            }
         }
     }
 }

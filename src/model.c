@@ -462,6 +462,12 @@ static void forward_thread(void *arg, int tid, int nth) {
     const float *Y = r->Y[(m->L - 1) & 1];
     int64_t t_lo, t_hi;
     split_range(j->T, nth, tid, &t_lo, &t_hi);
+    if (B == 1 && a->output_stride_t == DP) { // one sequence, rows back to back: one copy
+        const int64_t valid = r->len[0] < t_lo ? t_lo : r->len[0] < t_hi ? r->len[0] : t_hi;
+        memcpy(a->output + t_lo * DP, Y + (1 + t_lo) * DP, (size_t)((valid - t_lo) * DP) * sizeof(float));
+        memset(a->output + valid * DP, 0, (size_t)((t_hi - valid) * DP) * sizeof(float));
+        t_hi = t_lo; // done
+    }
     for (int64_t t = t_lo; t < t_hi; t++)
         for (int64_t b = 0; b < B; b++) {
             float *o = a->output + t * a->output_stride_t + b * a->output_stride_b;

@@ -615,6 +615,45 @@ static void test_forward(const char *const *isas, int n_isas) {
     }
 }
 
+/* One sequence whose output rows are back to back is copied out in one piece:
+ * the same numbers as through a padded output, zeros past its length, and
+ * nothing written past the output. */
+static void test_single_sequence_output(const char *const *isas, int n_isas) {
+    enum { T = 9, I = 5, H = 20, PAD = 3 };
+    lstm_config cfg = {I, H, 2, 1, 0, 0};
+    weights W;
+    make_weights(&cfg, &W);
+    float x[T * I], dense[T * H + PAD], padded[T * (H + PAD)];
+    for (int i = 0; i < T * I; i++) x[i] = rnd_f(-1, 1);
+    for (int i = 0; i < n_isas; i++)
+        for (int threads = 1; threads <= 2; threads++)
+            for (int64_t len = 0; len <= T; len += 4) {
+                CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
+                lstm_set_num_threads(threads);
+                lstm_model *m = NULL;
+                CHECK(lstm_model_create(&cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+                for (int e = 0; e < T * H + PAD; e++) dense[e] = SENTINEL;
+                for (int e = 0; e < T * (H + PAD); e++) padded[e] = SENTINEL;
+                lstm_forward_args a = {.seq_len = T, .batch = 1, .input = x, .input_stride_t = I,
+                                       .input_stride_b = I, .lengths = &len, .output = dense,
+                                       .output_stride_t = H, .output_stride_b = H};
+                CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "dense forward");
+                a.output = padded, a.output_stride_t = H + PAD;
+                CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "padded forward");
+                int bad = 0;
+                for (int t = 0; t < T; t++)
+                    for (int e = 0; e < H; e++) {
+                        bad += memcmp(&dense[t * H + e], &padded[t * (H + PAD) + e], sizeof(float)) != 0;
+                        if (t >= len) bad += dense[t * H + e] != 0.0f;
+                    }
+                for (int e = T * H; e < T * H + PAD; e++) bad += dense[e] != SENTINEL;
+                CHECK(bad == 0, "%s threads=%d len=%ld: one-sequence output differs (%d)", isas[i],
+                      threads, (long)len, bad);
+                lstm_model_free(m);
+            }
+    free_weights(&W);
+}
+
 /* NaN in one input step must poison that sequence's outputs from there on (and
  * the reverse direction up to there), as in PyTorch; returns 1 if it does. */
 static int nan_propagates(const char *isa) {
@@ -871,6 +910,7 @@ int main(void) {
     }
 #endif
     test_forward(isas, n_isas);
+    test_single_sequence_output(isas, n_isas);
     CHECK(nan_propagates("scalar"), "scalar: NaN does not propagate like PyTorch");
     /* avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo), which returns
      * lo for a NaN x (fixed by putting x second). */
