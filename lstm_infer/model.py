@@ -49,6 +49,13 @@ def _as_int(value, name, minimum):
     return value
 
 
+def _rebuild(cls, config, weights):
+    """An LSTM from what LSTM.__reduce__ gives (for pickle and copy)."""
+    model = cls(**config)
+    model.load_state_dict(weights)
+    return model
+
+
 class LSTM(_core.Module):
     """torch.nn.LSTM for inference, on NumPy arrays.
 
@@ -167,6 +174,11 @@ class LSTM(_core.Module):
         self._weights = new
         self._build()
         return missing, unexpected
+
+    def __reduce__(self):
+        # pickle, copy and deepcopy (which torch's modules support): the
+        # configuration and the weights; the C model is built anew from them
+        return _rebuild, (type(self), self.config, self._weights)
 
     @classmethod
     def from_state_dict(cls, state_dict, prefix="", batch_first=False):

@@ -304,3 +304,29 @@ def test_any_config_round_trips_and_opens_in_safetensors(tmp_path_factory, cfg, 
     theirs = safetensors.numpy.load_file(str(f))
     for k, v in sd.items():
         assert got[k].tobytes() == v.tobytes() == theirs[k].tobytes()
+
+
+def test_pickle_and_copies_like_torch_modules():
+    """pickle, copy.copy and copy.deepcopy work (as for torch's modules) and
+    give models with their own weights and the same configuration."""
+    import copy
+    import pickle
+
+    import lstm_infer as li
+
+    cfg, sd = _weights()  # projections, from a real torch.save file
+    m = li.LSTM(**dict(cfg, batch_first=True))
+    m.load_state_dict(sd)
+    x = np.random.default_rng(0).standard_normal((2, 5, cfg["input_size"])).astype(np.float32)
+    want = m(x)
+    for other in (pickle.loads(pickle.dumps(m)), copy.copy(m), copy.deepcopy(m)):
+        assert type(other) is li.LSTM and other.config == m.config
+        got = other(x)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1][0], want[1][0])
+        np.testing.assert_array_equal(got[1][1], want[1][1])
+    # a copy's weights are its own: loading new ones into it leaves m alone
+    twin = copy.deepcopy(m)
+    twin.load_state_dict({k: v * 0.5 for k, v in sd.items()})
+    np.testing.assert_array_equal(m(x)[0], want[0])
+    assert not np.array_equal(twin(x)[0], want[0])
