@@ -41,8 +41,8 @@
 #define EACH(v, n) _Pragma("GCC unroll 8") for (int v = 0; v < (n); v++)
 
 /*
- * exp(x), or exp(x) - 1 where m1[v], for x in [-87.3, 88.3] (clamped; NaN
- * stays NaN): x = k ln2 + r by Cody-Waite, e^r - 1 = r + r^2 P(r) with a
+ * exp(x), or exp(x) - 1 where m1[v], for x in [-87.3, 88.3] (exp clamps to
+ * it, and NaN stays NaN; e^x - 1 is only asked for x in [0, 18]): x = k ln2 + r by Cody-Waite, e^r - 1 = r + r^2 P(r) with a
  * degree-5 P (~1 ulp), then 2^k + 2^k (e^r - 1), or 2^k (e^r - 1) + (2^k - 1),
  * each one rounding. The second keeps e^x - 1 accurate relative to itself
  * near 0, which is what lets tanh below do without a separate small-x branch.
@@ -50,9 +50,12 @@
 INLINE void exp_n(const int n, __m256 *x, const int *m1) {
     __m256 k[8], p[8], s[8];
     // max/min return their second operand when either is NaN: x goes second so NaN survives
-    EACH(v, n) x[v] = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x[v]));
-    EACH(v, n) k[v] = _mm256_round_ps(_mm256_mul_ps(x[v], _mm256_set1_ps(1.44269504088896341f)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // (tanh's arguments, the e^x - 1 ones, come in [0, 18] already)
+    EACH(v, n) if (!m1[v]) x[v] = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x[v]));
+    // k = round(x / ln2) by adding 1.5 * 2^23 + 127: the sum's low bits are k + 127, 2^k's exponent
+    const __m256 shift = _mm256_set1_ps(12583039.0f);
+    EACH(v, n) s[v] = _mm256_fmadd_ps(x[v], _mm256_set1_ps(1.44269504088896341f), shift);
+    EACH(v, n) k[v] = _mm256_sub_ps(s[v], shift);
     EACH(v, n) x[v] = _mm256_fnmadd_ps(k[v], _mm256_set1_ps(0.693359375f), x[v]);
     EACH(v, n) x[v] = _mm256_fnmadd_ps(k[v], _mm256_set1_ps(-2.12194440e-4f), x[v]);
     EACH(v, n) p[v] = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), x[v], _mm256_set1_ps(1.3981999507e-3f));
@@ -61,10 +64,7 @@ INLINE void exp_n(const int n, __m256 *x, const int *m1) {
     EACH(v, n) p[v] = _mm256_fmadd_ps(p[v], x[v], _mm256_set1_ps(1.6666665459e-1f));
     EACH(v, n) p[v] = _mm256_fmadd_ps(p[v], x[v], _mm256_set1_ps(5.0000001201e-1f));
     EACH(v, n) p[v] = _mm256_fmadd_ps(p[v], _mm256_mul_ps(x[v], x[v]), x[v]);
-    EACH(v, n) {
-        const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k[v]), _mm256_set1_epi32(127)), 23);
-        s[v] = _mm256_castsi256_ps(e);
-    }
+    EACH(v, n) s[v] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(s[v]), 23));
     EACH(v, n) x[v] = _mm256_fmadd_ps(s[v], p[v], m1[v] ? _mm256_sub_ps(s[v], _mm256_set1_ps(1.0f)) : s[v]);
 }
 
