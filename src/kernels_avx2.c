@@ -6,7 +6,8 @@
  * (16 columns, two vectors each) accumulated over a K-block of KC with
  * broadcast-FMA. Full groups of 6 rows run 6x1 (12 accumulators) strip by
  * strip, so a K-block of one strip (16 KB) stays in L1 while every row group
- * passes over it; the 1 to 5 rows left run 3x2 / 2x2 / 1x4 shapes so that
+ * passes over it (for K <= 64, all four strips fit, and each row group takes
+ * them in turn); the 1 to 5 rows left run 3x2 / 2x2 / 1x4 shapes so that
  * 8 to 12 independent accumulators still hide the FMA latency. A step with
  * one row (streaming, batch 1) has its own loop, cell_row: the four gates of
  * a tile in eight registers over the whole of K.
@@ -42,8 +43,9 @@
 
 /*
  * exp(x), or exp(x) - 1 where m1[v], for x in [-87.3, 88.3] (exp clamps to
- * it, and NaN stays NaN; e^x - 1 is only asked for x in [0, 18]): x = k ln2 + r by Cody-Waite, e^r - 1 = r + r^2 P(r) with a
- * degree-5 P (~1 ulp), then 2^k + 2^k (e^r - 1), or 2^k (e^r - 1) + (2^k - 1),
+ * it, and NaN stays NaN; e^x - 1 is only asked for x in [0, 18]):
+ * x = k ln2 + r by Cody-Waite, e^r - 1 = r + r^2 P(r) with a degree-5 P
+ * (~1 ulp), then 2^k + 2^k (e^r - 1), or 2^k (e^r - 1) + (2^k - 1),
  * each one rounding. The second keeps e^x - 1 accurate relative to itself
  * near 0, which is what lets tanh below do without a separate small-x branch.
  */
@@ -110,6 +112,17 @@ INLINE void tile_update(__m256 *q, float *c, __m256 *h) {
     EACH(v, 2) _mm256_storeu_ps(c + 8 * v, cn[v]);
     act_n(2, cn, all_tanh);
     EACH(v, 2) h[v] = _mm256_mul_ps(q[6 + v], cn[v]);
+}
+
+// the new h of a tile's units [0, units), units <= 16: h ends inside the last tile
+INLINE void store_h(float *h, const __m256 *hv, int64_t units) {
+    if (units >= LSTM_TILE) {
+        EACH(v, 2) _mm256_storeu_ps(h + 8 * v, hv[v]);
+        return;
+    }
+    float hbuf[LSTM_TILE];
+    EACH(v, 2) _mm256_storeu_ps(hbuf + 8 * v, hv[v]);
+    memcpy(h, hbuf, (size_t)units * sizeof(float));
 }
 
 // ---------------------------------------------------------------- microkernel
@@ -280,13 +293,7 @@ static __attribute__((noipa)) void cell_row(int64_t K, const float *a, const flo
             __m256 q[8], hv[2];
             EACH(v, 8) q[v] = _mm256_loadu_ps(gates[j] + 8 * v);
             tile_update(q, c + unit0, hv);
-            if (H - unit0 >= LSTM_TILE) {
-                EACH(v, 2) _mm256_storeu_ps(h + unit0 + 8 * v, hv[v]);
-            } else { // h ends inside this tile
-                float hbuf[LSTM_TILE];
-                EACH(v, 2) _mm256_storeu_ps(hbuf + 8 * v, hv[v]);
-                memcpy(h + unit0, hbuf, (size_t)(H - unit0) * sizeof(float));
-            }
+            store_h(h + unit0, hv, H - unit0);
         }
     }
 }
@@ -301,7 +308,6 @@ static void cell_avx2(int64_t m, int64_t K, lstm_rows a, const float *w_hh, lstm
     for (int64_t t = t0; t < t1; t++) {
         const float *wp = w_hh + t * K * LSTM_PANEL;
         const int64_t unit0 = t * LSTM_TILE;
-        const int64_t units = H - unit0 < LSTM_TILE ? H - unit0 : LSTM_TILE;
         for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
             const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
             lstm_rows gt = lstm_rows_from(g, r0);
@@ -310,11 +316,9 @@ static void cell_avx2(int64_t m, int64_t K, lstm_rows a, const float *w_hh, lstm
                        (lstm_rows){tmp[0], LSTM_PANEL, NULL});
             for (int64_t r = 0; r < rows; r++) {
                 __m256 q[8], hv[2];
-                float hbuf[LSTM_TILE];
                 EACH(v, 8) q[v] = _mm256_loadu_ps(tmp[r] + 8 * v);
                 tile_update(q, c + (r0 + r) * ldc + unit0, hv);
-                EACH(v, 2) _mm256_storeu_ps(hbuf + 8 * v, hv[v]);
-                memcpy(lstm_row(h, r0 + r) + unit0, hbuf, (size_t)units * sizeof(float));
+                store_h(lstm_row(h, r0 + r) + unit0, hv, H - unit0);
             }
         }
     }

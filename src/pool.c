@@ -150,8 +150,7 @@ static void resize_locked(int n) {
     }
     atomic_store(&pool.start_generation, atomic_load(&pool.generation));
     while (pool.started < n - 1) {
-        if (pthread_create(&pool.threads[pool.started], NULL, worker_main,
-                           (void *)(intptr_t)(pool.started + 1)) != 0)
+        if (pthread_create(&pool.threads[pool.started], NULL, worker_main, NULL) != 0)
             break; /* fewer threads is still correct */
         pool.started++;
     }
