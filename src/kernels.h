@@ -3,12 +3,14 @@
  * packed weight layout they share. Internal to the library.
  *
  * Packed layout ("panels"): a (K, N) right-hand matrix is cut into panels of
- * LSTM_PANEL = 64 columns, zero beyond N. A panel is four "strips" of
- * LSTM_TILE = 16 columns one after another, each strip K rows of 16 floats
- * (so one strip row is one cache line and a strip is contiguous: a K-block of
- * it stays in L1 without set conflicts). For gate matrices the strips of
- * panel j are the gates i, f, g, o of hidden units [16j, 16j+16), so one
- * panel carries everything a tile of hidden units needs for its cell update.
+ * `gates` strips, each strip LSTM_TILE = 16 columns wide, zero beyond N (a
+ * panel is gates * 16 columns). A strip is K rows of 16 floats one after
+ * another (one strip row is one cache line and a strip is contiguous: a
+ * K-block of it stays in L1 without set conflicts), and a panel's strips
+ * follow each other. For gate matrices the strips of panel j are the gates
+ * of hidden units [16j, 16j+16) in torch's order (LSTM i, f, g, o; GRU r, z,
+ * n; RNN the one), so one panel carries everything a tile of hidden units
+ * needs for its update. Plain matrices (the projection) use 4 strips a panel.
  * The layout does not depend on the ISA.
  */
 #ifndef LSTM_KERNELS_H
@@ -17,13 +19,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LSTM_TILE 16             /* hidden units per panel */
-#define LSTM_PANEL (4 * LSTM_TILE) /* floats per panel row */
+#include "lstm_infer.h"
 
-/* Offset of element (k, col) in a packed (K, N) matrix. */
-static inline int64_t lstm_packed_at(int64_t K, int64_t k, int64_t col) {
-    const int64_t p = col / LSTM_PANEL, j = col % LSTM_PANEL;
-    return (p * LSTM_PANEL + j / LSTM_TILE * LSTM_TILE) * K + k * LSTM_TILE + j % LSTM_TILE;
+#define LSTM_TILE 16                   /* hidden units per panel */
+#define LSTM_MAX_GATES 4
+#define LSTM_PANEL (4 * LSTM_TILE)     /* floats per panel row of a plain matrix */
+
+/* Gates of a cell kind: 4 LSTM, 3 GRU, 1 RNN. */
+static inline int lstm_gates(int cell) {
+    return cell == LSTM_CELL_LSTM ? 4 : cell == LSTM_CELL_GRU ? 3 : 1;
+}
+
+/* Offset of element (k, col) in a packed (K, N) matrix of `gates` strips a panel. */
+static inline int64_t lstm_packed_at(int64_t K, int gates, int64_t k, int64_t col) {
+    const int64_t w = (int64_t)gates * LSTM_TILE, p = col / w, j = col % w;
+    return (p * w + j / LSTM_TILE * LSTM_TILE) * K + k * LSTM_TILE + j % LSTM_TILE;
 }
 
 /* A set of rows: row r is at base + (idx ? idx[r] : r) * ld. */
@@ -47,23 +57,29 @@ static inline lstm_rows lstm_rows_from(lstm_rows rows, int64_t r0) {
 /*
  * gemm: c[r][col] = bias[col] + sum_k a[r][k] * b[k][col]
  *   for rows r < m and columns col in panels [p0, p1) with col < ncols.
- *   b: packed panels (K rows each); bias: packed like one panel row per
- *   panel (npanels * 64 floats) or NULL for zero.
+ *   b: packed panels of `gates` strips (K rows each); bias: packed like one
+ *   panel row per panel (npanels * gates * 16 floats) or NULL for zero.
  */
-typedef void (*lstm_gemm_fn)(int64_t m, int64_t K, lstm_rows a, const float *b,
+typedef void (*lstm_gemm_fn)(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
                              const float *bias, int64_t p0, int64_t p1, int64_t ncols,
                              lstm_rows c);
 
 /*
- * cell: the fused LSTM step for rows r < m and tiles [t0, t1):
- *   gates = g[r][64t .. 64t+64] + a[r] (K) @ w_hh panel t   (i, f, g, o)
- *   c = sigmoid(f) * c + sigmoid(i) * tanh(g);  h = sigmoid(o) * tanh(c)
- *   c rows: c + r * ldc, units 16t .. 16t+16 updated in place;
- *   h rows: units 16t .. min(16t+16, H) written.
+ * cell: one recurrent step of kind `cell` for rows r < m and tiles [t0, t1),
+ * with W = gates * 16 and the sums s = a[r] (K) @ w_hh panel t:
+ *   LSTM:  q = g[r][Wt ..] + s             (i, f, g, o)
+ *          c = sigmoid(f) * c + sigmoid(i) * tanh(g);  h = sigmoid(o) * tanh(c)
+ *          c rows: c + r * ldc, units 16t .. 16t+16 updated in place
+ *   GRU:   q = b_hh[Wt ..] + s             (r, z, n); gi = g[r][Wt ..]
+ *          r = sigmoid(gi_r + q_r); z = sigmoid(gi_z + q_z)
+ *          n = tanh(gi_n + r * q_n);  h = (1 - z) * n + z * a[r][unit]  (K = H)
+ *   RNN:   h = tanh or relu(g[r][Wt ..] + s)
+ *   h rows: units 16t .. min(16t+16, H) written. b_hh (tiles * W floats) is
+ *   read by the GRU only; c by the LSTM only.
  */
-typedef void (*lstm_cell_fn)(int64_t m, int64_t K, lstm_rows a, const float *w_hh,
-                             lstm_rows g, float *c, int64_t ldc, int64_t t0, int64_t t1,
-                             int64_t H, lstm_rows h);
+typedef void (*lstm_cell_fn)(int cell, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
+                             const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                             int64_t t1, int64_t H, lstm_rows h);
 
 typedef struct {
     const char *name;

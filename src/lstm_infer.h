@@ -1,15 +1,18 @@
 /*
- * lstm_infer.h - CPU inference for PyTorch-compatible LSTMs, in plain C.
+ * lstm_infer.h - CPU inference for PyTorch-compatible recurrent networks, in
+ * plain C11 with POSIX threads.
  *
- * The semantics are those of torch.nn.LSTM in eval mode: stacked layers,
- * bidirectional, optional biases, optional projection (proj_size), and
- * variable-length batches that behave like pack_padded_sequence(...,
- * enforce_sorted=False) -> LSTM -> pad_packed_sequence.
+ * The semantics are those of torch.nn.LSTM, nn.GRU and nn.RNN (tanh or relu)
+ * in eval mode: stacked layers, bidirectional, optional biases, optional
+ * projection (proj_size, LSTM only), and variable-length batches that behave
+ * like pack_padded_sequence(..., enforce_sorted=False) -> module ->
+ * pad_packed_sequence. The cells (nn.LSTMCell, ...) are one-layer modules
+ * run for one step.
  *
  * Usage:
  *
  *     lstm_config cfg = {.input_size = 40, .hidden_size = 128, .num_layers = 2,
- *                        .bias = 1, .bidirectional = 1, .proj_size = 0};
+ *                        .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_LSTM};
  *     lstm_model *m;
  *     if (lstm_model_create(&cfg, weights, n_weights, &m) != LSTM_OK) ...
  *     lstm_forward_args a = {.seq_len = T, .batch = B, .input = x,
@@ -41,34 +44,53 @@ typedef enum {
     LSTM_ERR_OUT_OF_MEMORY = 2,
     LSTM_ERR_SIZE_OVERFLOW = 3,    /* sizes whose product does not fit in memory */
     LSTM_ERR_WORKSPACE_TOO_SMALL = 4,
-    LSTM_ERR_UNKNOWN_ISA = 5
+    LSTM_ERR_UNKNOWN_ISA = 5,
+    LSTM_ERR_INTERRUPTED = 6       /* the interrupt callback asked the call to stop */
 } lstm_status;
+
+/* Limits of lstm_config and lstm_set_num_threads. */
+#define LSTM_MAX_FEATURES (1 << 24) /* input_size, hidden_size */
+#define LSTM_MAX_LAYERS 1024
+#define LSTM_MAX_THREADS 256
+
+/* The recurrent cell of every layer. */
+typedef enum {
+    LSTM_CELL_LSTM = 0,     /* 4 gates i, f, g, o (torch.nn.LSTM) */
+    LSTM_CELL_GRU = 1,      /* 3 gates r, z, n (torch.nn.GRU) */
+    LSTM_CELL_RNN_TANH = 2, /* 1 gate, h = tanh(...) (torch.nn.RNN) */
+    LSTM_CELL_RNN_RELU = 3  /* 1 gate, h = relu(...) */
+} lstm_cell_kind;
 
 /* A short English description of a status; never NULL, static storage. */
 const char *lstm_status_string(lstm_status status);
 
 typedef struct {
-    int32_t input_size;    /* features per input step, > 0 */
-    int32_t hidden_size;   /* H, > 0 */
-    int32_t num_layers;    /* L, > 0 */
+    int32_t input_size;    /* features per input step, in [1, LSTM_MAX_FEATURES] */
+    int32_t hidden_size;   /* H, in [1, LSTM_MAX_FEATURES] */
+    int32_t num_layers;    /* L, in [1, LSTM_MAX_LAYERS] */
     int32_t bias;          /* 0 or 1: bias_ih/bias_hh present */
     int32_t bidirectional; /* 0 or 1; D = 1 + bidirectional */
-    int32_t proj_size;     /* P, 0 for none, else 0 < P < H */
+    int32_t proj_size;     /* P, 0 for none, else 0 < P < H (LSTM only) */
+    int32_t cell;          /* lstm_cell_kind; 0 (LSTM) when left zero */
 } lstm_config;
 
 typedef struct lstm_model lstm_model;
 
 /*
  * The number of weight arrays lstm_model_create expects for cfg, 0 if cfg is
- * invalid. Per layer k, per direction d (forward first), in this order:
- *   weight_ih  (4H, in_k)  gates i,f,g,o; in_0 = input_size, in_k = D * out
- *   weight_hh  (4H, out)   out = P if proj_size else H
- *   bias_ih    (4H)        only when cfg->bias
- *   bias_hh    (4H)        only when cfg->bias
- *   weight_hr  (P, H)      only when cfg->proj_size
- * This is the order of torch.nn.LSTM's state_dict.
+ * invalid. With G gates (4 LSTM, 3 GRU, 1 RNN), per layer k, per direction
+ * d (forward first), in this order:
+ *   weight_ih  (G*H, in_k)  in_0 = input_size, in_k = D * out
+ *   weight_hh  (G*H, out)   out = P if proj_size else H
+ *   bias_ih    (G*H)        only when cfg->bias
+ *   bias_hh    (G*H)        only when cfg->bias
+ *   weight_hr  (P, H)       only when cfg->proj_size
+ * This is the order of the torch module's state_dict, gates in torch's order.
  */
 size_t lstm_weight_count(const lstm_config *cfg);
+
+/* The shape of weight array `index` (as above): shape[1] is 0 for a bias. */
+lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t shape[2]);
 
 /*
  * Builds a model: checks cfg, copies and repacks the row-major float32
@@ -83,6 +105,9 @@ const lstm_config *lstm_model_config(const lstm_model *model);
 /*
  * One forward call. Shapes use T = seq_len, B = batch, D, H, out as above.
  * Strides are in floats; the feature axis of input and output is contiguous.
+ * c_0 and c_n belong to the LSTM cell and must be NULL for the others.
+ * Every array is read or written during the call only, and must not change
+ * during it (lengths included).
  */
 typedef struct {
     int64_t seq_len, batch;
@@ -95,27 +120,45 @@ typedef struct {
     int64_t output_stride_t, output_stride_b;
     float *h_n;              /* (L*D, B, out) contiguous, or NULL */
     float *c_n;              /* (L*D, B, H) contiguous, or NULL */
+    /* Optional: called on the calling thread between layers and every few
+     * milliseconds of work; a non-zero return stops the call, which then
+     * returns LSTM_ERR_INTERRUPTED with the outputs unspecified. */
+    int (*interrupt)(void *ctx);
+    void *interrupt_ctx;
 } lstm_forward_args;
 
 /*
- * Bytes of scratch lstm_model_forward needs for seq_len x batch (any lengths).
- * Returns LSTM_ERR_SIZE_OVERFLOW when that cannot be represented.
+ * Bytes of scratch lstm_model_forward needs for seq_len x batch with these
+ * lengths (NULL: all seq_len; the scratch grows with the valid steps, not
+ * with seq_len x batch). Returns LSTM_ERR_INVALID_ARGUMENT for a length
+ * outside [0, seq_len] and LSTM_ERR_SIZE_OVERFLOW when the size cannot be
+ * represented.
  */
 lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_t batch,
-                                size_t *bytes);
+                                const int64_t *lengths, size_t *bytes);
 
 /*
  * Runs the model. workspace may be NULL (then the library provides scratch: the
  * model keeps the last such block for the next call, so repeated calls touch
- * no fresh memory; lstm_model_free releases it) or at least
- * lstm_workspace_size bytes owned by this call.
+ * no fresh memory; a call that needs less than a quarter of a kept block of
+ * more than 1 MiB frees it and keeps its own instead; lstm_model_free and
+ * lstm_model_release_memory release it) or at least lstm_workspace_size
+ * bytes owned by this call.
  * A sequence of length 0 gets zeros in output and h_0/c_0 as its final state.
  * NaN and Inf in the input propagate as they do in PyTorch.
  */
 lstm_status lstm_model_forward(const lstm_model *model, const lstm_forward_args *args,
                                void *workspace, size_t workspace_size);
 
-/* Worker threads for all models (default: LSTM_INFER_NUM_THREADS, else usable cores). */
+/* Frees the scratch block the model keeps between calls (safe during calls). */
+void lstm_model_release_memory(lstm_model *model);
+
+/*
+ * Worker threads for all models (default: LSTM_INFER_NUM_THREADS, else the
+ * usable cores), n in [1, LSTM_MAX_THREADS]. After fork() the child starts
+ * with a fresh pool of the same size. lstm_get_num_threads never waits for
+ * a running call.
+ */
 void lstm_set_num_threads(int n);
 int lstm_get_num_threads(void);
 
