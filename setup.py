@@ -1,7 +1,7 @@
 """Builds the one extension, lstm_infer._core, with the C core compiled in.
 
 Each SIMD kernel file is compiled with its own instruction-set flags; the
-rest of the core is plain C99 that runs on any x86-64 (or other) CPU, and the
+rest of the core is plain C11 + POSIX threads that runs on any x86-64 (or other) CPU, and the
 kernels are chosen at run time (src/dispatch.c).
 """
 import os
@@ -12,7 +12,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE = ["src/model.c", "src/pool.c", "src/dispatch.c", "src/kernels_scalar.c"]
+CORE = ["src/model.c", "src/forward.c", "src/status.c", "src/pool.c", "src/dispatch.c",
+        "src/kernels_scalar.c"]
 # per-ISA kernel files and the flags only they are compiled with
 ISA_FILES = {"src/kernels_avx2.c": ["-mavx2", "-mfma"]}
 X86 = platform.machine().lower() in ("x86_64", "amd64")

@@ -1,10 +1,29 @@
-# Declarations mirroring src/lstm_infer.h.
+# Declarations mirroring src/lstm_infer.h (the one contract): every status,
+# cell kind and limit by name.
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "lstm_infer.h" nogil:
     ctypedef enum lstm_status:
         LSTM_OK
+        LSTM_ERR_INVALID_ARGUMENT
+        LSTM_ERR_OUT_OF_MEMORY
+        LSTM_ERR_SIZE_OVERFLOW
+        LSTM_ERR_WORKSPACE_TOO_SMALL
+        LSTM_ERR_UNKNOWN_ISA
+        LSTM_ERR_INTERRUPTED
     const char *lstm_status_string(lstm_status status)
+
+    enum:
+        LSTM_MAX_FEATURES
+        LSTM_MAX_LAYERS
+        LSTM_MAX_THREADS
+
+    ctypedef enum lstm_cell_kind:
+        LSTM_CELL_LSTM
+        LSTM_CELL_GRU
+        LSTM_CELL_RNN_TANH
+        LSTM_CELL_RNN_RELU
+
     ctypedef struct lstm_config:
         int32_t input_size
         int32_t hidden_size
@@ -12,12 +31,15 @@ cdef extern from "lstm_infer.h" nogil:
         int32_t bias
         int32_t bidirectional
         int32_t proj_size
+        int32_t cell
     ctypedef struct lstm_model:
         pass
     size_t lstm_weight_count(const lstm_config *cfg)
+    lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t *shape)
     lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
                                   size_t n_weights, lstm_model **out)
     void lstm_model_free(lstm_model *model)
+    void lstm_model_release_memory(lstm_model *model)
     ctypedef struct lstm_forward_args:
         int64_t seq_len, batch
         const float *input
@@ -29,6 +51,10 @@ cdef extern from "lstm_infer.h" nogil:
         int64_t output_stride_t, output_stride_b
         float *h_n
         float *c_n
+        int (*interrupt)(void *ctx) noexcept nogil
+        void *interrupt_ctx
+    lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_t batch,
+                                    const int64_t *lengths, size_t *bytes)
     lstm_status lstm_model_forward(const lstm_model *model, const lstm_forward_args *args,
                                    void *workspace, size_t workspace_size)
     void lstm_set_num_threads(int n)

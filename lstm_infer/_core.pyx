@@ -2,38 +2,80 @@
 """Thin binding to the C core: checks buffers, releases the GIL, calls C.
 
 Argument validation with friendly messages lives in model.py; this layer only
-guarantees that what reaches C has the right dtype, layout and sizes.
+guarantees that what reaches C has the right dtype, byte order, alignment,
+layout and sizes, whatever the caller passes.
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
+from cpython.pythread cimport PyThread_get_thread_ident
 
 cimport numpy as cnp
 import numbers
+import threading
 
 import numpy as np
 
 from lstm_infer._core cimport *
 
+cdef extern from "Python.h":
+    # declared without an exception value: the error it sets is raised later, with the GIL
+    int PyErr_CheckSignals() nogil
+
 cnp.import_array()
+
+# limits and cell kinds from the C header, not copies
+MAX_FEATURES = LSTM_MAX_FEATURES
+MAX_LAYERS = LSTM_MAX_LAYERS
+MAX_THREADS = LSTM_MAX_THREADS
+CELL_LSTM = LSTM_CELL_LSTM
+CELL_GRU = LSTM_CELL_GRU
+CELL_RNN_TANH = LSTM_CELL_RNN_TANH
+CELL_RNN_RELU = LSTM_CELL_RNN_RELU
+
+# signals are handled on the main thread only, so only its calls poll for them
+cdef unsigned long _main_thread = threading.main_thread().ident
+
+
+cdef int _poll_signals(void *ctx) noexcept nogil:
+    """The C core's interrupt callback: runs Python's signal handlers (Ctrl-C
+    raises KeyboardInterrupt there) and stops the call if one raised."""
+    with gil:
+        return PyErr_CheckSignals() < 0
+
+
+cdef int _raise_pending() except -1:
+    return -1  # the exception _poll_signals left set
 
 
 cdef _check(lstm_status s, what):
-    if s != LSTM_OK:
-        msg = lstm_status_string(s).decode()
-        if s == 2:
-            raise MemoryError(f"{what}: {msg}")
-        raise ValueError(f"{what}: {msg}")
+    if s == LSTM_OK:
+        return
+    if s == LSTM_ERR_INTERRUPTED:
+        _raise_pending()
+    msg = lstm_status_string(s).decode()
+    if s == LSTM_ERR_OUT_OF_MEMORY:
+        raise MemoryError(f"{what}: {msg}")
+    raise ValueError(f"{what}: {msg}")
+
+
+cdef inline bint _c_ready(cnp.ndarray a):
+    """float32, native byte order, aligned: what C may read in place."""
+    return (cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT and cnp.PyArray_ISNOTSWAPPED(a)
+            and cnp.PyArray_ISALIGNED(a))
 
 
 cdef class Core:
     """An immutable C model built from float32 weights in torch state_dict order."""
     cdef lstm_model *model
-    cdef readonly int input_size, hidden_size, num_layers, out_size, directions
+    cdef readonly int cell, input_size, hidden_size, num_layers, out_size, directions
+    cdef readonly bint has_c
 
-    def __cinit__(self, int input_size, int hidden_size, int num_layers, bint bias,
+    def __cinit__(self, int cell, int input_size, int hidden_size, int num_layers, bint bias,
                   bint bidirectional, int proj_size, list weights):
         cdef lstm_config cfg
+        memset(&cfg, 0, sizeof(cfg))
+        cfg.cell = cell
         cfg.input_size = input_size
         cfg.hidden_size = hidden_size
         cfg.num_layers = num_layers
@@ -42,66 +84,83 @@ cdef class Core:
         cfg.proj_size = proj_size
         cdef size_t n = lstm_weight_count(&cfg)
         if n == 0:
-            raise ValueError("invalid LSTM configuration")
+            raise ValueError("invalid recurrent layer configuration")
         if <size_t>len(weights) != n:
             raise ValueError(f"expected {n} weight arrays, got {len(weights)}")
-        arrays = [np.ascontiguousarray(w, dtype=np.float32) for w in weights]
+        cdef int64_t shape[2]
+        arrays = []
+        for i in range(n):
+            lstm_weight_shape(&cfg, i, shape)
+            want = (<object>shape[0], <object>shape[1]) if shape[1] else (<object>shape[0],)
+            a = np.array(weights[i], dtype=np.float32, order="C")  # private, native, aligned
+            if a.shape != want:
+                raise ValueError(f"weight array {i} has shape {a.shape}, expected {want}")
+            arrays.append(a)
         cdef const float **ptrs = <const float **>malloc(n * sizeof(float *))
         if ptrs == NULL:
             raise MemoryError()
-        cdef cnp.ndarray a
         cdef lstm_status s
         try:
             for i in range(n):
-                a = arrays[i]
-                ptrs[i] = <const float *>cnp.PyArray_DATA(a)
+                ptrs[i] = <const float *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
             with nogil:
                 s = lstm_model_create(&cfg, ptrs, n, &self.model)
         finally:
             free(ptrs)
         _check(s, "creating the model")
+        self.cell = cell
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.directions = 2 if bidirectional else 1
         self.out_size = proj_size if proj_size else hidden_size
+        self.has_c = cell == LSTM_CELL_LSTM
 
     def __dealloc__(self):
         if self.model != NULL:
             lstm_model_free(self.model)
 
+    def release_memory(self):
+        """Frees the scratch block kept between calls."""
+        lstm_model_release_memory(self.model)
+
     def forward(self, x, lengths, h_0, c_0, output, h_n, c_n):
         """x: float32 (T, B, I) with a contiguous last axis (any other strides);
-        lengths: contiguous int64 (B,) or None; h_0/c_0: contiguous float32 or None;
-        output: float32 (T, B, D*out) with a contiguous last axis; h_n/c_n: contiguous."""
+        lengths: a private contiguous int64 (B,) or None; h_0/c_0: contiguous
+        float32 or None; output: float32 (T, B, D*out) with a contiguous last
+        axis; h_n/c_n: contiguous (c_0/c_n None unless LSTM). Every array native
+        and aligned."""
         cdef cnp.ndarray xa = x, oa = output
         cdef int64_t T, B, slots = self.num_layers * self.directions
         # C-level checks only: this runs on every call, streaming steps included
-        if (cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT
+        if (cnp.PyArray_NDIM(xa) != 3 or not _c_ready(xa)
                 or cnp.PyArray_DIMS(xa)[2] != self.input_size
                 or (cnp.PyArray_DIMS(xa)[2] > 1 and cnp.PyArray_STRIDES(xa)[2] != 4)
                 or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4):
             raise ValueError("input buffer: bad shape, dtype or layout")
         T = cnp.PyArray_DIMS(xa)[0]
         B = cnp.PyArray_DIMS(xa)[1]
-        if (cnp.PyArray_NDIM(oa) != 3 or cnp.PyArray_TYPE(oa) != cnp.NPY_FLOAT
+        if (cnp.PyArray_NDIM(oa) != 3 or not _c_ready(oa)
                 or cnp.PyArray_DIMS(oa)[0] != T or cnp.PyArray_DIMS(oa)[1] != B
                 or cnp.PyArray_DIMS(oa)[2] != self.directions * self.out_size
                 or cnp.PyArray_STRIDES(oa)[2] != 4 or cnp.PyArray_STRIDES(oa)[0] % 4
                 or cnp.PyArray_STRIDES(oa)[1] % 4 or not cnp.PyArray_ISWRITEABLE(oa)):
             raise ValueError("output buffer: bad shape, dtype or layout")
+        if not self.has_c and (c_0 is not None or c_n is not None):
+            raise ValueError("c_0/c_n buffers belong to the LSTM cell only")
         cdef lstm_forward_args args
         memset(&args, 0, sizeof(args))
         args.h_n = <float *>_state_ptr(h_n, slots, B, self.out_size, True, "h_n")
-        args.c_n = <float *>_state_ptr(c_n, slots, B, self.hidden_size, True, "c_n")
+        if self.has_c:
+            args.c_n = <float *>_state_ptr(c_n, slots, B, self.hidden_size, True, "c_n")
+            args.c_0 = _state_ptr(c_0, slots, B, self.hidden_size, False, "c_0")
         args.h_0 = _state_ptr(h_0, slots, B, self.out_size, False, "h_0")
-        args.c_0 = _state_ptr(c_0, slots, B, self.hidden_size, False, "c_0")
         cdef cnp.ndarray la
-        args.lengths = NULL
         if lengths is not None:
             la = lengths
             if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or cnp.PyArray_NDIM(la) != 1
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(la) or cnp.PyArray_DIMS(la)[0] != B):
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(la) or not cnp.PyArray_ISNOTSWAPPED(la)
+                    or not cnp.PyArray_ISALIGNED(la) or cnp.PyArray_DIMS(la)[0] != B):
                 raise ValueError("lengths buffer: bad shape, dtype or layout")
             args.lengths = <const int64_t *>cnp.PyArray_DATA(la)
         self._run(xa, oa, &args)
@@ -116,21 +175,22 @@ cdef class Core:
         args.output = <float *>cnp.PyArray_DATA(oa)
         args.output_stride_t = cnp.PyArray_STRIDES(oa)[0] // 4
         args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
+        if PyThread_get_thread_ident() == _main_thread:
+            args.interrupt = _poll_signals
         cdef lstm_status s
         with nogil:
             s = lstm_model_forward(self.model, args, NULL, 0)
         _check(s, "forward")
 
-
     cdef run_fast(self, x, h_0, c_0):
         """The common call (float32 (T, B, I) array, optional float32 C-contiguous
-        h_0/c_0 of the right shapes), checked and allocated here. Returns None when
-        anything needs converting or a friendly error: the caller then takes the
-        general path in model.py."""
+        h_0 (and c_0 for the LSTM) of the right shapes), checked and allocated
+        here. Returns None when anything needs converting or a friendly error:
+        the caller then takes the general path in model.py."""
         if type(x) is not np.ndarray:
             return None
         cdef cnp.ndarray xa = x
-        if (cnp.PyArray_NDIM(xa) != 3 or cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT
+        if (cnp.PyArray_NDIM(xa) != 3 or not _c_ready(xa)
                 or cnp.PyArray_DIMS(xa)[2] != self.input_size or cnp.PyArray_STRIDES(xa)[2] != 4
                 or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4
                 or cnp.PyArray_DIMS(xa)[0] == 0 or cnp.PyArray_DIMS(xa)[1] == 0):
@@ -148,16 +208,19 @@ cdef class Core:
         dims[0] = slots
         dims[2] = self.out_size
         h_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
-        dims[2] = self.hidden_size
-        c_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
         # every buffer is now known to fit: straight to C, without forward's re-checks
         cdef lstm_forward_args args
         memset(&args, 0, sizeof(args))
         if h_0 is not None:
             args.h_0 = <const float *>cnp.PyArray_DATA(<cnp.ndarray>h_0)
+        args.h_n = <float *>cnp.PyArray_DATA(<cnp.ndarray>h_n)
+        if not self.has_c:
+            self._run(xa, <cnp.ndarray>output, &args)
+            return output, h_n
+        dims[2] = self.hidden_size
+        c_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
         if c_0 is not None:
             args.c_0 = <const float *>cnp.PyArray_DATA(<cnp.ndarray>c_0)
-        args.h_n = <float *>cnp.PyArray_DATA(<cnp.ndarray>h_n)
         args.c_n = <float *>cnp.PyArray_DATA(<cnp.ndarray>c_n)
         self._run(xa, <cnp.ndarray>output, &args)
         return output, (h_n, c_n)
@@ -169,7 +232,7 @@ cdef bint _state_fits(object obj, cnp.npy_intp slots, cnp.npy_intp B, cnp.npy_in
     if type(obj) is not np.ndarray:
         return False
     cdef cnp.ndarray a = obj
-    return (cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT and cnp.PyArray_NDIM(a) == 3
+    return (_c_ready(a) and cnp.PyArray_NDIM(a) == 3
             and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_DIMS(a)[0] == slots
             and cnp.PyArray_DIMS(a)[1] == B and cnp.PyArray_DIMS(a)[2] == width)
 
@@ -181,7 +244,7 @@ cdef const float *_state_ptr(object obj, int64_t slots, int64_t B, int64_t width
             raise ValueError(f"{name} buffer is required")
         return NULL
     cdef cnp.ndarray a = obj
-    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT or cnp.PyArray_NDIM(a) != 3
+    if (not _c_ready(a) or cnp.PyArray_NDIM(a) != 3
             or not cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_DIMS(a)[0] != slots
             or cnp.PyArray_DIMS(a)[1] != B or cnp.PyArray_DIMS(a)[2] != width
             or (writable and not cnp.PyArray_ISWRITEABLE(a))):
@@ -194,15 +257,18 @@ def set_num_threads(n):
         raise TypeError(f"number of threads must be an integer, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
-    if n > 256:
-        raise ValueError(f"number of threads {n} is too large (at most 256)")
+    if n > LSTM_MAX_THREADS:
+        raise ValueError(f"number of threads {n} is too large (at most {LSTM_MAX_THREADS})")
     cdef int count = n
     with nogil:
         lstm_set_num_threads(count)
 
 
 def get_num_threads():
-    return lstm_get_num_threads()
+    cdef int n
+    with nogil:  # never wait on a C lock while holding the GIL
+        n = lstm_get_num_threads()
+    return n
 
 
 def get_isa():
@@ -220,34 +286,40 @@ def set_isa(name):
 
 
 cdef class Module:
-    """Base of model.LSTM: what its common call needs, as C fields, and that call."""
+    """Base of the recurrent layers in model.py: what their common call needs,
+    as C fields, and that call."""
     cdef public Core _core
     cdef public bint batch_first
 
     def __call__(self, input, hx=None, lengths=None):
-        """Runs the LSTM, exactly like torch.nn.LSTM in eval mode.
+        """Runs the layer exactly like torch.nn.LSTM, nn.GRU or nn.RNN in eval mode.
 
         input: (T, B, input_size), or (B, T, input_size) with batch_first, or
           unbatched (T, input_size), or a list of (T_i, input_size) arrays.
-        hx: optional (h_0, c_0) of shapes (num_layers*D, B, out) and
-          (num_layers*D, B, hidden_size) -- batch-second even with batch_first;
-          (num_layers*D, out) for unbatched input.
+        hx: optional initial state of shape (num_layers*D, B, out) --
+          batch-second even with batch_first; (num_layers*D, out) for
+          unbatched input. For the LSTM a tuple (h_0, c_0), c_0 of width
+          hidden_size.
         lengths: optional (B,) integers in [0, T]: like pack_padded_sequence(
-          enforce_sorted=False) -> LSTM -> pad_packed_sequence(total_length=T).
-          Outputs past a length are 0; a length of 0 returns h_0/c_0 as its state.
-        Returns output, (h_n, c_n) as float32 arrays (output is a list for list input).
+          enforce_sorted=False) -> module -> pad_packed_sequence(total_length=T).
+          Outputs past a length are 0; a length of 0 returns h_0 as its state.
+        Returns output, h_n (LSTM: output, (h_n, c_n)) as float32 arrays
+        (output is a list for list input).
         """
-        # the common call, a float32 array with no lengths and optional float32
-        # (h_0, c_0), goes straight to C; anything else, and every error, to _call
-        if lengths is None and not self.batch_first and self._core is not None:
+        # the common call, a float32 array with no lengths and an optional float32
+        # state, goes straight to C; anything else, and every error, to _call.
+        # core is a local reference: a concurrent load_state_dict cannot free it mid-call
+        cdef Core core = self._core
+        if lengths is None and not self.batch_first and core is not None:
+            result = None
             if hx is None:
-                result = self._core.run_fast(input, None, None)
-                if result is not None:
-                    return result
+                result = core.run_fast(input, None, None)
+            elif not core.has_c:
+                result = core.run_fast(input, hx, None)
             elif type(hx) is tuple and len(<tuple>hx) == 2:
                 h_0, c_0 = <tuple>hx
                 if h_0 is not None and c_0 is not None:
-                    result = self._core.run_fast(input, h_0, c_0)
-                    if result is not None:
-                        return result
+                    result = core.run_fast(input, h_0, c_0)
+            if result is not None:
+                return result
         return self._call(input, hx, lengths)

@@ -1,17 +1,20 @@
-"""The user-facing LSTM: torch.nn.LSTM's signature and semantics on NumPy arrays.
+"""The recurrent modules of torch.nn on NumPy arrays: LSTM, GRU, RNN and their cells.
 
-All checking and conversion happens here, in plain Python, so that errors are
-clear exceptions; the numbers are computed by the C core (lstm_infer._core)
-with the GIL released.
+Each class has torch's signature and eval-mode semantics. All checking and
+conversion happens here, in plain Python, so that errors are clear
+exceptions; the numbers are computed by the C core (lstm_infer._core) with
+the GIL released. One C engine serves every kind: only the cell differs.
 """
 import numbers
-import operator
+from collections.abc import Mapping
 
 import numpy as np
 
-from . import _core
+from . import _core, modelfile
 
-_FLOAT_KINDS = "f"
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "MODULES"]
+
+_NONLINEARITIES = {"tanh": _core.CELL_RNN_TANH, "relu": _core.CELL_RNN_RELU}
 
 
 def _to_numpy(value, what):
@@ -31,115 +34,70 @@ def _to_numpy(value, what):
 
 
 def _float_array(value, what):
-    if type(value) is np.ndarray and value.dtype == np.float32:
-        return value  # the common case, kept cheap for streaming calls
+    """value as float32 in native byte order and aligned: what C may read in place."""
+    if type(value) is np.ndarray and value.dtype == np.float32 and value.flags.aligned:
+        return value  # the common case (np.float32 is native order), kept cheap
     arr = _to_numpy(value, what)
-    if arr.dtype.kind not in _FLOAT_KINDS:
+    if arr.dtype.kind != "f":
         raise TypeError(f"{what} must have a floating-point dtype (float16/32/64), "
                         f"got {arr.dtype}")
-    return arr.astype(np.float32, copy=False)
+    if arr.dtype == np.float32 and arr.flags.aligned:
+        return arr
+    return arr.astype(np.float32)  # a fresh native, aligned copy (big-endian input too)
 
 
-def _as_int(value, name, minimum):
+def _as_int(value, name, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} = {value} is too large (at most {maximum})")
+    return value
+
+
+def _nonlinearity(value):
+    if value not in _NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {value!r}")
     return value
 
 
 def _rebuild(cls, config, weights):
-    """An LSTM from what LSTM.__reduce__ gives (for pickle and copy)."""
+    """A module from what __reduce__ gives (for pickle and copy)."""
     model = cls(**config)
     model.load_state_dict(weights)
     return model
 
 
-class LSTM(_core.Module):
-    """torch.nn.LSTM for inference, on NumPy arrays.
+class _Weights:
+    """What every module shares: weights under torch's key names, a C core built
+    from them, state_dict / load_state_dict / from_state_dict / save / pickle."""
 
-    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-         dropout=0.0, bidirectional=False, proj_size=0)
+    kind = None          # the torch class name, also recorded in model files
+    _gates = None        # 4 LSTM, 3 GRU, 1 RNN
+    _accepts = ()        # detected kinds from_state_dict takes (besides kind)
 
-    Weights start random like torch's (uniform in +-1/sqrt(hidden_size)); load
-    trained ones with load_state_dict or build with LSTM.from_state_dict.
-    dropout is accepted and ignored, as in torch's eval() mode.
-    """
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0):
-        self.input_size = _as_int(input_size, "input_size", 1)
-        self.hidden_size = _as_int(hidden_size, "hidden_size", 1)
-        self.num_layers = _as_int(num_layers, "num_layers", 1)
-        self.proj_size = _as_int(proj_size, "proj_size", 0)
-        if self.num_layers > 1024:
-            raise ValueError(f"num_layers = {self.num_layers} is too large (at most 1024)")
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size ({self.proj_size}) must be smaller than "
-                             f"hidden_size ({self.hidden_size})")
-        if not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) <= 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        for name, v in (("input_size", self.input_size), ("hidden_size", self.hidden_size)):
-            if v > (1 << 24):
-                raise ValueError(f"{name} = {v} is too large (at most {1 << 24})")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
+    def _init_weights(self):
         rng = np.random.default_rng()
-        k = 1.0 / np.sqrt(self.hidden_size)
+        k = 1.0 / np.sqrt(self.hidden_size)  # torch's default initialisation range
         self._weights = {name: rng.uniform(-k, k, shape).astype(np.float32)
                          for name, shape in self._expected_shapes().items()}
         self._build()
 
-    # ------------------------------------------------------------ config
     @property
-    def num_directions(self):
-        return 2 if self.bidirectional else 1
-
-    @property
-    def out_size(self):
-        """Width of h: proj_size when set, else hidden_size."""
-        return self.proj_size or self.hidden_size
-
-    @property
-    def config(self):
-        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
-                "num_layers": self.num_layers, "bias": self.bias,
-                "batch_first": self.batch_first, "dropout": self.dropout,
-                "bidirectional": self.bidirectional, "proj_size": self.proj_size}
+    def _cell_kind(self):
+        if self._gates == 1:
+            return _NONLINEARITIES[self.nonlinearity]
+        return _core.CELL_LSTM if self._gates == 4 else _core.CELL_GRU
 
     def __repr__(self):
-        extra = "".join(f", {k}={v}" for k, v in self.config.items()
-                        if k not in ("input_size", "hidden_size")
-                        and v != LSTM.__init__.__defaults__[
-                            ["num_layers", "bias", "batch_first", "dropout", "bidirectional",
-                             "proj_size"].index(k)])
-        return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
+        defaults = self.__init__.__defaults__
+        names = self.__init__.__code__.co_varnames[3:3 + len(defaults)]
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k, d in zip(names, defaults)
+                        if getattr(self, k) != d)
+        return f"{self.kind}({self.input_size}, {self.hidden_size}{extra})"
 
-    def _expected_shapes(self):
-        """torch's state_dict keys in torch's order, with their shapes."""
-        H, out, D = self.hidden_size, self.out_size, self.num_directions
-        shapes = {}
-        for layer in range(self.num_layers):
-            fan_in = self.input_size if layer == 0 else D * out
-            for suffix in ("", "_reverse")[:D]:
-                s = f"_l{layer}{suffix}"
-                shapes["weight_ih" + s] = (4 * H, fan_in)
-                shapes["weight_hh" + s] = (4 * H, out)
-                if self.bias:
-                    shapes["bias_ih" + s] = (4 * H,)
-                    shapes["bias_hh" + s] = (4 * H,)
-                if self.proj_size:
-                    shapes["weight_hr" + s] = (self.proj_size, H)
-        return shapes
-
-    def _build(self):
-        self._core = _core.Core(self.input_size, self.hidden_size, self.num_layers, self.bias,
-                                self.bidirectional, self.proj_size, list(self._weights.values()))
-
-    # ------------------------------------------------------------ weights
     def state_dict(self):
         """The weights as float32 NumPy arrays under torch's key names (copies)."""
         return {k: v.copy() for k, v in self._weights.items()}
@@ -150,8 +108,7 @@ class LSTM(_core.Module):
         strict=True (like torch): missing or unexpected keys raise KeyError.
         A wrong shape raises ValueError naming the key. Returns (missing, unexpected).
         """
-        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
-            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        _check_mapping(state_dict, "load_state_dict")
         shapes = self._expected_shapes()
         missing = [k for k in shapes if k not in state_dict]
         unexpected = [k for k in state_dict.keys() if k not in shapes]
@@ -181,25 +138,110 @@ class LSTM(_core.Module):
         return _rebuild, (type(self), self.config, self._weights)
 
     @classmethod
-    def from_state_dict(cls, state_dict, prefix="", batch_first=False):
-        """Builds an LSTM whose config is inferred from the shapes in state_dict.
+    def from_state_dict(cls, state_dict, prefix="", **overrides):
+        """Builds the module with its config inferred from the shapes in state_dict.
 
-        prefix selects one LSTM when the dict holds several ("encoder." for
-        keys like "encoder.weight_ih_l0"); nn.LSTMCell keys load as one layer.
+        prefix selects one module when the dict holds several ("encoder." for
+        keys like "encoder.weight_ih_l0"). overrides set what shapes do not
+        record: batch_first, dropout, and nonlinearity for RNN (default "tanh").
         """
         from . import detect
+        _check_mapping(state_dict, "from_state_dict")
         if prefix is not None and not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-        _, cfg = detect.infer_config(state_dict, prefix)
-        weights = detect.lstm_state_dict(state_dict, prefix)
-        model = cls(batch_first=batch_first, **cfg)
+        spec = detect.find_one(state_dict, prefix)
+        if spec.kind != cls.kind and spec.kind not in cls._accepts:
+            where = f"prefix {spec.prefix!r}" if spec.prefix else "the top level"
+            raise ValueError(f"the state dict holds an nn.{spec.kind} at {where}, not an "
+                             f"nn.{cls.kind}; build it with lstm_infer.{spec.kind}.from_state_dict")
+        weights = {k[len(spec.prefix):]: state_dict[k] for k in spec.keys}
+        if spec.kind.endswith("Cell") and not cls.kind.endswith("Cell"):
+            weights = {k + "_l0": v for k, v in weights.items()}  # a cell is a one-layer module
+        config = {k: v for k, v in spec.config.items() if k in cls._config_keys()}
+        config.update(overrides)
+        model = cls(**config)
         model.load_state_dict(weights, strict=True)
         return model
 
+    @classmethod
+    def _config_keys(cls):
+        code = cls.__init__.__code__
+        return code.co_varnames[1:code.co_argcount]
+
     def save(self, path):
-        """Writes this model to one self-describing file (see lstm_infer.load)."""
-        from .modelfile import save_model
-        save_model(self, path)
+        """Writes this module to one self-describing file (see lstm_infer.load)."""
+        modelfile.write_model(path, self.state_dict(), self.config, self.kind)
+
+    def release_memory(self):
+        """Frees the scratch memory kept between calls (it is kept so that
+        repeated calls touch no fresh pages; a call needing under a quarter of
+        a kept block over 1 MiB also frees it)."""
+        self._core.release_memory()
+
+
+def _check_mapping(state_dict, what):
+    if isinstance(state_dict, Mapping) or (hasattr(state_dict, "keys")
+                                           and hasattr(state_dict, "__getitem__")):
+        return
+    if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):
+        raise TypeError(f"{what}: state_dict must be a mapping of names to tensors, got a "
+                        f"{type(state_dict).__name__} module: pass module.state_dict()")
+    raise TypeError(f"{what}: state_dict must be a mapping of names to tensors, "
+                    f"got {type(state_dict).__name__}")
+
+
+class _Layer(_Weights, _core.Module):
+    """A stack of recurrent layers over sequences: nn.LSTM, nn.GRU, nn.RNN."""
+
+    def _init_layer(self, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                    bidirectional):
+        self.input_size = _as_int(input_size, "input_size", 1, _core.MAX_FEATURES)
+        self.hidden_size = _as_int(hidden_size, "hidden_size", 1, _core.MAX_FEATURES)
+        self.num_layers = _as_int(num_layers, "num_layers", 1, _core.MAX_LAYERS)
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+
+    # ------------------------------------------------------------ config
+    proj_size = 0
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def out_size(self):
+        """Width of h: proj_size when set, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def config(self):
+        return {k: getattr(self, k) for k in self._config_keys()}
+
+    def _expected_shapes(self):
+        """torch's state_dict keys in torch's order, with their shapes."""
+        GH, out, D = self._gates * self.hidden_size, self.out_size, self.num_directions
+        shapes = {}
+        for layer in range(self.num_layers):
+            fan_in = self.input_size if layer == 0 else D * out
+            for suffix in ("", "_reverse")[:D]:
+                s = f"_l{layer}{suffix}"
+                shapes["weight_ih" + s] = (GH, fan_in)
+                shapes["weight_hh" + s] = (GH, out)
+                if self.bias:
+                    shapes["bias_ih" + s] = (GH,)
+                    shapes["bias_hh" + s] = (GH,)
+                if self.proj_size:
+                    shapes["weight_hr" + s] = (self.proj_size, self.hidden_size)
+        return shapes
+
+    def _build(self):
+        self._core = _core.Core(self._cell_kind, self.input_size, self.hidden_size,
+                                self.num_layers, self.bias, self.bidirectional, self.proj_size,
+                                list(self._weights.values()))
 
     # ------------------------------------------------------------ forward
     # __call__ (in _core.Module, documented there) takes the common call to C
@@ -213,9 +255,11 @@ class LSTM(_core.Module):
         if x.ndim == 2:
             if lengths is not None:
                 raise ValueError("lengths needs batched input (3-D); input is unbatched 2-D")
-            h0c0 = self._check_hx(hx, 1, unbatched=True)
-            out, (h, c) = self._run(x[:, None, :], None, h0c0, batch_first=False)
-            return out[:, 0, :], (h[:, 0, :], c[:, 0, :])
+            state = self._check_hx(hx, 1, unbatched=True)
+            out, h_n = self._run(x[:, None, :], None, state, batch_first=False)
+            if isinstance(h_n, tuple):
+                return out[:, 0, :], (h_n[0][:, 0, :], h_n[1][:, 0, :])
+            return out[:, 0, :], h_n[:, 0, :]
         if x.ndim != 3:
             raise ValueError(f"input must be 3-D (seq, batch, feature) or 2-D unbatched "
                              f"(seq, feature), got shape {x.shape}")
@@ -244,45 +288,46 @@ class LSTM(_core.Module):
         return [out[: lens[b], b].copy() for b in range(len(arrays))], state
 
     def _check_hx(self, hx, B, unbatched=False):
+        """(h_0, c_0) checked and converted; c_0 is None for GRU and RNN."""
         if hx is None:
             return None, None
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError("hx must be a tuple (h_0, c_0)")
         core = self._core
         slots = core.num_layers * core.directions
-        h_0 = self._check_state(hx[0], "h_0", slots, B, core.out_size, unbatched)
-        c_0 = self._check_state(hx[1], "c_0", slots, B, core.hidden_size, unbatched)
-        return h_0, c_0
+        if core.has_c:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx must be a tuple (h_0, c_0)")
+            h_0 = _check_state(hx[0], "h_0", slots, B, core.out_size, unbatched,
+                               "proj_size or hidden_size")
+            c_0 = _check_state(hx[1], "c_0", slots, B, core.hidden_size, unbatched, "hidden_size")
+            return h_0, c_0
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{self.kind} takes hx as one array h_0, not a "
+                            f"{type(hx).__name__} (only the LSTM has a cell state)")
+        return _check_state(hx, "h_0", slots, B, core.hidden_size, unbatched, "hidden_size"), None
 
-    @staticmethod
-    def _check_state(value, name, slots, B, width, unbatched):
-        arr = _float_array(value, name)
-        want = (slots, width) if unbatched else (slots, B, width)
-        if arr.shape != want:
-            what = "proj_size or hidden_size" if name == "h_0" else "hidden_size"
-            batch = "" if unbatched else "batch, "
-            raise ValueError(f"{name} must have shape {want} (num_layers*num_directions, "
-                             f"{batch}{what}), got {arr.shape}")
-        if unbatched:
-            arr = arr[:, None, :]
-        return np.ascontiguousarray(arr)
-
-    def _check_lengths(self, lengths, T, B):
-        arr = _to_numpy(lengths, "lengths")
+    def _check_lengths(self, lengths, T, B, x_shape):
+        arr = np.array(_to_numpy(lengths, "lengths"))  # our own copy: read once, used by C
         if arr.dtype.kind not in "iu":
             raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+        hint = ""
+        if not self.batch_first and x_shape[0] != x_shape[1] and arr.ndim == 1 \
+                and arr.shape[0] == x_shape[0]:
+            hint = (f" (the input's first axis has {x_shape[0]} entries, like lengths: if it is "
+                    f"batch-first, build the model with batch_first=True)")
         if arr.ndim != 1 or arr.shape[0] != B:
             raise ValueError(f"lengths must be a 1-D array of {B} entries (one per sequence), "
-                             f"got shape {arr.shape}")
+                             f"got shape {arr.shape}{hint}")
         if B and (arr.min() < 0 or arr.max() > T):
             bad = int(arr[(arr < 0) | (arr > T)][0])
-            raise ValueError(f"lengths must lie in [0, {T}] (the sequence length), got {bad}")
+            raise ValueError(f"lengths must lie in [0, {T}] (the sequence length), "
+                             f"got {bad}{hint}")
         return np.ascontiguousarray(arr, dtype=np.int64)
 
-    def _run(self, x, lengths, h0c0, batch_first):
+    def _run(self, x, lengths, state, batch_first):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has {x.shape[-1]} features, expected input_size = "
                              f"{self.input_size}")
+        shape = x.shape
         if batch_first:
             x = x.transpose(1, 0, 2)
         T, B = x.shape[0], x.shape[1]
@@ -294,8 +339,8 @@ class LSTM(_core.Module):
         strides = x.strides
         if (strides[2] != 4 and x.shape[2] > 1) or strides[0] % 4 or strides[1] % 4:
             x = np.ascontiguousarray(x)
-        lens = None if lengths is None else self._check_lengths(lengths, T, B)
-        core = self._core  # one snapshot, so a concurrent load_state_dict cannot mix models
+        lens = None if lengths is None else self._check_lengths(lengths, T, B, shape)
+        core = self._core  # one reference for the whole call: a concurrent reload cannot free it
         if batch_first:
             output = np.empty((B, T, core.directions * core.out_size), np.float32)
             out_view = output.transpose(1, 0, 2)
@@ -303,8 +348,208 @@ class LSTM(_core.Module):
             output = out_view = np.empty((T, B, core.directions * core.out_size), np.float32)
         slots = core.num_layers * core.directions
         h_n = np.empty((slots, B, core.out_size), np.float32)
+        if not core.has_c:
+            core.forward(x, lens, state[0], None, out_view, h_n, None)
+            return output, h_n
         c_n = np.empty((slots, B, core.hidden_size), np.float32)
-        core.forward(x, lens, h0c0[0], h0c0[1], out_view, h_n, c_n)
+        core.forward(x, lens, state[0], state[1], out_view, h_n, c_n)
         return output, (h_n, c_n)
 
     forward = _core.Module.__call__
+
+
+def _check_state(value, name, slots, B, width, unbatched, what):
+    arr = _float_array(value, name)
+    want = (slots, width) if unbatched else (slots, B, width)
+    if arr.shape != want:
+        batch = "" if unbatched else "batch, "
+        raise ValueError(f"{name} must have shape {want} (num_layers*num_directions, "
+                         f"{batch}{what}), got {arr.shape}")
+    if unbatched:
+        arr = arr[:, None, :]
+    return np.ascontiguousarray(arr)
+
+
+class LSTM(_Layer):
+    """torch.nn.LSTM for inference, on NumPy arrays.
+
+    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+         dropout=0.0, bidirectional=False, proj_size=0)
+    output, (h_n, c_n) = lstm(x, hx=None, lengths=None)
+
+    Weights start random like torch's (uniform in +-1/sqrt(hidden_size)); load
+    trained ones with load_state_dict or build with LSTM.from_state_dict.
+    dropout is accepted and ignored, as in torch's eval() mode.
+    """
+
+    kind = "LSTM"
+    _gates = 4
+    _accepts = ("LSTMCell",)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0):
+        self._init_layer(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)
+        self.proj_size = _as_int(proj_size, "proj_size", 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size ({self.proj_size}) must be smaller than "
+                             f"hidden_size ({self.hidden_size})")
+        self._init_weights()
+
+
+class GRU(_Layer):
+    """torch.nn.GRU for inference, on NumPy arrays.
+
+    GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+        dropout=0.0, bidirectional=False)
+    output, h_n = gru(x, hx=None, lengths=None)
+
+    Gates r, z, n as torch computes them: n = tanh(W_in x + b_in + r * (W_hn h
+    + b_hn)), h' = (1 - z) * n + z * h. Conventions as for LSTM.
+    """
+
+    kind = "GRU"
+    _gates = 3
+    _accepts = ("GRUCell",)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False):
+        self._init_layer(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)
+        self._init_weights()
+
+
+class RNN(_Layer):
+    """torch.nn.RNN (Elman) for inference, on NumPy arrays.
+
+    RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False)
+    output, h_n = rnn(x, hx=None, lengths=None)
+
+    h' = tanh or relu(W_ih x + b_ih + W_hh h + b_hh). Conventions as for LSTM.
+    """
+
+    kind = "RNN"
+    _gates = 1
+    _accepts = ("RNNCell",)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False):
+        self._init_layer(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)
+        self.nonlinearity = _nonlinearity(nonlinearity)
+        self._init_weights()
+
+
+class _Cell(_Weights):
+    """One step of a recurrent cell over a batch: nn.LSTMCell, nn.GRUCell, nn.RNNCell.
+    It runs on the same engine as the layers (a one-layer module, one step)."""
+
+    def _init_cell(self, input_size, hidden_size, bias):
+        self.input_size = _as_int(input_size, "input_size", 1, _core.MAX_FEATURES)
+        self.hidden_size = _as_int(hidden_size, "hidden_size", 1, _core.MAX_FEATURES)
+        self.bias = bool(bias)
+
+    @property
+    def config(self):
+        return {k: getattr(self, k) for k in self._config_keys()}
+
+    def _expected_shapes(self):
+        GH = self._gates * self.hidden_size
+        shapes = {"weight_ih": (GH, self.input_size), "weight_hh": (GH, self.hidden_size)}
+        if self.bias:
+            shapes.update(bias_ih=(GH,), bias_hh=(GH,))
+        return shapes
+
+    def _build(self):
+        self._core = _core.Core(self._cell_kind, self.input_size, self.hidden_size, 1, self.bias,
+                                False, 0, list(self._weights.values()))
+
+    def __call__(self, input, hx=None):
+        """One step. input: (B, input_size) or unbatched (input_size,). hx: the
+        state with torch's shapes, (B, hidden_size) or (hidden_size,) — for
+        LSTMCell a tuple (h, c) — zeros when None. Returns h' (LSTMCell: (h', c'))."""
+        core = self._core  # one reference for the whole call
+        x = _float_array(input, "input")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"input must be 2-D (batch, input_size) or 1-D unbatched "
+                             f"(input_size,), got shape {x.shape}")
+        unbatched = x.ndim == 1
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has {x.shape[-1]} features, expected input_size = "
+                             f"{self.input_size}")
+        x2 = x[None, :] if unbatched else x
+        B = x2.shape[0]
+        if B == 0:
+            raise ValueError("input has batch size 0; it must be at least 1")
+        if x2.strides[1] != 4 and self.input_size > 1 or x2.strides[0] % 4:
+            x2 = np.ascontiguousarray(x2)
+        h_0 = c_0 = None
+        if hx is not None:
+            if core.has_c:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError("hx must be a tuple (h, c)")
+                h_0 = self._check_cell_state(hx[0], "h", B, unbatched)
+                c_0 = self._check_cell_state(hx[1], "c", B, unbatched)
+            else:
+                if isinstance(hx, (tuple, list)):
+                    raise TypeError(f"{self.kind} takes hx as one array h, not a "
+                                    f"{type(hx).__name__}")
+                h_0 = self._check_cell_state(hx, "h", B, unbatched)
+        H = self.hidden_size
+        output = np.empty((1, B, H), np.float32)
+        h_n = np.empty((1, B, H), np.float32)
+        c_n = np.empty((1, B, H), np.float32) if core.has_c else None
+        core.forward(x2[None], None, h_0, c_0, output, h_n, c_n)
+        h1 = h_n[0, 0] if unbatched else h_n[0]
+        if not core.has_c:
+            return h1
+        return h1, (c_n[0, 0] if unbatched else c_n[0])
+
+    forward = __call__
+
+    def _check_cell_state(self, value, name, B, unbatched):
+        arr = _float_array(value, name)
+        want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+        if arr.shape != want:
+            what = "(hidden_size,) for unbatched input" if unbatched else "(batch, hidden_size)"
+            raise ValueError(f"{name} must have shape {want} {what}, got {arr.shape}")
+        return np.ascontiguousarray(arr.reshape(1, B, self.hidden_size))
+
+
+class LSTMCell(_Cell):
+    """torch.nn.LSTMCell for inference: h1, c1 = cell(x, (h, c))."""
+
+    kind = "LSTMCell"
+    _gates = 4
+
+    def __init__(self, input_size, hidden_size, bias=True):
+        self._init_cell(input_size, hidden_size, bias)
+        self._init_weights()
+
+
+class GRUCell(_Cell):
+    """torch.nn.GRUCell for inference: h1 = cell(x, h)."""
+
+    kind = "GRUCell"
+    _gates = 3
+
+    def __init__(self, input_size, hidden_size, bias=True):
+        self._init_cell(input_size, hidden_size, bias)
+        self._init_weights()
+
+
+class RNNCell(_Cell):
+    """torch.nn.RNNCell for inference: h1 = cell(x, h); nonlinearity "tanh" or "relu"."""
+
+    kind = "RNNCell"
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+        self._init_cell(input_size, hidden_size, bias)
+        self.nonlinearity = _nonlinearity(nonlinearity)
+        self._init_weights()
+
+
+# every module class by the kind a model file records
+MODULES = {cls.kind: cls for cls in (LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell)}

@@ -3,9 +3,10 @@
  *
  *   (a) every kernel of every ISA the CPU supports against a naive C loop over
  *       the documented packed layout, odd sizes, row index tables;
- *   (b) lstm_model_forward against a naive double-precision LSTM written from
- *       the equations, many configs, every ISA, 1 and 2 threads, library and
- *       caller-provided workspace, strided input/output;
+ *   (b) lstm_model_forward against a naive double-precision LSTM, GRU and
+ *       RNN (tanh, relu) written from torch's equations, many configs, every
+ *       ISA, 1 and 2 threads, library and caller-provided workspace, strided
+ *       input/output; interrupts; scratch sized by the valid steps;
  *   (c) error statuses.
  *
  * Exits non-zero on any failure. Built by tests/c/Makefile (also under
@@ -316,6 +317,7 @@ typedef struct {
 
 static void make_weights(const lstm_config *cfg, weights *W) {
     const int64_t H = cfg->hidden_size, P = cfg->proj_size, out = P ? P : H;
+    const int64_t GH = lstm_gates(cfg->cell) * H;
     const int64_t D = 1 + cfg->bidirectional;
     W->cfg = *cfg;
     W->n = lstm_weight_count(cfg);
@@ -327,12 +329,16 @@ static void make_weights(const lstm_config *cfg, weights *W) {
     for (int64_t l = 0; l < cfg->num_layers; l++)
         for (int64_t d = 0; d < D; d++) {
             const int64_t in = l == 0 ? cfg->input_size : D * out;
-            int64_t shapes[5][2] = {{4 * H, in}, {4 * H, out}, {4 * H, 1}, {4 * H, 1}, {P, H}};
+            int64_t shapes[5][2] = {{GH, in}, {GH, out}, {GH, 1}, {GH, 1}, {P, H}};
             for (int s = 0; s < 5; s++) {
                 if ((s == 2 || s == 3) && !cfg->bias) continue;
                 if (s == 4 && !P) continue;
                 W->rows[i] = shapes[s][0];
                 W->cols[i] = shapes[s][1];
+                int64_t shape[2] = {-1, -1};
+                CHECK(lstm_weight_shape(cfg, i, shape) == LSTM_OK && shape[0] == shapes[s][0] &&
+                          (shape[1] ? shape[1] : 1) == shapes[s][1],
+                      "weight_shape %zu: (%ld, %ld)", i, (long)shape[0], (long)shape[1]);
                 const int64_t cnt = shapes[s][0] * shapes[s][1];
                 W->w[i] = xcalloc((size_t)cnt, sizeof(float));
                 for (int64_t e = 0; e < cnt; e++) W->w[i][e] = rnd_f(-scale, scale) * 1.5f;
@@ -350,7 +356,8 @@ static void free_weights(weights *W) {
     free(W->w), free(W->rows), free(W->cols);
 }
 
-/* naive LSTM, double precision, packed-sequence semantics; x (T,B,I) contiguous */
+/* naive LSTM / GRU / RNN from torch's equations, double precision,
+ * packed-sequence semantics; x (T,B,I) contiguous; c0, cn for the LSTM only */
 static void naive_forward(const weights *W, int64_t T, int64_t B, const float *x,
                           const int64_t *lengths, const float *h0, const float *c0, double *out,
                           double *hn, double *cn) {
@@ -362,7 +369,10 @@ static void naive_forward(const weights *W, int64_t T, int64_t B, const float *x
     for (int64_t i = 0; i < T * B * in; i++) layer_in[i] = x[i];
     double *layer_out = xcalloc((size_t)(T * B * D * O), sizeof(double));
     double *h = xcalloc((size_t)H, sizeof(double)), *c = xcalloc((size_t)H, sizeof(double));
-    double *hp = xcalloc((size_t)O, sizeof(double)), *gates = xcalloc((size_t)(4 * H), sizeof(double));
+    const int kind = cfg->cell;
+    const int64_t GH = lstm_gates(kind) * H;
+    double *hp = xcalloc((size_t)O, sizeof(double)), *gates = xcalloc((size_t)GH, sizeof(double));
+    double *gh = xcalloc((size_t)GH, sizeof(double)); /* W_hh h + b_hh, apart for the GRU */
     size_t wi = 0;
     for (int64_t l = 0; l < L; l++) {
         memset(layer_out, 0, (size_t)(T * B * D * O) * sizeof(double));
@@ -375,20 +385,31 @@ static void naive_forward(const weights *W, int64_t T, int64_t B, const float *x
                 const int64_t len = lengths ? lengths[b] : T;
                 for (int64_t u = 0; u < O; u++) hp[u] = h0 ? h0[(slot * B + b) * O + u] : 0.0;
                 for (int64_t u = 0; u < H; u++) c[u] = c0 ? c0[(slot * B + b) * H + u] : 0.0;
+                if (kind != LSTM_CELL_LSTM) memcpy(h, hp, (size_t)H * sizeof(double));
                 for (int64_t s = 0; s < len; s++) {
                     const int64_t t = d == 0 ? s : len - 1 - s;
                     const double *xt = layer_in + (t * B + b) * in;
-                    for (int64_t r = 0; r < 4 * H; r++) {
-                        double acc = cfg->bias ? (double)b_ih[r] + b_hh[r] : 0.0;
+                    for (int64_t r = 0; r < GH; r++) {
+                        double acc = cfg->bias ? (double)b_ih[r] : 0.0, acc_h = cfg->bias ? (double)b_hh[r] : 0.0;
                         for (int64_t k = 0; k < in; k++) acc += (double)w_ih[r * in + k] * xt[k];
-                        for (int64_t k = 0; k < O; k++) acc += (double)w_hh[r * O + k] * hp[k];
-                        gates[r] = acc;
+                        for (int64_t k = 0; k < O; k++) acc_h += (double)w_hh[r * O + k] * hp[k];
+                        gates[r] = acc, gh[r] = acc_h;
                     }
                     for (int64_t u = 0; u < H; u++) {
-                        const double ig = sigm(gates[u]), fg = sigm(gates[H + u]);
-                        const double gg = tanh(gates[2 * H + u]), og = sigm(gates[3 * H + u]);
-                        c[u] = fg * c[u] + ig * gg;
-                        h[u] = og * tanh(c[u]);
+                        if (kind == LSTM_CELL_LSTM) {
+                            const double ig = sigm(gates[u] + gh[u]), fg = sigm(gates[H + u] + gh[H + u]);
+                            const double gg = tanh(gates[2 * H + u] + gh[2 * H + u]);
+                            const double og = sigm(gates[3 * H + u] + gh[3 * H + u]);
+                            c[u] = fg * c[u] + ig * gg;
+                            h[u] = og * tanh(c[u]);
+                        } else if (kind == LSTM_CELL_GRU) { /* torch: r, z, n */
+                            const double rg = sigm(gates[u] + gh[u]), zg = sigm(gates[H + u] + gh[H + u]);
+                            const double ng = tanh(gates[2 * H + u] + rg * gh[2 * H + u]);
+                            h[u] = (1.0 - zg) * ng + zg * h[u];
+                        } else {
+                            const double v = gates[u] + gh[u];
+                            h[u] = kind == LSTM_CELL_RNN_TANH ? tanh(v) : v > 0.0 ? v : 0.0;
+                        }
                     }
                     if (P) {
                         for (int64_t p = 0; p < P; p++) {
@@ -402,14 +423,14 @@ static void naive_forward(const weights *W, int64_t T, int64_t B, const float *x
                     memcpy(layer_out + (t * B + b) * D * O + d * O, hp, (size_t)O * sizeof(double));
                 }
                 memcpy(hn + (slot * B + b) * O, hp, (size_t)O * sizeof(double));
-                memcpy(cn + (slot * B + b) * H, c, (size_t)H * sizeof(double));
+                if (cn) memcpy(cn + (slot * B + b) * H, c, (size_t)H * sizeof(double));
             }
         }
         in = D * O;
         memcpy(layer_in, layer_out, (size_t)(T * B * D * O) * sizeof(double));
     }
     memcpy(out, layer_out, (size_t)(T * B * D * O) * sizeof(double));
-    free(layer_in), free(layer_out), free(h), free(c), free(hp), free(gates);
+    free(layer_in), free(layer_out), free(h), free(c), free(hp), free(gates), free(gh);
 }
 
 static int compare(const char *what, const char *ctx, const float *got, const double *want,
@@ -430,10 +451,11 @@ static void run_case(const fcase *fc, const char *isa, int threads, int own_work
     const int64_t T = fc->T, B = fc->B, I = cfg->input_size, H = cfg->hidden_size;
     const int64_t O = cfg->proj_size ? cfg->proj_size : H, D = 1 + cfg->bidirectional;
     const int64_t S = cfg->num_layers * D;
+    const int lstm = cfg->cell == LSTM_CELL_LSTM;
     char ctx[256];
     snprintf(ctx, sizeof ctx,
-             "[isa=%s thr=%d ws=%d I=%d H=%d L=%d bi=%d bias=%d P=%d T=%ld B=%ld ragged=%d hx=%d]",
-             isa, threads, own_workspace, cfg->input_size, cfg->hidden_size, cfg->num_layers,
+             "[isa=%s thr=%d ws=%d cell=%d I=%d H=%d L=%d bi=%d bias=%d P=%d T=%ld B=%ld ragged=%d hx=%d]",
+             isa, threads, own_workspace, cfg->cell, cfg->input_size, cfg->hidden_size, cfg->num_layers,
              cfg->bidirectional, cfg->bias, cfg->proj_size, (long)T, (long)B, fc->ragged,
              fc->with_hx);
     CHECK(lstm_set_isa(isa) == LSTM_OK, "set_isa(%s)", isa);
@@ -480,17 +502,20 @@ static void run_case(const fcase *fc, const char *isa, int threads, int own_work
     float *hn = xcalloc((size_t)(S * B * O), sizeof(float)), *cn = xcalloc((size_t)(S * B * H), sizeof(float));
     double *rout = xcalloc((size_t)(T * B * D * O), sizeof(double));
     double *rhn = xcalloc((size_t)(S * B * O), sizeof(double)), *rcn = xcalloc((size_t)(S * B * H), sizeof(double));
-    naive_forward(&W, T, B, x, lengths, h0, c0, rout, rhn, rcn);
+    naive_forward(&W, T, B, x, lengths, h0, lstm ? c0 : NULL, rout, rhn, rcn);
 
     lstm_forward_args a = {.seq_len = T, .batch = B, .input = xs, .input_stride_t = xst,
-                           .input_stride_b = xsb, .lengths = lengths, .h_0 = h0, .c_0 = c0,
-                           .output = out, .output_stride_t = ost, .output_stride_b = osb,
-                           .h_n = hn, .c_n = cn};
+                           .input_stride_b = xsb, .lengths = lengths, .h_0 = h0,
+                           .c_0 = lstm ? c0 : NULL, .output = out, .output_stride_t = ost,
+                           .output_stride_b = osb, .h_n = hn, .c_n = lstm ? cn : NULL};
     void *ws = NULL;
     size_t ws_size = 0;
     if (own_workspace) {
-        s = lstm_workspace_size(m, T, B, &ws_size);
+        s = lstm_workspace_size(m, T, B, lengths, &ws_size);
         CHECK(s == LSTM_OK, "%s workspace_size: %s", ctx, lstm_status_string(s));
+        size_t padded_size = 0;
+        CHECK(lstm_workspace_size(m, T, B, NULL, &padded_size) == LSTM_OK && padded_size >= ws_size,
+              "%s workspace by lengths %zu > padded %zu", ctx, ws_size, padded_size);
         ws = malloc(ws_size ? ws_size : 1);
         /* garbage in the workspace must not matter */
         memset(ws, 0xA5, ws_size);
@@ -521,7 +546,7 @@ static void run_case(const fcase *fc, const char *isa, int threads, int own_work
     CHECK(pad_bad == 0, "%s output padding overwritten (%d floats)", ctx, pad_bad);
     compare("output", ctx, og, rout, T * B * D * O);
     compare("h_n", ctx, hn, rhn, S * B * O);
-    compare("c_n", ctx, cn, rcn, S * B * H);
+    if (lstm) compare("c_n", ctx, cn, rcn, S * B * H);
     /* outputs past a length must be exactly 0, length-0 states exactly h_0/c_0 */
     if (lengths)
         for (int64_t b = 0; b < B; b++) {
@@ -535,7 +560,7 @@ static void run_case(const fcase *fc, const char *isa, int threads, int own_work
                         const float want = h0 ? h0[(sl * B + b) * O + e] : 0.0f;
                         if (hn[(sl * B + b) * O + e] != want) nz++;
                     }
-                    for (int64_t e = 0; e < H; e++) {
+                    for (int64_t e = 0; lstm && e < H; e++) {
                         const float want = c0 ? c0[(sl * B + b) * H + e] : 0.0f;
                         if (cn[(sl * B + b) * H + e] != want) nz++;
                     }
@@ -546,17 +571,23 @@ static void run_case(const fcase *fc, const char *isa, int threads, int own_work
     float *out2 = xcalloc((size_t)(T * ost), sizeof(float));
     float *hn2 = xcalloc((size_t)(S * B * O), sizeof(float)), *cn2 = xcalloc((size_t)(S * B * H), sizeof(float));
     for (int64_t i = 0; i < T * ost; i++) out2[i] = SENTINEL;
-    a.output = out2, a.h_n = hn2, a.c_n = cn2;
+    a.output = out2, a.h_n = hn2, a.c_n = lstm ? cn2 : NULL;
     s = lstm_model_forward(m, &a, ws, ws_size);
     CHECK(s == LSTM_OK && memcmp(out, out2, (size_t)(T * ost) * sizeof(float)) == 0 &&
               memcmp(hn, hn2, (size_t)(S * B * O) * sizeof(float)) == 0 &&
               memcmp(cn, cn2, (size_t)(S * B * H) * sizeof(float)) == 0,
           "%s second call differs", ctx);
-    /* h_n / c_n NULL are allowed */
+    /* h_n / c_n NULL are allowed; c_0 / c_n are refused for the other cells */
     a.h_n = NULL, a.c_n = NULL;
     s = lstm_model_forward(m, &a, NULL, 0);
     CHECK(s == LSTM_OK && memcmp(out, out2, (size_t)(T * ost) * sizeof(float)) == 0,
           "%s call without h_n/c_n differs", ctx);
+    if (!lstm) {
+        a.c_n = cn;
+        CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "%s c_n refused", ctx);
+        a.c_n = NULL, a.c_0 = c0 ? c0 : cn;
+        CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_ERR_INVALID_ARGUMENT, "%s c_0 refused", ctx);
+    }
 
     free(ws);
     free(og), free(out2), free(hn2), free(cn2);
@@ -569,19 +600,33 @@ static void run_case(const fcase *fc, const char *isa, int threads, int own_work
 static void test_forward(const char *const *isas, int n_isas) {
     const fcase cases[] = {
         /* I, H, L, bias, bi, P;  T, B, ragged, hx */
-        {{37, 50, 1, 1, 0, 0}, 7, 5, 1, 0},
-        {{37, 50, 2, 1, 1, 0}, 6, 4, 1, 1},
-        {{5, 16, 3, 1, 1, 0}, 5, 3, 1, 1},
-        {{8, 20, 2, 0, 0, 0}, 4, 3, 0, 1},     /* no bias */
-        {{8, 20, 2, 1, 1, 7}, 5, 4, 1, 1},     /* proj, bi */
-        {{3, 33, 3, 0, 1, 5}, 4, 6, 1, 0},     /* proj, no bias, 3 layers, bi */
-        {{1, 1, 1, 1, 0, 0}, 3, 1, 0, 0},      /* tiny */
-        {{9, 17, 1, 1, 1, 0}, 1, 1, 0, 1},     /* T 1, batch 1 */
-        {{6, 12, 2, 1, 0, 0}, 5, 1, 1, 1},     /* batch 1 ragged (len T) */
-        {{11, 24, 1, 1, 1, 3}, 6, 7, 1, 1},
+        {{37, 50, 1, 1, 0, 0, LSTM_CELL_LSTM}, 7, 5, 1, 0},
+        {{37, 50, 2, 1, 1, 0, LSTM_CELL_LSTM}, 6, 4, 1, 1},
+        {{5, 16, 3, 1, 1, 0, LSTM_CELL_LSTM}, 5, 3, 1, 1},
+        {{8, 20, 2, 0, 0, 0, LSTM_CELL_LSTM}, 4, 3, 0, 1},     /* no bias */
+        {{8, 20, 2, 1, 1, 7, LSTM_CELL_LSTM}, 5, 4, 1, 1},     /* proj, bi */
+        {{3, 33, 3, 0, 1, 5, LSTM_CELL_LSTM}, 4, 6, 1, 0},     /* proj, no bias, 3 layers, bi */
+        {{1, 1, 1, 1, 0, 0, LSTM_CELL_LSTM}, 3, 1, 0, 0},      /* tiny */
+        {{9, 17, 1, 1, 1, 0, LSTM_CELL_LSTM}, 1, 1, 0, 1},     /* T 1, batch 1 */
+        {{6, 12, 2, 1, 0, 0, LSTM_CELL_LSTM}, 5, 1, 1, 1},     /* batch 1 ragged (len T) */
+        {{11, 24, 1, 1, 1, 3, LSTM_CELL_LSTM}, 6, 7, 1, 1},
         /* big enough for the pool's threads, team split and bidirectional teams */
-        {{40, 128, 2, 1, 1, 0}, 12, 8, 1, 1},
-        {{40, 130, 1, 1, 0, 64}, 10, 9, 1, 0},
+        {{40, 128, 2, 1, 1, 0, LSTM_CELL_LSTM}, 12, 8, 1, 1},
+        {{40, 130, 1, 1, 0, 64, LSTM_CELL_LSTM}, 10, 9, 1, 0},
+        /* the other cells: GRU, RNN tanh and relu */
+        {{37, 50, 1, 1, 0, 0, LSTM_CELL_GRU}, 7, 5, 1, 0},
+        {{5, 16, 3, 1, 1, 0, LSTM_CELL_GRU}, 5, 3, 1, 1},
+        {{8, 20, 2, 0, 0, 0, LSTM_CELL_GRU}, 4, 3, 0, 1},
+        {{9, 17, 1, 1, 1, 0, LSTM_CELL_GRU}, 1, 1, 0, 1},
+        {{40, 128, 2, 1, 1, 0, LSTM_CELL_GRU}, 12, 8, 1, 1},
+        {{40, 130, 1, 0, 0, 0, LSTM_CELL_GRU}, 10, 9, 1, 0},
+        {{37, 50, 2, 1, 1, 0, LSTM_CELL_RNN_TANH}, 6, 4, 1, 1},
+        {{3, 33, 3, 0, 1, 0, LSTM_CELL_RNN_TANH}, 4, 6, 1, 0},
+        {{1, 1, 1, 1, 0, 0, LSTM_CELL_RNN_TANH}, 3, 1, 0, 0},
+        {{40, 128, 2, 1, 1, 0, LSTM_CELL_RNN_TANH}, 12, 8, 1, 1},
+        {{11, 24, 2, 1, 1, 0, LSTM_CELL_RNN_RELU}, 6, 7, 1, 1},
+        {{6, 12, 1, 0, 0, 0, LSTM_CELL_RNN_RELU}, 5, 1, 1, 1},
+        {{40, 130, 2, 1, 0, 0, LSTM_CELL_RNN_RELU}, 10, 9, 1, 0},
     };
     const int threads[] = {1, 2};
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
@@ -589,7 +634,7 @@ static void test_forward(const char *const *isas, int n_isas) {
             for (int t = 0; t < 2; t++)
                 for (int ws = 0; ws < 2; ws++) run_case(&cases[c], isas[i], threads[t], ws);
     /* all sequences of length 0 */
-    fcase zero = {{4, 8, 2, 1, 1, 0}, 3, 4, 0, 1};
+    fcase zero = {{4, 8, 2, 1, 1, 0, LSTM_CELL_LSTM}, 3, 4, 0, 1};
     for (int i = 0; i < n_isas; i++) {
         CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
         weights W;
@@ -620,7 +665,7 @@ static void test_forward(const char *const *isas, int n_isas) {
  * nothing written past the output. */
 static void test_single_sequence_output(const char *const *isas, int n_isas) {
     enum { T = 9, I = 5, H = 20, PAD = 3 };
-    lstm_config cfg = {I, H, 2, 1, 0, 0};
+    lstm_config cfg = {I, H, 2, 1, 0, 0, LSTM_CELL_LSTM};
     weights W;
     make_weights(&cfg, &W);
     float x[T * I], dense[T * H + PAD], padded[T * (H + PAD)];
@@ -657,7 +702,7 @@ static void test_single_sequence_output(const char *const *isas, int n_isas) {
 /* NaN in one input step must poison that sequence's outputs from there on (and
  * the reverse direction up to there), as in PyTorch; returns 1 if it does. */
 static int nan_propagates(const char *isa) {
-    lstm_config cfg = {5, 20, 1, 1, 1, 0};
+    lstm_config cfg = {5, 20, 1, 1, 1, 0, LSTM_CELL_LSTM};
     weights W;
     make_weights(&cfg, &W);
     lstm_model *m = NULL;
@@ -703,7 +748,7 @@ static void *caller_main(void *p) {
 
 static void test_concurrent_callers(const char *isa) {
     enum { NC = 4, TT = 20, BB = 6, II = 24, HH = 96 };
-    lstm_config cfg = {II, HH, 1, 1, 1, 0};
+    lstm_config cfg = {II, HH, 1, 1, 1, 0, LSTM_CELL_LSTM};
     weights W;
     make_weights(&cfg, &W);
     lstm_model *m = NULL;
@@ -746,7 +791,7 @@ static void test_concurrent_callers(const char *isa) {
 /* ------------------------------------------------------------------ (c) errors */
 
 static void test_errors(void) {
-    lstm_config cfg = {6, 10, 2, 1, 1, 0};
+    lstm_config cfg = {6, 10, 2, 1, 1, 0, LSTM_CELL_LSTM};
     weights W;
     make_weights(&cfg, &W);
     const float *const *w = (const float *const *)W.w;
@@ -770,9 +815,12 @@ static void test_errors(void) {
         W.w[3] = saved;
     }
     const lstm_config bad_cfgs[] = {
-        {6, 0, 2, 1, 1, 0},  {6, -1, 2, 1, 1, 0}, {0, 10, 2, 1, 1, 0}, {-3, 10, 2, 1, 1, 0},
-        {6, 10, 0, 1, 1, 0}, {6, 10, -2, 1, 1, 0}, {6, 10, 2, 2, 1, 0}, {6, 10, 2, 1, 2, 0},
-        {6, 10, 2, 1, 1, 10}, {6, 10, 2, 1, 1, 11}, {6, 10, 2, 1, 1, -1}, {6, 10, 2, -1, 1, 0},
+        {6, 0, 2, 1, 1, 0, LSTM_CELL_LSTM},  {6, -1, 2, 1, 1, 0, LSTM_CELL_LSTM}, {0, 10, 2, 1, 1, 0, LSTM_CELL_LSTM}, {-3, 10, 2, 1, 1, 0, LSTM_CELL_LSTM},
+        {6, 10, 0, 1, 1, 0, LSTM_CELL_LSTM}, {6, 10, -2, 1, 1, 0, LSTM_CELL_LSTM}, {6, 10, 2, 2, 1, 0, LSTM_CELL_LSTM}, {6, 10, 2, 1, 2, 0, LSTM_CELL_LSTM},
+        {6, 10, 2, 1, 1, 10, LSTM_CELL_LSTM}, {6, 10, 2, 1, 1, 11, LSTM_CELL_LSTM}, {6, 10, 2, 1, 1, -1, LSTM_CELL_LSTM}, {6, 10, 2, -1, 1, 0, LSTM_CELL_LSTM},
+        {6, 10, 2, 1, 1, 0, 4}, {6, 10, 2, 1, 1, 0, -1}, {6, 10, 2, 1, 1, 3, LSTM_CELL_GRU},
+        {6, 10, 2, 1, 1, 3, LSTM_CELL_RNN_TANH}, {6, LSTM_MAX_FEATURES + 1, 1, 1, 0, 0},
+        {6, 10, LSTM_MAX_LAYERS + 1, 1, 0, 0},
     };
     for (size_t i = 0; i < sizeof bad_cfgs / sizeof *bad_cfgs; i++) {
         CHECK(lstm_weight_count(&bad_cfgs[i]) == 0, "weight_count of bad cfg %zu", i);
@@ -780,9 +828,15 @@ static void test_errors(void) {
               "create bad cfg %zu", i);
     }
     CHECK(lstm_weight_count(NULL) == 0, "weight_count NULL");
+    {
+        int64_t shape[2];
+        CHECK(lstm_weight_shape(&cfg, W.n, shape) == LSTM_ERR_INVALID_ARGUMENT, "weight_shape past the end");
+        CHECK(lstm_weight_shape(&bad_cfgs[0], 0, shape) == LSTM_ERR_INVALID_ARGUMENT, "weight_shape bad cfg");
+        CHECK(lstm_weight_shape(&cfg, 0, NULL) == LSTM_ERR_INVALID_ARGUMENT, "weight_shape NULL");
+    }
     /* sizes whose weights cannot be represented */
     {
-        lstm_config huge = {INT32_MAX, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX - 1};
+        lstm_config huge = {INT32_MAX, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX - 1, LSTM_CELL_LSTM};
         size_t n = lstm_weight_count(&huge);
         lstm_status s = lstm_model_create(&huge, w, n, &m);
         CHECK(s == LSTM_ERR_SIZE_OVERFLOW || s == LSTM_ERR_INVALID_ARGUMENT || s == LSTM_ERR_OUT_OF_MEMORY,
@@ -823,12 +877,17 @@ static void test_errors(void) {
         }
     }
     size_t need = 0;
-    CHECK(lstm_workspace_size(m, T, B, &need) == LSTM_OK && need > 0, "workspace_size");
-    CHECK(lstm_workspace_size(NULL, T, B, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size NULL model");
-    CHECK(lstm_workspace_size(m, T, B, NULL) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size NULL out");
-    CHECK(lstm_workspace_size(m, -1, B, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size T<0");
-    CHECK(lstm_workspace_size(m, T, -1, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size B<0");
-    lstm_workspace_size(m, T, B, &need);
+    CHECK(lstm_workspace_size(m, T, B, NULL, &need) == LSTM_OK && need > 0, "workspace_size");
+    CHECK(lstm_workspace_size(NULL, T, B, NULL, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size NULL model");
+    CHECK(lstm_workspace_size(m, T, B, NULL, NULL) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size NULL out");
+    CHECK(lstm_workspace_size(m, -1, B, NULL, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size T<0");
+    CHECK(lstm_workspace_size(m, T, -1, NULL, &need) == LSTM_ERR_INVALID_ARGUMENT, "workspace_size B<0");
+    {
+        int64_t bad_lens[3] = {4, 5, 0};
+        CHECK(lstm_workspace_size(m, T, B, bad_lens, &need) == LSTM_ERR_INVALID_ARGUMENT,
+              "workspace_size bad lengths");
+    }
+    lstm_workspace_size(m, T, B, lens, &need);
     {
         char *ws = malloc(need);
         CHECK(lstm_model_forward(m, &good, ws, need - 1) == LSTM_ERR_WORKSPACE_TOO_SMALL, "workspace one byte short");
@@ -847,7 +906,7 @@ static void test_errors(void) {
                                   {INT64_C(1) << 31, INT64_C(1) << 31}, {INT64_C(1) << 62, 2}};
         for (size_t i = 0; i < sizeof big / sizeof *big; i++) {
             need = 12345;
-            CHECK(lstm_workspace_size(m, big[i][0], big[i][1], &need) == LSTM_ERR_SIZE_OVERFLOW,
+            CHECK(lstm_workspace_size(m, big[i][0], big[i][1], NULL, &need) == LSTM_ERR_SIZE_OVERFLOW,
                   "workspace_size overflow %zu (T=%lld B=%lld)", i, (long long)big[i][0], (long long)big[i][1]);
             a = good;
             a.seq_len = big[i][0], a.batch = big[i][1], a.lengths = NULL;
@@ -861,7 +920,7 @@ static void test_errors(void) {
     /* representable but impossible to allocate: OUT_OF_MEMORY, not a crash */
     {
         const int64_t Tb = INT64_C(1) << 36;
-        lstm_status s = lstm_workspace_size(m, Tb, 64, &need);
+        lstm_status s = lstm_workspace_size(m, Tb, 64, NULL, &need);
         if (s == LSTM_OK && need >= (size_t)1 << 50) {
             a = good;
             a.seq_len = Tb, a.batch = 64, a.lengths = NULL;
@@ -892,8 +951,65 @@ static void test_errors(void) {
     CHECK(lstm_model_forward(m, &good, NULL, 0) == LSTM_OK, "forward after thread changes");
     lstm_set_num_threads(1);
 
+    lstm_model_release_memory(m);
+    lstm_model_release_memory(NULL); /* allowed */
+    CHECK(lstm_model_forward(m, &good, NULL, 0) == LSTM_OK, "forward after release_memory");
     lstm_model_free(m);
     free_weights(&W);
+}
+
+/* An interrupt callback that says stop on its n-th call. */
+typedef struct {
+    int calls, stop_at;
+} interrupt_state;
+
+static int interrupt_at(void *ctx) {
+    interrupt_state *st = ctx;
+    return ++st->calls >= st->stop_at;
+}
+
+/* A long call polls its interrupt callback; a non-zero answer stops it with
+ * LSTM_ERR_INTERRUPTED (on 1 and 2 threads, through every stage), and the
+ * model then gives the same results as before. */
+static void test_interrupt(const char *isa) {
+    enum { T = 300, B = 32, I = 64, H = 128 };
+    for (int cell = 0; cell < 2; cell++)
+        for (int threads = 1; threads <= 2; threads++) {
+            lstm_config cfg = {I, H, 2, 1, 1, 0, cell ? LSTM_CELL_GRU : LSTM_CELL_LSTM};
+            weights W;
+            make_weights(&cfg, &W);
+            lstm_model *m = NULL;
+            CHECK(lstm_set_isa(isa) == LSTM_OK, "set_isa");
+            lstm_set_num_threads(threads);
+            CHECK(lstm_model_create(&cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+            float *x = xcalloc((size_t)T * B * I, sizeof(float));
+            float *want = xcalloc((size_t)T * B * 2 * H, sizeof(float)), *out = xcalloc((size_t)T * B * 2 * H, sizeof(float));
+            for (int64_t i = 0; i < (int64_t)T * B * I; i++) x[i] = rnd_f(-1, 1);
+            lstm_forward_args a = {.seq_len = T, .batch = B, .input = x, .input_stride_t = B * I,
+                                   .input_stride_b = I, .output = want,
+                                   .output_stride_t = B * 2 * H, .output_stride_b = 2 * H};
+            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "uninterrupted");
+            interrupt_state never = {0, 1 << 30};
+            a.interrupt = interrupt_at, a.interrupt_ctx = &never, a.output = out;
+            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "callback that never stops");
+            CHECK(never.calls > 4, "%s %d threads: the callback was polled %d times", isa, threads, never.calls);
+            CHECK(memcmp(out, want, (size_t)T * B * 2 * H * sizeof(float)) == 0, "polling changed results");
+            for (int at = 1; at <= never.calls; at += 1 + never.calls / 7) {
+                interrupt_state st = {0, at};
+                a.interrupt_ctx = &st;
+                lstm_status s = lstm_model_forward(m, &a, NULL, 0);
+                CHECK(s == LSTM_ERR_INTERRUPTED && st.calls == at,
+                      "%s %d threads: stop at poll %d -> %d after %d polls", isa, threads, at, s, st.calls);
+            }
+            a.interrupt = NULL;
+            memset(out, 0, (size_t)T * B * 2 * H * sizeof(float));
+            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK &&
+                      memcmp(out, want, (size_t)T * B * 2 * H * sizeof(float)) == 0,
+                  "%s %d threads: results after an interrupt differ", isa, threads);
+            free(x), free(want), free(out);
+            lstm_model_free(m);
+            free_weights(&W);
+        }
 }
 
 int main(void) {
@@ -916,6 +1032,7 @@ int main(void) {
      * lo for a NaN x (fixed by putting x second). */
     if (n_isas > 1) CHECK(nan_propagates("avx2"), "avx2: NaN does not propagate like PyTorch");
     for (int i = 0; i < n_isas; i++) test_concurrent_callers(isas[i]);
+    for (int i = 0; i < n_isas; i++) test_interrupt(isas[i]);
     test_errors();
     lstm_set_num_threads(1);
     printf("%s: %d checks, %d failures (ISAs:", failures ? "FAILED" : "OK", checks, failures);

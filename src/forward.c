@@ -1,0 +1,474 @@
+/*
+ * forward.c - the forward pass over a variable-length batch, for every cell
+ * kind, and its thread plan.
+ *
+ * It follows PyTorch's packed-sequence algorithm:
+ *   1. sort the batch by length (descending, stable) so that the sequences
+ *      alive at step s are always the first bs[s] rows;
+ *   2. per layer, one matrix product G = X @ W_ih^T + b over every valid
+ *      token, for both directions at once (the "hoisted" input projection);
+ *   3. per direction, the recurrence: at step s the first bs[s] sequences run
+ *      the fused cell kernel; the reverse direction visits each sequence from
+ *      its own last valid step, so nothing is copied or reversed.
+ * Tokens are stored in packed order: row off[t] + i is step t of sorted
+ * sequence i (valid while i < bs[t]). Scratch grows with the valid tokens N,
+ * not with T x B.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "lstm_infer.h"
+#include "model.h"
+#include "pool.h"
+
+/* Below this many flops per call, threads cost more than they save. */
+#define MIN_FLOPS_FOR_THREADS 1500000.0
+/* A call waits for workers to join for its flops / this (in ns): 5% of its time at 30 GFLOP/s. */
+#define JOIN_WAIT_FLOPS_PER_NS 600.0
+/* Below this many flops per recurrent step, a team does not split hidden units. */
+#define MIN_STEP_FLOPS_TO_SPLIT 40000.0
+/* Calls above this many flops (~2 ms) poll the interrupt callback, about this often. */
+#define INTERRUPT_FLOPS 6e7
+/* A kept scratch block above this size goes when a call needs under a quarter of it. */
+#define KEEP_ANY_SCRATCH (1u << 20)
+/* Lengths are copied once; up to this many on the stack. */
+#define STACK_LENGTHS 64
+
+// ------------------------------------------------------------------ run state
+
+/* Per-call scratch, carved from the workspace; N = valid tokens. */
+typedef struct {
+    float *G;        // (N, D*tiles*W) input projections of every valid token, both directions
+    float *Y[2];     // (B + N, D*P) ping-pong layer outputs; rows [0,B) hold h_0
+    float *cst;      // (D, B, Hp) LSTM cell state per sorted sequence
+    float *hbuf;     // (D, B, Hp) pre-projection hidden state (proj_size only)
+    int64_t *perm;   // (B) sorted position -> batch index
+    int64_t *inv;    // (B) batch index -> sorted position
+    int64_t *len;    // (B) lengths in sorted order, descending
+    int64_t *bs;     // (T) sequences alive at step t
+    int64_t *off;    // (T+1) packed row of step t's first sequence
+    int64_t *x_off;  // (N) input offset (floats) of each packed token
+    int64_t *cur[2]; // (N) per direction, step-major: packed row computed at that step
+    int64_t *prev[2];// (N) per direction, step-major: Y row holding the previous h
+} run_state;
+
+static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lstm_arena *a,
+                       run_state *r) {
+    int64_t rows, dp, g;
+    if (!lstm_add_ok(B, N, &rows) || !lstm_mul_ok(m->D * m->tiles, m->W, &g) ||
+        !lstm_mul_ok(g, N, &g) || !lstm_mul_ok(m->D, m->P, &dp) || !lstm_mul_ok(rows, dp, &rows)) {
+        a->ok = 0;
+        return;
+    }
+    int64_t state;
+    if (!lstm_mul_ok(m->D * B, m->Hp, &state)) a->ok = 0;
+    r->G = lstm_arena_take(a, g, sizeof(float));
+    r->Y[0] = lstm_arena_take(a, rows, sizeof(float));
+    r->Y[1] = lstm_arena_take(a, rows, sizeof(float));
+    r->cst = m->cfg.cell == LSTM_CELL_LSTM ? lstm_arena_take(a, state, sizeof(float)) : NULL;
+    r->hbuf = m->cfg.proj_size ? lstm_arena_take(a, state, sizeof(float)) : NULL;
+    r->perm = lstm_arena_take(a, B, sizeof(int64_t));
+    r->inv = lstm_arena_take(a, B, sizeof(int64_t));
+    r->len = lstm_arena_take(a, B, sizeof(int64_t));
+    r->bs = lstm_arena_take(a, T, sizeof(int64_t));
+    r->off = lstm_arena_take(a, T + 1, sizeof(int64_t));
+    r->x_off = lstm_arena_take(a, N, sizeof(int64_t));
+    for (int d = 0; d < 2; d++) {
+        r->cur[d] = d < m->D ? lstm_arena_take(a, N, sizeof(int64_t)) : NULL;
+        r->prev[d] = d < m->D ? lstm_arena_take(a, N, sizeof(int64_t)) : NULL;
+    }
+}
+
+/* The valid tokens of a batch, or -1 for a length outside [0, T]. */
+static int64_t valid_tokens(int64_t T, int64_t B, const int64_t *lengths) {
+    if (!lengths) return T * B; // the caller checked T * B for overflow
+    int64_t N = 0;
+    for (int64_t b = 0; b < B; b++) {
+        if (lengths[b] < 0 || lengths[b] > T) return -1;
+        N += lengths[b];
+    }
+    return N;
+}
+
+static lstm_status scratch_size(const lstm_model *m, int64_t T, int64_t B, int64_t N, size_t *bytes) {
+    lstm_arena a = {NULL, 0, 1};
+    run_state r;
+    layout_run(m, T, B, N, &a, &r);
+    if (!a.ok || !lstm_add_ok(a.size, LSTM_ALIGN, &a.size) || (uint64_t)a.size > (uint64_t)SIZE_MAX)
+        return LSTM_ERR_SIZE_OVERFLOW;
+    *bytes = (size_t)a.size;
+    return LSTM_OK;
+}
+
+lstm_status lstm_workspace_size(const lstm_model *m, int64_t T, int64_t B, const int64_t *lengths,
+                                size_t *bytes) {
+    int64_t TB;
+    if (!m || !bytes || T < 0 || B < 0) return LSTM_ERR_INVALID_ARGUMENT;
+    if (!lstm_mul_ok(T, B, &TB)) return LSTM_ERR_SIZE_OVERFLOW;
+    const int64_t N = valid_tokens(T, B, lengths);
+    if (N < 0) return LSTM_ERR_INVALID_ARGUMENT;
+    return scratch_size(m, T, B, N, bytes);
+}
+
+// ------------------------------------------------------------------ forward
+
+typedef struct {
+    const lstm_model *m;
+    const lstm_forward_args *args;
+    const int64_t *lengths; // the call's private copy, or NULL for all T
+    const lstm_kernels *k;
+    run_state r;
+    int64_t T, B, N, steps; // steps: the longest length
+    int nth, teams, team_size, split;
+    int64_t join_wait_ns;   // how long the call waits for workers: ~5% of its 1-thread time
+    int64_t check_every;    // steps between interrupt checks, 0 for none
+    atomic_int stop;        // the interrupt callback said stop (written by the caller only)
+    int team_stop[2];       // stop as each team leader saw it, read by its team after a barrier
+    lstm_barrier all, team[2];
+} forward_job;
+
+static void split_range(int64_t n, int parts, int part, int64_t *lo, int64_t *hi) {
+    *lo = n * part / parts;
+    *hi = n * (part + 1) / parts;
+}
+
+/* Sorts by length and builds every index table of the packed layout. */
+static void build_tables(forward_job *j) {
+    const lstm_model *m = j->m;
+    const lstm_forward_args *a = j->args;
+    run_state *r = &j->r;
+    const int64_t T = j->T, B = j->B;
+
+    // counting sort, descending, stable: bs[t] also falls out of the counts
+    int64_t *count = r->off; // T+1 entries, reused before off is built
+    memset(count, 0, (size_t)(T + 1) * sizeof(int64_t));
+    for (int64_t b = 0; b < B; b++) count[j->lengths ? j->lengths[b] : T]++;
+    int64_t pos = 0;
+    for (int64_t len = T; len >= 0; len--) {
+        const int64_t c = count[len];
+        count[len] = pos;
+        pos += c;
+    }
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t len = j->lengths ? j->lengths[b] : T;
+        const int64_t i = count[len]++;
+        r->perm[i] = b;
+        r->inv[b] = i;
+        r->len[i] = len;
+    }
+    j->steps = B ? r->len[0] : 0;
+    int64_t alive = B;
+    for (int64_t t = 0; t < T; t++) {
+        while (alive > 0 && r->len[alive - 1] <= t) alive--;
+        r->bs[t] = alive;
+    }
+    r->off[0] = 0;
+    for (int64_t t = 0; t < T; t++) r->off[t + 1] = r->off[t] + r->bs[t];
+
+    for (int64_t t = 0; t < j->steps; t++)
+        for (int64_t i = 0; i < r->bs[t]; i++)
+            r->x_off[r->off[t] + i] = t * a->input_stride_t + r->perm[i] * a->input_stride_b;
+
+    // the reverse direction's step s of sequence i is its time len_i - 1 - s
+    for (int64_t d = 0; d < m->D; d++)
+        for (int64_t s = 0; s < j->steps; s++)
+            for (int64_t i = 0; i < r->bs[s]; i++) {
+                const int64_t t = d ? r->len[i] - 1 - s : s;
+                const int64_t at = r->off[s] + i;
+                r->cur[d][at] = r->off[t] + i;
+                r->prev[d][at] = s ? B + r->cur[d][r->off[s - 1] + i] : i;
+            }
+}
+
+/* h_0 (and c_0) of one layer into rows [0, B) of Y (and into the cell state). */
+static void init_state(forward_job *j, int64_t l, float *Y) {
+    const lstm_model *m = j->m;
+    const int64_t B = j->B, P = m->P, H = m->H, Hp = m->Hp, DP = m->D * P;
+    for (int64_t d = 0; d < m->D; d++) {
+        const int64_t slot = l * m->D + d;
+        for (int64_t i = 0; i < B; i++) {
+            const int64_t b = j->r.perm[i];
+            float *h = Y + i * DP + d * P;
+            if (j->args->h_0) memcpy(h, j->args->h_0 + (slot * B + b) * P, (size_t)P * sizeof(float));
+            else memset(h, 0, (size_t)P * sizeof(float));
+            if (!j->r.cst) continue;
+            float *c = j->r.cst + (d * B + i) * Hp;
+            if (j->args->c_0) memcpy(c, j->args->c_0 + (slot * B + b) * H, (size_t)H * sizeof(float));
+            else memset(c, 0, (size_t)H * sizeof(float));
+            memset(c + H, 0, (size_t)(Hp - H) * sizeof(float));
+        }
+    }
+}
+
+/* h_n (and c_n) of one layer: each sequence's state after its own last step. */
+static void write_final(forward_job *j, int64_t l, const float *Y) {
+    const lstm_model *m = j->m;
+    const lstm_forward_args *a = j->args;
+    const int64_t B = j->B, P = m->P, H = m->H, Hp = m->Hp, DP = m->D * P;
+    for (int64_t d = 0; d < m->D; d++) {
+        const int64_t slot = l * m->D + d;
+        for (int64_t i = 0; i < B; i++) {
+            const int64_t b = j->r.perm[i], len = j->r.len[i];
+            // a length-0 sequence keeps h_0, which sits in row i
+            const int64_t row = len ? B + j->r.cur[d][j->r.off[len - 1] + i] : i;
+            if (a->h_n) memcpy(a->h_n + (slot * B + b) * P, Y + row * DP + d * P, (size_t)P * sizeof(float));
+            if (a->c_n && j->r.cst)
+                memcpy(a->c_n + (slot * B + b) * H, j->r.cst + (d * B + i) * Hp, (size_t)H * sizeof(float));
+        }
+    }
+}
+
+/* The caller asks the interrupt callback; the stop flag only ever goes to 1. */
+static void poll_interrupt(forward_job *j) {
+    const lstm_forward_args *a = j->args;
+    if (j->check_every && !atomic_load_explicit(&j->stop, memory_order_relaxed) &&
+        a->interrupt(a->interrupt_ctx))
+        atomic_store(&j->stop, 1);
+}
+
+/*
+ * Whether the call stops, the same answer for every thread: all meet, read
+ * the flag, and (when it can change) meet again before the caller may write it.
+ */
+static int agreed_stop(forward_job *j, int nth) {
+    if (nth > 1) lstm_barrier_wait(&j->all);
+    const int stop = atomic_load(&j->stop);
+    if (nth > 1 && j->check_every) lstm_barrier_wait(&j->all);
+    return stop;
+}
+
+/* The recurrence of one direction of one layer, by one member of a team.
+ * Returns early, in step with its team, when the call is interrupted. */
+static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int team, int rank, int n,
+                  lstm_barrier *bar) {
+    const lstm_model *m = j->m;
+    const layer_weights *lw = &m->layers[l];
+    const run_state *r = &j->r;
+    const int64_t B = j->B, P = m->P, DP = m->D * P, G_ld = m->D * m->tiles * m->W;
+    const int proj = m->cfg.proj_size != 0, cell = m->cfg.cell;
+    float *cst = r->cst ? r->cst + d * B * m->Hp : NULL;
+    float *hbuf = proj ? r->hbuf + d * B * m->Hp : NULL;
+    int64_t t0 = 0, t1 = m->tiles, q0 = 0, q1 = m->proj_panels;
+    if (n > 1) {
+        split_range(m->tiles, n, rank, &t0, &t1);
+        split_range(m->proj_panels, n, rank, &q0, &q1);
+    }
+    for (int64_t s = 0; s < j->steps; s++) {
+        if (j->check_every && s && s % j->check_every == 0) {
+            // the leader decides for its team; the barrier publishes the decision to all
+            if (rank == 0) {
+                if (tid == 0) poll_interrupt(j);
+                j->team_stop[team] = atomic_load(&j->stop);
+            }
+            if (n > 1) lstm_barrier_wait(bar);
+            if (j->team_stop[team]) return;
+        }
+        const int64_t rows = r->bs[s];
+        const lstm_rows prev = {Y + d * P, DP, r->prev[d] + r->off[s]};
+        const lstm_rows gates = {r->G + d * m->tiles * m->W, G_ld, r->cur[d] + r->off[s]};
+        const lstm_rows out = {Y + B * DP + d * P, DP, r->cur[d] + r->off[s]};
+        if (!proj) {
+            j->k->cell(cell, rows, P, prev, lw->w_hh[d], lw->b_hh[d], gates, cst, m->Hp, t0, t1, m->H, out);
+        } else {
+            const lstm_rows hr = {hbuf, m->Hp, NULL};
+            j->k->cell(cell, rows, P, prev, lw->w_hh[d], NULL, gates, cst, m->Hp, t0, t1, m->H, hr);
+            if (n > 1) lstm_barrier_wait(bar);
+            j->k->gemm(rows, m->H, hr, lw->w_hr[d], 4, NULL, q0, q1, P, out);
+        }
+        if (n > 1) lstm_barrier_wait(bar);
+    }
+}
+
+static void forward_thread(void *arg, int tid, int nth) {
+    forward_job *j = arg;
+    const lstm_model *m = j->m;
+    const lstm_forward_args *a = j->args;
+    run_state *r = &j->r;
+    const int64_t B = j->B, DP = m->D * m->P;
+    const unsigned fp_mode = lstm_denormals_off();
+
+    for (int64_t l = 0; l < m->L; l++) {
+        const layer_weights *lw = &m->layers[l];
+        float *Y = r->Y[l & 1];
+        if (tid == 0) init_state(j, l, Y);
+
+        // input projection of every valid token, both directions: panels split over threads
+        const int64_t panels = m->D * m->tiles;
+        int64_t p0, p1;
+        split_range(panels, nth, tid, &p0, &p1);
+        const lstm_rows x = l == 0 ? (lstm_rows){(float *)a->input, 1, r->x_off}
+                                   : (lstm_rows){r->Y[(l - 1) & 1] + B * DP, DP, NULL};
+        const lstm_rows g = {r->G, panels * m->W, NULL};
+        // in row chunks when the call polls for interrupts: a big projection takes seconds
+        int64_t chunk = j->N;
+        if (j->check_every) {
+            const double rows = INTERRUPT_FLOPS / (2.0 * (double)lw->in * (double)((p1 - p0) * m->W) + 1.0);
+            chunk = rows < 384.0 ? 384 : rows > (double)j->N ? j->N : (int64_t)rows;
+        }
+        for (int64_t r0 = 0; r0 < j->N && !atomic_load_explicit(&j->stop, memory_order_relaxed); r0 += chunk) {
+            const int64_t rows = j->N - r0 < chunk ? j->N - r0 : chunk;
+            j->k->gemm(rows, lw->in, lstm_rows_from(x, r0), lw->w_ih, m->gates, lw->bias, p0, p1,
+                       panels * m->W, lstm_rows_from(g, r0));
+            if (tid == 0) poll_interrupt(j);
+        }
+        if (agreed_stop(j, nth)) break;
+
+        // recurrence: one team per direction when there are threads for both
+        if (j->teams == 2) {
+            const int team = tid % 2, rank = tid / 2;
+            const int size = j->team_size;
+            if (rank < size) recur(j, l, team, Y, tid, team, rank, j->split ? size : 1, &j->team[team]);
+        } else if (tid < j->team_size) {
+            for (int64_t d = 0; d < m->D && !j->team_stop[0]; d++)
+                recur(j, l, d, Y, tid, 0, tid, j->split ? j->team_size : 1, &j->team[0]);
+        }
+        if (tid == 0) poll_interrupt(j);
+        if (agreed_stop(j, nth)) break;
+        if (tid == 0) write_final(j, l, Y);
+    }
+
+    // scatter to the caller's padded layout, zeros past each length
+    const float *Y = r->Y[(m->L - 1) & 1];
+    int64_t t_lo, t_hi;
+    split_range(j->T, nth, tid, &t_lo, &t_hi);
+    if (atomic_load(&j->stop)) t_hi = t_lo; // interrupted (all agreed above): outputs unspecified
+    if (B == 1 && a->output_stride_t == DP && t_lo < t_hi) { // one sequence, rows back to back: one copy
+        const int64_t valid = r->len[0] < t_lo ? t_lo : r->len[0] < t_hi ? r->len[0] : t_hi;
+        memcpy(a->output + t_lo * DP, Y + (1 + t_lo) * DP, (size_t)((valid - t_lo) * DP) * sizeof(float));
+        memset(a->output + valid * DP, 0, (size_t)((t_hi - valid) * DP) * sizeof(float));
+        t_hi = t_lo; // done
+    }
+    for (int64_t t = t_lo; t < t_hi; t++)
+        for (int64_t b = 0; b < B; b++) {
+            float *o = a->output + t * a->output_stride_t + b * a->output_stride_b;
+            const int64_t i = r->inv[b];
+            if (t < r->len[i]) memcpy(o, Y + (B + r->off[t] + i) * DP, (size_t)DP * sizeof(float));
+            else memset(o, 0, (size_t)DP * sizeof(float));
+        }
+    lstm_denormals_restore(fp_mode);
+}
+
+static int args_ok(const lstm_model *m, const lstm_forward_args *a) {
+    if (!a || a->seq_len < 0 || a->batch < 0 || !a->output) return 0;
+    if (a->seq_len > 0 && a->batch > 0 && !a->input) return 0;
+    if (m->cfg.cell != LSTM_CELL_LSTM && (a->c_0 || a->c_n)) return 0;
+    return 1;
+}
+
+/* Teams and hidden-unit split for nth threads. */
+static void plan_teams(forward_job *j, int nth) {
+    const lstm_model *m = j->m;
+    j->teams = (m->D == 2 && nth >= 2) ? 2 : 1;
+    j->team_size = nth / j->teams;
+    // a team splits hidden units only when every member gets real work per step
+    const double step_flops = 2.0 * (double)j->B * (double)m->W * (double)m->tiles * (double)m->P;
+    j->split = j->team_size > 1 && m->tiles >= j->team_size && step_flops >= MIN_STEP_FLOPS_TO_SPLIT;
+    if (!j->split) j->team_size = 1;
+}
+
+/* Chooses threads, teams and interrupt checks from the amount of work. */
+static void plan_threads(forward_job *j) {
+    const lstm_model *m = j->m;
+    double gemm_flops = 0.0, flops = 0.0;
+    const double per_token = 2.0 * (double)m->D * (double)m->gates * (double)m->H;
+    for (int64_t l = 0; l < m->L; l++) {
+        gemm_flops += per_token * (double)j->N * (double)m->layers[l].in;
+        flops += per_token * (double)j->N * (double)(m->layers[l].in + m->P);
+    }
+    if (j->args->interrupt && flops >= INTERRUPT_FLOPS) {
+        const double step_flops = 2.0 * (double)j->B * (double)m->gates * (double)m->Hp * (double)m->P;
+        const double every = INTERRUPT_FLOPS / (step_flops > 1.0 ? step_flops : 1.0);
+        j->check_every = every < 1.0 ? 1 : every > 1e9 ? 1000000000 : (int64_t)every;
+    }
+    int wanted = flops < MIN_FLOPS_FOR_THREADS ? 1 : lstm_get_num_threads();
+    plan_teams(j, wanted);
+    // one recurrence that cannot be shared: threads only pay off for a big input projection
+    // (the idle thread spins through the recurrence, which costs the busy one on shared cores)
+    if (j->teams == 1 && !j->split &&
+        (gemm_flops < 4.0 * MIN_FLOPS_FOR_THREADS || gemm_flops < flops - gemm_flops))
+        wanted = 1;
+    j->nth = lstm_pool_begin(wanted); // at most this many: see set_team
+    // a worker that has gone to sleep wakes in 10-20 us, at worst in milliseconds
+    const double wait = flops / JOIN_WAIT_FLOPS_PER_NS;
+    j->join_wait_ns = wait < 20000.0 ? 20000 : wait > 2e6 ? 2000000 : (int64_t)wait;
+}
+
+/* The team is fixed (the pool may bring fewer threads than asked): plan for it. */
+static void set_team(void *arg, int nth) {
+    forward_job *j = arg;
+    j->nth = nth;
+    plan_teams(j, nth);
+    lstm_barrier_init(&j->all, nth);
+    for (int t = 0; t < 2; t++) lstm_barrier_init(&j->team[t], j->team_size);
+}
+
+/*
+ * The model's spare scratch block if it fits this call, else a new one. The
+ * model is shared by threads, so the spare goes by atomic exchange: a call
+ * that finds the slot empty (another call holds the block) allocates its own.
+ * A kept block over 1 MiB goes when the call needs under a quarter of it, so
+ * one huge call does not pin its memory through many small ones.
+ */
+static scratch *take_scratch(const lstm_model *m, size_t need) {
+    lstm_model *mm = (lstm_model *)m; // only the atomic slot is written
+    scratch *s = atomic_exchange(&mm->spare, NULL);
+    if (s && s->size >= need && (s->size <= KEEP_ANY_SCRATCH || need >= s->size / 4)) return s;
+    free(s);
+    if (need > SIZE_MAX - sizeof(scratch)) return NULL;
+    s = malloc(sizeof(scratch) + need);
+    if (s) s->size = need;
+    return s;
+}
+
+// back into the slot; a block another call put there meanwhile goes
+static void give_scratch(const lstm_model *m, scratch *s) {
+    free(atomic_exchange(&((lstm_model *)m)->spare, s));
+}
+
+lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *args,
+                               void *workspace, size_t workspace_size) {
+    if (!m || !args_ok(m, args)) return LSTM_ERR_INVALID_ARGUMENT;
+    forward_job j = {.m = m, .args = args, .k = lstm_active_kernels(), .T = args->seq_len,
+                     .B = args->batch};
+    atomic_init(&j.stop, 0);
+    int64_t TB;
+    if (!lstm_mul_ok(j.T, j.B, &TB)) return LSTM_ERR_SIZE_OVERFLOW;
+    // lengths are read once, into a private copy: everything after uses the copy
+    int64_t stack_lengths[STACK_LENGTHS], *lengths = NULL;
+    if (args->lengths) {
+        lengths = j.B <= STACK_LENGTHS ? stack_lengths : malloc((size_t)j.B * sizeof(int64_t));
+        if (!lengths) return LSTM_ERR_OUT_OF_MEMORY;
+        memcpy(lengths, args->lengths, (size_t)j.B * sizeof(int64_t));
+    }
+    j.lengths = lengths;
+    lstm_status s = LSTM_OK;
+    scratch *own = NULL;
+    size_t need;
+    j.N = valid_tokens(j.T, j.B, lengths);
+    if (j.N < 0) s = LSTM_ERR_INVALID_ARGUMENT;
+    else s = scratch_size(m, j.T, j.B, j.N, &need);
+    if (s == LSTM_OK && !workspace) {
+        own = take_scratch(m, need);
+        if (!own) s = LSTM_ERR_OUT_OF_MEMORY;
+        else workspace = own->data;
+    } else if (s == LSTM_OK && workspace_size < need) {
+        s = LSTM_ERR_WORKSPACE_TOO_SMALL;
+    }
+    if (s == LSTM_OK) {
+        char *base = (char *)(((uintptr_t)workspace + LSTM_ALIGN - 1) & ~(uintptr_t)(LSTM_ALIGN - 1));
+        lstm_arena a = {base, 0, 1};
+        layout_run(m, j.T, j.B, j.N, &a, &j.r);
+        build_tables(&j);
+        plan_threads(&j);
+        lstm_pool_run(j.nth, j.join_wait_ns, set_team, forward_thread, &j);
+        if (atomic_load(&j.stop)) s = LSTM_ERR_INTERRUPTED;
+    }
+    if (own) give_scratch(m, own);
+    if (lengths && lengths != stack_lengths) free(lengths);
+    return s;
+}
+
+void lstm_set_num_threads(int n) { lstm_pool_set_size(n); }
+int lstm_get_num_threads(void) { return lstm_pool_size(); }
