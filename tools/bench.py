@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark lstm_infer against PyTorch, ONNX Runtime and OpenVINO.
+"""Benchmark lstm_infer against PyTorch, ONNX Runtime and OpenVINO, on LSTM
+and GRU cases.
 
 All engines run in this one process on the same weights and inputs, at the
 same thread count.  Before anything is timed, every engine's result is checked
 against PyTorch (the ground truth; lstm_infer stands in when torch is missing)
-over the valid positions of output, h_n and c_n.  A disagreement is printed,
-marked in the tables and makes the script exit with status 1.
+over the valid positions of output, h_n and (LSTM) c_n.  A disagreement is
+printed, marked in the tables and makes the script exit with status 1.
 
     python tools/bench.py --markdown            # all cases, 1 and 2 threads
     python tools/bench.py --quick               # smoke run, under a minute
     python tools/bench.py --cases nlp,server --threads 1 --engines li,torch
+    python tools/bench.py --quick --cases gru-edge --engines torch,ort,ov
 
 See tools/README.md for what is measured and how.
 """
@@ -44,19 +46,32 @@ class Case:
     L: int             # stacked layers
     bidir: bool
     ragged: bool       # per-sequence lengths, uniform in [T//4, T], one of length T
-    hx: bool = False   # pass an initial (h0, c0)
+    hx: bool = False   # pass an initial (h0, c0), or h0 for a GRU
     note: str = ""
+    kind: str = "lstm"  # "lstm" (nn.LSTM) or "gru" (nn.GRU)
 
     @property
     def D(self):
         return 2 if self.bidir else 1
 
+    @property
+    def G(self):
+        """Gates per hidden unit: i, f, g, o for the LSTM, r, z, n for the GRU."""
+        return GATES[self.kind]
+
+    @property
+    def outputs(self):
+        """The names of the results: output, h_n and, for the LSTM, c_n."""
+        return ("output", "h_n", "c_n") if self.kind == "lstm" else ("output", "h_n")
+
     def shape(self):
-        return (f"T{self.T} B{self.B} I{self.I} H{self.H} L{self.L} "
+        return (("" if self.kind == "lstm" else self.kind.upper() + " ")
+                + f"T{self.T} B{self.B} I{self.I} H{self.H} L{self.L} "
                 f"{'bi' if self.bidir else 'uni'}"
                 f"{' ragged' if self.ragged else ''}{' hx' if self.hx else ''}")
 
 
+GATES = {"lstm": 4, "gru": 3}
 CASES = [
     Case("tiny",   20,   1,  16,  32, 1, False, False, note="call overhead"),
     Case("step",    1,   1, 128, 128, 1, False, False, hx=True,
@@ -66,6 +81,8 @@ CASES = [
     Case("nlp",    60,  32, 128, 256, 2, True,  True),
     Case("server", 100, 64, 512, 512, 2, True,  True),
     Case("big",    50, 256, 256, 256, 1, False, True),
+    Case("gru-edge", 200, 1, 64, 128, 1, False, False, kind="gru"),
+    Case("gru-nlp",   60, 32, 128, 256, 2, True,  True, kind="gru"),
 ]
 CASES_BY_NAME = {c.name: c for c in CASES}
 
@@ -86,16 +103,17 @@ SEED = 1234
 class CaseData:
     sd: dict           # torch key -> float32 numpy array
     x: np.ndarray      # (T, B, I) float32
-    hx: tuple          # ((L*D, B, H), (L*D, B, H)) float32, or None
+    hx: object         # LSTM: ((L*D, B, H), (L*D, B, H)); GRU: (L*D, B, H); or None
     lengths: np.ndarray  # (B,) int64, or None when all sequences are full
     valid_tokens: int
 
 
 def make_case_data(case, torch):
-    """Weights from a seeded torch nn.LSTM (uniform +-1/sqrt(H)); inputs from numpy."""
+    """Weights from a seeded torch nn.LSTM / nn.GRU (uniform +-1/sqrt(H)); inputs
+    from numpy."""
     if torch is not None:
         torch.manual_seed(SEED)
-        ref = torch.nn.LSTM(case.I, case.H, case.L, bidirectional=case.bidir)
+        ref = torch_class(torch, case)(case.I, case.H, case.L, bidirectional=case.bidir)
         sd = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
     else:  # same distribution, without torch
         rng = np.random.default_rng(SEED)
@@ -104,10 +122,10 @@ def make_case_data(case, torch):
         for layer in range(case.L):
             in_l = case.I if layer == 0 else case.D * case.H
             for sfx in ["", "_reverse"][:case.D]:
-                for key, shape in [("weight_ih", (4 * case.H, in_l)),
-                                   ("weight_hh", (4 * case.H, case.H)),
-                                   ("bias_ih", (4 * case.H,)),
-                                   ("bias_hh", (4 * case.H,))]:
+                for key, shape in [("weight_ih", (case.G * case.H, in_l)),
+                                   ("weight_hh", (case.G * case.H, case.H)),
+                                   ("bias_ih", (case.G * case.H,)),
+                                   ("bias_hh", (case.G * case.H,))]:
                     sd[f"{key}_l{layer}{sfx}"] = rng.uniform(
                         -bound, bound, shape).astype(np.float32)
 
@@ -116,8 +134,9 @@ def make_case_data(case, torch):
     hx = None
     if case.hx:
         shape = (case.L * case.D, case.B, case.H)
-        hx = (0.5 * rng.standard_normal(shape, dtype=np.float32),
-              0.5 * rng.standard_normal(shape, dtype=np.float32))
+        hx = tuple(0.5 * rng.standard_normal(shape, dtype=np.float32)
+                   for _ in case.outputs[1:])
+        hx = hx if case.kind == "lstm" else hx[0]
     lengths = None
     valid = case.T * case.B
     if case.ragged:
@@ -128,28 +147,52 @@ def make_case_data(case, torch):
 
 
 def case_flops(case, valid_tokens):
-    """2*4H*(in_l + H) flops per valid token, per layer and direction."""
+    """2*G*H*(in_l + H) flops per valid token, per layer and direction (G gates:
+    4 for the LSTM, 3 for the GRU)."""
     per_token = 0
     for layer in range(case.L):
         in_l = case.I if layer == 0 else case.D * case.H
-        per_token += case.D * 2 * 4 * case.H * (in_l + case.H)
+        per_token += case.D * 2 * case.G * case.H * (in_l + case.H)
     return per_token * valid_tokens
+
+
+def torch_class(torch, case):
+    return torch.nn.LSTM if case.kind == "lstm" else torch.nn.GRU
 
 
 # --------------------------------------------------------------------------
 # Engines.  Each make_* returns a zero-argument callable doing exactly one
-# user-level call on prepared inputs and returning (output, h_n, c_n), where
-# output is (T, B, D*H) and h_n, c_n are (L*D, B, H), in any array type
-# np.asarray understands.
+# user-level call on prepared inputs and returning (output, h_n, c_n) for an
+# LSTM case, (output, h_n) for a GRU case, where output is (T, B, D*H) and
+# h_n, c_n are (L*D, B, H), in any array type np.asarray understands.
 # --------------------------------------------------------------------------
+
+def unsupported(name, mod, case):
+    """Why engine `name` cannot run this case (it is then skipped, not failed),
+    or "" when it can."""
+    if name == "lstm_infer" and case.kind == "gru" and not hasattr(mod, "GRU"):
+        return "this lstm_infer has no GRU"
+    if name in ("onnxruntime", "openvino") and case.kind == "gru":
+        try:
+            import torch  # noqa: F401  (the GRU graph is torch.onnx.export's)
+        except Exception as e:  # noqa: BLE001
+            return f"the GRU graph needs torch.onnx.export ({type(e).__name__})"
+    return ""
+
 
 def make_lstm_infer(li, case, data, threads):
     li.set_num_threads(threads)
     got = li.get_num_threads() if hasattr(li, "get_num_threads") else threads
     if got != threads:
         raise RuntimeError(f"li.set_num_threads({threads}) left {got} threads")
-    m = li.LSTM.from_state_dict(data.sd)
     x, hx, lengths = data.x, data.hx, data.lengths
+    if case.kind == "gru":
+        m = li.GRU.from_state_dict(data.sd)
+
+        def run():
+            return m(x, hx=hx, lengths=lengths)
+        return run
+    m = li.LSTM.from_state_dict(data.sd)
 
     def run():
         out, (h, c) = m(x, hx=hx, lengths=lengths)
@@ -160,27 +203,32 @@ def make_lstm_infer(li, case, data, threads):
 def make_torch(torch, case, data, threads):
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
     torch.set_num_threads(threads)
-    m = torch.nn.LSTM(case.I, case.H, case.L, bidirectional=case.bidir)
+    m = torch_class(torch, case)(case.I, case.H, case.L, bidirectional=case.bidir)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in data.sd.items()})
     m.eval()
     x = torch.from_numpy(data.x)
-    hx = None if data.hx is None else tuple(torch.from_numpy(a) for a in data.hx)
+    hx = None
+    if data.hx is not None:
+        hx = (tuple(torch.from_numpy(a) for a in data.hx) if case.kind == "lstm"
+              else torch.from_numpy(data.hx))
     T = case.T
+    # (h, c) for the LSTM, h for the GRU: returned as a flat tuple
+    flat = (lambda st: st) if case.kind == "lstm" else (lambda st: (st,))
 
     if data.lengths is None:
         def run():
             with torch.inference_mode():
-                out, (h, c) = m(x, hx)
-            return out, h, c
+                out, st = m(x, hx)
+            return (out,) + flat(st)
     else:
         lengths = torch.from_numpy(data.lengths)
 
         def run():
             with torch.inference_mode():
                 packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-                out, (h, c) = m(packed, hx)
+                out, st = m(packed, hx)
                 out, _ = pad_packed_sequence(out, total_length=T)
-            return out, h, c
+            return (out,) + flat(st)
     return run
 
 
@@ -271,12 +319,68 @@ def build_onnx_model(case, data):
     return model.SerializeToString()
 
 
+def export_onnx_gru(case, data):
+    """The case's nn.GRU exported by torch.onnx.export (the TorchScript
+    exporter: one ONNX GRU op per layer), serialized to bytes.
+
+    Every GRU op must have linear_before_reset=1: torch's formula
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); ONNX's default (0) puts r
+    inside the matrix product.  The export is of the padded call; for a
+    ragged case a graph input sequence_lens (B,) int32 is wired into every GRU
+    op (the LSTM graph does the same), so ONNX Runtime and OpenVINO run the
+    per-sequence lengths themselves.  Inputs X (T, B, I) [, initial_h
+    (L*D, B, H)] [, sequence_lens]; outputs output (T, B, D*H), h_n (L*D, B, H).
+    """
+    import io
+    import warnings
+
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    m = torch.nn.GRU(case.I, case.H, case.L, bidirectional=case.bidir)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in data.sd.items()})
+    m.eval()
+    args, names = (torch.from_numpy(data.x),), ["X"]
+    if data.hx is not None:
+        args += (torch.from_numpy(data.hx),)
+        names.append("initial_h")
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation notes
+        torch.onnx.export(m, args, buf, dynamo=False, input_names=names,
+                          output_names=["output", "h_n"], opset_version=17)
+    model = onnx.load_from_string(buf.getvalue())
+    grus = [n for n in model.graph.node if n.op_type == "GRU"]
+    if len(grus) != case.L:
+        raise RuntimeError(f"torch.onnx.export made {len(grus)} GRU ops, not {case.L}")
+    for node in grus:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("linear_before_reset", 0) != 1:
+            raise RuntimeError(f"exported GRU op {node.name} has linear_before_reset="
+                               f"{attrs.get('linear_before_reset', 0)}, not torch's 1")
+    if data.lengths is not None:
+        model.graph.input.append(
+            helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [case.B]))
+        for node in grus:
+            ins = list(node.input) + [""] * (5 - len(node.input))
+            if ins[4]:
+                raise RuntimeError(f"exported GRU op {node.name} already has sequence_lens")
+            ins[4] = "sequence_lens"
+            del node.input[:]
+            node.input.extend(ins)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def _onnx_feeds(data):
     feeds = {"X": data.x}
     if data.lengths is not None:
         feeds["sequence_lens"] = data.lengths.astype(np.int32)
-    if data.hx is not None:
+    if isinstance(data.hx, tuple):
         feeds["initial_h"], feeds["initial_c"] = data.hx
+    elif data.hx is not None:
+        feeds["initial_h"] = data.hx
     return feeds
 
 
@@ -302,7 +406,7 @@ OPENVINO_CONFIG = {
 }
 
 
-def make_openvino(ov, onnx_bytes, data, threads):
+def make_openvino(ov, onnx_bytes, case, data, threads):
     core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "lstm.onnx")
@@ -323,7 +427,7 @@ def make_openvino(ov, onnx_bytes, data, threads):
     # Outputs by name (an output can carry several names once Identity is folded).
     names = [o.get_names() for o in compiled.outputs]
     order = [next(i for i, n in enumerate(names) if want in n)
-             for want in ("output", "h_n", "c_n")]
+             for want in case.outputs]
     request = compiled.create_infer_request()
     feeds = _onnx_feeds(data)
 
@@ -338,25 +442,26 @@ def make_openvino(ov, onnx_bytes, data, threads):
 # --------------------------------------------------------------------------
 
 def as_numpy(result):
-    """(output, h_n, c_n) of any engine as fresh float32 NumPy arrays."""
+    """(output, h_n[, c_n]) of any engine as fresh float32 NumPy arrays."""
     return tuple(np.array(np.asarray(a), dtype=np.float32, copy=True) for a in result)
 
 
 def max_abs_diff(result, ref, lengths):
-    """Max abs difference over the valid positions of output, and over h_n, c_n.
+    """Max abs difference over the valid positions of output, and over h_n
+    (and c_n for an LSTM).
 
-    inf when shapes differ; NaN anywhere gives NaN (which fails every check).
+    inf when the number or shapes of results differ; NaN anywhere gives NaN
+    (which fails every check).
     """
-    out, h, c = result
-    r_out, r_h, r_c = ref
-    if out.shape != r_out.shape or h.shape != r_h.shape or c.shape != r_c.shape:
+    if len(result) != len(ref) or any(a.shape != b.shape for a, b in zip(result, ref)):
         return math.inf
+    out, r_out = result[0], ref[0]
     d = np.abs(out - r_out)
     if lengths is not None:
         valid = np.arange(out.shape[0])[:, None] < lengths[None, :]   # (T, B)
         d = d[valid]
-    parts = [d.max(initial=0.0), np.abs(h - r_h).max(initial=0.0),
-             np.abs(c - r_c).max(initial=0.0)]
+    parts = [d.max(initial=0.0)] + [np.abs(a - b).max(initial=0.0)
+                                    for a, b in zip(result[1:], ref[1:])]
     if any(math.isnan(p) for p in parts):
         return math.nan
     return float(max(parts))
@@ -580,6 +685,7 @@ class Result:
     ref: str = ""              # the reference engine's name
     ok: bool = True            # agrees with the reference within TOLERANCE
     error: str = ""            # failed to build or run
+    skipped: str = ""          # cannot run this kind of case (not a failure)
 
 
 def reference_engine(names):
@@ -599,7 +705,7 @@ def make_engine(name, mod, case, data, onnx_bytes, threads):
         return make_torch(mod, case, data, threads)
     if name == "onnxruntime":
         return make_onnxruntime(mod, onnx_bytes, data, threads)
-    return make_openvino(mod, onnx_bytes, data, threads)
+    return make_openvino(mod, onnx_bytes, case, data, threads)
 
 
 def run_threads(case, engines, data, onnx_bytes, threads, args):
@@ -614,6 +720,12 @@ def run_threads(case, engines, data, onnx_bytes, threads, args):
     row, fns, outs, first = {}, {}, {}, {}
     for name, (mod, _) in engines.items():
         r = row[name] = Result()
+        r.skipped = unsupported(name, mod, case)
+        if r.skipped:
+            continue
+        if onnx_bytes is None and name in ("onnxruntime", "openvino"):
+            r.ok, r.error = False, "no ONNX graph for this case"
+            continue
         try:
             fns[name] = make_engine(name, mod, case, data, onnx_bytes, threads)
             t = time.perf_counter()
@@ -677,8 +789,14 @@ def run_case(case, engines, args):
     data = make_case_data(case, torch)
     flops = case_flops(case, data.valid_tokens)
     onnx_bytes = None
-    if "onnxruntime" in engines or "openvino" in engines:
-        onnx_bytes = build_onnx_model(case, data)   # once per case
+    if any(n in engines and not unsupported(n, engines[n][0], case)
+           for n in ("onnxruntime", "openvino")):
+        try:                                          # once per case
+            onnx_bytes = (build_onnx_model(case, data) if case.kind == "lstm"
+                          else export_onnx_gru(case, data))
+        except Exception as e:  # noqa: BLE001 - reported as FAILED for both engines
+            print(f"ERROR: {case.name}: building the ONNX graph failed: "
+                  f"{type(e).__name__}: {e}", flush=True)
     results = {}
     for threads in args.thread_list:
         results[threads] = run_threads(case, engines, data, onnx_bytes, threads, args)
@@ -716,6 +834,8 @@ def fmt_time(s):
 
 
 def fmt_cell(r, flops):
+    if r.skipped:
+        return "n/a"
     if r.error:
         return "FAILED"
     cell = f"{fmt_time(r.seconds)} ({flops / r.seconds / 1e9:.1f})"
@@ -736,10 +856,15 @@ def print_text_row(case, threads, row, flops):
         spread = "" if math.isnan(r.spread) else f" ±{100 * r.spread:.0f}%"
         cells.append(f"{SHORT[n]} {fmt_cell(r, flops) + spread:>24}")
     tail = f"  {fmt_speedup(row)}" if OURS in row and len(row) > 1 else ""
-    print(f"{case.name:>7} t={threads}  {'  '.join(cells)}{tail}", flush=True)
+    print(f"{case.name:>8} t={threads}  {'  '.join(cells)}{tail}", flush=True)
+    for n, r in row.items():
+        if r.skipped:
+            print(f"{'':>8} {SHORT[n]} not run: {r.skipped}", flush=True)
 
 
 def fmt_diff(r):
+    if r.skipped:
+        return "n/a"
     if r.error:
         return "FAILED"
     text = f"{r.diff:.1e}"
@@ -770,6 +895,10 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
         print(line + "  ")
     for name, why in SKIPPED.items():
         print(f"Skipped {name}: {why}  ")
+    for case, (results, _) in all_results:
+        for n, r in next(iter(results.values())).items():
+            if r.skipped:
+                print(f"Not run: {case.name} on {SHORT[n]}: {r.skipped}  ")
     print()
     ref = reference_engine(names)
     print("Median time per call (effective GFLOP/s over valid tokens). "
@@ -798,7 +927,7 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
             print("| " + " | ".join(cells) + " |")
     print()
     print(f"Agreement: max abs difference from {ref} over valid positions of output, "
-          "h_n and c_n (worst over thread counts; tolerance "
+          "h_n and (LSTM) c_n (worst over thread counts; tolerance "
           + ", ".join(f"{SHORT[n]} {tolerance(n, ref):g}" for n in names if n != ref) + ").")
     print()
     print("| case | " + " | ".join(SHORT[n] for n in names) + " |")
@@ -806,7 +935,10 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
     for case, (results, _) in all_results:
         cells = [case.name]
         for n in names:
-            rs = [row[n] for row in results.values()]
+            rs = [row[n] for row in results.values() if not row[n].skipped]
+            if not rs:
+                cells.append("n/a")
+                continue
             failed = [r for r in rs if r.error]
             if failed:
                 cells.append("FAILED")
