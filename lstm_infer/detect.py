@@ -406,7 +406,9 @@ def _what(kinds) -> str:
 
 def _plural(specs, kinds) -> str:
     found = {s.kind for s in specs}
-    return f"{found.pop()}s" if len(found) == 1 else ("recurrent modules" if kinds is None else f"{_what(kinds)} modules")
+    if len(found) == 1:
+        return f"{found.pop()}s"
+    return "recurrent modules" if kinds is None else f"{_what(kinds)} modules"
 
 
 def select(specs: list, prefix: str | None = None, kinds=None) -> ModuleSpec:
