@@ -2,15 +2,23 @@
 
 Layout: 8-byte little-endian header length N, N bytes of JSON (padded with
 spaces so the data starts 8-byte aligned), then the float32 little-endian
-tensors back to back under torch's ``nn.LSTM`` key names. The header's
+tensors back to back under the torch module's own key names. The header's
 ``__metadata__`` holds::
 
-    {"format": "lstm_infer", "format_version": "1", "kind": "LSTM",
-     "config": "<JSON of input_size, hidden_size, num_layers, bias, batch_first,
-                 dropout, bidirectional, proj_size>"}
+    {"format": "lstm_infer", "format_version": "1", "kind": "<KIND>",
+     "config": "<JSON of exactly KIND's constructor arguments>"}
+
+KIND is the class name: "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell" or "RNNCell";
+the config keys are that class's arguments (:data:`CONFIG_KEYS_BY_KIND`), e.g. for
+LSTM input_size, hidden_size, num_layers, bias, batch_first, dropout,
+bidirectional, proj_size, and for RNNCell input_size, hidden_size, bias,
+nonlinearity ("tanh" or "relu"). Files of format_version "1" written before the
+other kinds existed are all kind "LSTM" and read unchanged (the layout did not
+change, so the version did not either; older readers refuse the new kinds by name).
 
 Written and read with NumPy only; loading checks every size and offset against
-the file before touching tensor data.
+the file before touching tensor data, and that the tensors are exactly those of
+KIND with that config. This module does not import the model classes.
 """
 
 from __future__ import annotations
@@ -27,68 +35,111 @@ from . import detect
 from .errors import FormatError
 from .readers import _no_duplicates, parse_safetensors
 
-__all__ = ["save_model", "load_model", "write_model", "read_model", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["write_model", "read_model", "FORMAT", "FORMAT_VERSION", "KINDS", "CONFIG_KEYS_BY_KIND"]
 
 FORMAT = "lstm_infer"
 FORMAT_VERSION = "1"
-KIND = "LSTM"
+KINDS = detect.KINDS
 # A model's header lists a few dozen tensors; anything near this is not ours.
 MAX_HEADER_BYTES = 1 << 20
 _INT_KEYS = ("input_size", "hidden_size", "num_layers", "proj_size")
 _BOOL_KEYS = ("bias", "batch_first", "bidirectional")
-CONFIG_KEYS = frozenset(_INT_KEYS + _BOOL_KEYS + ("dropout",))
+# Each kind's config keys: exactly its constructor's arguments.
+CONFIG_KEYS_BY_KIND = {kind: frozenset(detect.SIGNATURES[kind]) for kind in KINDS}
+CONFIG_KEYS = CONFIG_KEYS_BY_KIND["LSTM"]
+# What write_model fills in when the config leaves it out (nothing that changes results).
+_WRITE_DEFAULTS = {"batch_first": False, "dropout": 0.0}
 
 
-def _check_config(cfg, src):
+def _check_kind(kind, src):
+    if kind not in KINDS:
+        raise FormatError(f"{src}: unsupported model kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+def _check_config(cfg, src, kind="LSTM"):
     if not isinstance(cfg, dict):
         raise FormatError(f"{src}: config is a {type(cfg).__name__}, not an object")
-    missing, extra = CONFIG_KEYS - set(cfg), set(cfg) - CONFIG_KEYS
+    want = CONFIG_KEYS_BY_KIND[kind]
+    missing, extra = want - set(cfg), set(cfg) - want
     if missing or extra:
-        raise FormatError(f"{src}: config keys wrong (missing {sorted(missing)}, unexpected {sorted(extra)})")
+        raise FormatError(f"{src}: config keys wrong for {kind} (missing {sorted(missing)}, "
+                          f"unexpected {sorted(extra)})")
     for k in _INT_KEYS:
-        if type(cfg[k]) is not int or cfg[k] < 0:
+        if k in cfg and (type(cfg[k]) is not int or cfg[k] < 0):
             raise FormatError(f"{src}: config {k} must be a non-negative integer, got {cfg[k]!r}")
     for k in _BOOL_KEYS:
-        if type(cfg[k]) is not bool:
+        if k in cfg and type(cfg[k]) is not bool:
             raise FormatError(f"{src}: config {k} must be true or false, got {cfg[k]!r}")
-    if type(cfg["dropout"]) not in (int, float) or not 0 <= cfg["dropout"] <= 1:
+    if "dropout" in cfg and (type(cfg["dropout"]) not in (int, float) or not 0 <= cfg["dropout"] <= 1):
         raise FormatError(f"{src}: config dropout must be a number in [0, 1], got {cfg['dropout']!r}")
-    if cfg["hidden_size"] < 1 or cfg["num_layers"] < 1:
-        raise FormatError(f"{src}: config hidden_size and num_layers must be at least 1")
-    if cfg["proj_size"] >= cfg["hidden_size"]:
+    if "nonlinearity" in cfg and cfg["nonlinearity"] not in detect.NONLINEARITIES:
+        raise FormatError(f"{src}: config nonlinearity must be \"tanh\" or \"relu\", got {cfg['nonlinearity']!r}")
+    if cfg["hidden_size"] < 1 or cfg.get("num_layers", 1) < 1:
+        raise FormatError(f"{src}: config hidden_size" + (" and num_layers" if "num_layers" in cfg else "")
+                          + " must be at least 1")
+    if cfg.get("proj_size", 0) >= cfg["hidden_size"]:
         raise FormatError(f"{src}: config proj_size {cfg['proj_size']} must be below hidden_size {cfg['hidden_size']}")
 
 
-def _check_shapes(shapes, cfg, src):
-    """shapes: name -> shape tuple. They must be exactly the tensors of ``cfg``."""
+def _check_shapes(shapes, cfg, src, kind="LSTM"):
+    """shapes: name -> shape tuple. They must be exactly the tensors of a ``kind`` with ``cfg``."""
     sd = {k: SimpleNamespace(shape=s) for k, s in shapes.items()}
     try:
-        specs = detect.find_lstms(sd)
+        specs = detect.find_modules(sd)
     except ValueError as exc:
         raise FormatError(f"{src}: {exc}") from None
-    if len(specs) != 1 or specs[0].prefix != "" or specs[0].kind != "LSTM":
-        raise FormatError(f"{src}: tensors do not form one nn.LSTM (names: {sorted(shapes)[:8]})")
+    if len(specs) != 1 or specs[0].prefix != "":
+        raise FormatError(f"{src}: tensors do not form one nn.{kind} (names: {sorted(shapes)[:8]})")
     spec = specs[0]
+    if spec.kind != kind:
+        raise FormatError(f"{src}: the header says kind {kind!r} but the tensors are those of "
+                          f"{detect.article(spec.kind)} nn.{spec.kind}")
     extra = set(shapes) - set(spec.keys)
     if extra:
         raise FormatError(f"{src}: unexpected tensors {sorted(extra)}")
     for k, v in spec.config.items():
-        if cfg[k] != v:
+        if k not in spec.assumed and cfg[k] != v:
             raise FormatError(f"{src}: config says {k}={cfg[k]!r} but the tensor shapes give {v!r}")
     return spec.keys
 
 
-def write_model(path, state_dict, config) -> None:
-    """Write ``state_dict`` (torch key names -> arrays) with ``config`` atomically to ``path``."""
-    path = os.fspath(path)
-    cfg = {k: config.get(k, d) for k, d in (("batch_first", False), ("dropout", 0.0))}
-    cfg.update({k: config[k] for k in CONFIG_KEYS if k in config})
-    cfg = {k: (bool(v) if k in _BOOL_KEYS else int(v) if k in _INT_KEYS else float(v)) for k, v in cfg.items()}
-    _check_config(cfg, path)
-    arrays = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in state_dict.items()}
-    keys = _check_shapes({k: a.shape for k, a in arrays.items()}, cfg, path)
+def _coerce(k, v, src):
+    """A config value from Python/NumPy types to the JSON type the file holds."""
+    is_bool = isinstance(v, (bool, np.bool_))
+    if k in _BOOL_KEYS:
+        if not is_bool:
+            raise FormatError(f"{src}: config {k} must be true or false, got {v!r}")
+        return bool(v)
+    if k in _INT_KEYS:
+        if is_bool or not isinstance(v, (int, np.integer)):
+            raise FormatError(f"{src}: config {k} must be an integer, got {v!r}")
+        return int(v)
+    if k == "dropout":
+        if is_bool or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise FormatError(f"{src}: config dropout must be a number, got {v!r}")
+        return float(v)
+    return v
 
-    header = {"__metadata__": {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": KIND,
+
+def write_model(path, state_dict, config, kind="LSTM") -> None:
+    """Write ``state_dict`` (the module's torch key names -> arrays, stored as float32) with
+    ``config`` (exactly ``kind``'s constructor arguments; batch_first and dropout default to
+    False and 0.0 for the layers) atomically to ``path``. Everything is checked before the
+    file is created: ``FormatError`` (a ``ValueError``) names what is wrong."""
+    path = os.fspath(path)
+    _check_kind(kind, path)
+    want = CONFIG_KEYS_BY_KIND[kind]
+    extra = sorted(set(config) - want)
+    if extra:
+        raise FormatError(f"{path}: config keys wrong for {kind} (unexpected {extra}; {kind} takes {sorted(want)})")
+    cfg = {k: d for k, d in _WRITE_DEFAULTS.items() if k in want}
+    cfg.update(config)
+    cfg = {k: _coerce(k, v, path) for k, v in cfg.items()}
+    _check_config(cfg, path, kind)
+    arrays = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in state_dict.items()}
+    keys = _check_shapes({k: a.shape for k, a in arrays.items()}, cfg, path, kind)
+
+    header = {"__metadata__": {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                                "config": json.dumps(cfg, sort_keys=True)}}
     pos = 0
     for k in keys:
@@ -120,13 +171,11 @@ def write_model(path, state_dict, config) -> None:
         raise
 
 
-def save_model(model, path) -> None:
-    """Save an :class:`lstm_infer.LSTM` to ``path`` (atomic: temp file + rename)."""
-    write_model(path, model.state_dict(), model.config)
-
-
 def read_model(path_or_bytes, name: str | None = None):
-    """Validate a model file and return ``(config, state_dict)`` without building a model."""
+    """Validate a model file and return ``(kind, config, state_dict)`` without building a model:
+    kind is the class name, config exactly its constructor arguments, state_dict float32
+    arrays under torch's key names (``getattr(lstm_infer, kind)(**config)`` then
+    ``load_state_dict(state_dict)`` rebuilds the model)."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data, src = bytes(path_or_bytes), name or "<bytes>"
     else:
@@ -149,27 +198,17 @@ def read_model(path_or_bytes, name: str | None = None):
     if meta.get("format_version") != FORMAT_VERSION:
         raise FormatError(f"{src}: unsupported format_version {meta.get('format_version')!r} "
                           f"(this version reads {FORMAT_VERSION!r})")
-    if meta.get("kind") != KIND:
-        raise FormatError(f"{src}: unsupported model kind {meta.get('kind')!r}")
+    kind = meta.get("kind")
+    _check_kind(kind, src)
     try:
         cfg = json.loads(meta.get("config", ""), object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"{src}: config is not valid JSON ({exc})") from None
-    _check_config(cfg, src)
+    _check_config(cfg, src, kind)
     for k, (_, dtype, _, _, _) in entries.items():
         if dtype != "F32":
             raise FormatError(f"{src}: tensor {k!r} has dtype {dtype}, model files hold F32 only")
-    _check_shapes({k: e[2] for k, e in entries.items()}, cfg, src)
+    _check_shapes({k: e[2] for k, e in entries.items()}, cfg, src, kind)
     sd = {k: np.frombuffer(data, dtype="<f4", count=(e - b) // 4, offset=b).reshape(shape).astype(np.float32)
           for k, (_, _, shape, b, e) in entries.items()}
-    return cfg, sd
-
-
-def load_model(path_or_bytes, name: str | None = None):
-    """Load a model file written by :func:`save_model` as an :class:`lstm_infer.LSTM`."""
-    cfg, sd = read_model(path_or_bytes, name)
-    from .model import LSTM  # late: model.py imports this module lazily too
-
-    model = LSTM(**cfg)
-    model.load_state_dict(sd, strict=True)
-    return model
+    return kind, cfg, sd
