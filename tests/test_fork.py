@@ -70,15 +70,24 @@ def _cpu_ticks():
     return ticks
 
 
-def _calls_with_thread_use(m, x, calls=CALLS):
-    """Runs the model `calls` times; returns the digests, the CPU ticks of the calling
-    thread and of all other threads during the calls, and how many threads appeared."""
+def _calls_with_thread_use(m, x, calls=CALLS, most=4 * CALLS):
+    """Runs the model `calls` times, and more (up to `most`) until threads other than
+    the caller have done a tenth of its work: a call does not wait long for a worker,
+    and on this busy 2-CPU machine a woken worker sometimes comes too late for several
+    calls in a row. Returns the digests, the CPU ticks of the calling thread and of
+    all others during the calls, and how many threads appeared."""
     me = threading.get_native_id()
     before = _cpu_ticks()
-    digests = [_digest(m(x)) for _ in range(calls)]
-    after = _cpu_ticks()
-    others = sum(t - before.get(tid, 0) for tid, t in after.items() if tid != me)
-    return dict(digests=digests, own=after[me] - before[me], others=others,
+    digests = []
+    while len(digests) < most:
+        digests.append(_digest(m(x)))
+        if len(digests) >= calls:
+            after = _cpu_ticks()
+            others = sum(t - before.get(tid, 0) for tid, t in after.items() if tid != me)
+            own = after[me] - before[me]
+            if li.get_num_threads() == 1 or others >= 0.1 * own:
+                break
+    return dict(digests=digests, own=own, others=others,
                 new_threads=len(set(after) - set(before)), threads=li.get_num_threads())
 
 
@@ -139,7 +148,7 @@ def test_fork_from_idle_parent(setup):
         return r
 
     r = _in_child(child)
-    assert r["digests"] == [want] * CALLS
+    assert r["digests"] == [want] * len(r["digests"])
     _check_thread_use(r, 2)
     assert r["new_threads"] == 1, "the child's pool should have started its one worker"
     assert _digest(m(x)) == want  # the parent keeps working
@@ -196,12 +205,12 @@ def test_fork_while_another_thread_is_in_a_call(setup):
         stop.set()
         t.join()
     for r in children:
-        assert r["digests"] == [want] * CALLS
+        assert r["digests"] == [want] * len(r["digests"])
         assert r["digest1"] == want
         _check_thread_use(r, 2)
     assert results and all(d == want for d in results)
     r = _calls_with_thread_use(m, x)  # the parent still runs on its 2 threads
-    assert r["digests"] == [want] * CALLS
+    assert r["digests"] == [want] * len(r["digests"])
     _check_thread_use(r, 2)
 
 
@@ -253,7 +262,7 @@ def test_grandchild(setup):
 
     r = _in_child(child)
     assert r["first"] == want
-    assert r["grandchild"]["digests"] == [want] * 2
+    assert r["grandchild"]["digests"] == [want] * len(r["grandchild"]["digests"])
     _check_thread_use(r["grandchild"], 2)
 
 
@@ -299,7 +308,7 @@ def test_multiprocessing(setup, method, monkeypatch):
         res = p.map_async(_mp_task, tasks, chunksize=1)
         runs = res.get(timeout=CHILD_TIMEOUT)
     for r in runs:
-        assert r["digests"] == [want] * 2
+        assert r["digests"] == [want] * len(r["digests"])
     # both workers of the pool ran at once on this 2-CPU machine: judge all calls together
     total = dict(threads=2, own=sum(r["own"] for r in runs), others=sum(r["others"] for r in runs))
     assert all(r["threads"] == 2 for r in runs)
