@@ -8,6 +8,18 @@
  * late (measured on a shared VM: 10-20 us typically, milliseconds at the tail,
  * and sometimes on the caller's own CPU) therefore never holds up a job whose
  * work is split statically between threads.
+ *
+ * Locks. busy is held by a call that uses the workers and by a resize; a call
+ * only try-locks it. config is held only while workers are started or stopped
+ * (never while waiting for busy), so fork, which takes it, never waits for a
+ * call. The size is an atomic: reading it takes no lock (Python asks for it
+ * with the GIL held).
+ *
+ * fork. The child has only the forking thread: none of the workers, and no
+ * call that another thread was running. pthread_atfork handlers make fork wait
+ * for a start or stop of workers in progress, and give the child a fresh pool
+ * (locks, condition variable, counters) of the configured size whose workers
+ * start at its first call that wants them.
  */
 #define _GNU_SOURCE
 #include "pool.h"
@@ -33,8 +45,8 @@
 #define MAX_THREADS 256
 
 static struct {
-    pthread_mutex_t busy;      /* held by the call that uses the workers */
-    pthread_mutex_t config;    /* serialises resizing */
+    pthread_mutex_t busy;      /* held by the call that uses the workers, and by resizes */
+    pthread_mutex_t config;    /* held while workers start or stop (busy held); fork takes it */
     pthread_mutex_t sleep_mu;  /* with wake: idle workers sleep here */
     pthread_cond_t wake;
     atomic_uint generation;    /* bumped once per job */
@@ -47,8 +59,8 @@ static struct {
     void *arg;
     int n;                     /* threads asked for by the current job */
     int nth;                   /* threads that run it: the caller and those that joined */
-    int size;                  /* threads in all, caller included; 0 = not yet chosen */
-    int started;               /* workers running */
+    atomic_int size;           /* threads in all, caller included; 0 = not yet chosen */
+    int started;               /* workers running (busy and config held to change) */
     atomic_uint start_generation; /* generation when the workers were started */
     pthread_t threads[MAX_THREADS];
 } pool = {
@@ -57,6 +69,9 @@ static struct {
     .sleep_mu = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
 };
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static int fork_handlers; /* 1 once registered: without them no worker starts */
 
 unsigned lstm_denormals_off(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -137,43 +152,84 @@ static int default_size(void) {
     return usable_cores();
 }
 
-/* Stops workers beyond the new size or starts missing ones; config and busy held. */
-static void resize_locked(int n) {
-    if (n < 1) n = 1;
-    if (n > MAX_THREADS) n = MAX_THREADS;
-    if (pool.started > n - 1) {
-        atomic_store(&pool.quit, 1);
-        publish();
-        for (int i = 0; i < pool.started; i++) pthread_join(pool.threads[i], NULL);
-        atomic_store(&pool.quit, 0);
-        pool.started = 0;
-    }
+static int clamp_size(int n) { return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n; }
+
+/* ------------------------------------------------------------------ fork */
+
+/* Waits for a start or stop of workers in progress: never for a call. */
+static void fork_prepare(void) { pthread_mutex_lock(&pool.config); }
+
+static void fork_parent(void) { pthread_mutex_unlock(&pool.config); }
+
+/*
+ * Only this thread exists in the child. The workers, the call another thread
+ * may have been running (with busy held) and any worker asleep on wake are
+ * gone, so the locks and the condition variable are made anew rather than
+ * unlocked, and the pool is empty; the size stays.
+ */
+static void fork_child(void) {
+    pthread_mutex_init(&pool.busy, NULL);
+    pthread_mutex_init(&pool.config, NULL);
+    pthread_mutex_init(&pool.sleep_mu, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    atomic_store(&pool.generation, 0);
+    atomic_store(&pool.seats, 0);
+    atomic_store(&pool.go, 0);
+    atomic_store(&pool.remaining, 0);
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.quit, 0);
+    atomic_store(&pool.start_generation, 0);
+    pool.started = 0;
+}
+
+static void register_fork_handlers(void) {
+    fork_handlers = pthread_atfork(fork_prepare, fork_parent, fork_child) == 0;
+}
+
+/* ------------------------------------------------------------------ workers */
+
+/* Starts workers up to `workers`; busy held. Fewer start if threads run out. */
+static void start_workers(int workers) {
+    if (pool.started >= workers) return;
+    /* before the first worker, and outside config: glibc's fork holds the lock that
+       pthread_atfork takes while it runs fork_prepare, which waits for config */
+    pthread_once(&fork_once, register_fork_handlers);
+    pthread_mutex_lock(&pool.config);
     atomic_store(&pool.start_generation, atomic_load(&pool.generation));
-    while (pool.started < n - 1) {
-        if (pthread_create(&pool.threads[pool.started], NULL, worker_main, NULL) != 0)
-            break; /* fewer threads is still correct */
+    /* without the handlers a forked child would hang: no workers then */
+    while (fork_handlers && pool.started < workers &&
+           pthread_create(&pool.threads[pool.started], NULL, worker_main, NULL) == 0)
         pool.started++;
-    }
-    pool.size = pool.started + 1;
+    if (pool.started < workers) atomic_store(&pool.size, pool.started + 1); /* still correct */
+    pthread_mutex_unlock(&pool.config);
+}
+
+/* Joins every worker; busy held, so they are idle. */
+static void stop_workers(void) {
+    pthread_mutex_lock(&pool.config);
+    atomic_store(&pool.quit, 1);
+    publish();
+    for (int i = 0; i < pool.started; i++) pthread_join(pool.threads[i], NULL);
+    atomic_store(&pool.quit, 0);
+    pool.started = 0;
+    pthread_mutex_unlock(&pool.config);
 }
 
 void lstm_pool_set_size(int n) {
-    pthread_mutex_lock(&pool.config);
-    pthread_mutex_lock(&pool.busy);
-    resize_locked(n);
+    n = clamp_size(n);
+    pthread_mutex_lock(&pool.busy); /* waits for a running call, holding nothing else */
+    if (pool.started > n - 1) stop_workers();
+    atomic_store(&pool.size, n);
+    start_workers(n - 1);
     pthread_mutex_unlock(&pool.busy);
-    pthread_mutex_unlock(&pool.config);
 }
 
 int lstm_pool_size(void) {
-    pthread_mutex_lock(&pool.config);
-    if (pool.size == 0) {
-        pthread_mutex_lock(&pool.busy);
-        resize_locked(default_size());
-        pthread_mutex_unlock(&pool.busy);
+    int n = atomic_load_explicit(&pool.size, memory_order_acquire);
+    if (n == 0) { /* first use: choose, without a lock; a concurrent resize wins */
+        const int chosen = clamp_size(default_size());
+        n = atomic_compare_exchange_strong(&pool.size, &n, chosen) ? chosen : n;
     }
-    const int n = pool.size;
-    pthread_mutex_unlock(&pool.config);
     return n;
 }
 
@@ -181,7 +237,10 @@ int lstm_pool_begin(int wanted) {
     if (wanted <= 1) return 1;
     if (lstm_pool_size() <= 1) return 1;
     if (pthread_mutex_trylock(&pool.busy) != 0) return 1;
-    const int n = wanted < pool.size ? wanted : pool.size;
+    /* busy held: the size is settled; workers start here on first use and after fork */
+    start_workers(atomic_load(&pool.size) - 1);
+    const int avail = pool.started + 1;
+    const int n = wanted < avail ? wanted : avail;
     if (n <= 1) pthread_mutex_unlock(&pool.busy);
     return n;
 }

@@ -2,6 +2,8 @@
  * pool.h - the library's persistent worker threads and a spinning barrier.
  * Internal. One forward call holds the pool at a time; a call that finds it
  * held runs on its own thread, so concurrent callers never wait for each other.
+ * Fork-safe: a forked child gets an idle pool of the same size, whose workers
+ * start at its first call.
  */
 #ifndef LSTM_POOL_H
 #define LSTM_POOL_H
@@ -27,7 +29,10 @@ int lstm_pool_begin(int wanted);
  */
 void lstm_pool_run(int n, int64_t join_wait_ns, lstm_team_fn team, lstm_job_fn fn, void *arg);
 
-void lstm_pool_set_size(int n); /* total threads, caller included; joins or starts workers */
+/* Total threads, caller included (clamped to 1..256); waits for a running call, then
+   joins or starts workers. */
+void lstm_pool_set_size(int n);
+/* The size; never waits for a lock (callers may hold the GIL). */
 int lstm_pool_size(void);
 
 typedef struct {

@@ -1,8 +1,9 @@
-"""Runs the C core's own tests (tests/c): the -O2 build and the ASan+UBSan+LSan build.
+"""Runs the C core's own tests (tests/c): the -O2 build, the ASan+UBSan+LSan build and
+the TSan build, of test_core.c and of test_pool.c.
 
 The C tests check every kernel and the full forward pass against naive C
-references and the error statuses; here we only make sure CI runs them,
-including under the sanitizers.
+references and the error statuses, and the thread pool alone (jobs, resizes,
+fork); here we only make sure CI runs them, including under the sanitizers.
 """
 import os
 import shutil
@@ -20,7 +21,7 @@ def _have(tool):
 
 @pytest.mark.skipif(not _have("make") or not (_have("gcc") or _have("cc")),
                     reason="needs make and a C compiler")
-@pytest.mark.parametrize("target", ["test", "asan", "tsan"])
+@pytest.mark.parametrize("target", ["test", "asan", "tsan", "pool", "pool-asan", "pool-tsan"])
 def test_c_core(target):
     env = dict(os.environ)
     env.pop("LSTM_INFER_ISA", None)
