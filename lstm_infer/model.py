@@ -149,11 +149,18 @@ class _Weights:
         _check_mapping(state_dict, "from_state_dict")
         if prefix is not None and not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-        spec = detect.find_one(state_dict, prefix)
-        if spec.kind != cls.kind and spec.kind not in cls._accepts:
-            where = f"prefix {spec.prefix!r}" if spec.prefix else "the top level"
-            raise ValueError(f"the state dict holds an nn.{spec.kind} at {where}, not an "
-                             f"nn.{cls.kind}; build it with lstm_infer.{spec.kind}.from_state_dict")
+        kinds = (cls.kind,) + cls._accepts
+        try:
+            spec = detect.find_one(state_dict, prefix, kinds=kinds)
+        except ValueError as exc:
+            try:  # another kind of module there: name the class that builds it
+                other = detect.find_one(state_dict, prefix)
+            except ValueError:
+                raise exc from None
+            where = f"prefix {other.prefix!r}" if other.prefix else "the top level"
+            raise ValueError(f"the state dict holds an nn.{other.kind} at {where}, not an "
+                             f"nn.{cls.kind}; build it with lstm_infer.{other.kind}"
+                             f".from_state_dict") from None
         weights = {k[len(spec.prefix):]: state_dict[k] for k in spec.keys}
         if spec.kind.endswith("Cell") and not cls.kind.endswith("Cell"):
             weights = {k + "_l0": v for k, v in weights.items()}  # a cell is a one-layer module
