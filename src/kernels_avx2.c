@@ -6,14 +6,32 @@
  * (16 columns, two vectors each) accumulated over a K-block of KC with
  * broadcast-FMA. Full groups of 6 rows run 6x1 (12 accumulators) strip by
  * strip, so a K-block of one strip (16 KB) stays in L1 while every row group
- * passes over it (for K <= 64, all four strips fit, and each row group takes
- * them in turn); the 1 to 5 rows left run 3x2 / 2x2 / 1x4 shapes so that
- * 8 to 12 independent accumulators still hide the FMA latency. A step with
- * one row (streaming, batch 1) has its own loop, cell_row: the four gates of
- * a tile in eight registers over the whole of K.
+ * passes over it (for K <= 64, all the strips of a panel fit, and each row
+ * group takes them in turn); the 1 to 5 rows left run 3x2 / 2x2 / 1x4 shapes
+ * (3x1 / 2x1 / 1x3 / 1x2 / 1x1 where fewer strips are left) so that 8 to 12
+ * independent accumulators still hide the FMA latency. A step with one row
+ * (streaming, batch 1) has its own loop: four strips in eight registers over
+ * the whole of K (one or two strips: K dealt over four or two sets of them).
+ *
+ * The cell is one generic step in two bodies, one row (row_kind) and more
+ * (rows_kind), each compiled once per cell kind with the kind a constant
+ * (cell_row_lstm, cell_rows_lstm, cell_row_gru, ...): the sums of a tile's
+ * gates come from the same loops for every kind, and only the pointwise
+ * update of a tile differs (tile_update for the LSTM, tile_update_gru,
+ * tile_update_rnn).
  */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "kernels_avx2.c must be compiled with -mavx2 -mfma"
+#endif
+
+/*
+ * Every loop starts on a 64-byte boundary: where the one-row step's inner
+ * loop (14 instructions, 74 bytes) starts decides how many fetch windows it
+ * spans, which moved a step at hidden size 32 by up to 10% from one build
+ * to the next with no change in the instructions.
+ */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("align-loops=64")
 #endif
 
 #include <immintrin.h>
@@ -24,7 +42,7 @@
 #define INLINE static inline __attribute__((always_inline))
 #define MR_MAX 6
 #define KC 256        /* K-block: 6 rows of A and one strip's block fit in L1 */
-#define SMALL_K 64    /* up to this K, a panel's four strips (16 KB) fit in L1 together */
+#define SMALL_K 64    /* up to this K, a panel's strips (at most four, 16 KB) fit in L1 together */
 #define ROW_BLOCK 96  /* gemm rows of A kept hot in L2 while panels stream past */
 #define CELL_ROWS 48  /* cell rows whose gate pre-activations wait in a stack tile */
 
@@ -114,6 +132,34 @@ INLINE void tile_update(__m256 *q, float *c, __m256 *h) {
     EACH(v, 2) h[v] = _mm256_mul_ps(q[6 + v], cn[v]);
 }
 
+/*
+ * The GRU update of one tile from the sums q = b_hh + a @ W_hh
+ * (r[0:8] r[8:16] z[0:8] z[8:16] n[0:8] n[8:16]), the input part gi (48 floats, same
+ * order) and the previous h (16 floats): h[0..1] receives the new hidden state.
+ * h = n + z * (h_prev - n) is torch's (1 - z) * n + z * h_prev as torch computes it.
+ */
+INLINE void tile_update_gru(const __m256 *q, const float *gi, const float *h_prev, __m256 *h) {
+    static const int sig4[4] = {0, 0, 0, 0}, all_tanh[2] = {1, 1};
+    __m256 rz[4], n[2];
+    EACH(v, 4) rz[v] = _mm256_add_ps(_mm256_loadu_ps(gi + 8 * v), q[v]);
+    act_n(4, rz, sig4);
+    EACH(v, 2) n[v] = _mm256_fmadd_ps(rz[v], q[4 + v], _mm256_loadu_ps(gi + 32 + 8 * v));
+    act_n(2, n, all_tanh);
+    EACH(v, 2) h[v] = _mm256_fmadd_ps(rz[2 + v], _mm256_sub_ps(_mm256_loadu_ps(h_prev + 8 * v), n[v]), n[v]);
+}
+
+// The RNN update of one tile from its sums q[0..1]: h = tanh(q) or relu(q)
+INLINE void tile_update_rnn(const int relu, __m256 *q, __m256 *h) {
+    static const int all_tanh[2] = {1, 1};
+    if (relu) {
+        // max returns its second operand when either is NaN: q goes second so NaN survives
+        EACH(v, 2) h[v] = _mm256_max_ps(_mm256_setzero_ps(), q[v]);
+        return;
+    }
+    act_n(2, q, all_tanh);
+    EACH(v, 2) h[v] = q[v];
+}
+
 // the new h of a tile's units [0, units), units <= 16: h ends inside the last tile
 INLINE void store_h(float *h, const __m256 *hv, int64_t units) {
     if (units >= LSTM_TILE) {
@@ -161,35 +207,55 @@ DEFINE_BLOCK(6, 1)
 DEFINE_BLOCK(5, 1)
 DEFINE_BLOCK(4, 1)
 DEFINE_BLOCK(3, 2)
+DEFINE_BLOCK(3, 1)
 DEFINE_BLOCK(2, 2)
+DEFINE_BLOCK(2, 1)
 DEFINE_BLOCK(1, 4)
+DEFINE_BLOCK(1, 3)
+DEFINE_BLOCK(1, 2)
+DEFINE_BLOCK(1, 1)
 
-// fewer than 6 rows: every strip of the panel, in the shape that suits mr
-static void block_tail(int mr, int64_t kc, const float *const *a, const float *bs, int64_t sstride,
-                       const float *const *init, const float *bias, float *const *out) {
-    const int ns = mr >= 4 ? 1 : mr == 1 ? 4 : 2;
-    for (int s = 0; s < 4; s += ns) {
+// fewer than 6 rows: the ns strips of a panel, in the shapes that suit mr
+static void block_tail(int mr, int ns, int64_t kc, const float *const *a, const float *bs,
+                       int64_t sstride, const float *const *init, const float *bias,
+                       float *const *out) {
+    for (int s = 0; s < ns;) {
         const float *b = bias ? bias + s * LSTM_TILE : NULL, *w = bs + s * sstride;
         const int64_t col = s * LSTM_TILE;
+        const int left = ns - s;
         switch (mr) {
-        case 5: block_5x1(kc, a, w, sstride, init, b, out, col); break;
-        case 4: block_4x1(kc, a, w, sstride, init, b, out, col); break;
-        case 3: block_3x2(kc, a, w, sstride, init, b, out, col); break;
-        case 2: block_2x2(kc, a, w, sstride, init, b, out, col); break;
-        default: block_1x4(kc, a, w, sstride, init, b, out, col); break;
+        case 5: block_5x1(kc, a, w, sstride, init, b, out, col), s += 1; break;
+        case 4: block_4x1(kc, a, w, sstride, init, b, out, col), s += 1; break;
+        case 3:
+            if (left >= 2) block_3x2(kc, a, w, sstride, init, b, out, col), s += 2;
+            else block_3x1(kc, a, w, sstride, init, b, out, col), s += 1;
+            break;
+        case 2:
+            if (left >= 2) block_2x2(kc, a, w, sstride, init, b, out, col), s += 2;
+            else block_2x1(kc, a, w, sstride, init, b, out, col), s += 1;
+            break;
+        default:
+            switch (left) {
+            case 1: block_1x1(kc, a, w, sstride, init, b, out, col); break;
+            case 2: block_1x2(kc, a, w, sstride, init, b, out, col); break;
+            case 3: block_1x3(kc, a, w, sstride, init, b, out, col); break;
+            default: block_1x4(kc, a, w, sstride, init, b, out, col); break;
+            }
+            s += left < 4 ? left : 4;
+            break;
         }
     }
 }
 
 /*
- * out[r][0 .. 64] = (init rows, or bias, or 0) + a[r] (K) @ packed panel bp,
- * for rows r < m. Full groups of 6 rows run 6x1 strip by strip; a later
- * K-block accumulates onto out. Where all four strips fit in L1 together
- * (small K) a row group takes them one after another; otherwise a strip's
- * K-block stays in L1 while every row group passes over it.
+ * out[r][0 .. 16 ns] = (init rows, or bias, or 0) + a[r] (K) @ the ns strips
+ * (1 to 4) at bp, for rows r < m. Full groups of 6 rows run 6x1 strip by
+ * strip; a later K-block accumulates onto out. Where the strips fit in L1
+ * together (small K) a row group takes them one after another; otherwise a
+ * strip's K-block stays in L1 while every row group passes over it.
  */
-static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, const lstm_rows *init,
-                       const float *bias, lstm_rows out) {
+static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int ns,
+                       const lstm_rows *init, const float *bias, lstm_rows out) {
     const float *ar[MR_MAX], *ir[MR_MAX];
     float *orow[MR_MAX];
     const int64_t full = m / MR_MAX * MR_MAX, sstride = K * LSTM_TILE;
@@ -200,12 +266,12 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, const
                 orow[r] = lstm_row(out, r0 + r);
                 ir[r] = init ? lstm_row(*init, r0 + r) : NULL;
             }
-            for (int s = 0; s < 4; s++)
+            for (int s = 0; s < ns; s++)
                 block_6x1(K, ar, bp + s * sstride, 0, init ? ir : NULL,
                           bias ? bias + s * LSTM_TILE : NULL, orow, s * LSTM_TILE);
         }
     } else {
-        for (int s = 0; s < 4; s++)
+        for (int s = 0; s < ns; s++)
             for (int64_t k0 = 0; k0 < K; k0 += KC) {
                 const int64_t kc = K - k0 < KC ? K - k0 : KC;
                 const float *bs = bp + s * sstride + k0 * LSTM_TILE;
@@ -229,33 +295,42 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, const
             orow[r] = lstm_row(out, full + r);
             ir[r] = k0 ? orow[r] : init ? lstm_row(*init, full + r) : NULL;
         }
-        block_tail(mr, kc, ar, bp + k0 * LSTM_TILE, sstride, k0 || init ? ir : NULL,
+        block_tail(mr, ns, kc, ar, bp + k0 * LSTM_TILE, sstride, k0 || init ? ir : NULL,
                    k0 ? NULL : bias, orow);
     }
 }
 
 // ---------------------------------------------------------------- kernels
 
-static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, const float *bias,
-                      int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+/*
+ * A packed matrix is its strips one after another, whatever the strips a
+ * panel (lstm_packed_at), and so is its bias: panels [p0, p1) of `gates`
+ * strips are strips [p0 gates, p1 gates), which run here four at a time,
+ * leaving out the strips wholly past ncols.
+ */
+static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
+                      const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[MR_MAX][LSTM_PANEL];
+    const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
+    const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
     for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
         const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
         const lstm_rows ab = lstm_rows_from(a, rb);
-        for (int64_t p = p0; p < p1; p++) {
-            const float *bp = b + p * K * LSTM_PANEL;
-            const float *bias_p = bias ? bias + p * LSTM_PANEL : NULL;
-            const int64_t width = ncols - p * LSTM_PANEL;
+        for (int64_t s = s0; s < s1; s += 4) {
+            const int ns = s1 - s < 4 ? (int)(s1 - s) : 4;
+            const float *bp = b + s * K * LSTM_TILE;
+            const float *bias_p = bias ? bias + s * LSTM_TILE : NULL;
+            const int64_t width = ncols - s * LSTM_TILE;
             lstm_rows cb = lstm_rows_from(c, rb);
-            cb.base += p * LSTM_PANEL;
-            if (width >= LSTM_PANEL) {
-                panel_rows(rows, K, ab, bp, NULL, bias_p, cb);
+            cb.base += s * LSTM_TILE;
+            if (width >= ns * LSTM_TILE) {
+                panel_rows(rows, K, ab, bp, ns, NULL, bias_p, cb);
                 continue;
             }
-            // last panel of a matrix whose width is not a multiple of 64: via a stack tile
+            // the last strip of a matrix whose width is not a multiple of 16: via a stack tile
             for (int64_t r0 = 0; r0 < rows; r0 += MR_MAX) {
                 const int64_t mr = rows - r0 < MR_MAX ? rows - r0 : MR_MAX;
-                panel_rows(mr, K, lstm_rows_from(ab, r0), bp, NULL, bias_p,
+                panel_rows(mr, K, lstm_rows_from(ab, r0), bp, ns, NULL, bias_p,
                            (lstm_rows){tmp[0], LSTM_PANEL, NULL});
                 for (int64_t r = 0; r < mr; r++)
                     memcpy(lstm_row(cb, r0 + r), tmp[r], (size_t)width * sizeof(float));
@@ -264,64 +339,184 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, const f
     }
 }
 
-#define ROW_TILES 8 /* tiles whose gates a one-row step computes before their updates */
+/*
+ * A row's sums over ns (compile-time, 1 to 4) strips at w, sstride apart:
+ * out[16s ..] = (init ? init[16s ..] : 0) + a (K) @ strip s. Four strips
+ * are eight independent accumulators over the whole of K; for one or two
+ * strips K is dealt out k mod P over P = 4 or 2 sets of accumulators, so
+ * that eight still hide the FMA latency, and the sets are added at the end.
+ */
+INLINE void row_strips(const int ns, int64_t K, const float *a, const float *w, int64_t sstride,
+                       const float *init, float *out) {
+    const int nv = 2 * ns, P = ns == 1 ? 4 : ns == 2 ? 2 : 1;
+    __m256 acc[8];
+    EACH(v, nv) acc[v] = init ? _mm256_loadu_ps(init + 8 * v) : _mm256_setzero_ps();
+    EACH(v, (P - 1) * nv) acc[nv + v] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + P <= K; k += P, w += P * LSTM_TILE)
+        EACH(p, P) {
+            const __m256 x = _mm256_broadcast_ss(a + k + p);
+            EACH(v, nv) acc[p * nv + v] = _mm256_fmadd_ps(
+                x, _mm256_loadu_ps(w + p * LSTM_TILE + (v / 2) * sstride + 8 * (v % 2)), acc[p * nv + v]);
+        }
+    if (P > 1)
+        for (; k < K; k++, w += LSTM_TILE) {
+            const __m256 x = _mm256_broadcast_ss(a + k);
+            EACH(v, nv) acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
+        }
+    EACH(p, P - 1) EACH(v, nv) acc[v] = _mm256_add_ps(acc[v], acc[(p + 1) * nv + v]);
+    EACH(v, nv) _mm256_storeu_ps(out + 8 * v, acc[v]);
+}
 
 /*
- * One row (a streaming step, or the last live sequence). The gate sums of up
- * to 8 tiles go first, then all their cell updates, so that the updates' long
- * dependency chains are not separated by matrix-vector loops.
+ * The sums of one row for the ns strips at w: out[16s ..] = (init ?
+ * init[16s ..] : 0) + a (K) @ strip s. Four strips at a time (an LSTM tile,
+ * four RNN tiles, a GRU tile and a third); a GRU or RNN step may end with 1
+ * to 3.
  */
-static __attribute__((noipa)) void cell_row(int64_t K, const float *a, const float *w_hh,
-                                               const float *g, float *c, int64_t t0, int64_t t1,
-                                               int64_t H, float *h) {
+INLINE void row_sums(int64_t K, const float *a, const float *w, int64_t ns, const float *init,
+                     float *out) {
     const int64_t sstride = K * LSTM_TILE;
-    float gates[ROW_TILES][LSTM_PANEL];
-    for (int64_t c0 = t0; c0 < t1; c0 += ROW_TILES) {
-        const int64_t n = t1 - c0 < ROW_TILES ? t1 - c0 : ROW_TILES;
-        for (int64_t j = 0; j < n; j++) {
-            const float *wp = w_hh + (c0 + j) * K * LSTM_PANEL, *gt = g + (c0 + j) * LSTM_PANEL;
-            __m256 acc[8];
-            EACH(v, 8) acc[v] = _mm256_loadu_ps(gt + 8 * v);
-            for (int64_t k = 0; k < K; k++, wp += LSTM_TILE) {
-                const __m256 x = _mm256_broadcast_ss(a + k);
-                EACH(v, 8) acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(wp + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
-            }
-            EACH(v, 8) _mm256_storeu_ps(gates[j] + 8 * v, acc[v]);
+    int64_t s = 0;
+    for (; s + 4 <= ns; s += 4)
+        row_strips(4, K, a, w + s * sstride, sstride, init ? init + s * LSTM_TILE : NULL,
+                   out + s * LSTM_TILE);
+    const float *w_s = w + s * sstride, *init_s = init ? init + s * LSTM_TILE : NULL;
+    switch (ns - s) {
+    case 3: row_strips(3, K, a, w_s, sstride, init_s, out + s * LSTM_TILE); break;
+    case 2: row_strips(2, K, a, w_s, sstride, init_s, out + s * LSTM_TILE); break;
+    case 1: row_strips(1, K, a, w_s, sstride, init_s, out + s * LSTM_TILE); break;
+    default: break;
+    }
+}
+
+/*
+ * The update of tile t of one row from its sums q (W = gates * 16 floats): h's
+ * units [16t, min(16t + 16, H)) written and, for the LSTM, c's 16 units. gr
+ * is the row of g (the GRU's input part), ar the row of a (the GRU's h_prev),
+ * cr the row of c; each is read only by the kinds that use it.
+ */
+INLINE void tile_step(const int kind, const float *q, const float *gr, const float *ar, float *cr,
+                      int64_t t, int64_t H, float *hr) {
+    const int64_t unit0 = t * LSTM_TILE, units = H - unit0;
+    __m256 s[8], hv[2];
+    EACH(v, 2 * lstm_gates(kind)) s[v] = _mm256_loadu_ps(q + 8 * v);
+    if (kind == LSTM_CELL_LSTM) {
+        tile_update(s, cr + unit0, hv);
+    } else if (kind == LSTM_CELL_GRU) {
+        const float *h_prev = ar + unit0;
+        float hbuf[LSTM_TILE];
+        if (units < LSTM_TILE) { // the units past H are not a's to read
+            memset(hbuf, 0, sizeof hbuf);
+            memcpy(hbuf, h_prev, (size_t)units * sizeof(float));
+            h_prev = hbuf;
         }
-        for (int64_t j = 0; j < n; j++) {
-            const int64_t unit0 = (c0 + j) * LSTM_TILE;
-            __m256 q[8], hv[2];
-            EACH(v, 8) q[v] = _mm256_loadu_ps(gates[j] + 8 * v);
-            tile_update(q, c + unit0, hv);
-            store_h(h + unit0, hv, H - unit0);
+        tile_update_gru(s, gr + t * 3 * LSTM_TILE, h_prev, hv);
+    } else {
+        tile_update_rnn(kind == LSTM_CELL_RNN_RELU, s, hv);
+    }
+    store_h(hr + unit0, hv, units);
+}
+
+#define ROW_STRIPS 32 /* strips whose sums a one-row step computes before their updates */
+
+/*
+ * One row's step of cell kind `kind` (a streaming step, or the last live
+ * sequence): the sums of up to 32 strips go first, then all their updates,
+ * so that the updates' long dependency chains are not separated by
+ * matrix-vector loops. The sums start from g (LSTM, RNN: the input part with
+ * both biases) or from b_hh (GRU, whose input part enters the update apart).
+ */
+INLINE void row_kind(const int kind, int64_t K, const float *ar, const float *w_hh,
+                     const float *b_hh, const float *gr, float *c, int64_t t0, int64_t t1,
+                     int64_t H, float *hr) {
+    const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
+    const int64_t chunk = ROW_STRIPS / gates;
+    float sums[ROW_STRIPS * LSTM_TILE];
+    for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
+        const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
+        const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;
+        row_sums(K, ar, w_hh + c0 * K * W, n * gates, init, sums);
+        for (int64_t j = 0; j < n; j++) tile_step(kind, sums + j * W, gr, ar, c, c0 + j, H, hr);
+    }
+}
+
+/*
+ * The step of more than one row, of cell kind `kind`. A group of tiles whose
+ * strips number at most four (one LSTM or GRU tile, four RNN tiles) is one
+ * panel_rows call over a chunk of rows, then the updates of each row. The
+ * sums start from g or b_hh as in row_kind.
+ */
+INLINE void rows_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
+                      const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                      int64_t t1, int64_t H, lstm_rows h) {
+    const int gates = lstm_gates(kind), W = gates * LSTM_TILE, group = 4 / gates;
+    const int gru = kind == LSTM_CELL_GRU;
+    float tmp[CELL_ROWS][LSTM_PANEL];
+    for (int64_t t = t0; t < t1; t += group) {
+        const int64_t nt = t1 - t < group ? t1 - t : group;
+        const float *wp = w_hh + t * K * W;
+        for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
+            const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
+            const lstm_rows out = {tmp[0], LSTM_PANEL, NULL};
+            if (gru) {
+                panel_rows(rows, K, lstm_rows_from(a, r0), wp, gates, NULL,
+                           b_hh ? b_hh + t * W : NULL, out);
+            } else {
+                lstm_rows gt = lstm_rows_from(g, r0);
+                gt.base += t * W;
+                panel_rows(rows, K, lstm_rows_from(a, r0), wp, (int)nt * gates, &gt, NULL, out);
+            }
+            for (int64_t r = 0; r < rows; r++) {
+                const float *ar = gru ? lstm_row(a, r0 + r) : NULL;
+                const float *gr = gru ? lstm_row(g, r0 + r) : NULL;
+                float *cr = kind == LSTM_CELL_LSTM ? c + (r0 + r) * ldc : NULL;
+                float *hr = lstm_row(h, r0 + r);
+                for (int64_t j = 0; j < nt; j++) tile_step(kind, tmp[r] + j * W, gr, ar, cr, t + j, H, hr);
+            }
         }
     }
 }
 
-static void cell_avx2(int64_t m, int64_t K, lstm_rows a, const float *w_hh, lstm_rows g,
-                      float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {
-    if (m == 1) {
-        cell_row(K, lstm_row(a, 0), w_hh, lstm_row(g, 0), c, t0, t1, H, lstm_row(h, 0));
-        return;
+/*
+ * The two bodies compiled for each kind as functions of their own,
+ * cell_row_<kind> and cell_rows_<kind>: the one-row step inlined into the
+ * other, GCC moved the activations' constants out of its loops into stack
+ * slots, and both inlined into cell_avx2 made its prologue save the many-row
+ * step's state before every one-row step (together 12% more instructions a
+ * step at hidden size 32; the sums of the one row in a function apart, 2%).
+ */
+#define CELL_KIND(name, kind)                                                                      \
+    static __attribute__((noinline)) void cell_row_##name(int64_t K, const float *ar,              \
+                                                          const float *w_hh, const float *b_hh,    \
+                                                          const float *gr, float *c, int64_t t0,   \
+                                                          int64_t t1, int64_t H, float *hr) {      \
+        row_kind(kind, K, ar, w_hh, b_hh, gr, c, t0, t1, H, hr);                                   \
+    }                                                                                              \
+    static __attribute__((noinline)) void cell_rows_##name(                                        \
+        int64_t m, int64_t K, lstm_rows a, const float *w_hh, const float *b_hh, lstm_rows g,      \
+        float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                   \
+        rows_kind(kind, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h);                             \
     }
-    float tmp[CELL_ROWS][LSTM_PANEL];
-    for (int64_t t = t0; t < t1; t++) {
-        const float *wp = w_hh + t * K * LSTM_PANEL;
-        const int64_t unit0 = t * LSTM_TILE;
-        for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
-            const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
-            lstm_rows gt = lstm_rows_from(g, r0);
-            gt.base += t * LSTM_PANEL;
-            panel_rows(rows, K, lstm_rows_from(a, r0), wp, &gt, NULL,
-                       (lstm_rows){tmp[0], LSTM_PANEL, NULL});
-            for (int64_t r = 0; r < rows; r++) {
-                __m256 q[8], hv[2];
-                EACH(v, 8) q[v] = _mm256_loadu_ps(tmp[r] + 8 * v);
-                tile_update(q, c + (r0 + r) * ldc + unit0, hv);
-                store_h(lstm_row(h, r0 + r) + unit0, hv, H - unit0);
-            }
-        }
+CELL_KIND(lstm, LSTM_CELL_LSTM)
+CELL_KIND(gru, LSTM_CELL_GRU)
+CELL_KIND(rnn_tanh, LSTM_CELL_RNN_TANH)
+CELL_KIND(rnn_relu, LSTM_CELL_RNN_RELU)
+
+static void cell_avx2(int cell, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
+                      const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                      int64_t t1, int64_t H, lstm_rows h) {
+#define STEP(name)                                                                                 \
+    (m == 1 ? cell_row_##name(K, lstm_row(a, 0), w_hh, b_hh, lstm_row(g, 0), c, t0, t1, H,      \
+                              lstm_row(h, 0))                                                      \
+            : cell_rows_##name(m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h))
+    switch (cell) {
+    case LSTM_CELL_GRU: STEP(gru); break;
+    case LSTM_CELL_RNN_TANH: STEP(rnn_tanh); break;
+    case LSTM_CELL_RNN_RELU: STEP(rnn_relu); break;
+    default: STEP(lstm); break;
     }
+#undef STEP
 }
 
 const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2};

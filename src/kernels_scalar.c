@@ -9,56 +9,85 @@
 
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// acc[64] += a (K) @ one packed panel: strip by strip, each K rows of 16
-static void strips(int64_t K, const float *a, const float *panel, float *acc) {
-    for (int s = 0; s < 4; s++) {
-        const float *w = panel + s * K * LSTM_TILE;
+// acc[16 ns] += a (K) @ the ns strips at w, each K rows of 16
+static void strips(int ns, int64_t K, const float *a, const float *w, float *acc) {
+    for (int s = 0; s < ns; s++) {
         float *out = acc + s * LSTM_TILE;
         for (int64_t k = 0; k < K; k++, w += LSTM_TILE)
             for (int j = 0; j < LSTM_TILE; j++) out[j] += a[k] * w[j];
     }
 }
 
-// c rows (m, cols in panels [p0,p1)) = bias + a (m, K) @ b (K, panels)
-static void gemm_scalar(int64_t m, int64_t K, lstm_rows a, const float *b, const float *bias,
-                        int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
-    float acc[LSTM_PANEL];
+/*
+ * c rows (m, cols in panels [p0,p1) of `gates` strips) = bias + a (m, K) @ b.
+ * A packed matrix and its bias are their strips one after another whatever
+ * the strips a panel, so this runs strip by strip.
+ */
+static void gemm_scalar(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
+                        const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    float acc[LSTM_TILE];
     for (int64_t r = 0; r < m; r++) {
         const float *ar = lstm_row(a, r);
         float *cr = lstm_row(c, r);
-        for (int64_t p = p0; p < p1; p++) {
-            const float *bp = b + p * K * LSTM_PANEL;
-            for (int j = 0; j < LSTM_PANEL; j++) acc[j] = bias ? bias[p * LSTM_PANEL + j] : 0.0f;
-            strips(K, ar, bp, acc);
-            int64_t n = ncols - p * LSTM_PANEL;
-            if (n > LSTM_PANEL) n = LSTM_PANEL;
-            memcpy(cr + p * LSTM_PANEL, acc, (size_t)n * sizeof(float));
+        for (int64_t s = p0 * gates; s < p1 * gates && s * LSTM_TILE < ncols; s++) {
+            for (int j = 0; j < LSTM_TILE; j++) acc[j] = bias ? bias[s * LSTM_TILE + j] : 0.0f;
+            strips(1, K, ar, b + s * K * LSTM_TILE, acc);
+            int64_t n = ncols - s * LSTM_TILE;
+            if (n > LSTM_TILE) n = LSTM_TILE;
+            memcpy(cr + s * LSTM_TILE, acc, (size_t)n * sizeof(float));
         }
     }
 }
 
-// one LSTM step for rows < m, tiles [t0,t1): gates = g + a @ w_hh, then the cell update
-static void cell_scalar(int64_t m, int64_t K, lstm_rows a, const float *w_hh, lstm_rows g,
-                        float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {
-    float acc[LSTM_PANEL];
+/*
+ * The new h of one unit from its sums q[16j] (gate j; q = g + a @ W_hh, for
+ * the GRU q = b_hh + a @ W_hh and gi[16j] the input part), its c (LSTM,
+ * updated in place) and its previous h (GRU).
+ */
+static float unit_update(int cell, const float *q, const float *gi, float *c, float h_prev) {
+    switch (cell) {
+    case LSTM_CELL_LSTM: {
+        const float i = sigmoid(q[0]), f = sigmoid(q[LSTM_TILE]);
+        const float g = tanhf(q[2 * LSTM_TILE]), o = sigmoid(q[3 * LSTM_TILE]);
+        *c = f * *c + i * g;
+        return o * tanhf(*c);
+    }
+    case LSTM_CELL_GRU: {
+        const float r = sigmoid(gi[0] + q[0]), z = sigmoid(gi[LSTM_TILE] + q[LSTM_TILE]);
+        const float n = tanhf(gi[2 * LSTM_TILE] + r * q[2 * LSTM_TILE]);
+        return n + z * (h_prev - n); // torch's (1 - z) * n + z * h_prev, as torch computes it
+    }
+    case LSTM_CELL_RNN_RELU:
+        return q[0] > 0.0f || isnan(q[0]) ? q[0] : 0.0f; // NaN stays NaN, as in torch
+    default:
+        return tanhf(q[0]);
+    }
+}
+
+// one step of kind `cell` for rows < m, tiles [t0,t1): sums = (g or b_hh) + a @ w_hh, then the update
+static void cell_scalar(int cell, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
+                        const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                        int64_t t1, int64_t H, lstm_rows h) {
+    const int gates = lstm_gates(cell), W = gates * LSTM_TILE, gru = cell == LSTM_CELL_GRU;
+    float acc[LSTM_MAX_GATES * LSTM_TILE];
     for (int64_t r = 0; r < m; r++) {
         const float *ar = lstm_row(a, r);
         const float *gr = lstm_row(g, r);
-        float *cr = c + r * ldc;
         float *hr = lstm_row(h, r);
         for (int64_t t = t0; t < t1; t++) {
-            const float *wp = w_hh + t * K * LSTM_PANEL;
-            memcpy(acc, gr + t * LSTM_PANEL, sizeof(acc));
-            strips(K, ar, wp, acc);
+            if (!gru) memcpy(acc, gr + t * W, (size_t)W * sizeof(float));
+            else if (b_hh) memcpy(acc, b_hh + t * W, (size_t)W * sizeof(float));
+            else memset(acc, 0, sizeof acc);
+            strips(gates, K, ar, w_hh + t * K * W, acc);
             for (int u = 0; u < LSTM_TILE; u++) {
                 const int64_t unit = t * LSTM_TILE + u;
-                const float i = sigmoid(acc[u]);
-                const float f = sigmoid(acc[LSTM_TILE + u]);
-                const float gg = tanhf(acc[2 * LSTM_TILE + u]);
-                const float o = sigmoid(acc[3 * LSTM_TILE + u]);
-                const float cn = f * cr[unit] + i * gg;
-                cr[unit] = cn;
-                if (unit < H) hr[unit] = o * tanhf(cn);
+                // the LSTM's c has whole tiles; the units past H are not a's or h's
+                if (cell == LSTM_CELL_LSTM) {
+                    const float hn = unit_update(cell, acc + u, NULL, c + r * ldc + unit, 0.0f);
+                    if (unit < H) hr[unit] = hn;
+                } else if (unit < H) {
+                    hr[unit] = unit_update(cell, acc + u, gr + t * W + u, NULL, gru ? ar[unit] : 0.0f);
+                }
             }
         }
     }

@@ -1,8 +1,7 @@
 /*
  * test_core.c - tests of the C core without Python.
  *
- *   (a) every kernel of every ISA the CPU supports against a naive C loop over
- *       the documented packed layout, odd sizes, row index tables;
+ *   (a) the kernels: in test_kernels.c;
  *   (b) lstm_model_forward against a naive double-precision LSTM, GRU and
  *       RNN (tanh, relu) written from torch's equations, many configs, every
  *       ISA, 1 and 2 threads, library and caller-provided workspace, strided
@@ -67,203 +66,9 @@ static int close_enough(double got, double want, double atol, double rtol) {
     return fabs(got - want) <= atol + rtol * fabs(want);
 }
 
-static void shuffle(int64_t *v, int64_t n) {
-    for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = rnd_i(0, i), t = v[i];
-        v[i] = v[j];
-        v[j] = t;
-    }
-}
-
 static double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-/* ------------------------------------------------------------------ (a) kernels */
-
 static const float SENTINEL = -12345.0f;
-
-static void test_gemm(const lstm_kernels *k, int64_t m, int64_t K, int64_t ncols, int use_idx,
-                      int use_bias, int64_t p0, int64_t p1) {
-    const int64_t panels = (ncols + LSTM_PANEL - 1) / LSTM_PANEL;
-    const int64_t lda = K + 3, ldc = panels * LSTM_PANEL + 5;
-    const int64_t nrows = m + 4; /* storage rows, idx picks a permutation of them */
-    float *a = xcalloc((size_t)(nrows * lda), sizeof(float));
-    float *b = xcalloc((size_t)(panels * K * LSTM_PANEL), sizeof(float));
-    float *bias = xcalloc((size_t)(panels * LSTM_PANEL), sizeof(float));
-    float *c = xcalloc((size_t)(nrows * ldc), sizeof(float));
-    int64_t *ia = xcalloc((size_t)nrows, sizeof(int64_t)), *ic = xcalloc((size_t)nrows, sizeof(int64_t));
-    for (int64_t i = 0; i < nrows * lda; i++) a[i] = rnd_f(-1, 1);
-    for (int64_t i = 0; i < panels * K * LSTM_PANEL; i++) b[i] = rnd_f(-1, 1);
-    for (int64_t i = 0; i < panels * LSTM_PANEL; i++) bias[i] = rnd_f(-1, 1);
-    for (int64_t i = 0; i < nrows * ldc; i++) c[i] = SENTINEL;
-    for (int64_t i = 0; i < nrows; i++) ia[i] = ic[i] = i;
-    shuffle(ia, nrows);
-    shuffle(ic, nrows);
-    lstm_rows ra = {a, lda, use_idx ? ia : NULL}, rc = {c, ldc, use_idx ? ic : NULL};
-    k->gemm(m, K, ra, b, use_bias ? bias : NULL, p0, p1, ncols, rc);
-    int bad = 0;
-    /* every storage row of c: written exactly where expected, untouched elsewhere */
-    char *written = xcalloc((size_t)nrows, 1);
-    for (int64_t r = 0; r < m; r++) written[use_idx ? ic[r] : r] = 1;
-    for (int64_t r = 0; r < m && bad < 5; r++) {
-        const float *ar = a + (use_idx ? ia[r] : r) * lda;
-        const float *cr = c + (use_idx ? ic[r] : r) * ldc;
-        for (int64_t col = 0; col < ldc; col++) {
-            const int64_t p = col / LSTM_PANEL;
-            if (col < ncols && p >= p0 && p < p1) {
-                double want = use_bias ? bias[col] : 0.0, mag = fabs(want);
-                for (int64_t kk = 0; kk < K; kk++) {
-                    double t = (double)ar[kk] * b[lstm_packed_at(K, kk, col)];
-                    want += t;
-                    mag += fabs(t);
-                }
-                if (!close_enough(cr[col], want, 1e-6 * (mag + 1), 1e-5)) {
-                    bad++;
-                    CHECK(0, "%s gemm m=%ld K=%ld n=%ld idx=%d bias=%d: c[%ld][%ld]=%g want %g",
-                          k->name, (long)m, (long)K, (long)ncols, use_idx, use_bias, (long)r,
-                          (long)col, cr[col], want);
-                }
-            } else if (cr[col] != SENTINEL) {
-                bad++;
-                CHECK(0, "%s gemm wrote outside its range: row %ld col %ld", k->name, (long)r,
-                      (long)col);
-            }
-        }
-    }
-    for (int64_t r = 0; r < nrows; r++)
-        if (!written[r])
-            for (int64_t col = 0; col < ldc; col++)
-                if (c[r * ldc + col] != SENTINEL && bad < 5) {
-                    bad++;
-                    CHECK(0, "%s gemm wrote to a row it was not given (%ld)", k->name, (long)r);
-                }
-    CHECK(bad == 0, "%s gemm case failed", k->name);
-    free(written);
-    free(a), free(b), free(bias), free(c), free(ia), free(ic);
-}
-
-static void test_cell(const lstm_kernels *k, int64_t m, int64_t K, int64_t H, int use_idx,
-                      int64_t t0, int64_t t1) {
-    const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE;
-    const int64_t Hp = tiles * LSTM_TILE;
-    const int64_t lda = K + 1, ldg = tiles * LSTM_PANEL + 3, ldc = Hp + 7, ldh = Hp + 2;
-    const int64_t nrows = m + 3;
-    float *a = xcalloc((size_t)(nrows * lda), sizeof(float));
-    float *w = xcalloc((size_t)(tiles * K * LSTM_PANEL), sizeof(float));
-    float *g = xcalloc((size_t)(nrows * ldg), sizeof(float));
-    float *c = xcalloc((size_t)(m * ldc), sizeof(float));
-    float *c0 = xcalloc((size_t)(m * ldc), sizeof(float));
-    float *h = xcalloc((size_t)(nrows * ldh), sizeof(float));
-    int64_t *ia = xcalloc((size_t)nrows, sizeof(int64_t)), *ig = xcalloc((size_t)nrows, sizeof(int64_t)),
-            *ih = xcalloc((size_t)nrows, sizeof(int64_t));
-    for (int64_t i = 0; i < nrows * lda; i++) a[i] = rnd_f(-1, 1);
-    for (int64_t i = 0; i < tiles * K * LSTM_PANEL; i++) w[i] = rnd_f(-0.5f, 0.5f);
-    for (int64_t i = 0; i < nrows * ldg; i++) g[i] = rnd_f(-2, 2);
-    for (int64_t i = 0; i < m * ldc; i++) c[i] = c0[i] = rnd_f(-2, 2);
-    for (int64_t i = 0; i < nrows * ldh; i++) h[i] = SENTINEL;
-    for (int64_t i = 0; i < nrows; i++) ia[i] = ig[i] = ih[i] = i;
-    shuffle(ia, nrows), shuffle(ig, nrows), shuffle(ih, nrows);
-    lstm_rows ra = {a, lda, use_idx ? ia : NULL}, rg = {g, ldg, use_idx ? ig : NULL},
-              rh = {h, ldh, use_idx ? ih : NULL};
-    k->cell(m, K, ra, w, rg, c, ldc, t0, t1, H, rh);
-    int bad = 0;
-    for (int64_t r = 0; r < m && bad < 5; r++) {
-        const float *ar = a + (use_idx ? ia[r] : r) * lda;
-        const float *gr = g + (use_idx ? ig[r] : r) * ldg;
-        const float *hr = h + (use_idx ? ih[r] : r) * ldh;
-        for (int64_t unit = 0; unit < ldc; unit++) {
-            const int64_t t = unit / LSTM_TILE, u = unit % LSTM_TILE;
-            const int in_range = unit < Hp && t >= t0 && t < t1;
-            double cn = c0[r * ldc + unit], hn = 0, tol = 2e-6;
-            if (in_range) {
-                double acc[4];
-                for (int q = 0; q < 4; q++) {
-                    const int64_t j = q * LSTM_TILE + u;
-                    double mag = fabs(gr[t * LSTM_PANEL + j]);
-                    acc[q] = gr[t * LSTM_PANEL + j];
-                    for (int64_t kk = 0; kk < K; kk++) {
-                        const double term = (double)ar[kk] * w[lstm_packed_at(K, kk, t * LSTM_PANEL + j)];
-                        acc[q] += term;
-                        mag += fabs(term);
-                    }
-                    /* float rounding of the gate sums; the activations' slopes are at most 1 */
-                    tol += 1e-6 * mag;
-                }
-                cn = sigm(acc[1]) * cn + sigm(acc[0]) * tanh(acc[2]);
-                hn = sigm(acc[3]) * tanh(cn);
-            }
-            if (!close_enough(c[r * ldc + unit], cn, tol, 1e-5)) {
-                bad++;
-                CHECK(0, "%s cell m=%ld K=%ld H=%ld idx=%d tiles[%ld,%ld): c[%ld][%ld]=%g want %g",
-                      k->name, (long)m, (long)K, (long)H, use_idx, (long)t0, (long)t1, (long)r,
-                      (long)unit, c[r * ldc + unit], cn);
-            }
-            if (unit < ldh) {
-                const float got = hr[unit];
-                if (in_range && unit < H) {
-                    if (!close_enough(got, hn, tol, 1e-5)) {
-                        bad++;
-                        CHECK(0, "%s cell h[%ld][%ld]=%g want %g", k->name, (long)r, (long)unit,
-                              got, hn);
-                    }
-                } else if (got != SENTINEL) {
-                    bad++;
-                    CHECK(0, "%s cell wrote h outside its range: row %ld unit %ld (H=%ld)",
-                          k->name, (long)r, (long)unit, (long)H);
-                }
-            }
-        }
-    }
-    CHECK(bad == 0, "%s cell case failed", k->name);
-    free(a), free(w), free(g), free(c), free(c0), free(h), free(ia), free(ig), free(ih);
-}
-
-/* Relative accuracy of sigmoid or tanh over the given points, through the
- * cell kernel: with c_0 = 0, K = 1, a = 0 and the other gate saturated
- * (pre-activation 40: sigmoid and tanh are 1 within 1e-17), c = sigmoid(x) or
- * tanh(x) alone. Points whose exact value is below FLT_MIN are skipped. */
-static double activation_error(const lstm_kernels *k, int of_tanh, const float *xs, int64_t n) {
-    const int64_t m = (n + LSTM_TILE - 1) / LSTM_TILE;
-    float *a = xcalloc((size_t)m, sizeof(float)), w[LSTM_PANEL] = {0};
-    float *g = xcalloc((size_t)(m * LSTM_PANEL), sizeof(float));
-    float *c = xcalloc((size_t)(m * LSTM_TILE), sizeof(float));
-    float *h = xcalloc((size_t)(m * LSTM_TILE), sizeof(float));
-    for (int64_t p = 0; p < m * LSTM_TILE; p++) {
-        float *gr = g + p / LSTM_TILE * LSTM_PANEL + p % LSTM_TILE;
-        const float x = p < n ? xs[p] : 0.0f;
-        gr[0] = of_tanh ? 40.0f : x;                 /* i */
-        gr[2 * LSTM_TILE] = of_tanh ? x : 40.0f;     /* g */
-    }
-    k->cell(m, 1, (lstm_rows){a, 1, NULL}, w, (lstm_rows){g, LSTM_PANEL, NULL}, c, LSTM_TILE, 0, 1,
-            LSTM_TILE, (lstm_rows){h, LSTM_TILE, NULL});
-    double worst = 0;
-    for (int64_t p = 0; p < n; p++) {
-        const double x = xs[p], want = of_tanh ? tanh(x) : 1.0 / (1.0 + exp(-x));
-        if (fabs(want) < FLT_MIN) continue;
-        const double err = fabs(c[p] - want) / fabs(want);
-        if (!(err <= worst)) worst = err; /* NaN sticks */
-    }
-    free(a), free(g), free(c), free(h);
-    return worst;
-}
-
-/* ~1e-7 relative everywhere, near 0 (tanh) and deep in the tails included */
-static void test_activation_accuracy(const lstm_kernels *k) {
-    enum { N = 120000 };
-    static float xs[N];
-    int64_t n = 0;
-    for (int i = 0; i <= 6000; i++) { /* tanh: +-1e-30 .. +-20, log-spaced, and a fine linear grid */
-        const float x = (float)pow(10.0, -30.0 + 31.30103 * i / 6000);
-        xs[n++] = x, xs[n++] = -x;
-    }
-    for (int i = 0; i <= 48000; i++) xs[n++] = -12.0f + 24.0f * (float)i / 48000;
-    const double et = activation_error(k, 1, xs, n);
-    n = 0;
-    for (int i = 0; i <= 57500; i++) xs[n++] = -86.0f + 116.0f * (float)i / 57500; /* sigmoid */
-    const double es = activation_error(k, 0, xs, n);
-    printf("%s activations: max relative error sigmoid %.2g, tanh %.2g\n", k->name, es, et);
-    CHECK(es <= 4e-7, "%s sigmoid max relative error %.3g", k->name, es);
-    CHECK(et <= 4e-7, "%s tanh max relative error %.3g", k->name, et);
-}
 
 /* The test's own CPU probe, not dispatch.c's: with it the test can check that
  * dispatch refuses avx2 on a CPU without it instead of trusting dispatch. */
@@ -274,29 +79,6 @@ static int cpu_has_avx2(void) {
 #else
     return 0;
 #endif
-}
-
-static void test_kernels(const lstm_kernels *k) {
-    /* every row-tail shape (m mod 6), several K-blocks (K > 256), several row chunks */
-    const int64_t Ks[] = {1, 2, 7, 16, 37, 65, 300};
-    const int64_t ms[] = {1, 2, 3, 4, 5, 6, 13, 53};
-    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
-        for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++)
-            for (int use_idx = 0; use_idx < 2; use_idx++) {
-                const int64_t ncols = rnd_i(1, 200), panels = (ncols + 63) / 64;
-                test_gemm(k, ms[mi], Ks[ki], ncols, use_idx, (int)(rnd_u64() & 1), 0, panels);
-                const int64_t p0 = rnd_i(0, panels - 1), p1 = rnd_i(p0 + 1, panels);
-                test_gemm(k, ms[mi], Ks[ki], ncols, use_idx, 1, p0, p1);
-                const int64_t H = rnd_i(1, 70), tiles = (H + 15) / 16;
-                test_cell(k, ms[mi], Ks[ki], H, use_idx, 0, tiles);
-                const int64_t t0 = rnd_i(0, tiles - 1), t1 = rnd_i(t0 + 1, tiles);
-                test_cell(k, ms[mi], Ks[ki], H, use_idx, t0, t1);
-            }
-    test_gemm(k, 101, 530, 130, 1, 1, 0, 3); /* more than one row block, three K-blocks */
-    test_cell(k, 101, 530, 40, 1, 0, 3);
-    test_gemm(k, 0, 5, 10, 0, 1, 0, 1); /* m = 0: nothing written */
-    test_cell(k, 0, 5, 10, 1, 0, 1);
-    test_activation_accuracy(k);
 }
 
 /* ------------------------------------------------------------------ (b) forward */
@@ -1016,10 +798,8 @@ static void test_interrupt(const char *isa) {
 int main(void) {
     const char *isas[2] = {"scalar", NULL};
     int n_isas = 1;
-    test_kernels(&lstm_kernels_scalar);
 #if defined(__x86_64__)
     if (cpu_has_avx2()) {
-        test_kernels(&lstm_kernels_avx2);
         isas[n_isas++] = "avx2";
     } else {
         CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused without CPU support");
