@@ -21,7 +21,8 @@ def _have(tool):
 
 @pytest.mark.skipif(not _have("make") or not (_have("gcc") or _have("cc")),
                     reason="needs make and a C compiler")
-@pytest.mark.parametrize("target", ["test", "asan", "tsan", "pool", "pool-asan", "pool-tsan"])
+@pytest.mark.parametrize("target", ["test", "asan", "tsan", "kernels", "kernels-asan", "kernels-tsan",
+                                    "pool", "pool-asan", "pool-tsan"])
 def test_c_core(target):
     env = dict(os.environ)
     env.pop("LSTM_INFER_ISA", None)

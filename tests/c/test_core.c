@@ -601,8 +601,8 @@ static void test_errors(void) {
         {6, 10, 0, 1, 1, 0, LSTM_CELL_LSTM}, {6, 10, -2, 1, 1, 0, LSTM_CELL_LSTM}, {6, 10, 2, 2, 1, 0, LSTM_CELL_LSTM}, {6, 10, 2, 1, 2, 0, LSTM_CELL_LSTM},
         {6, 10, 2, 1, 1, 10, LSTM_CELL_LSTM}, {6, 10, 2, 1, 1, 11, LSTM_CELL_LSTM}, {6, 10, 2, 1, 1, -1, LSTM_CELL_LSTM}, {6, 10, 2, -1, 1, 0, LSTM_CELL_LSTM},
         {6, 10, 2, 1, 1, 0, 4}, {6, 10, 2, 1, 1, 0, -1}, {6, 10, 2, 1, 1, 3, LSTM_CELL_GRU},
-        {6, 10, 2, 1, 1, 3, LSTM_CELL_RNN_TANH}, {6, LSTM_MAX_FEATURES + 1, 1, 1, 0, 0},
-        {6, 10, LSTM_MAX_LAYERS + 1, 1, 0, 0},
+        {6, 10, 2, 1, 1, 3, LSTM_CELL_RNN_TANH}, {6, LSTM_MAX_FEATURES + 1, 1, 1, 0, 0, LSTM_CELL_LSTM},
+        {6, 10, LSTM_MAX_LAYERS + 1, 1, 0, 0, LSTM_CELL_LSTM},
     };
     for (size_t i = 0; i < sizeof bad_cfgs / sizeof *bad_cfgs; i++) {
         CHECK(lstm_weight_count(&bad_cfgs[i]) == 0, "weight_count of bad cfg %zu", i);
@@ -754,45 +754,54 @@ static int interrupt_at(void *ctx) {
  * LSTM_ERR_INTERRUPTED (on 1 and 2 threads, through every stage), and the
  * model then gives the same results as before. */
 static void test_interrupt(const char *isa) {
-    enum { T = 300, B = 32, I = 64, H = 128 };
-    for (int cell = 0; cell < 2; cell++)
-        for (int threads = 1; threads <= 2; threads++) {
-            lstm_config cfg = {I, H, 2, 1, 1, 0, cell ? LSTM_CELL_GRU : LSTM_CELL_LSTM};
-            weights W;
-            make_weights(&cfg, &W);
-            lstm_model *m = NULL;
-            CHECK(lstm_set_isa(isa) == LSTM_OK, "set_isa");
-            lstm_set_num_threads(threads);
-            CHECK(lstm_model_create(&cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
-            float *x = xcalloc((size_t)T * B * I, sizeof(float));
-            float *want = xcalloc((size_t)T * B * 2 * H, sizeof(float)), *out = xcalloc((size_t)T * B * 2 * H, sizeof(float));
-            for (int64_t i = 0; i < (int64_t)T * B * I; i++) x[i] = rnd_f(-1, 1);
-            lstm_forward_args a = {.seq_len = T, .batch = B, .input = x, .input_stride_t = B * I,
-                                   .input_stride_b = I, .output = want,
-                                   .output_stride_t = B * 2 * H, .output_stride_b = 2 * H};
-            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "uninterrupted");
-            interrupt_state never = {0, 1 << 30};
-            a.interrupt = interrupt_at, a.interrupt_ctx = &never, a.output = out;
-            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "callback that never stops");
-            CHECK(never.calls > 4, "%s %d threads: the callback was polled %d times", isa, threads, never.calls);
-            CHECK(memcmp(out, want, (size_t)T * B * 2 * H * sizeof(float)) == 0, "polling changed results");
-            for (int at = 1; at <= never.calls; at += 1 + never.calls / 7) {
-                interrupt_state st = {0, at};
-                a.interrupt_ctx = &st;
-                lstm_status s = lstm_model_forward(m, &a, NULL, 0);
-                /* a call that ran with fewer threads than planned polls less often */
-                CHECK((s == LSTM_ERR_INTERRUPTED && st.calls == at) || (s == LSTM_OK && st.calls < at && threads > 1),
-                      "%s %d threads: stop at poll %d -> %d after %d polls", isa, threads, at, s, st.calls);
+    /* a batch (polls in the input projection and between layers) and one long
+       sequence (polls between steps too); both just above the polling threshold */
+    const struct { int64_t T, B, I, H, L, bi; } shapes[] = {{100, 8, 32, 64, 2, 1}, {3000, 1, 8, 64, 1, 0}};
+    for (int sh = 0; sh < 2; sh++)
+        for (int cell = 0; cell < 2; cell++)
+            for (int threads = 1; threads <= 2; threads++) {
+                const int64_t T = shapes[sh].T, B = shapes[sh].B, I = shapes[sh].I, H = shapes[sh].H;
+                const int64_t DH = (1 + shapes[sh].bi) * H, n_out = T * B * DH;
+                lstm_config cfg = {(int32_t)I, (int32_t)H, (int32_t)shapes[sh].L, 1, (int32_t)shapes[sh].bi, 0,
+                                   cell ? LSTM_CELL_GRU : LSTM_CELL_LSTM};
+                weights W;
+                make_weights(&cfg, &W);
+                lstm_model *m = NULL;
+                CHECK(lstm_set_isa(isa) == LSTM_OK, "set_isa");
+                lstm_set_num_threads(threads);
+                CHECK(lstm_model_create(&cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+                float *x = xcalloc((size_t)(T * B * I), sizeof(float));
+                float *want = xcalloc((size_t)n_out, sizeof(float)), *out = xcalloc((size_t)n_out, sizeof(float));
+                for (int64_t i = 0; i < T * B * I; i++) x[i] = rnd_f(-1, 1);
+                lstm_forward_args a = {.seq_len = T, .batch = B, .input = x, .input_stride_t = B * I,
+                                       .input_stride_b = I, .output = want,
+                                       .output_stride_t = B * DH, .output_stride_b = DH};
+                CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "uninterrupted");
+                interrupt_state never = {0, 1 << 30};
+                a.interrupt = interrupt_at, a.interrupt_ctx = &never, a.output = out;
+                CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "callback that never stops");
+                CHECK(never.calls >= 3, "%s %d threads shape %d: the callback was polled %d times", isa,
+                      threads, sh, never.calls);
+                CHECK(memcmp(out, want, (size_t)n_out * sizeof(float)) == 0, "polling changed results");
+                for (int at = 1; at <= never.calls; at++) {
+                    interrupt_state st = {0, at};
+                    a.interrupt_ctx = &st;
+                    lstm_status s = lstm_model_forward(m, &a, NULL, 0);
+                    /* a call that ran with fewer threads than planned polls less often */
+                    CHECK((s == LSTM_ERR_INTERRUPTED && st.calls == at) ||
+                              (s == LSTM_OK && st.calls < at && threads > 1),
+                          "%s %d threads shape %d: stop at poll %d -> %d after %d polls", isa, threads, sh,
+                          at, s, st.calls);
+                }
+                a.interrupt = NULL;
+                memset(out, 0, (size_t)n_out * sizeof(float));
+                CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK &&
+                          memcmp(out, want, (size_t)n_out * sizeof(float)) == 0,
+                      "%s %d threads: results after an interrupt differ", isa, threads);
+                free(x), free(want), free(out);
+                lstm_model_free(m);
+                free_weights(&W);
             }
-            a.interrupt = NULL;
-            memset(out, 0, (size_t)T * B * 2 * H * sizeof(float));
-            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK &&
-                      memcmp(out, want, (size_t)T * B * 2 * H * sizeof(float)) == 0,
-                  "%s %d threads: results after an interrupt differ", isa, threads);
-            free(x), free(want), free(out);
-            lstm_model_free(m);
-            free_weights(&W);
-        }
 }
 
 int main(void) {
