@@ -80,7 +80,7 @@ SEEDS = {
     "safetensors": (lambda: open(path("proj.safetensors"), "rb").read(), readers.read_tensors),
     "npz": (lambda: open(path("uni.npz"), "rb").read(), readers.read_tensors),
     "npz-compressed": (_npz_compressed, readers.read_tensors),
-    "model-file": (_model_file, modelfile.read_model),
+    "model-file": (_model_file, lambda data, name: modelfile.read_model(data=data, name=name)),
 }
 
 

@@ -351,3 +351,44 @@ def test_onnx_sniff_is_specific():
         assert readers.sniff(other) == "unknown"
 
 
+# ---------------------------------------- the model-file loader on other files
+
+@pytest.mark.parametrize("which, what", [("scripted", "a TorchScript archive (torch.jit.save)"),
+                                         ("onnx", "an ONNX model")])
+def test_model_loader_names_torchscript_and_onnx(foreign_files, which, what):
+    from lstm_infer import modelfile
+
+    f = foreign_files[which]
+    with pytest.raises(FormatError, match=re.escape(f"{f}: {what}, not a state-dict file and not an lstm_infer "
+                                                    f"model file; torch.save the module's state_dict()")):
+        modelfile.load_model(f)
+
+
+@pytest.mark.parametrize("name, what", [
+    ("uni.pt", "a torch.save file"), ("uni_legacy.pt", "a torch.save file (legacy format)"),
+    ("uni.npz", "an .npz archive"), ("checkpoint.pt", "a torch.save file"),
+])
+def test_model_loader_says_what_a_weight_file_is(name, what):
+    """Before: li.load('model.pt') said 'header length 578712552184433488 exceeds the limit'."""
+    from lstm_infer import modelfile
+
+    for load in (modelfile.read_model, modelfile.load_model):
+        with pytest.raises(FormatError) as info:
+            load(path(name))
+        assert str(info.value) == (f"{path(name)}: {what}, not an lstm_infer model file; convert it with "
+                                   f"'lstm-infer convert {path(name)} -o MODEL.lstm'")
+    with pytest.raises(FormatError, match="no __metadata__ format='lstm_infer'.*lstm-infer convert"):
+        modelfile.read_model(path("uni.safetensors"))
+
+
+def test_model_loader_on_pickles_and_other_files():
+    import pickle
+
+    from lstm_infer import modelfile
+
+    with pytest.raises(FormatError, match=r"^p.pkl: a plain pickle, not an lstm_infer model file"):
+        modelfile.read_model(data=pickle.dumps({"w": [1.0] * 4}), name="p.pkl")
+    with pytest.raises(FormatError, match=r"^n.txt: in an unrecognised format, not an lstm_infer model file"):
+        modelfile.read_model(data=b"just some notes\n", name="n.txt")
+    with pytest.raises(FormatError, match=r"^s.lstm: file is 5 bytes, too short"):
+        modelfile.read_model(data=b"short", name="s.lstm")
