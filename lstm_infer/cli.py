@@ -38,8 +38,11 @@ def _is_model_file(data: bytes) -> bool:
 
 
 def _read(path):
-    with open(path, "rb") as fh:
-        return fh.read()
+    """A file's contents, as a memoryview: the readers take it as contents (not as a
+    path, which bytes are to modelfile.read_model). Only regular files are read."""
+    from . import fileio
+
+    return memoryview(fileio.read_file(path))
 
 
 class Weights(NamedTuple):

@@ -24,14 +24,12 @@ KIND with that config. This module does not import the model classes.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import struct
 from types import SimpleNamespace
 
 import numpy as np
 
-from . import detect
+from . import detect, fileio, readers
 from .errors import FormatError
 from .readers import _no_duplicates, parse_safetensors
 
@@ -126,7 +124,7 @@ def write_model(path, state_dict, config, kind="LSTM") -> None:
     ``config`` (exactly ``kind``'s constructor arguments; batch_first and dropout default to
     False and 0.0 for the layers) atomically to ``path``. Everything is checked before the
     file is created: ``FormatError`` (a ``ValueError``) names what is wrong."""
-    path = os.fspath(path)
+    path = fileio.display_name(path)
     _check_kind(kind, path)
     want = CONFIG_KEYS_BY_KIND[kind]
     extra = sorted(set(config) - want)
@@ -148,49 +146,36 @@ def write_model(path, state_dict, config, kind="LSTM") -> None:
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-(8 + len(blob)) % 8)  # the spec allows trailing spaces; keeps data 8-byte aligned
 
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:  # name the file the user asked for, not our temp name
-        raise OSError(exc.errno, exc.strerror, path) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(struct.pack("<Q", len(blob)))
-            fh.write(blob)
-            for k in keys:
-                fh.write(arrays[k].tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with fileio.atomic_writer(path) as fh:
+        fh.write(struct.pack("<Q", len(blob)))
+        fh.write(blob)
+        for k in keys:
+            fh.write(arrays[k].tobytes())
 
 
-def read_model(path_or_bytes, name: str | None = None):
+def _check_head(fh, size, src):
+    """Refuse absurd header sizes before reading the rest of a file (only where the
+    file looks like safetensors; anything else is named after the whole read)."""
+    head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        (n,) = struct.unpack_from("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise FormatError(f"{src}: header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes")
+        if 8 + n > size:
+            raise FormatError(f"{src}: header length {n} runs past the end of the {size}-byte file")
+
+
+@fileio.reports_out_of_memory
+def read_model(path=None, name: str | None = None, *, data=None):
     """Validate a model file and return ``(kind, config, state_dict)`` without building a model:
     kind is the class name, config exactly its constructor arguments, state_dict float32
     arrays under torch's key names (``getattr(lstm_infer, kind)(**config)`` then
-    ``load_state_dict(state_dict)`` rebuilds the model)."""
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data, src = bytes(path_or_bytes), name or "<bytes>"
-    else:
-        src = name or os.fspath(path_or_bytes)
-        with open(path_or_bytes, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(8)
-            # Refuse absurd header sizes before reading the rest of the file.
-            if len(head) == 8:
-                (n,) = struct.unpack("<Q", head)
-                if n > MAX_HEADER_BYTES:
-                    raise FormatError(f"{src}: header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes")
-                if 8 + n > size:
-                    raise FormatError(f"{src}: header length {n} runs past the end of the {size}-byte file")
-            data = head + fh.read()
+    ``load_state_dict(state_dict)`` rebuilds the model).
+
+    ``path``: str, bytes or os.PathLike, as for open(); the file's contents instead
+    as ``data=`` (any bytes-like) or as a bytearray/memoryview in place of ``path``."""
+    data, src = fileio.contents(path, name, data, check=_check_head)
+    readers.refuse_other_formats(data, src, "an lstm_infer model file")
     entries, meta = parse_safetensors(data, src, MAX_HEADER_BYTES)
     if not meta or meta.get("format") != FORMAT:
         raise FormatError(f"{src}: not an lstm_infer model file (no __metadata__ format={FORMAT!r}); "

@@ -2,15 +2,21 @@
 
 Formats are told apart by content, not by file name: ``torch.save`` zip and
 legacy archives (see :mod:`lstm_infer.torchfile`), ``.npz`` archives and
-safetensors files. Every problem is a :class:`~lstm_infer.errors.FormatError`
-(a ``ValueError``) whose message starts with the file name.
+safetensors files. TorchScript archives and ONNX models are recognised and
+refused with a message saying what they are. Every problem with a file is a
+:class:`~lstm_infer.errors.FormatError` (a ``ValueError``) whose message starts
+with the file name; a load that would produce more bytes than its budget (see
+:mod:`lstm_infer.fileio`) or runs out of memory is a ``TooLargeError``, which is
+both a ``FormatError`` and a ``MemoryError``.
+
+Sources are a path (str or os.PathLike; only regular files are read) or the
+file's contents (bytes, bytearray, memoryview).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import warnings
 import zipfile
@@ -18,11 +24,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import torchfile
-from .errors import FormatError, UnsafeFileError
+from . import fileio, torchfile
+from .errors import FormatError, TooLargeError, UnsafeFileError
 
-__all__ = ["read_tensors", "read_object", "parse_safetensors", "sniff", "find_state_dict",
-           "FormatError", "UnsafeFileError", "SAFETENSORS_DTYPES", "MAX_HEADER_BYTES"]
+__all__ = ["read_tensors", "read_object", "parse_safetensors", "sniff", "describe", "find_state_dict",
+           "FormatError", "UnsafeFileError", "TooLargeError", "SAFETENSORS_DTYPES", "MAX_HEADER_BYTES"]
 
 # safetensors dtype code -> NumPy dtype (little-endian)
 SAFETENSORS_DTYPES = {
@@ -35,20 +41,32 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network",
 
 
 def _data_and_name(path_or_bytes, name):
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        return bytes(path_or_bytes), name or "<bytes>"
-    with open(path_or_bytes, "rb") as fh:
-        return fh.read(), name or os.fspath(path_or_bytes)
+    if fileio.is_path(path_or_bytes) and not isinstance(path_or_bytes, bytes):
+        return fileio.read_file(path_or_bytes), name or fileio.display_name(path_or_bytes)
+    return fileio.as_bytes(path_or_bytes), name or "<bytes>"
 
 
-def sniff(data: bytes) -> str:
-    """'torch-zip', 'torch-legacy', 'npz', 'safetensors' or 'unknown'."""
+# ModelProto field tags (number << 3 | wire type) that may follow ir_version (field 1)
+_ONNX_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA}
+
+
+def _looks_like_onnx(data) -> bool:
+    """An ONNX ModelProto as every exporter writes it: field 1 (ir_version, a small
+    varint) first, then another ModelProto field."""
+    return len(data) >= 3 and data[0] == 0x08 and 1 <= data[1] < 0x80 and data[2] in _ONNX_TAGS
+
+
+def sniff(data) -> str:
+    """'torch-zip', 'torch-legacy', 'npz', 'safetensors', 'torchscript', 'onnx' or 'unknown'."""
+    data = fileio.as_bytes(data)
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
                 names = zf.namelist()
         except Exception:  # noqa: BLE001 - a broken zip is reported by the reader
             return "torch-zip"
+        if torchfile.is_torchscript(names):
+            return "torchscript"
         if any(n.endswith(".npy") for n in names) or not names:
             return "npz"
         return "torch-zip"
@@ -56,7 +74,39 @@ def sniff(data: bytes) -> str:
         return "torch-legacy"
     if len(data) >= 9 and data[8:9] == b"{":
         return "safetensors"
+    if _looks_like_onnx(data):
+        return "onnx"
     return "unknown"
+
+
+_DESCRIPTIONS = {
+    "torch-zip": "a torch.save file",
+    "torch-legacy": "a torch.save file (legacy format)",
+    "npz": "an .npz archive",
+    "safetensors": "a safetensors file",
+    "torchscript": "a TorchScript archive (torch.jit.save)",
+    "onnx": "an ONNX model",
+}
+
+
+def describe(kind: str) -> str | None:
+    """What a :func:`sniff` result is, for messages ('a torch.save file', ...); None for 'unknown'."""
+    return _DESCRIPTIONS.get(kind)
+
+
+def refuse_other_formats(data, src: str, wanted: str) -> None:
+    """For readers of one safetensors-based format (``wanted``, e.g. 'an lstm_infer
+    model file'): a FormatError saying what ``data`` is if it is another known format."""
+    kind = sniff(data)
+    if kind in ("torchscript", "onnx"):
+        raise FormatError(f"{src}: {describe(kind)}, not a state-dict file and not {wanted}; torch.save "
+                          f"the module's state_dict() and run 'lstm-infer convert' on that")
+    if kind != "safetensors" and describe(kind):
+        raise FormatError(f"{src}: {describe(kind)}, not {wanted}; convert it with "
+                          f"'lstm-infer convert {src} -o MODEL.lstm'")
+    if kind == "unknown" and len(data) >= 9:  # shorter: the safetensors parser says it is truncated
+        what = "a plain pickle" if data[:1] == b"\x80" else "in an unrecognised format"
+        raise FormatError(f"{src}: {what}, not {wanted} (a safetensors file with lstm_infer metadata)")
 
 
 # --------------------------------------------------------------- safetensors
@@ -83,6 +133,7 @@ def parse_safetensors(data: bytes, src: str = "<bytes>", max_header: int = MAX_H
     known dtypes, integer shapes, offsets in range, byte span == shape x itemsize,
     and tensors tiling the data section in order without gaps or overlaps.
     """
+    data = fileio.as_bytes(data)
     if len(data) < 8:
         raise FormatError(f"{src}: file is {len(data)} bytes, too short for a safetensors header")
     (n,) = struct.unpack_from("<Q", data, 0)
@@ -123,6 +174,9 @@ def parse_safetensors(data: bytes, src: str = "<bytes>", max_header: int = MAX_H
         if nbytes != offs[1] - offs[0]:
             raise FormatError(f"{src}: tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, "
                               f"data_offsets span {offs[1] - offs[0]}")
+        problem = torchfile.check_shape(shape, 4 if dtype == "BF16" else np.dtype(code).itemsize)
+        if problem:
+            raise FormatError(f"{src}: tensor {name!r}: {problem}")
         entries[name] = (code, dtype, tuple(shape), start + offs[0], start + offs[1])
     pos = start
     for name, (_, _, _, b, e) in sorted(entries.items(), key=lambda kv: (kv[1][3], kv[1][4])):
@@ -140,10 +194,11 @@ _TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
                 "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
 
 
-def _safetensors_arrays(data, src, dtype_log=None):
+def _safetensors_arrays(data, src, dtype_log, budget):
     entries, _ = parse_safetensors(data, src)
     out = {}
     for name, (code, dtype, shape, b, e) in entries.items():
+        budget.charge((e - b) * (2 if dtype == "BF16" else 1), f"tensor {name!r}")
         arr = np.frombuffer(data, dtype=code, count=(e - b) // np.dtype(code).itemsize, offset=b).reshape(shape)
         arr = torchfile.to_native(arr, _TORCH_NAMES[dtype])
         out[name] = arr
@@ -154,7 +209,7 @@ def _safetensors_arrays(data, src, dtype_log=None):
 
 # ---------------------------------------------------------------------- npz
 
-def _npz_arrays(data, src):
+def _npz_arrays(data, src, budget):
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
@@ -166,15 +221,19 @@ def _npz_arrays(data, src):
             name = info.filename
             if not name.endswith(".npy"):
                 raise FormatError(f"{src}: npz member {name!r} is not a .npy array")
-            raw = torchfile.read_zip_member(zf, name, src, len(data))
+            raw = torchfile.read_zip_member(zf, name, src, budget)
             key = name[:-4]
             if key in out:
                 raise FormatError(f"{src}: duplicate array name {key!r}")
-            out[key] = _parse_npy(raw, f"{src}[{name}]")
+            out[key] = _parse_npy(raw, f"{src}[{name}]", budget, name)
     return out
 
 
-def _parse_npy(raw, src):
+# NumPy kinds that are plain numbers: bool, signed and unsigned integers, floats, complex
+_NUMERIC_KINDS = "biufc"
+
+
+def _parse_npy(raw, src, budget, member):
     f = io.BytesIO(raw)
     try:
         with warnings.catch_warnings():
@@ -190,14 +249,20 @@ def _parse_npy(raw, src):
         raise
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/SyntaxError/... on bad headers
         raise FormatError(f"{src}: bad .npy header ({type(exc).__name__}: {exc})") from exc
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise FormatError(f"{src}: dtype {dtype} is not a plain numeric type (object arrays are refused)")
+    if (dtype.kind not in _NUMERIC_KINDS or dtype.hasobject or dtype.fields is not None
+            or dtype.subdtype is not None or dtype.itemsize == 0):
+        raise FormatError(f"{src}: dtype {dtype.str} is not a plain numeric type "
+                          f"(bool, integer, float or complex; object arrays are refused)")
+    problem = torchfile.check_shape(shape, dtype.itemsize)
+    if problem:
+        raise FormatError(f"{src}: array has {problem}")
     count = 1
     for s in shape:
         count *= s
     body = len(raw) - f.tell()
     if count * dtype.itemsize != body:
         raise FormatError(f"{src}: shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, member holds {body}")
+    budget.charge(body, f"array {member!r}")
     arr = np.frombuffer(raw, dtype=dtype, count=count, offset=f.tell())
     arr = arr.reshape(shape, order="F" if fortran else "C")
     return np.array(arr, dtype=dtype.newbyteorder("="), order="C")
@@ -256,33 +321,48 @@ def find_state_dict(obj, src="<object>"):
 
 # ------------------------------------------------------------------- public
 
-def read_object(path_or_bytes, name: str | None = None, dtype_log: dict | None = None):
+_ONNX_MESSAGE = ("an ONNX model, not a state-dict file: its weights are graph initializers under "
+                 "exporter-chosen names; torch.save the PyTorch module's state_dict() instead")
+
+
+@fileio.reports_out_of_memory
+def read_object(path_or_bytes, name: str | None = None, dtype_log: dict | None = None, *,
+                budget: int | None = None):
     """Load a file as it was saved: a checkpoint comes back whole (tensors as arrays).
-    ``dtype_log`` receives id(array) -> dtype name as stored, where that differs from NumPy's."""
+    ``dtype_log`` receives id(array) -> dtype name as stored, where that differs from NumPy's.
+    ``budget``: bytes the load may produce (default ``fileio.load_budget(file size)``)."""
     data, src = _data_and_name(path_or_bytes, name)
     kind = sniff(data)
     if kind in ("torch-zip", "torch-legacy"):
-        return torchfile.load(data, src, dtype_log)
+        return torchfile.load(data, src, dtype_log, budget=budget)
+    budget = fileio.Budget(src, len(data), budget)
     if kind == "npz":
-        return _npz_arrays(data, src)
+        return _npz_arrays(data, src, budget)
     if kind == "safetensors":
-        return _safetensors_arrays(data, src, dtype_log)
+        return _safetensors_arrays(data, src, dtype_log, budget)
+    if kind == "torchscript":
+        raise FormatError(f"{src}: {torchfile.TORCHSCRIPT_MESSAGE}")
+    if kind == "onnx":
+        raise FormatError(f"{src}: {_ONNX_MESSAGE}")
     if data[:1] == b"\x80":
         raise FormatError(f"{src}: a plain pickle, not a torch.save file; refusing to unpickle it")
     raise FormatError(f"{src}: unrecognised format (expected torch.save zip or legacy file, "
                       f"safetensors or .npz)")
 
 
-def read_tensors(path_or_bytes, name: str | None = None, source_dtypes: dict | None = None) -> dict:
+@fileio.reports_out_of_memory
+def read_tensors(path_or_bytes, name: str | None = None, source_dtypes: dict | None = None, *,
+                 budget: int | None = None) -> dict:
     """``{name: numpy array}`` from a torch.save / safetensors / npz file.
 
     Checkpoints are searched for their state dict (see :func:`find_state_dict`);
     nested mappings are flattened with '.'-joined keys. bfloat16 becomes float32;
     ``source_dtypes``, if given, is filled with name -> dtype as stored in the file.
+    ``budget`` as for :func:`read_object`.
     """
     data, src = _data_and_name(path_or_bytes, name)
     log = {}
-    sd = find_state_dict(read_object(data, src, log), src)
+    sd = find_state_dict(read_object(data, src, log, budget=budget), src)
     if source_dtypes is not None:
         source_dtypes.update({k: log.get(id(v), str(v.dtype)) for k, v in sd.items()})
     return sd

@@ -19,23 +19,50 @@ from __future__ import annotations
 
 import collections
 import io
-import os
 import pickle
 import pickletools
+import reprlib
 import struct
 import warnings
 import zipfile
 
 import numpy as np
 
+from . import fileio
 from .errors import FormatError, UnsafeFileError
 
-__all__ = ["load", "is_legacy", "read_zip_member", "to_native", "FormatError", "UnsafeFileError"]
+__all__ = ["load", "is_legacy", "read_zip_member", "to_native", "check_shape", "FormatError", "UnsafeFileError",
+           "MAX_NESTING"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
-# Largest tensor we materialise beyond its storage size (stride-0 broadcasts).
+# Largest tensor we materialise beyond its storage size (stride-0 broadcasts). The
+# whole load is bounded as well, by its budget (see lstm_infer.fileio).
 _MAX_EXPANDED_BYTES = 1 << 26
+# Deepest object nesting a pickle may build (a torch state dict needs ~6 levels; a
+# checkpoint a few more per nested dict). Deeper objects are refused before
+# unpickling: hashing a dict key of tuples nested ~10**6 deep overflows the C stack.
+MAX_NESTING = 200
+_MAX_NDIM = 64  # NumPy's limit
+_MAX_INTP = 2**63 - 1
+
+
+class _Malformed(Exception):
+    """Raised by the objects the unpickler builds; reported as a FormatError naming the file."""
+
+
+def check_shape(shape, itemsize):
+    """Why NumPy could not hold an array of ``shape`` (a tuple of non-negative ints)
+    and ``itemsize``, or None: more than 64 dimensions, or more bytes than an
+    address can count (NumPy multiplies the non-zero sizes, even for empty arrays)."""
+    if len(shape) > _MAX_NDIM:
+        return f"{len(shape)} dimensions (NumPy allows {_MAX_NDIM})"
+    total = itemsize
+    for s in shape:
+        total *= s or 1
+    if total > _MAX_INTP:
+        return f"shape {tuple(shape)} is too large to represent"
+    return None
 
 
 class _Sealed:
@@ -46,7 +73,7 @@ class _Sealed:
     __slots__ = ()
 
     def __setstate__(self, state):
-        raise FormatError(f"pickle tries to set the state of a {type(self).__name__.strip('_')} object")
+        raise _Malformed(f"pickle tries to set the state of a {type(self).__name__.strip('_')} object")
 
 
 class _DType(_Sealed):
@@ -121,19 +148,19 @@ class _Tensor(_Sealed):
 
     def __init__(self, storage, offset, size, stride, dtype=None):
         if not isinstance(storage, _Storage):
-            raise FormatError(f"tensor storage is a {type(storage).__name__}, not a storage")
+            raise _Malformed(f"tensor storage is a {type(storage).__name__}, not a storage")
         for name, v in (("size", size), ("stride", stride)):
             if not isinstance(v, (tuple, list)) or not all(type(x) is int for x in v):
-                raise FormatError(f"tensor {name} is not a tuple of ints: {v!r}")
+                raise _Malformed(f"tensor {name} is not a tuple of ints: {_short(v)}")
         if type(offset) is not int:
-            raise FormatError(f"tensor storage offset is not an int: {offset!r}")
+            raise _Malformed(f"tensor storage offset is not an int: {_short(offset)}")
         if dtype is not None and not isinstance(dtype, _DType):
-            raise FormatError(f"tensor dtype is not a torch dtype: {dtype!r}")
+            raise _Malformed(f"tensor dtype is not a torch dtype: {_short(dtype)}")
         self.storage, self.offset = storage, offset
         self.size, self.stride = tuple(size), tuple(stride)
         self.dtype = dtype or storage.dtype
 
-    def materialise(self, src, byteorder):
+    def materialise(self, src, byteorder, budget=None):
         dt = self.dtype
         if dt.np_code is None:
             raise FormatError(f"{src}: tensor dtype torch.{dt.name} is not supported")
@@ -142,6 +169,10 @@ class _Tensor(_Sealed):
             raise FormatError(f"{src}: tensor has {len(size)} sizes but {len(stride)} strides")
         if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
             raise FormatError(f"{src}: negative tensor size, stride or offset: size={size} stride={stride} offset={offset}")
+        out_itemsize = 4 if dt.name == "bfloat16" else dt.itemsize  # widened on the way out
+        problem = check_shape(size, out_itemsize)
+        if problem:
+            raise FormatError(f"{src}: tensor has {problem}")
         raw = self.storage.raw(src)
         count = len(raw) // dt.itemsize
         stride = tuple(st if n > 1 else 0 for n, st in zip(size, stride))  # unused strides may be anything
@@ -155,6 +186,8 @@ class _Tensor(_Sealed):
                                   f"of a storage with {count} elements of {dt.name}")
             if numel * dt.itemsize > max(len(raw), _MAX_EXPANDED_BYTES):
                 raise FormatError(f"{src}: tensor of size {size} is implausibly large for its storage")
+        if budget is not None:
+            budget.charge(numel * out_itemsize, f"tensor of size {size} ({dt.name})")
         code = dt.np_code if byteorder == "little" else dt.np_code.replace("<", ">")
         flat = np.frombuffer(raw, dtype=code, count=count)
         if numel:
@@ -170,7 +203,9 @@ def to_native(view, name):
     dtype name: bfloat16 (stored as uint16) widens exactly to float32, bool bytes
     become np.bool_. Always an ndarray, also for 0-d views."""
     if name == "bfloat16":
-        return np.asarray(view.astype(np.uint32) << 16).view(np.float32)
+        out = np.asarray(view.astype(np.uint32))
+        out <<= 16  # in place: no second temporary of the widened size
+        return out.view(np.float32)
     if name == "bool":
         return np.asarray(view != 0)
     return np.array(view, dtype=view.dtype.newbyteorder("="), order="C")
@@ -186,7 +221,7 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
 
 def _rebuild_parameter(data, *_ignored):
     if not isinstance(data, _Tensor):
-        raise FormatError(f"parameter data is a {type(data).__name__}, not a tensor")
+        raise _Malformed(f"parameter data is a {type(data).__name__}, not a tensor")
     return data
 
 
@@ -247,25 +282,145 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid:
-            raise FormatError(f"{self._src}: malformed persistent id {pid!r}")
+            raise FormatError(f"{self._src}: malformed persistent id {_short(pid)}")
         kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
         if kind != "storage":
-            raise FormatError(f"{self._src}: unsupported persistent id kind {kind!r}")
+            raise FormatError(f"{self._src}: unsupported persistent id kind {_short(kind)}")
         return self._storage_for(pid[1:])
 
 
-_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MARK = object()
+# How the prescan simulates each opcode: (action, count, pushes). Generic opcodes
+# pop ``count`` items (MARK_POP: everything down to the mark, then ``count`` more)
+# and push ``pushes`` new objects one level deeper than the deepest item popped.
+(_LEAF, _GENERIC, _MARK_POP, _PUT, _MEMOIZE, _GET, _PUSH_MARK, _DUP, _POP, _IN_PLACE, _IN_PLACE_MARK,
+ _NOTHING) = range(12)
+
+
+def _simulation_table():
+    special = {"PUT": _PUT, "BINPUT": _PUT, "LONG_BINPUT": _PUT, "MEMOIZE": _MEMOIZE, "GET": _GET,
+               "BINGET": _GET, "LONG_BINGET": _GET, "MARK": _PUSH_MARK, "DUP": _DUP, "POP": _POP}
+    # opcodes that add the items above them (down to a mark, or a fixed number) to
+    # the container below them, which stays on the stack
+    in_place = {"APPEND": 1, "SETITEM": 2, "BUILD": 1, "APPENDS": None, "SETITEMS": None, "ADDITEMS": None}
+    table = {}
+    for op in pickletools.opcodes:
+        before, after = op.stack_before, len(op.stack_after)
+        if op.name in special:
+            table[op] = (special[op.name], 0, 0)
+        elif op.name in in_place:
+            count = in_place[op.name]
+            table[op] = (_IN_PLACE, count, 0) if count else (_IN_PLACE_MARK, 0, 0)
+        elif pickletools.markobject in before:
+            table[op] = (_MARK_POP, before.index(pickletools.markobject), after)
+        elif not before and not after:
+            table[op] = (_NOTHING, 0, 0)
+        elif not before:
+            table[op] = (_LEAF, 0, after)
+        else:
+            table[op] = (_GENERIC, len(before), after)
+    return table
+
+
+_SIMULATION = _simulation_table()
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxother, _REPR.maxstring = 3, 60, 60
+
+
+def _short(obj):
+    """A bounded repr of a value from a pickle, for messages."""
+    try:
+        return _REPR.repr(obj)
+    except Exception:  # noqa: BLE001 - a message must not fail
+        return f"<{type(obj).__name__}>"
 
 
 def _prescan(fileobj, src):
-    """Walk the opcodes without executing anything. A memo index far beyond the
-    number of opcodes (which the pickler never writes) would make the C unpickler
-    grow its memo table to gigabytes, so such files are refused up front."""
+    """Walk the opcodes without executing anything, simulating the unpickler's stack
+    with each object's nesting depth. Refused up front:
+
+    * a memo index far beyond the number of opcodes (which the pickler never
+      writes): the C unpickler would grow its memo table to gigabytes;
+    * objects nested more than MAX_NESTING deep: hashing a deep tuple (as a dict
+      key) recurses in C without a limit and overflows the stack, and every
+      recursive walk over the result (ours, repr) would fail.
+
+    A depth is tracked per object (a one-element list shared by the stack and the
+    memo), so items added to a container later through the memo count too.
+    Tuples and frozensets, the only hashable containers, are immutable: their depth
+    is exact when they are built, which is what makes hashing safe."""
+    stack, memo = [], {}
+    pos = 0
+
+    def underflow():
+        return FormatError(f"{src}: corrupt pickle (stack underflow at byte {pos})")
+
+    def pop_to_mark():
+        items = []
+        while stack and stack[-1] is not _MARK:
+            items.append(stack.pop())
+        if not stack:
+            raise FormatError(f"{src}: corrupt pickle (no mark at byte {pos})")
+        stack.pop()
+        return items
+
+    def pop(count):
+        if len(stack) < count or any(x is _MARK for x in stack[len(stack) - count:]):
+            raise underflow()
+        items = stack[len(stack) - count:]
+        del stack[len(stack) - count:]
+        return items
+
+    def too_deep():
+        return FormatError(f"{src}: pickle nests objects more than {MAX_NESTING} levels deep "
+                           f"(at byte {pos}); refusing it")
+
+    table = _SIMULATION
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pickletools warns on bad escapes in STRING opcodes
         for n, (op, arg, pos) in enumerate(pickletools.genops(fileobj)):
-            if op.name in _MEMO_PUTS and not 0 <= int(arg) <= n:
-                raise FormatError(f"{src}: corrupt pickle (memo index {arg} at byte {pos})")
+            action, count, pushes = table[op]
+            if action == _LEAF:
+                stack.extend([0] for _ in range(pushes))
+                continue
+            if action == _NOTHING:
+                continue
+            if action == _PUT or action == _MEMOIZE:
+                if action == _PUT and not 0 <= int(arg) <= n:
+                    raise FormatError(f"{src}: corrupt pickle (memo index {arg} at byte {pos})")
+                if not stack or stack[-1] is _MARK:
+                    raise underflow()
+                memo[arg if action == _PUT else len(memo)] = stack[-1]
+            elif action == _GET:
+                stack.append(memo.get(arg, [0]))  # a missing entry is the unpickler's error to report
+            elif action == _PUSH_MARK:
+                stack.append(_MARK)
+            elif action == _DUP:
+                stack += pop(1) * 2
+            elif action == _POP:
+                if not stack:
+                    raise underflow()
+                stack.pop()  # the C unpickler's POP also removes a mark
+            else:
+                if action == _GENERIC or action == _IN_PLACE:
+                    items = pop(count)
+                else:  # _MARK_POP, _IN_PLACE_MARK
+                    items = pop_to_mark() + pop(count)
+                if not pushes and action in (_GENERIC, _MARK_POP):
+                    continue  # nothing made of the items (STOP, POP_MARK)
+                depth = 1 + max([x[0] for x in items]) if items else 0
+                if depth > MAX_NESTING:
+                    raise too_deep()
+                if action == _IN_PLACE or action == _IN_PLACE_MARK:
+                    if not stack or stack[-1] is _MARK:
+                        raise underflow()
+                    container = stack[-1]
+                    if depth > container[0]:
+                        container[0] = depth
+                else:
+                    stack.extend([depth] for _ in range(pushes))
 
 
 def _unpickle(fileobj, src, storage_for=None):
@@ -279,29 +434,37 @@ def _unpickle(fileobj, src, storage_for=None):
         return _SafeUnpickler(fileobj, src, storage_for or no_storages).load()
     except FormatError:
         raise
+    except _Malformed as exc:
+        raise FormatError(f"{src}: {exc}") from None
     except Exception as exc:  # any failure inside the pickle machinery means a corrupt file
-        raise FormatError(f"{src}: corrupt pickle ({type(exc).__name__}: {exc})") from exc
+        raise FormatError(f"{src}: corrupt pickle ({type(exc).__name__}: {_short_text(exc)})") from exc
+
+
+def _short_text(exc, limit=200):
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_storage_args(src, storage_type, key, numel):
     if not isinstance(storage_type, _DType):
-        raise FormatError(f"{src}: storage type is not a torch storage class: {storage_type!r}")
+        raise FormatError(f"{src}: storage type is not a torch storage class: {_short(storage_type)}")
     if isinstance(key, bytes):
         key = key.decode("ascii", "replace")
     if not isinstance(key, str) or type(numel) is not int or numel < 0:
-        raise FormatError(f"{src}: malformed storage reference (key={key!r}, numel={numel!r})")
+        raise FormatError(f"{src}: malformed storage reference (key={_short(key)}, numel={_short(numel)})")
     return key
 
 
-def _materialise(obj, src, byteorder, dtype_log=None):
+def _materialise(obj, src, byteorder, dtype_log=None, budget=None):
     """Replace every _Tensor in a nested structure by a NumPy array (in place for lists/dicts).
-    ``dtype_log``, if given, receives id(array) -> torch dtype name as stored."""
+    ``dtype_log``, if given, receives id(array) -> torch dtype name as stored; ``budget``
+    (a fileio.Budget) is charged for every array made."""
     done = {}
 
     def walk(o):
         if isinstance(o, _Tensor):
             if id(o) not in done:
-                done[id(o)] = arr = o.materialise(src, byteorder)
+                done[id(o)] = arr = o.materialise(src, byteorder, budget)
                 if dtype_log is not None:
                     dtype_log[id(arr)] = o.dtype.name
             return done[id(o)]
@@ -338,35 +501,51 @@ def _find_data_pkl(names):
     return hits[0] if len(hits) == 1 else None
 
 
-def read_zip_member(zf, name, src, limit_total):
+def is_torchscript(names) -> bool:
+    """True if zip member ``names`` are those of a ``torch.jit.save`` archive (its
+    compiled code and constants beside data.pkl)."""
+    return any(n.endswith("constants.pkl") and n.count("/") <= 1 or "/code/" in n or n.startswith("code/")
+               for n in names)
+
+
+def read_zip_member(zf, name, src, budget):
+    """The bytes of member ``name``, charged to ``budget`` (a fileio.Budget: its
+    ``file_size`` also bounds what the member may claim)."""
     try:
         info = zf.getinfo(name)
     except KeyError:
         raise FormatError(f"{src}: archive has no record {name!r}") from None
     # A compressed member's declared size is bounded by deflate's ~1032:1 ratio and the file size.
+    limit_total = budget.file_size
     if info.file_size > limit_total * 1032 + 1024 or (
             info.compress_type == zipfile.ZIP_STORED and info.file_size > limit_total):
         raise FormatError(f"{src}: record {name!r} claims {info.file_size} bytes, more than the file can hold")
+    # Every member read counts, stored ones too: entries of a crafted central
+    # directory may all point at the same bytes.
+    what = f"record {name!r}" + ("" if info.compress_type == zipfile.ZIP_STORED else " (inflated)")
+    budget.charge(info.file_size, what)
     try:
         return zf.read(info)
     except Exception as exc:  # noqa: BLE001 - zipfile/zlib raise many unrelated types
         raise FormatError(f"{src}: cannot read record {name!r} ({type(exc).__name__}: {exc})") from exc
 
 
-def _load_zip(data: bytes, src: str, dtype_log=None):
+def _load_zip(data: bytes, src: str, dtype_log, budget):
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = zf.namelist()
     except Exception as exc:  # noqa: BLE001
         raise FormatError(f"{src}: not a readable zip archive ({type(exc).__name__}: {exc})") from exc
     with zf:
+        if is_torchscript(names):
+            raise FormatError(f"{src}: {TORCHSCRIPT_MESSAGE}")
         pkl = _find_data_pkl(names)
         if pkl is None:
             raise FormatError(f"{src}: zip archive has no single 'data.pkl'; not a torch.save file")
         root = pkl[: -len("data.pkl")]
         byteorder = "little"
         if root + "byteorder" in names:
-            byteorder = read_zip_member(zf, root + "byteorder", src, len(data)).decode("ascii", "replace").strip()
+            byteorder = read_zip_member(zf, root + "byteorder", src, budget).decode("ascii", "replace").strip()
             if byteorder not in ("little", "big"):
                 raise FormatError(f"{src}: unknown byteorder record {byteorder!r}")
         storages = {}
@@ -378,7 +557,7 @@ def _load_zip(data: bytes, src: str, dtype_log=None):
             key = _check_storage_args(src, storage_type, key, numel)
             if key not in storages:
                 st = _Storage(key, storage_type, numel)
-                raw = read_zip_member(zf, f"{root}data/{key}", src, len(data))
+                raw = read_zip_member(zf, f"{root}data/{key}", src, budget)
                 need = numel * storage_type.itemsize
                 if len(raw) < need:
                     raise FormatError(f"{src}: storage {key!r} is truncated: record has {len(raw)} bytes, "
@@ -387,8 +566,8 @@ def _load_zip(data: bytes, src: str, dtype_log=None):
                 storages[key] = st
             return storages[key]
 
-        obj = _unpickle(io.BytesIO(read_zip_member(zf, pkl, src, len(data))), src, storage_for)
-    return _materialise(obj, src, byteorder, dtype_log)
+        obj = _unpickle(io.BytesIO(read_zip_member(zf, pkl, src, budget)), src, storage_for)
+    return _materialise(obj, src, byteorder, dtype_log, budget)
 
 
 # ------------------------------------------------------------- legacy format
@@ -403,14 +582,14 @@ def is_legacy(data: bytes) -> bool:
         return False
 
 
-def _load_legacy(data: bytes, src: str, dtype_log=None):
+def _load_legacy(data: bytes, src: str, dtype_log, budget):
     f = io.BytesIO(data)
     magic = _unpickle(f, src)
     if magic != LEGACY_MAGIC:
         raise FormatError(f"{src}: not a torch.save file (bad magic number)")
     proto = _unpickle(f, src)
     if proto != LEGACY_PROTOCOL:
-        raise FormatError(f"{src}: unsupported legacy protocol version {proto!r}")
+        raise FormatError(f"{src}: unsupported legacy protocol version {_short(proto)}")
     sys_info = _unpickle(f, src)
     if not isinstance(sys_info, dict):
         raise FormatError(f"{src}: malformed sys_info record")
@@ -428,10 +607,10 @@ def _load_legacy(data: bytes, src: str, dtype_log=None):
             return root
         # Pre-1.0 files: (view_key, element offset, element count) into the root storage.
         if not (isinstance(view, tuple) and len(view) == 3 and all(type(v) is int for v in view[1:])):
-            raise FormatError(f"{src}: malformed storage view {view!r}")
+            raise FormatError(f"{src}: malformed storage view {_short(view)}")
         vkey, voff, vsize = view
         if voff < 0 or vsize < 0 or voff + vsize > numel:
-            raise FormatError(f"{src}: storage view {vkey!r} (offset {voff}, size {vsize}) outside a storage of {numel}")
+            raise FormatError(f"{src}: storage view {_short(vkey)} (offset {voff}, size {vsize}) outside a storage of {numel}")
         sv = _Storage(vkey, storage_type, vsize)
         sv.base, sv.base_offset = root, voff
         return sv
@@ -459,25 +638,43 @@ def _load_legacy(data: bytes, src: str, dtype_log=None):
                               f"{len(data) - pos} left in the file")
         st.data = memoryview(data)[pos:pos + nbytes]
         pos += nbytes
-    return _materialise(obj, src, "little", dtype_log)  # legacy data is always written little-endian
+    return _materialise(obj, src, "little", dtype_log, budget)  # legacy data is always written little-endian
 
 
 # ------------------------------------------------------------------- public
 
-def load(path_or_bytes, name: str | None = None, dtype_log: dict | None = None):
+TORCHSCRIPT_MESSAGE = ("a TorchScript archive (torch.jit.save), not a state-dict file: it holds compiled code, "
+                       "whose objects are not unpickled here; load it with torch.jit.load and torch.save its "
+                       "state_dict() instead")
+
+
+@fileio.reports_out_of_memory
+def load(path_or_bytes, name: str | None = None, dtype_log: dict | None = None, *, budget: int | None = None):
     """Load a ``torch.save`` file (zip or legacy) and return the saved object with
-    every tensor replaced by a NumPy array. Raises :class:`FormatError` (a
-    ``ValueError``) for anything malformed and :class:`UnsafeFileError` for a
-    pickle that asks for a global outside the allow-list. ``dtype_log``, if given,
-    is filled with id(array) -> torch dtype name as stored (e.g. 'bfloat16')."""
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data, src = bytes(path_or_bytes), name or "<bytes>"
+    every tensor replaced by a NumPy array.
+
+    ``path_or_bytes``: a path (str or os.PathLike; only regular files are read) or
+    the file's contents (bytes, bytearray, memoryview).
+
+    Raises :class:`FormatError` (a ``ValueError``) for anything malformed,
+    :class:`UnsafeFileError` for a pickle that asks for a global outside the
+    allow-list, and :class:`~lstm_infer.errors.TooLargeError` past the load's
+    ``budget`` of bytes (default ``fileio.load_budget(file size)``).
+    ``dtype_log``, if given, is filled with id(array) -> torch dtype name as stored
+    (e.g. 'bfloat16')."""
+    if fileio.is_path(path_or_bytes) and not isinstance(path_or_bytes, bytes):
+        src = name or fileio.display_name(path_or_bytes)
+
+        def check_magic(fh, _size):  # say "not a torch.save file" before reading a large file
+            if fh.read(1) not in (b"P", b"\x80"):
+                raise FormatError(f"{src}: not a torch.save file")
+
+        data = fileio.read_file(path_or_bytes, check=check_magic)
     else:
-        src = name or os.fspath(path_or_bytes)
-        with open(path_or_bytes, "rb") as fh:
-            data = fh.read()
+        data, src = fileio.as_bytes(path_or_bytes), name or "<bytes>"
+    budget = fileio.Budget(src, len(data), budget)
     if data[:4] == b"PK\x03\x04":
-        return _load_zip(data, src, dtype_log)
+        return _load_zip(data, src, dtype_log, budget)
     if is_legacy(data):
-        return _load_legacy(data, src, dtype_log)
+        return _load_legacy(data, src, dtype_log, budget)
     raise FormatError(f"{src}: not a torch.save file")

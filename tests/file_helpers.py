@@ -180,3 +180,81 @@ def engine():
     if not os.path.exists(here):
         pytest.skip("lstm_infer/model.py (the engine) does not exist yet")
     return importlib.import_module("lstm_infer.model")
+
+
+# ------------------------------------------------------- hostile archives
+
+def zip_raw(members):
+    """A zip archive from (name, stored bytes, method, crc, size) tuples, written by
+    hand so that already-deflated data can be reused (method 8 = DEFLATE, 0 = stored)."""
+    import struct
+
+    out, central = bytearray(), bytearray()
+    for name, raw, method, crc, size in members:
+        fname = name.encode()
+        offset = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(raw), size, len(fname), 0)
+        out += fname + raw
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, len(raw), size,
+                               len(fname), 0, 0, 0, 0, 0, offset) + fname
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0)
+    return bytes(out + central + end)
+
+
+_ZEROS = {}
+
+
+def deflated_zeros(size):
+    """(raw DEFLATE stream, crc32) of ``size`` zero bytes; cached (100 MiB takes ~1 s)."""
+    import zlib
+
+    if size not in _ZEROS:
+        comp, crc, chunk = zlib.compressobj(6, zlib.DEFLATED, -15), 0, b"\0" * (1 << 22)
+        parts, left = [], size
+        while left:
+            piece = chunk[:min(left, len(chunk))]
+            parts.append(comp.compress(piece))
+            crc = zlib.crc32(piece, crc)
+            left -= len(piece)
+        parts.append(comp.flush())
+        _ZEROS[size] = (b"".join(parts), crc)
+    return _ZEROS[size]
+
+
+def deflate_bomb_torch(members=2, each=130 << 20):
+    """A torch.save-style zip whose ``members`` float storages are DEFLATE members of
+    ``each`` zero bytes: a few hundred KB that inflate to members x each bytes and
+    then as many bytes again of arrays. torch itself never compresses members."""
+    import zlib
+
+    numel = each // 4
+    pkl = program(dict_ops([(f"w{i}", tensor_ops(str(i), numel, 0, (numel,), (1,))) for i in range(members)]))
+    raw, crc = deflated_zeros(each)
+    entries = [("archive/data.pkl", pkl, 0, zlib.crc32(pkl), len(pkl))]
+    entries += [(f"archive/data/{i}", raw, 8, crc, each) for i in range(members)]
+    return zip_raw(entries)
+
+
+def deflate_bomb_npz(members=2, each=130 << 20):
+    """An .npz of ``members`` float32 arrays of zeros, DEFLATE-compressed as
+    np.savez_compressed writes them: legitimate in form, hostile in size."""
+    import zlib
+
+    numel = each // 4
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (numel,)})
+    head = buf.getvalue()
+    key = ("npz", numel)
+    if key not in _ZEROS:
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        parts, crc = [comp.compress(head)], zlib.crc32(head)
+        chunk, left = b"\0" * (1 << 22), numel * 4
+        while left:
+            piece = chunk[:min(left, len(chunk))]
+            parts.append(comp.compress(piece))
+            crc = zlib.crc32(piece, crc)
+            left -= len(piece)
+        parts.append(comp.flush())
+        _ZEROS[key] = (b"".join(parts), crc)
+    raw, crc = _ZEROS[key]
+    return zip_raw([(f"a{i}.npy", raw, 8, crc, len(head) + numel * 4) for i in range(members)])

@@ -1,7 +1,10 @@
-"""Pickles that would run code under plain ``pickle`` are refused and run nothing."""
+"""Pickles that would run code under plain ``pickle`` are refused and run nothing;
+pickles that would crash or exhaust the reader are refused cleanly."""
 
+import json
 import os
 import pickle
+import subprocess
 import sys
 import time
 
@@ -167,3 +170,91 @@ def test_huge_memo_index_refused_quickly():
     with pytest.raises(ValueError, match="memo index 4294967295"):
         torchfile.load(torch_zip(program(body), {}))
     assert time.perf_counter() - start < 0.5
+
+
+# ------------------------------------------------------------- deep nesting
+# Only allowed opcodes, yet hashing a dict key of tuples nested ~10**6 deep
+# overflowed the C stack (SIGSEGV), and 2*10**4..10**5 levels raised an uncaught
+# RecursionError. Run in a subprocess: a crash must fail the test, not pytest.
+
+def _deep_tuple(n):
+    return b")" + b"\x85" * n  # EMPTY_TUPLE, then TUPLE1 n times: ((((),),),)
+
+
+def _nested(where, n):
+    if where == "dict key":
+        return dict_ops([]) + _deep_tuple(n) + frag(1) + b"s"
+    if where == "OrderedDict key":
+        return call(glob("collections", "OrderedDict"), b"]" + b"(" + _deep_tuple(n) + frag(1) + b"t" + b"a")
+    if where == "frozenset":
+        return b"\x80\x04(" + _deep_tuple(n) + b"\x91"
+    if where == "torch.Size key":
+        return dict_ops([]) + call(glob("torch", "Size"), b"(" + _deep_tuple(n) + b"l") + frag(1) + b"s"
+    if where == "value":
+        return dict_ops([("w", tensor_ops("0", 2, 0, (2,), (1,))), ("deep", _deep_tuple(n))])
+    if where == "list value":
+        return dict_ops([("deep", b"]" * n + b"a" * (n - 1))])
+    raise AssertionError(where)
+
+
+NESTING = ["dict key", "OrderedDict key", "frozenset", "torch.Size key", "value", "list value"]
+
+
+@pytest.mark.parametrize("depth", [20_000, 100_000, 1_000_000])
+def test_deep_nesting_refused_cleanly(tmp_path, depth):
+    files = {}
+    for where in NESTING:
+        f = tmp_path / f"{where.replace(' ', '_')}.pt"
+        f.write_bytes(torch_zip(program(_nested(where, depth)), {"0": b"\0" * 8}))
+        files[where] = str(f)
+        legacy = tmp_path / f"{where.replace(' ', '_')}_legacy.pt"
+        legacy.write_bytes(legacy_file(program(_nested(where, depth)), []))
+        files[where + " (legacy)"] = str(legacy)
+    code = ("import json\nfrom lstm_infer import readers\nout = {}\n"
+            f"for where, f in {files!r}.items():\n"
+            "    try:\n        readers.read_tensors(f)\n        out[where] = 'loaded'\n"
+            "    except BaseException as exc:\n        out[where] = f'{type(exc).__name__}: {exc}'\n"
+            "print(json.dumps(out))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, f"reader process died (signal {-res.returncode})" if res.returncode < 0 else res.stderr
+    for where, outcome in json.loads(res.stdout).items():
+        assert outcome.startswith(f"FormatError: {files[where]}: pickle nests objects more than "
+                                  f"{torchfile.MAX_NESTING} levels deep"), (where, outcome)
+
+
+def test_deep_nesting_cli_one_line(tmp_path):
+    f = tmp_path / "deep.pt"
+    f.write_bytes(torch_zip(program(_nested("dict key", 1_000_000)), {}))
+    res = subprocess.run([sys.executable, "-m", "lstm_infer", "inspect", str(f)], capture_output=True, text=True,
+                         timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, (res.returncode, res.stderr[-500:])
+    assert "nests objects more than" in res.stderr
+
+
+def test_nesting_just_within_the_limit_loads():
+    """The limit is on depth, not on legitimate structure: a tuple key as deep as
+    allowed still loads, and real checkpoints nest far less."""
+    n = torchfile.MAX_NESTING - 1
+    obj = torchfile.load(torch_zip(program(_nested("dict key", n)), {}))
+    (key,) = obj
+    depth = 0
+    while key:
+        (key,) = key
+        depth += 1
+    assert depth == n
+    with pytest.raises(ValueError, match="nests objects more than"):
+        torchfile.load(torch_zip(program(_nested("dict key", n + 2)), {}))
+
+
+def test_real_nested_checkpoint_loads(tmp_path):
+    torch = pytest.importorskip("torch")
+    obj = {"w": torch.ones(2)}
+    for i in range(60):  # a config nested 60 dicts deep, beside the weights
+        obj = {"level": i, "inner": obj, "t": (1, (2, (3,)))}
+    f = tmp_path / "nested.pt"
+    torch.save({"state_dict": {"w": torch.ones(3)}, "config": obj}, f)
+    got = torchfile.load(f)["config"]
+    for _ in range(60):
+        got = got["inner"]
+    assert got["w"].tolist() == [1.0, 1.0]

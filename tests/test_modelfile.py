@@ -136,7 +136,7 @@ def test_truncated_at_every_byte(model_bytes, tmp_path):
     n = len(model_bytes)
     for cut in range(n):
         with pytest.raises(FormatError):
-            modelfile.read_model(model_bytes[:cut], "cut.lstm")
+            modelfile.read_model(data=model_bytes[:cut], name="cut.lstm")
     # through the file path too, for every byte of the header
     (hlen,) = struct.unpack_from("<Q", model_bytes)
     f = tmp_path / "cut.lstm"
@@ -153,7 +153,7 @@ def test_absurd_header_sizes_refused_before_reading(n, tmp_path, model_bytes):
     with pytest.raises(FormatError, match="exceeds the limit"):
         modelfile.read_model(f)
     with pytest.raises(FormatError, match="exceeds the limit"):
-        modelfile.read_model(f.read_bytes())
+        modelfile.read_model(data=f.read_bytes())
 
 
 def _edit_entry(key, **change):
@@ -222,7 +222,7 @@ def test_hand_edited_headers(model_bytes, label, edit, message):
     assert header["weight_hr_l1_reverse"]["data_offsets"][1] == len(body) == 5504
     edit(header)
     with pytest.raises(FormatError, match=message) as info:
-        modelfile.read_model(_join(header, body), "edited.lstm")
+        modelfile.read_model(data=_join(header, body), name="edited.lstm")
     assert str(info.value).startswith("edited.lstm: ")
 
 
@@ -232,24 +232,24 @@ def test_duplicate_names(model_bytes):
     entry = json.dumps(header["bias_ih_l0"]).encode()
     dup = raw[:-1] + b', "bias_ih_l0": ' + entry + b"}"
     with pytest.raises(FormatError, match="duplicate name 'bias_ih_l0'"):
-        modelfile.read_model(_join(None, body, dup), "dup.lstm")
+        modelfile.read_model(data=_join(None, body, dup), name="dup.lstm")
     cfg = header["__metadata__"]["config"]
     header["__metadata__"]["config"] = cfg[:-1] + ', "hidden_size": 8}'
     with pytest.raises(FormatError, match="duplicate name 'hidden_size'"):
-        modelfile.read_model(_join(header, body), "dup.lstm")
+        modelfile.read_model(data=_join(header, body), name="dup.lstm")
 
 
 def test_trailing_and_missing_bytes(model_bytes):
     with pytest.raises(FormatError, match="4 bytes after the last tensor"):
-        modelfile.read_model(model_bytes + b"\0" * 4)
+        modelfile.read_model(data=model_bytes + b"\0" * 4)
     header, body = _split(model_bytes)
     with pytest.raises(FormatError, match="outside the"):
-        modelfile.read_model(_join(header, body[:-4]))
+        modelfile.read_model(data=_join(header, body[:-4]))
 
 
 def test_not_a_model_file():
     with pytest.raises(FormatError, match="not an lstm_infer model file"):
-        modelfile.read_model(open(path("uni.safetensors"), "rb").read())
+        modelfile.read_model(data=open(path("uni.safetensors"), "rb").read())
 
 
 # ----------------------------------------------- with the engine (model.py)

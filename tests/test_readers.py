@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import struct
 import zipfile
 
@@ -237,3 +238,157 @@ def test_safetensors_files_from_library_read_back(spec):
     for k, v in arrays.items():
         assert got[k].dtype == v.dtype and got[k].shape == v.shape
         assert got[k].tobytes() == v.tobytes()  # bit-exact, NaN payloads included
+
+
+# ------------------------------------- one rule: a FormatError naming the file
+
+def _npy_raw(descr, shape, body=b""):
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}".encode("latin1")
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + body
+
+
+@pytest.mark.parametrize("arr", [
+    np.array(["ab", "c"]),                                  # <U2
+    np.array([b"abc"]),                                     # |S3
+    np.array(["2020-01-01"], dtype="datetime64[D]"),
+    np.array([3], dtype="timedelta64[s]"),
+    np.zeros(2, dtype="V4"),
+], ids=lambda a: a.dtype.str)
+def test_npz_non_numeric_dtypes_refused(arr):
+    """Before: <U2, |S3, datetime and timedelta arrays were read as weights."""
+    with pytest.raises(FormatError, match=rf"^bad.npz\[a.npy\]: dtype {re.escape(arr.dtype.str)} is not a plain "
+                                          r"numeric type") as info:
+        readers.read_tensors(_npz({"a.npy": _npy(arr)}), "bad.npz")
+    assert type(info.value) is FormatError
+
+
+@pytest.mark.parametrize("label, blob", [
+    ("npz |V0", _npz({"a.npy": _npy_raw("|V0", (3,))})),
+    ("npz 65 dims", _npz({"a.npy": _npy_raw("<f4", (1,) * 65, b"\0" * 4)})),
+    ("npz shape overflow", _npz({"a.npy": _npy_raw("<f4", (2**62, 4, 0))})),
+    ("npz dimension past intp", _npz({"a.npy": _npy_raw("<f4", (2**63, 0))})),
+    ("safetensors 65 dims", _st({"a": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}, b"\0" * 4)),
+    ("safetensors shape overflow", _st({"a": {"dtype": "F32", "shape": [2**62, 4, 0], "data_offsets": [0, 0]}})),
+    ("safetensors bf16 overflow", _st({"a": {"dtype": "BF16", "shape": [2**62, 0], "data_offsets": [0, 0]}})),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_impossible_shapes_name_the_file(label, blob):
+    """Before: a bare ValueError from NumPy ('maximum supported dimension', 'itemsize
+    cannot be zero', 'array is too big') without the file's name."""
+    with pytest.raises(FormatError) as info:
+        readers.read_tensors(blob, "bad.file")
+    assert str(info.value).startswith("bad.file"), str(info.value)
+
+
+@pytest.mark.parametrize("size, stride", [((1,) * 65, (0,) * 65), ((2**62, 4, 0), (0, 0, 0)),
+                                          ((2**63, 0), (1, 1))])
+def test_impossible_tensor_shapes_name_the_file(size, stride):
+    from file_helpers import dict_ops, program, tensor_ops, torch_zip
+
+    data = torch_zip(program(dict_ops([("w", tensor_ops("0", 4, 0, size, stride))])), {"0": b"\0" * 16})
+    with pytest.raises(FormatError, match=r"^bad.pt: tensor has "):
+        readers.read_tensors(data, "bad.pt")
+
+
+def test_unpickler_objects_errors_name_the_file():
+    """Before: errors raised while rebuilding tensors ('tensor size is not a tuple of
+    ints: ...') lacked the file name."""
+    from file_helpers import call, dict_ops, frag, glob, program, torch_zip
+
+    bad_size = call(glob("torch._utils", "_rebuild_tensor_v2"),
+                    b"(" + frag("storage") + glob("torch", "FloatStorage") + frag("0") + frag("cpu") + frag(2) + b"tQ",
+                    frag(0), frag("oops"), frag((1,)))
+    not_storage = call(glob("torch._utils", "_rebuild_tensor_v2"), frag(5), frag(0), frag((2,)), frag((1,)))
+    bad_param = call(glob("torch._utils", "_rebuild_parameter"), frag(3))
+    for body, want in ((bad_size, "tensor size is not a tuple of ints: 'oops'"),
+                       (not_storage, "tensor storage is a int, not a storage"),
+                       (bad_param, "parameter data is a int, not a tensor")):
+        with pytest.raises(FormatError, match=re.escape(f"named.pt: {want}")):
+            readers.read_tensors(torch_zip(program(dict_ops([("w", body)])), {"0": b"\0" * 8}), "named.pt")
+
+
+# ------------------------------------------- say what a file is, when it is not ours
+
+@pytest.fixture(scope="module")
+def foreign_files(tmp_path_factory):
+    """Real TorchScript and ONNX files, written by torch."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    d = tmp_path_factory.mktemp("foreign")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit and the TorchScript-based ONNX exporter are deprecated
+        torch.jit.save(torch.jit.script(torch.nn.LSTM(3, 4)), d / "scripted.pt")
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 3), torch.zeros(1, 2)), d / "traced.pt")
+        torch.onnx.export(torch.nn.Linear(2, 3), (torch.zeros(1, 2),), str(d / "linear.onnx"), dynamo=False)
+    return {"scripted": d / "scripted.pt", "traced": d / "traced.pt", "onnx": d / "linear.onnx"}
+
+
+@pytest.mark.parametrize("which, kind, message", [
+    ("scripted", "torchscript", "a TorchScript archive (torch.jit.save), not a state-dict file"),
+    ("traced", "torchscript", "a TorchScript archive (torch.jit.save), not a state-dict file"),
+    ("onnx", "onnx", "an ONNX model, not a state-dict file"),
+], ids=["scripted", "traced", "onnx"])
+def test_torchscript_and_onnx_named(foreign_files, which, kind, message):
+    """Before: 'refusing to load global __torch__...' and 'unrecognised format'."""
+    f = foreign_files[which]
+    assert readers.sniff(f.read_bytes()) == kind
+    for read in (readers.read_tensors, readers.read_object):
+        with pytest.raises(FormatError) as info:
+            read(f)
+        assert str(info.value).startswith(f"{f}: {message}")
+        assert type(info.value) is FormatError  # not an UnsafeFileError: nothing hostile about it
+    if kind == "torchscript":
+        from lstm_infer import torchfile
+
+        with pytest.raises(FormatError, match=re.escape(message)):
+            torchfile.load(f)
+
+
+def test_onnx_sniff_is_specific():
+    assert readers.sniff(b"\x08\x07\x12\x07pytorch") == "onnx"
+    for other in (b"\x08\x07\x00", b"\x08\x80\x12", b"\x09\x07\x12", b"\x08"):
+        assert readers.sniff(other) == "unknown"
+
+
+# ---------------------------------------- the model-file loader on other files
+
+@pytest.mark.parametrize("which, what", [("scripted", "a TorchScript archive (torch.jit.save)"),
+                                         ("onnx", "an ONNX model")])
+def test_model_loader_names_torchscript_and_onnx(foreign_files, which, what):
+    from lstm_infer import modelfile
+
+    f = foreign_files[which]
+    with pytest.raises(FormatError, match=re.escape(f"{f}: {what}, not a state-dict file and not an lstm_infer "
+                                                    f"model file; torch.save the module's state_dict()")):
+        modelfile.load_model(f)
+
+
+@pytest.mark.parametrize("name, what", [
+    ("uni.pt", "a torch.save file"), ("uni_legacy.pt", "a torch.save file (legacy format)"),
+    ("uni.npz", "an .npz archive"), ("checkpoint.pt", "a torch.save file"),
+])
+def test_model_loader_says_what_a_weight_file_is(name, what):
+    """Before: li.load('model.pt') said 'header length 578712552184433488 exceeds the limit'."""
+    from lstm_infer import modelfile
+
+    for load in (modelfile.read_model, modelfile.load_model):
+        with pytest.raises(FormatError) as info:
+            load(path(name))
+        assert str(info.value) == (f"{path(name)}: {what}, not an lstm_infer model file; convert it with "
+                                   f"'lstm-infer convert {path(name)} -o MODEL.lstm'")
+    with pytest.raises(FormatError, match="no __metadata__ format='lstm_infer'.*lstm-infer convert"):
+        modelfile.read_model(path("uni.safetensors"))
+
+
+def test_model_loader_on_pickles_and_other_files():
+    import pickle
+
+    from lstm_infer import modelfile
+
+    with pytest.raises(FormatError, match=r"^p.pkl: a plain pickle, not an lstm_infer model file"):
+        modelfile.read_model(data=pickle.dumps({"w": [1.0] * 4}), name="p.pkl")
+    with pytest.raises(FormatError, match=r"^n.txt: in an unrecognised format, not an lstm_infer model file"):
+        modelfile.read_model(data=b"just some notes\n", name="n.txt")
+    with pytest.raises(FormatError, match=r"^s.lstm: file is 5 bytes, too short"):
+        modelfile.read_model(data=b"short", name="s.lstm")
