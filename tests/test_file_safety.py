@@ -68,7 +68,7 @@ def _tmp_leftovers(directory):
 
 # Every reader of a path, as "module.function" run in a subprocess.
 READERS = ["readers.read_tensors", "readers.read_object", "torchfile.load", "modelfile.read_model",
-           "modelfile.load_model", "li.load"]
+           "li.load"]
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_symlink_written_through_and_kept(tmp_path):
     link.symlink_to(os.path.relpath(target, tmp_path))
     cfg, sd = _write(link)
     assert link.is_symlink() and os.readlink(link) == os.path.relpath(target, tmp_path)
-    got_cfg, got = modelfile.read_model(target)
+    _, got_cfg, got = modelfile.read_model(target)
     assert got_cfg == cfg and all(np.array_equal(got[k], sd[k]) for k in sd)
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert sorted(os.listdir(tmp_path)) == ["link.lstm", "real"] and os.listdir(real_dir) == ["model.lstm"]
@@ -200,7 +200,7 @@ def test_existing_file_keeps_its_mode(tmp_path, mode):
     f.chmod(mode)
     _write(f)
     assert stat.S_IMODE(f.stat().st_mode) == mode
-    assert modelfile.read_model(f)[0]["hidden_size"] == 8
+    assert modelfile.read_model(f)[1]["hidden_size"] == 8
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
@@ -269,13 +269,13 @@ def test_paths_as_bytes_and_pathlike(tmp_path):
     m.save(os.fsencode(target))
     for p in (os.fsencode(target), str(target), target, pathlib.PurePath(target)):
         assert li.load(p).config == m.config
-        assert modelfile.read_model(p)[0] == m.config
+        assert modelfile.read_model(p)[1] == m.config
     m.save(tmp_path / "p.lstm")
     assert li.load(str(tmp_path / "p.lstm")).config == m.config
     raw = target.read_bytes()
-    assert modelfile.read_model(data=raw)[0] == m.config  # contents: explicitly
-    assert modelfile.read_model(memoryview(raw))[0] == m.config  # or as a buffer open() refuses as a name
-    assert modelfile.load_model(data=raw, name="x.lstm").config == m.config
+    assert modelfile.read_model(data=raw)[1] == m.config  # contents: explicitly
+    assert modelfile.read_model(memoryview(raw))[1] == m.config  # or as a buffer open() refuses as a name
+    assert modelfile.read_model(data=raw, name="x.lstm")[1] == m.config
     with pytest.raises(FileNotFoundError):
         li.load(b"/no/such/file.lstm")
     with pytest.raises(TypeError):
@@ -295,7 +295,7 @@ def test_cli_output_fifo_and_symlink(tmp_path):
     rc, _, err = _cli("convert", path("uni.pt"), "-o", str(tmp_path / "link.lstm"))
     assert rc == 0, err
     assert (tmp_path / "link.lstm").is_symlink()
-    assert modelfile.read_model(tmp_path / "real.lstm")[0]["hidden_size"] == 7
+    assert modelfile.read_model(tmp_path / "real.lstm")[1]["hidden_size"] == 7
 
 
 # ---------------------------------------------------------- one budget per load

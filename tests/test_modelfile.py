@@ -475,7 +475,7 @@ def test_hand_edited_rnn_headers(rnn_bytes, label, edit, message):
     assert json.loads(header["__metadata__"]["config"])["nonlinearity"] == "relu"
     edit(header)
     with pytest.raises(FormatError, match=message) as info:
-        modelfile.read_model(_join(header, body), "edited.lstm")
+        modelfile.read_model(data=_join(header, body), name="edited.lstm")
     assert str(info.value).startswith("edited.lstm: ")
 
 

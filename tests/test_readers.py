@@ -11,6 +11,7 @@ import pytest
 import safetensors.numpy
 
 from file_helpers import MANIFEST, check_against_ref, files, lstm_cases, np_lstm, path, ref
+import lstm_infer as li
 from lstm_infer import detect, readers
 from lstm_infer.errors import FormatError
 
@@ -361,7 +362,7 @@ def test_model_loader_names_torchscript_and_onnx(foreign_files, which, what):
     f = foreign_files[which]
     with pytest.raises(FormatError, match=re.escape(f"{f}: {what}, not a state-dict file and not an lstm_infer "
                                                     f"model file; torch.save the module's state_dict()")):
-        modelfile.load_model(f)
+        li.load(f)
 
 
 @pytest.mark.parametrize("name, what", [
@@ -372,7 +373,7 @@ def test_model_loader_says_what_a_weight_file_is(name, what):
     """Before: li.load('model.pt') said 'header length 578712552184433488 exceeds the limit'."""
     from lstm_infer import modelfile
 
-    for load in (modelfile.read_model, modelfile.load_model):
+    for load in (modelfile.read_model, li.load):
         with pytest.raises(FormatError) as info:
             load(path(name))
         assert str(info.value) == (f"{path(name)}: {what}, not an lstm_infer model file; convert it with "
