@@ -28,7 +28,7 @@ def test_c_core(target):
     env.pop("LSTM_INFER_ISA", None)
     env.pop("LSTM_INFER_NUM_THREADS", None)
     proc = subprocess.run(["make", "-C", C_DIR, target], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=900)
     report = proc.stdout[-4000:] + "\n" + proc.stderr[-8000:]
     assert proc.returncode == 0, f"make {target} failed:\n{report}"
     assert "OK:" in proc.stdout and "0 failures" in proc.stdout, report
