@@ -27,35 +27,9 @@
 
 #include "kernels.h"
 #include "lstm_infer.h"
+#include "harness.h"
 
-static int failures = 0;
-static int checks = 0;
 
-#define CHECK(cond, ...)                                            \
-    do {                                                            \
-        checks++;                                                   \
-        if (!(cond)) {                                              \
-            failures++;                                             \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stderr, __VA_ARGS__);                           \
-            fprintf(stderr, "\n");                                  \
-        }                                                           \
-    } while (0)
-
-/* deterministic xorshift random numbers */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float rnd_f(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rnd_u64() >> 11) * (1.0 / 9007199254740992.0));
-}
-static int64_t rnd_i(int64_t lo, int64_t hi) { /* inclusive */
-    return lo + (int64_t)(rnd_u64() % (uint64_t)(hi - lo + 1));
-}
 
 /* n floats (exactly: ASan sees any access past them), each set to fill */
 static float *floats(int64_t n, float fill) {
@@ -492,16 +466,6 @@ static void test_kernels(const lstm_kernels *k) {
     test_activation_accuracy(k);
 }
 
-/* The test's own CPU probe, not dispatch.c's: with it the test can check that
- * dispatch refuses avx2 on a CPU without it instead of trusting dispatch. */
-static int cpu_has_avx2(void) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
 
 int main(void) {
     /* LSTM_INFER_ISA is read at the first use */

@@ -28,20 +28,8 @@
 #include <unistd.h>
 
 #include "pool.h"
+#include "harness.h"
 
-static atomic_int failures;
-static atomic_int checks;
-
-#define CHECK(cond, ...)                                            \
-    do {                                                            \
-        atomic_fetch_add(&checks, 1);                               \
-        if (!(cond)) {                                              \
-            atomic_fetch_add(&failures, 1);                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
-            fprintf(stderr, __VA_ARGS__);                           \
-            fprintf(stderr, "\n");                                  \
-        }                                                           \
-    } while (0)
 
 /* TSan cannot follow a child forked from a multi-threaded process (it turns itself off
    there and aborts when the child starts a thread: "dup thread with used id"). Under

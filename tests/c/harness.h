@@ -1,0 +1,52 @@
+/*
+ * harness.h - what every C test shares: CHECK (counts checks and failures,
+ * from any thread), deterministic random numbers, and the test's own CPU
+ * probe (not dispatch.c's, so that the tests can check that dispatch
+ * refuses avx2 on a CPU without it instead of trusting dispatch).
+ */
+#ifndef LSTM_TEST_HARNESS_H
+#define LSTM_TEST_HARNESS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+
+static atomic_int failures;
+static atomic_int checks;
+
+#define CHECK(cond, ...)                                            \
+    do {                                                            \
+        atomic_fetch_add(&checks, 1);                               \
+        if (!(cond)) {                                              \
+            atomic_fetch_add(&failures, 1);                         \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
+            fprintf(stderr, __VA_ARGS__);                           \
+            fprintf(stderr, "\n");                                  \
+        }                                                           \
+    } while (0)
+
+/* deterministic xorshift random numbers (one sequence, for the main thread) */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static inline uint64_t rnd_u64(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static inline float rnd_f(float lo, float hi) {
+    return lo + (hi - lo) * (float)((rnd_u64() >> 11) * (1.0 / 9007199254740992.0));
+}
+static inline int64_t rnd_i(int64_t lo, int64_t hi) { /* inclusive */
+    return lo + (int64_t)(rnd_u64() % (uint64_t)(hi - lo + 1));
+}
+
+static inline int cpu_has_avx2(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+#endif /* LSTM_TEST_HARNESS_H */
