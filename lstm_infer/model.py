@@ -161,7 +161,7 @@ class _Weights:
             raise ValueError(f"the state dict holds an nn.{other.kind} at {where}, not an "
                              f"nn.{cls.kind}; build it with lstm_infer.{other.kind}"
                              f".from_state_dict") from None
-        weights = {k[len(spec.prefix):]: state_dict[k] for k in spec.keys}
+        weights = detect.module_state_dict(state_dict, spec)
         if spec.kind.endswith("Cell") and not cls.kind.endswith("Cell"):
             weights = {k + "_l0": v for k, v in weights.items()}  # a cell is a one-layer module
         config = {k: v for k, v in spec.config.items() if k in cls._config_keys()}
