@@ -340,7 +340,7 @@ cdef class StreamBase:
     only when the call succeeded (an interrupted chunk leaves the state as it
     was). A slot with length 0 gets its h_0/c_0 copied to h_n/c_n by the C
     core, so it keeps its state bit for bit."""
-    cdef Module _module
+    cdef readonly Module model
     cdef readonly int batch_size
     cdef readonly bint batch_first
     cdef int _input_size, _out_size, _hidden_size, _slots
@@ -366,7 +366,7 @@ cdef class StreamBase:
         cdef Core core = model._core
         if core.directions != 1 or batch_size < 1:
             raise ValueError("a stream needs a uni-directional model and batch_size >= 1")
-        self._module = model
+        self.model = model
         self.batch_size = batch_size
         self.batch_first = model.batch_first
         self._input_size = core.input_size
@@ -401,7 +401,7 @@ cdef class StreamBase:
 
     cdef _go(self, lstm_forward_args *args, bint one_step):
         """Runs args (input, output and lengths filled in) on the current state."""
-        cdef Core core = self._module._core  # a concurrent weight reload cannot free it
+        cdef Core core = self.model._core  # a concurrent weight reload cannot free it
         cdef lstm_status s
         cdef void *ws = NULL
         cdef size_t ws_size = 0
@@ -571,7 +571,7 @@ cdef class StreamBase:
         if self._has_c:
             args.c_0 = <const float *>cnp.PyArray_DATA(c)
             args.c_n = <float *>cnp.PyArray_DATA(cn)
-        cdef Core core = self._module._core
+        cdef Core core = self.model._core
         cdef lstm_status s = LSTM_OK
         cdef int64_t i
         t0 = time.perf_counter()

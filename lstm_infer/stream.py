@@ -49,8 +49,7 @@ class Stream(_core.StreamBase):
                              f"direction reads each sequence from its end, which a stream "
                              f"has not seen yet (call the model on whole sequences instead)")
         batch_size = _as_int(batch_size, "batch_size", 1)
-        self.model = model
-        self._setup(model, batch_size)
+        self._setup(model, batch_size)  # sets the read-only attribute model
 
     def __repr__(self):
         return f"<Stream of {self.model!r}, batch_size={self.batch_size}>"
