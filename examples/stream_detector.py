@@ -71,13 +71,14 @@ def main(seconds=30.0):
         run = run + 1 if above != active else 0
         if not active and run >= ON:        # a few frames of evidence before switching
             active, run, start = True, 0, i - ON + 1
-            print(f"{i * FRAME / RATE:8.3f} s  burst START (from {start * FRAME / RATE:.3f} s)", flush=True)
+            print(f"{i * FRAME / RATE:8.3f} s  burst START (from "
+                  f"{start * FRAME / RATE:.3f} s)", flush=True)
         elif active and run >= OFF:
             active, run = False, 0
             end = i - OFF + 1
             found.append((start, end))
-            print(f"{i * FRAME / RATE:8.3f} s  burst END   ({(end - start) * FRAME / RATE * 1e3:.0f}"
-                  f" ms long)", flush=True)
+            print(f"{i * FRAME / RATE:8.3f} s  burst END   "
+                  f"({(end - start) * FRAME / RATE * 1e3:.0f} ms long)", flush=True)
         decisions[i] = active
     if active:
         found.append((start, frames))

@@ -389,3 +389,17 @@ def test_many_streams_one_model_many_threads():
         t.join()
     for g, r in zip(got, refs):
         np.testing.assert_array_equal(g, r[:, 0])
+
+
+def test_stream_detector_example_runs():
+    """examples/stream_detector.py on 3 s of signal, from its bundled torch.save file."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, os.path.join(root, "examples", "stream_detector.py"),
+                          "3"], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "burst START" in res.stdout and "burst END" in res.stdout
+    assert "chunked streaming == one call over the whole signal: yes" in res.stdout
