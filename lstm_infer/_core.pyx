@@ -323,3 +323,263 @@ cdef class Module:
             if result is not None:
                 return result
         return self._call(input, hx, lengths)
+
+
+# ---------------------------------------------------------------- streaming
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, NOWAIT_LOCK)
+import time
+
+
+cdef class StreamBase:
+    """Base of lstm_infer.stream.Stream: the carried state, the in-use lock and
+    the one-step fast path. Every friendly check lives in stream.py.
+
+    The state is double-buffered: a call reads h_0/c_0 from the current
+    buffers and writes h_n/c_n into the other pair, which becomes current
+    only when the call succeeded (an interrupted chunk leaves the state as it
+    was). A slot with length 0 gets its h_0/c_0 copied to h_n/c_n by the C
+    core, so it keeps its state bit for bit."""
+    cdef readonly Module model
+    cdef readonly int batch_size
+    cdef readonly bint batch_first
+    cdef int _input_size, _out_size, _hidden_size, _slots
+    cdef bint _has_c
+    cdef int _cur
+    cdef cnp.ndarray _h0, _h1, _c0, _c1
+    cdef PyThread_type_lock _lock
+    cdef void *_ws           # this stream's scratch for one-step calls
+    cdef size_t _ws_size
+
+    def __cinit__(self, *args, **kwargs):
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self._lock != NULL:
+            PyThread_free_lock(self._lock)
+        free(self._ws)
+
+    def _setup(self, Module model, int batch_size):
+        """Buffers for batch_size slots of a checked uni-directional model."""
+        cdef Core core = model._core
+        if core.directions != 1 or batch_size < 1:
+            raise ValueError("a stream needs a uni-directional model and batch_size >= 1")
+        self.model = model
+        self.batch_size = batch_size
+        self.batch_first = model.batch_first
+        self._input_size = core.input_size
+        self._out_size = core.out_size
+        self._hidden_size = core.hidden_size
+        self._slots = core.num_layers
+        self._has_c = core.has_c
+        self._h0 = np.zeros((self._slots, batch_size, self._out_size), np.float32)
+        self._h1 = np.zeros((self._slots, batch_size, self._out_size), np.float32)
+        if self._has_c:
+            self._c0 = np.zeros((self._slots, batch_size, self._hidden_size), np.float32)
+            self._c1 = np.zeros((self._slots, batch_size, self._hidden_size), np.float32)
+        cdef size_t need = 0
+        _check(lstm_workspace_size(core.model, 1, batch_size, NULL, &need), "stream scratch")
+        need += 64  # the core aligns the block itself
+        free(self._ws)
+        self._ws = malloc(need)
+        if self._ws == NULL:
+            raise MemoryError()
+        self._ws_size = need
+        self._cur = 0
+
+    cdef int _enter(self) except -1:
+        if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
+            raise RuntimeError("this stream is in use by another thread: a stream must not be "
+                               "shared between threads (make one stream per thread with "
+                               "model.stream(); they may share the model)")
+        return 0
+
+    cdef inline void _exit(self):
+        PyThread_release_lock(self._lock)
+
+    cdef _go(self, lstm_forward_args *args, bint one_step):
+        """Runs args (input, output and lengths filled in) on the current state."""
+        cdef Core core = self.model._core  # a concurrent weight reload cannot free it
+        cdef lstm_status s
+        cdef void *ws = NULL
+        cdef size_t ws_size = 0
+        self._enter()
+        try:
+            if self._cur == 0:
+                args.h_0 = <const float *>cnp.PyArray_DATA(self._h0)
+                args.h_n = <float *>cnp.PyArray_DATA(self._h1)
+                if self._has_c:
+                    args.c_0 = <const float *>cnp.PyArray_DATA(self._c0)
+                    args.c_n = <float *>cnp.PyArray_DATA(self._c1)
+            else:
+                args.h_0 = <const float *>cnp.PyArray_DATA(self._h1)
+                args.h_n = <float *>cnp.PyArray_DATA(self._h0)
+                if self._has_c:
+                    args.c_0 = <const float *>cnp.PyArray_DATA(self._c1)
+                    args.c_n = <float *>cnp.PyArray_DATA(self._c0)
+            if one_step:
+                ws = self._ws
+                ws_size = self._ws_size
+            elif PyThread_get_thread_ident() == _main_thread:
+                args.interrupt = _poll_signals
+            with nogil:
+                s = lstm_model_forward(core.model, args, ws, ws_size)
+            if s == LSTM_OK:
+                self._cur = 1 - self._cur
+        finally:
+            self._exit()
+        _check(s, "stream")
+
+    def __call__(self, x, lengths=None):
+        """One step or a chunk of steps; see lstm_infer.stream.Stream."""
+        # the common call, one step on a float32 array without lengths, is
+        # handled here; anything else, and every error, goes to _call
+        cdef cnp.ndarray xa, out
+        cdef int nd
+        cdef cnp.npy_intp dims[2]
+        cdef lstm_forward_args args
+        if lengths is None and type(x) is np.ndarray:
+            xa = x
+            nd = cnp.PyArray_NDIM(xa)
+            if (1 <= nd <= 2 and _c_ready(xa)
+                    and cnp.PyArray_DIMS(xa)[nd - 1] == self._input_size
+                    and (cnp.PyArray_STRIDES(xa)[nd - 1] == 4 or self._input_size == 1)
+                    and (nd == 1 and self.batch_size == 1
+                         or nd == 2 and cnp.PyArray_DIMS(xa)[0] == self.batch_size
+                         and cnp.PyArray_STRIDES(xa)[0] % 4 == 0)):
+                memset(&args, 0, sizeof(args))
+                if nd == 1:
+                    dims[0] = self._out_size
+                    out = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT, 0)
+                    args.input_stride_b = self._input_size
+                else:
+                    dims[0] = self.batch_size
+                    dims[1] = self._out_size
+                    out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT, 0)
+                    args.input_stride_b = cnp.PyArray_STRIDES(xa)[0] // 4
+                args.seq_len = 1
+                args.batch = self.batch_size
+                args.input = <const float *>cnp.PyArray_DATA(xa)
+                args.input_stride_t = args.input_stride_b * self.batch_size
+                args.output = <float *>cnp.PyArray_DATA(out)
+                args.output_stride_b = self._out_size
+                args.output_stride_t = self._out_size * self.batch_size
+                self._go(&args, True)
+                return out
+        return self._call(x, lengths)
+
+    def _run_chunk(self, x, lengths, output):
+        """x: float32 (T, B, I) with a contiguous last axis; lengths: private
+        contiguous int64 (B,) or None; output: float32 (T, B, out) with a
+        contiguous last axis. Every array native and aligned (checked here)."""
+        cdef cnp.ndarray xa = x, oa = output, la
+        cdef int64_t T, B = self.batch_size
+        if (cnp.PyArray_NDIM(xa) != 3 or not _c_ready(xa)
+                or cnp.PyArray_DIMS(xa)[1] != B or cnp.PyArray_DIMS(xa)[2] != self._input_size
+                or (cnp.PyArray_DIMS(xa)[2] > 1 and cnp.PyArray_STRIDES(xa)[2] != 4)
+                or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4):
+            raise ValueError("input buffer: bad shape, dtype or layout")
+        T = cnp.PyArray_DIMS(xa)[0]
+        if (cnp.PyArray_NDIM(oa) != 3 or not _c_ready(oa)
+                or cnp.PyArray_DIMS(oa)[0] != T or cnp.PyArray_DIMS(oa)[1] != B
+                or cnp.PyArray_DIMS(oa)[2] != self._out_size
+                or cnp.PyArray_STRIDES(oa)[2] != 4 or cnp.PyArray_STRIDES(oa)[0] % 4
+                or cnp.PyArray_STRIDES(oa)[1] % 4 or not cnp.PyArray_ISWRITEABLE(oa)):
+            raise ValueError("output buffer: bad shape, dtype or layout")
+        cdef lstm_forward_args args
+        memset(&args, 0, sizeof(args))
+        if lengths is not None:
+            la = lengths
+            if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or cnp.PyArray_NDIM(la) != 1
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(la) or not cnp.PyArray_ISNOTSWAPPED(la)
+                    or not cnp.PyArray_ISALIGNED(la) or cnp.PyArray_DIMS(la)[0] != B):
+                raise ValueError("lengths buffer: bad shape, dtype or layout")
+            args.lengths = <const int64_t *>cnp.PyArray_DATA(la)
+        args.seq_len = T
+        args.batch = B
+        args.input = <const float *>cnp.PyArray_DATA(xa)
+        args.input_stride_t = cnp.PyArray_STRIDES(xa)[0] // 4
+        args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
+        args.output = <float *>cnp.PyArray_DATA(oa)
+        args.output_stride_t = cnp.PyArray_STRIDES(oa)[0] // 4
+        args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
+        self._go(&args, T == 1)
+
+    def _reset_slot(self, int slot):
+        """Zeros slot `slot` of the state, every slot when slot < 0."""
+        self._enter()
+        try:
+            h = self._h0 if self._cur == 0 else self._h1
+            c = (self._c0 if self._cur == 0 else self._c1) if self._has_c else None
+            if slot < 0:
+                h.fill(0)
+                if c is not None:
+                    c.fill(0)
+            else:
+                h[:, slot] = 0
+                if c is not None:
+                    c[:, slot] = 0
+        finally:
+            self._exit()
+
+    def _get_state(self):
+        """Copies of the current (h, c), c None unless LSTM."""
+        self._enter()
+        try:
+            h = (self._h0 if self._cur == 0 else self._h1).copy()
+            c = None
+            if self._has_c:
+                c = (self._c0 if self._cur == 0 else self._c1).copy()
+            return h, c
+        finally:
+            self._exit()
+
+    def _set_state(self, h, c):
+        """Copies checked float32 arrays of the state's shapes into the state."""
+        self._enter()
+        try:
+            (self._h0 if self._cur == 0 else self._h1)[...] = h
+            if self._has_c:
+                (self._c0 if self._cur == 0 else self._c1)[...] = c
+        finally:
+            self._exit()
+
+    def _time_c_step(self, x, int64_t n):
+        """Seconds per bare C call of one step on x (batch_size, input) float32
+        C-contiguous, n calls in a row without the GIL (a benchmark baseline:
+        what the C core costs, without Python and the binding)."""
+        cdef cnp.ndarray xa = np.ascontiguousarray(x, dtype=np.float32).reshape(
+            self.batch_size, self._input_size)
+        cdef cnp.ndarray out = np.empty((self.batch_size, self._out_size), np.float32)
+        cdef cnp.ndarray h = self._h0.copy(), hn = self._h0.copy()
+        cdef cnp.ndarray c = self._c0.copy() if self._has_c else None
+        cdef cnp.ndarray cn = self._c0.copy() if self._has_c else None
+        cdef lstm_forward_args args
+        memset(&args, 0, sizeof(args))
+        args.seq_len = 1
+        args.batch = self.batch_size
+        args.input = <const float *>cnp.PyArray_DATA(xa)
+        args.input_stride_b = self._input_size
+        args.input_stride_t = self._input_size * self.batch_size
+        args.output = <float *>cnp.PyArray_DATA(out)
+        args.output_stride_b = self._out_size
+        args.output_stride_t = self._out_size * self.batch_size
+        args.h_0 = <const float *>cnp.PyArray_DATA(h)
+        args.h_n = <float *>cnp.PyArray_DATA(hn)
+        if self._has_c:
+            args.c_0 = <const float *>cnp.PyArray_DATA(c)
+            args.c_n = <float *>cnp.PyArray_DATA(cn)
+        cdef Core core = self.model._core
+        cdef lstm_status s = LSTM_OK
+        cdef int64_t i
+        t0 = time.perf_counter()
+        with nogil:
+            for i in range(n):
+                s = lstm_model_forward(core.model, &args, self._ws, self._ws_size)
+                if s != LSTM_OK:
+                    break
+        t1 = time.perf_counter()
+        _check(s, "stream")
+        return (t1 - t0) / n

@@ -364,6 +364,13 @@ class _Layer(_Weights, _core.Module):
 
     forward = _core.Module.__call__
 
+    def stream(self, batch_size=1):
+        """A Stream over batch_size live sequences that carries the state
+        between calls: st(x) steps it (see lstm_infer.stream.Stream).
+        Uni-directional models only."""
+        from .stream import Stream
+        return Stream(self, batch_size)
+
 
 def _check_state(value, name, slots, B, width, unbatched, what):
     arr = _float_array(value, name)
