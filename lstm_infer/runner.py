@@ -389,6 +389,11 @@ def _temp_path(directory, base, suffix):
     return os.path.join(directory, f".{base[:180]}.{secrets.token_hex(6)}{suffix}")
 
 
+def _member(name):
+    """A zip entry with a fixed time stamp: the same outputs give the same bytes."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
 class _RaggedWriter:
     """Outputs spilled to a temp file as they come, assembled into a ragged .npz
     (``data``, ``lengths``, ``names``, ``skipped``) in input order at the end."""
@@ -415,7 +420,7 @@ class _RaggedWriter:
         rows = int(lengths.sum())
         with fileio.atomic_writer(self.path) as fh:
             with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                with zf.open("data.npy", "w", force_zip64=True) as member:
+                with zf.open(_member("data.npy"), "w", force_zip64=True) as member:
                     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
                               "fortran_order": False, "shape": (rows, self.width)}
                     np.lib.format.write_array_header_1_0(member, header)
@@ -429,7 +434,7 @@ class _RaggedWriter:
                             size -= len(chunk)
                 for key, value in (("lengths", lengths), ("names", np.array(names, dtype=str)),
                                    ("skipped", np.array(skipped, dtype=str))):
-                    with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                    with zf.open(_member(key + ".npy"), "w", force_zip64=True) as member:
                         np.lib.format.write_array(member, value, allow_pickle=False)
 
     def abort(self):
