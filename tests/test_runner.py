@@ -296,3 +296,27 @@ def test_run_is_quiet_without_a_terminal(dataset):
                         "-o", str(tmp / "o.npz")], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.count("\n") == 1
+
+
+def test_run_shows_progress_on_a_terminal(dataset):
+    pytest.importorskip("tqdm")
+    import pty
+    m, seqs, tmp = dataset
+    import fcntl
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    argv = [sys.executable, "-m", "lstm_infer", "run", str(tmp / "m.lstm"), str(tmp / "r.npz"), "-o", str(tmp / "o.npz")]
+    for extra, shown in (([], True), (["--no-progress"], False)):
+        p = subprocess.Popen(argv + extra, env=env, stdout=subprocess.PIPE, stderr=slave)
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        os.write(slave, b"END\n")
+        err = b""
+        while not err.endswith(b"END\r\n"):
+            err += os.read(master, 65536)
+        assert (b"seq/s" in err and b"tokens/s" in err and b"50/50" in err) == shown, err
+    os.close(master)
+    os.close(slave)
