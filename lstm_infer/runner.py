@@ -501,6 +501,8 @@ def run(model, inputs, output, batch_tokens=DEFAULT_BATCH_TOKENS, progress=False
     to_dir = not out.endswith(".npz")
     if to_dir and not all(p.endswith(".npy") for p in paths):
         raise ValueError(f"{out}: output must be a .npz file (a directory output needs .npy inputs)")
+    if to_dir and os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(20, "exists and is not a directory (give a .npz file name or a directory)", out)
     if not to_dir and os.path.isdir(out):
         raise IsADirectoryError(21, "is a directory; a .npz output must be a file", out)
     stats = RunStats()

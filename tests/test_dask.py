@@ -26,7 +26,7 @@ def client():
     os.environ["PYTHONPATH"] = ROOT + (os.pathsep + old if old else "")  # workers import this checkout
     try:
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40)
+                                           dashboard_address=":0", silence_logs=40)
         c = distributed.Client(cluster)
     finally:
         if old is None:
@@ -90,6 +90,7 @@ def same_files(a, b):
 def test_predict_files_equals_one_machine_run(client, tmp_path):
     m = make_model(tmp_path / "m.lstm", num_layers=2, bidirectional=True)
     paths, seqs = write_dataset(tmp_path / "in", 9, 40)
+    loads_before = client.run(lambda: __import__("lstm_infer.dask").dask._LOADS)
     out = predict_files(client, tmp_path / "m.lstm", paths, tmp_path / "out", batch_tokens=500)
     assert out == [str(tmp_path / "out" / runner.output_name_for(p)) for p in paths]
     reference(tmp_path / "m.lstm", paths, tmp_path / "ref")
@@ -102,20 +103,41 @@ def test_predict_files_equals_one_machine_run(client, tmp_path):
     same_files(tmp_path / "out", tmp_path / "ref")
     # the model was loaded once per worker (not per task), engine threads = nthreads
     loads = client.run(lambda: __import__("lstm_infer.dask").dask._LOADS)
-    assert sum(loads.values()) <= 2 and all(v <= 1 for v in loads.values())
+    assert all(loads[w] - loads_before[w] <= 1 for w in loads)
     assert set(client.run(li.get_num_threads).values()) == {1}
 
 
-def test_predict_bag_in_input_order(client, tmp_path):
+@pytest.mark.parametrize("ship", [True, False])
+def test_predict_bag_in_input_order(client, tmp_path, ship):
     m = make_model(tmp_path / "m.lstm", seed=4, proj_size=5)
     rng = np.random.default_rng(7)
     seqs = [rng.standard_normal((int(t), 8)).astype(np.float32) for t in rng.integers(1, 40, 101)]
     bag = dask_bag.from_sequence(seqs, npartitions=7)
-    got = predict_bag(client, tmp_path / "m.lstm", bag, batch_tokens=200)
+    got = predict_bag(client, tmp_path / "m.lstm", bag, batch_tokens=200, ship_model=ship)
     want = li.predict(m, seqs)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_shipped_model_needs_no_shared_path(client, tmp_path):
+    """The workers never open the model's path when it is shipped: rename it away on them."""
+    m = make_model(tmp_path / "m.lstm", seed=5)
+    seqs = [np.ones((3, 8), np.float32)]
+    moved = str(tmp_path / "elsewhere.lstm")
+    from lstm_infer import dask as ld
+    real = ld._Model.__init__
+
+    def init(self, client, model_path, ship):
+        real(self, client, model_path, ship)
+        os.rename(self.path, moved)  # after reading on the client, before any task runs
+
+    ld._Model.__init__ = init
+    try:
+        got = predict_bag(client, tmp_path / "m.lstm", dask_bag.from_sequence(seqs, npartitions=1))
+    finally:
+        ld._Model.__init__ = real
+    np.testing.assert_array_equal(got[0], m(seqs[0])[0])
 
 
 def test_worker_killed_mid_run_loses_nothing(client, tmp_path):

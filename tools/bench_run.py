@@ -69,7 +69,7 @@ def run_predict(model, seqs, batch_tokens):
 def _dask_shard(model_path, lengths, seed, batch_tokens):
     from lstm_infer import runner
     from lstm_infer.dask import worker_model
-    model = worker_model(model_path)
+    model = worker_model(model_path)  # shared path (same machine)
     seqs = make_seqs(lengths, seed)
     return sum(1 for _ in runner.predict_iter(model, seqs, batch_tokens=batch_tokens))
 
@@ -130,7 +130,7 @@ def main():
         import distributed
         os.environ["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40)
+                                           dashboard_address=":0", silence_logs=40)
         client = distributed.Client(cluster)
         k = 2 * SHARDS_PER_WORKER
         shards = [(part, args.seed + 100 + i) for i, part in enumerate(np.array_split(lengths, k))]
