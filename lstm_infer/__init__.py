@@ -6,10 +6,11 @@
 """
 from ._core import get_isa, get_num_threads, set_isa, set_num_threads
 from .model import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .runner import predict, predict_iter
 
 __version__ = "0.2.0"
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "load", "set_num_threads",
-           "get_num_threads", "get_isa", "set_isa"]
+           "get_num_threads", "get_isa", "set_isa", "predict", "predict_iter"]
 
 
 def load(path):

@@ -277,6 +277,25 @@ def cmd_verify(args) -> int:
     return _verify(args.file, args.prefix, args.tol, args.seed, args.nonlinearity)
 
 
+# ---------------------------------------------------------------------- run
+
+def cmd_run(args) -> int:
+    """Batch inference over a dataset (lstm_infer.runner); exit 130 on Ctrl-C, nothing left behind."""
+    from . import runner, set_num_threads
+
+    try:
+        if args.threads is not None:
+            set_num_threads(args.threads)
+        progress = not args.no_progress and sys.stderr.isatty()
+        stats = runner.run(args.model, args.inputs, args.output, batch_tokens=args.batch_tokens,
+                           progress=progress, skip_bad=args.skip_bad)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    print(f"wrote {args.output}: {stats.summary()}")
+    return 0
+
+
 # --------------------------------------------------------------------- main
 
 def _parser():
@@ -316,6 +335,21 @@ def _parser():
     common(s)
     verify_opts(s)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("run", help="run a model over a dataset (.npy files, ragged .npz, .jsonl) into a ragged "
+                       ".npz (or a directory of .npy), bucketing sequences by length")
+    s.add_argument("model", metavar="MODEL")
+    s.add_argument("inputs", metavar="INPUT", nargs="+", help=".npy files (or a directory or glob of them), "
+                   "ragged .npz (data, lengths), .jsonl (one list of feature rows per line)")
+    s.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="a .npz file (data, lengths, names, skipped), or a directory mirroring .npy inputs")
+    s.add_argument("--batch-tokens", type=int, default=65536, metavar="N",
+                   help="padded time steps per batch (default 65536)")
+    s.add_argument("--threads", type=int, metavar="N", help="engine threads (default: all usable cores)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (none without a terminal anyway)")
+    s.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in the summary and in "
+                   "the output's 'skipped' array) instead of stopping")
+    s.set_defaults(func=cmd_run)
     return p
 
 

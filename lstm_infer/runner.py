@@ -1,0 +1,543 @@
+"""Batch inference over datasets: length bucketing under a token budget, streaming
+inputs and outputs, progress. The engine behind :func:`lstm_infer.predict`,
+:func:`lstm_infer.predict_iter`, ``lstm-infer run`` and :mod:`lstm_infer.dask`.
+
+Bucketing
+    Sequences are read into a *look-ahead window* until it holds
+    ``WINDOW_FACTOR * batch_tokens`` time steps (or ``WINDOW_MAX_SEQUENCES``
+    sequences), sorted by length (longest first, ties in input order) and cut into
+    batches whose padded size ``max_len * batch`` stays within ``batch_tokens``; a
+    sequence longer than the budget forms a batch of its own. Every sequence's output
+    is bit-identical to calling the model on it alone (the core computes each sequence
+    of a ragged batch independently), so bucketing changes no result.
+
+Memory
+    Bounded by the budget, not by the dataset: at most one window of inputs, one padded
+    batch and its output are held (a generator is consumed one window at a time).
+    ``lstm-infer run`` streams ragged ``.npz`` inputs record by record and spills outputs
+    to a temp file next to OUTPUT, assembled into the ``.npz`` at the end.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import fileio
+
+__all__ = ["predict", "predict_iter", "run", "RunStats", "BadRecordError", "DEFAULT_BATCH_TOKENS",
+           "WINDOW_FACTOR", "expand_inputs", "iter_records", "output_name_for"]
+
+DEFAULT_BATCH_TOKENS = 65536
+WINDOW_FACTOR = 4
+WINDOW_MAX_SEQUENCES = 65536
+
+
+class BadRecordError(ValueError):
+    """A record that cannot be a sequence for the model (names file and record)."""
+
+    def __init__(self, name, reason):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+@dataclass
+class RunStats:
+    sequences: int = 0
+    tokens: int = 0          # valid time steps
+    padded: int = 0          # time steps computed, padding included (sum of max_len * batch)
+    batches: int = 0
+    seconds: float = 0.0
+    skipped: list = field(default_factory=list)   # "name: reason"
+
+    @property
+    def padding_fraction(self):
+        return 1.0 - self.tokens / self.padded if self.padded else 0.0
+
+    def summary(self):
+        t = max(self.seconds, 1e-9)
+        line = (f"{self.sequences} sequences, {self.tokens} tokens in {self.seconds:.2f} s: "
+                f"{self.sequences / t:,.1f} seq/s, {self.tokens / t:,.0f} tokens/s, "
+                f"{self.batches} batches, padding {100 * self.padding_fraction:.1f}%")
+        if self.skipped:
+            line += f"; skipped {len(self.skipped)} bad record(s): " + "; ".join(self.skipped)
+        return line
+
+
+# ------------------------------------------------------------------ model
+
+def _as_model(model):
+    if fileio.is_path(model):
+        from . import load
+        model = load(model)
+    from .model import _Layer
+    if not isinstance(model, _Layer):
+        raise TypeError(f"predict needs a recurrent layer (LSTM, GRU, RNN) or a path to one, "
+                        f"not {type(model).__name__}")
+    return model
+
+
+def _check_sequence(model, arr, name):
+    """``arr`` as a (T, input_size) float32 array, or BadRecordError."""
+    if not isinstance(arr, np.ndarray):
+        try:
+            arr = np.asarray(arr)
+        except (ValueError, TypeError) as exc:
+            raise BadRecordError(name, f"not an array ({exc})") from None
+    if arr.dtype.kind not in "iuf":
+        raise BadRecordError(name, f"non-numeric values (dtype {arr.dtype})")
+    if arr.ndim == 1 and arr.dtype.kind in "iu":
+        raise BadRecordError(name, f"is a sequence of {arr.shape[0]} token ids, but the model's first layer "
+                             f"({model.kind}) takes float features of width {model.input_size}; token ids "
+                             f"need a model that starts with an Embedding")
+    if arr.ndim != 2 or arr.shape[1] != model.input_size:
+        raise BadRecordError(name, f"wrong shape {arr.shape}: expected (length, {model.input_size})")
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+# ------------------------------------------------------------------ bucketing
+
+def _batches(lengths, batch_tokens):
+    """Index lists (into ``lengths``): longest first, padded size within the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch, top = [], 0
+    for i in order:
+        if batch and top * (len(batch) + 1) > batch_tokens:
+            yield batch
+            batch = []
+        if not batch:
+            top = lengths[i]
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _run_window(model, window, batch_tokens, stats, progress):
+    """Runs one window of (key, array); yields (key, output) batch by batch."""
+    lengths = [a.shape[0] for _, a in window]
+    width = model.num_directions * model.out_size
+    for idx in _batches(lengths, batch_tokens):
+        T = lengths[idx[0]]
+        if T == 0:  # only empty sequences left: nothing to compute
+            for i in idx:
+                yield window[i][0], np.zeros((0, width), np.float32)
+            stats.sequences += len(idx)
+            stats.batches += 1
+            progress.update(len(idx), 0)
+            continue
+        B = len(idx)
+        lens = np.array([lengths[i] for i in idx], np.int64)
+        if model.batch_first:
+            x = np.zeros((B, T, model.input_size), np.float32)
+            for b, i in enumerate(idx):
+                x[b, :lens[b]] = window[i][1]
+            out = model(x, lengths=lens)[0]
+            outs = [out[b, :lens[b]].copy() for b in range(B)]
+        else:
+            x = np.zeros((T, B, model.input_size), np.float32)
+            for b, i in enumerate(idx):
+                x[:lens[b], b] = window[i][1]
+            out = model(x, lengths=lens)[0]
+            outs = [out[:lens[b], b].copy() for b in range(B)]
+        del x, out
+        n = int(lens.sum())
+        stats.sequences += B
+        stats.tokens += n
+        stats.padded += T * B
+        stats.batches += 1
+        progress.update(B, n)
+        for b, i in enumerate(idx):
+            yield window[i][0], outs[b]
+            outs[b] = None
+        for i in idx:
+            window[i] = None
+
+
+def _engine(model, items, batch_tokens, stats, progress, window_tokens=None):
+    """items: iterable of (key, (T, input_size) float32 array). Yields (key, output) as
+    batches finish; reads ``window_tokens`` steps ahead (default WINDOW_FACTOR * batch_tokens)."""
+    batch_tokens = int(batch_tokens)
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}")
+    window_tokens = WINDOW_FACTOR * batch_tokens if window_tokens is None else int(window_tokens)
+    window, held = [], 0
+    for key, arr in items:
+        window.append((key, arr))
+        held += max(arr.shape[0], 1)
+        if held >= window_tokens or len(window) >= WINDOW_MAX_SEQUENCES:
+            yield from _run_window(model, window, batch_tokens, stats, progress)
+            window, held = [], 0
+    if window:
+        yield from _run_window(model, window, batch_tokens, stats, progress)
+
+
+# ------------------------------------------------------------------ progress
+
+class _Progress:
+    """A tqdm bar (sequences/s, tokens/s) when wanted and possible; otherwise nothing."""
+
+    def __init__(self, enabled, total=None):
+        self.bar, self.tokens, self.start = None, 0, time.perf_counter()
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, unit="seq", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, seqs, tokens):
+        self.tokens += tokens
+        if self.bar is not None:
+            dt = max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{self.tokens / dt:,.0f} tokens/s", refresh=False)
+            self.bar.update(seqs)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# ------------------------------------------------------------------ Python API
+
+def predict_iter(model, sequences, batch_tokens=DEFAULT_BATCH_TOKENS, progress=False, *,
+                 window_tokens=None, stats=None):
+    """Yields ``(index, output)`` as batches finish (not in input order).
+
+    ``model``: a recurrent layer or a path to a model file. ``sequences``: any iterable
+    of ``(T_i, input_size)`` arrays; a generator is read one look-ahead window at a time
+    (``window_tokens``, default ``WINDOW_FACTOR * batch_tokens`` steps). ``output`` is
+    the layer's per-step output for that sequence alone, shape ``(T_i, D * out)``.
+    ``progress=True`` shows a tqdm bar (if tqdm is installed). ``stats``: a RunStats
+    to fill in."""
+    model = _as_model(model)
+    stats = RunStats() if stats is None else stats
+    total = len(sequences) if hasattr(sequences, "__len__") else None
+    items = ((i, _check_sequence(model, s, f"sequence {i}")) for i, s in enumerate(sequences))
+    bar = _Progress(progress, total)
+    start = time.perf_counter()
+    try:
+        yield from _engine(model, items, batch_tokens, stats, bar, window_tokens)
+    finally:
+        bar.close()
+        stats.seconds = time.perf_counter() - start
+
+
+def predict(model, sequences, batch_tokens=DEFAULT_BATCH_TOKENS, progress=False, **kwargs):
+    """Per-sequence outputs of ``model`` as a list in input order (see predict_iter)."""
+    results = {}
+    for i, y in predict_iter(model, sequences, batch_tokens, progress, **kwargs):
+        results[i] = y
+    return [results[i] for i in range(len(results))]
+
+
+# ------------------------------------------------------------------ inputs
+
+INPUT_SUFFIXES = (".npy", ".npz", ".jsonl")
+
+
+def expand_inputs(inputs):
+    """Input paths as given, directories and globs expanded (sorted) to their .npy files."""
+    paths = []
+    for raw in inputs:
+        p = fileio.display_name(raw)
+        if os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(glob.escape(p), "*.npy")))
+            if not found:
+                raise ValueError(f"{p}: directory holds no .npy files")
+            paths.extend(found)
+        elif not os.path.exists(p) and glob.has_magic(p):
+            found = sorted(glob.glob(p))
+            if not found:
+                raise ValueError(f"{p}: no file matches")
+            paths.extend(found)
+        else:
+            paths.append(p)
+    for p in paths:
+        if not p.endswith(INPUT_SUFFIXES):
+            raise ValueError(f"{p}: unsupported input (expected .npy, .npz or .jsonl)")
+        if not os.path.exists(p):
+            raise FileNotFoundError(2, "No such file or directory", p)
+    return paths
+
+
+def _read_npy_header(fh):
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
+def _iter_npz(path):
+    """(name, array) per record of a ragged .npz, read record by record from the zip."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .npz ({exc})") from None
+    with zf:
+        members = set(zf.namelist())
+        if not {"data.npy", "lengths.npy"} <= members:
+            raise ValueError(f"{path}: a ragged .npz needs arrays 'data' and 'lengths'")
+        with zf.open("lengths.npy") as fh:
+            lengths = np.lib.format.read_array(fh, allow_pickle=False)
+        if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths.size and lengths.min() < 0):
+            raise ValueError(f"{path}: 'lengths' must be a 1-D array of non-negative integers")
+        with zf.open("data.npy") as fh:
+            shape, fortran, dtype = _read_npy_header(fh)
+            if len(shape) not in (1, 2) or dtype.hasobject:
+                raise ValueError(f"{path}: 'data' must be a 1-D or 2-D numeric array, got {shape} {dtype}")
+            if int(lengths.sum()) != shape[0]:
+                raise ValueError(f"{path}: 'lengths' sum to {int(lengths.sum())}, but 'data' has "
+                                 f"{shape[0]} rows")
+            if fortran and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
+                data = np.asfortranarray(np.lib.format.read_array(zf.open("data.npy"), allow_pickle=False))
+                pos = 0
+                for i, n in enumerate(lengths.tolist()):
+                    yield f"{path}[{i}]", np.ascontiguousarray(data[pos:pos + n])
+                    pos += n
+                return
+            row = shape[1] if len(shape) == 2 else 1
+            for i, n in enumerate(lengths.tolist()):
+                nbytes = n * row * dtype.itemsize
+                buf = fh.read(nbytes)
+                if len(buf) != nbytes:
+                    raise ValueError(f"{path}: 'data' is truncated")
+                arr = np.frombuffer(buf, dtype).reshape((n,) + tuple(shape[1:]))
+                yield f"{path}[{i}]", arr
+
+
+def _parse_jsonl_record(line):
+    text = line.strip()
+    if not text:
+        raise ValueError("empty line")
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc.args[0]})") from None
+    if not isinstance(obj, list):
+        raise ValueError(f"expected a list of feature rows (or of token ids), got {type(obj).__name__}")
+    try:
+        arr = np.array(obj)
+    except ValueError:
+        raise ValueError("rows of different widths") from None
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise ValueError("non-numeric values")
+    if arr.size == 0:
+        raise ValueError("empty sequence")
+    return arr
+
+
+def _iter_jsonl(path):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            name = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+                yield name, _parse_jsonl_record(line)
+            except (ValueError, UnicodeDecodeError) as exc:
+                reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+                yield name, BadRecordError(name, reason)
+
+
+def iter_records(paths):
+    """(name, array or BadRecordError) for every record of the input files, in order."""
+    for p in paths:
+        if p.endswith(".npy"):
+            try:
+                arr = np.load(p, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                yield p, BadRecordError(p, f"not a readable .npy ({exc})")
+                continue
+            yield p, arr
+        elif p.endswith(".npz"):
+            yield from _iter_npz(p)
+        else:
+            yield from _iter_jsonl(p)
+
+
+def _count_records(paths):
+    """The number of records when cheap to know (file count, npz lengths), else None."""
+    n = 0
+    for p in paths:
+        if p.endswith(".npy"):
+            n += 1
+        elif p.endswith(".npz"):
+            try:
+                with zipfile.ZipFile(p) as zf, zf.open("lengths.npy") as fh:
+                    n += int(np.lib.format.read_array(fh, allow_pickle=False).shape[0])
+            except Exception:
+                return None
+        else:
+            return None
+    return n
+
+
+# ------------------------------------------------------------------ outputs
+
+def _temp_path(directory, base, suffix):
+    return os.path.join(directory, f".{base[:180]}.{secrets.token_hex(6)}{suffix}")
+
+
+def _member(name):
+    """A zip entry with a fixed time stamp: the same outputs give the same bytes."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
+class _RaggedWriter:
+    """Outputs spilled to a temp file as they come, assembled into a ragged .npz
+    (``data``, ``lengths``, ``names``, ``skipped``) in input order at the end."""
+
+    def __init__(self, path, width):
+        self.path, self.width = path, width
+        directory, base = os.path.split(os.path.abspath(path))
+        self.spill_path = _temp_path(directory, base, ".spill")
+        self.spill = open(self.spill_path, "w+b")
+        self.where = {}  # key -> (offset, rows)
+        self.end = 0
+
+    def add(self, key, out):
+        buf = np.ascontiguousarray(out, np.float32).tobytes()
+        self.spill.write(buf)
+        self.where[key] = (self.end, out.shape[0])
+        self.end += len(buf)
+
+    def finish(self, names, skipped):
+        self.spill.flush()
+        fd = self.spill.fileno()
+        n = len(names)
+        lengths = np.array([self.where[k][1] for k in range(n)], np.int64)
+        rows = int(lengths.sum())
+        with fileio.atomic_writer(self.path) as fh:
+            with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                with zf.open(_member("data.npy"), "w", force_zip64=True) as member:
+                    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                              "fortran_order": False, "shape": (rows, self.width)}
+                    np.lib.format.write_array_header_1_0(member, header)
+                    for k in range(n):
+                        off, t = self.where[k]
+                        size = t * self.width * 4
+                        while size:
+                            chunk = os.pread(fd, min(size, 1 << 24), off)
+                            member.write(chunk)
+                            off += len(chunk)
+                            size -= len(chunk)
+                for key, value in (("lengths", lengths), ("names", np.array(names, dtype=str)),
+                                   ("skipped", np.array(skipped, dtype=str))):
+                    with zf.open(_member(key + ".npy"), "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, value, allow_pickle=False)
+
+    def abort(self):
+        pass
+
+    def close(self):
+        self.spill.close()
+        try:
+            os.unlink(self.spill_path)
+        except OSError:
+            pass
+
+
+def output_name_for(path):
+    """The file name ``run`` writes into an output directory for one input file."""
+    base = os.path.basename(path)
+    return base if base.endswith(".npy") else os.path.splitext(base)[0] + ".npz"
+
+
+class _NpyDirWriter:
+    """One .npy per .npy input, mirrored by base name into a directory; written into a
+    hidden temp directory and moved in at the end, so an interrupted run leaves nothing."""
+
+    def __init__(self, outdir, names):
+        self.outdir = outdir
+        bases = [os.path.basename(p) for p in names]
+        dup = {b for b in bases if bases.count(b) > 1} if len(set(bases)) != len(bases) else set()
+        if dup:
+            raise ValueError(f"inputs share base names {sorted(dup)[:5]}; cannot mirror them into one directory")
+        self.bases = bases
+        self.created = not os.path.isdir(outdir)
+        parent = os.path.dirname(os.path.abspath(outdir)) if self.created else outdir
+        self.tmp = _temp_path(parent, os.path.basename(os.path.abspath(outdir)), ".tmpdir")
+        os.mkdir(self.tmp)
+        self.key_to_base = {}
+
+    def add(self, key, out):
+        with open(os.path.join(self.tmp, self.key_to_base[key]), "wb") as fh:
+            np.save(fh, out)
+
+    def finish(self, names, skipped):
+        if self.created:
+            os.rename(self.tmp, self.outdir)
+            self.tmp = None
+            return
+        for base in os.listdir(self.tmp):
+            os.replace(os.path.join(self.tmp, base), os.path.join(self.outdir, base))
+
+    def close(self):
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ run
+
+def run(model, inputs, output, batch_tokens=DEFAULT_BATCH_TOKENS, progress=False, skip_bad=False,
+        window_tokens=None):
+    """What ``lstm-infer run`` does: every record of ``inputs`` through ``model`` into
+    ``output`` (a ragged .npz, or a directory mirroring .npy inputs). Returns RunStats.
+    A bad record raises BadRecordError unless ``skip_bad``."""
+    model = _as_model(model)
+    paths = expand_inputs(inputs)
+    out = fileio.display_name(output)
+    to_dir = not out.endswith(".npz")
+    if to_dir and not all(p.endswith(".npy") for p in paths):
+        raise ValueError(f"{out}: output must be a .npz file (a directory output needs .npy inputs)")
+    if to_dir and os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(20, "exists and is not a directory (give a .npz file name or a directory)", out)
+    if not to_dir and os.path.isdir(out):
+        raise IsADirectoryError(21, "is a directory; a .npz output must be a file", out)
+    stats = RunStats()
+    names = []
+    width = model.num_directions * model.out_size
+    writer = None
+    bar = _Progress(progress, _count_records(paths))
+    start = time.perf_counter()
+
+    def items():
+        for name, rec in iter_records(paths):
+            try:
+                if isinstance(rec, BadRecordError):
+                    raise rec
+                arr = _check_sequence(model, rec, name)
+            except BadRecordError as exc:
+                if not skip_bad:
+                    raise
+                stats.skipped.append(str(exc))
+                continue
+            key = len(names)
+            names.append(name)
+            if to_dir:
+                writer.key_to_base[key] = os.path.basename(name)
+            yield key, arr
+
+    try:
+        writer = _NpyDirWriter(out, paths) if to_dir else _RaggedWriter(out, width)
+        for key, y in _engine(model, items(), batch_tokens, stats, bar, window_tokens):
+            writer.add(key, y)
+        bar.close()
+        writer.finish(names, stats.skipped)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        stats.seconds = time.perf_counter() - start
+    return stats
