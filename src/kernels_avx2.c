@@ -11,7 +11,7 @@
  * (3x1 / 2x1 / 1x3 / 1x2 / 1x1 where fewer strips are left) so that 8 to 12
  * independent accumulators still hide the FMA latency. A step with one row
  * (streaming, batch 1) has its own loop: four strips in eight registers over
- * the whole of K (one or two strips: K dealt over four or two sets of them).
+ * the whole of K.
  *
  * The cell is one generic step in two bodies, one row (row_kind) and more
  * (rows_kind), each compiled once per cell kind with the kind a constant
@@ -341,30 +341,20 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
 
 /*
  * A row's sums over ns (compile-time, 1 to 4) strips at w, sstride apart:
- * out[16s ..] = (init ? init[16s ..] : 0) + a (K) @ strip s. Four strips
- * are eight independent accumulators over the whole of K; for one or two
- * strips K is dealt out k mod P over P = 4 or 2 sets of accumulators, so
- * that eight still hide the FMA latency, and the sets are added at the end.
+ * out[16s ..] = (init ? init[16s ..] : 0) + a (K) @ strip s, each sum in k
+ * order like the batched path's, so a sequence gets the same bits alone as
+ * in a batch (splitting K over more accumulators for one or two strips was
+ * faster, but rounded differently).
  */
 INLINE void row_strips(const int ns, int64_t K, const float *a, const float *w, int64_t sstride,
                        const float *init, float *out) {
-    const int nv = 2 * ns, P = ns == 1 ? 4 : ns == 2 ? 2 : 1;
+    const int nv = 2 * ns;
     __m256 acc[8];
     EACH(v, nv) acc[v] = init ? _mm256_loadu_ps(init + 8 * v) : _mm256_setzero_ps();
-    EACH(v, (P - 1) * nv) acc[nv + v] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + P <= K; k += P, w += P * LSTM_TILE)
-        EACH(p, P) {
-            const __m256 x = _mm256_broadcast_ss(a + k + p);
-            EACH(v, nv) acc[p * nv + v] = _mm256_fmadd_ps(
-                x, _mm256_loadu_ps(w + p * LSTM_TILE + (v / 2) * sstride + 8 * (v % 2)), acc[p * nv + v]);
-        }
-    if (P > 1)
-        for (; k < K; k++, w += LSTM_TILE) {
-            const __m256 x = _mm256_broadcast_ss(a + k);
-            EACH(v, nv) acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
-        }
-    EACH(p, P - 1) EACH(v, nv) acc[v] = _mm256_add_ps(acc[v], acc[(p + 1) * nv + v]);
+    for (int64_t k = 0; k < K; k++, w += LSTM_TILE) {
+        const __m256 x = _mm256_broadcast_ss(a + k);
+        EACH(v, nv) acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
+    }
     EACH(v, nv) _mm256_storeu_ps(out + 8 * v, acc[v]);
 }
 

@@ -61,17 +61,11 @@ def test_predict_bit_identical_to_single_calls(one_thread, cls, kw, budget):
         ref = m(s[None] if m.batch_first else s[:, None])[0]
         ref = ref[0] if m.batch_first else ref[:, 0]
         assert y.dtype == np.float32 and y.shape == ref.shape
-        if cls is li.RNN and li.get_isa() != "scalar":
-            # the avx2 RNN step rounds a lone sequence (B == 1) differently from a batch: a core
-            # matter (see test_rnn_core_batch_vs_single), not bucketing; batches agree exactly
-            np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5)
-        else:
-            assert np.array_equal(y, ref)
+        assert np.array_equal(y, ref)
 
 
-@pytest.mark.xfail(li.get_isa() != "scalar", strict=True,
-                   reason="core: the avx2 RNN kernel rounds B == 1 differently from B >= 2")
 def test_rnn_core_batch_vs_single(one_thread):
+    """A lone sequence (the one-row step) rounds like the same sequence in a batch."""
     m = make(li.RNN)
     s = sequences(2)
     assert np.array_equal(m(s)[0][0], m(s[0])[0])
