@@ -65,6 +65,39 @@ cdef inline bint _c_ready(cnp.ndarray a):
             and cnp.PyArray_ISALIGNED(a))
 
 
+cdef int _check_input(cnp.ndarray xa, int64_t B, int64_t width) except -1:
+    """x: (T, B, width) for C (B < 0: any batch), feature axis contiguous."""
+    if (cnp.PyArray_NDIM(xa) != 3 or not _c_ready(xa)
+            or (B >= 0 and cnp.PyArray_DIMS(xa)[1] != B) or cnp.PyArray_DIMS(xa)[2] != width
+            or (cnp.PyArray_DIMS(xa)[2] > 1 and cnp.PyArray_STRIDES(xa)[2] != 4)
+            or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4):
+        raise ValueError("input buffer: bad shape, dtype or layout")
+    return 0
+
+
+cdef int _check_output(cnp.ndarray oa, int64_t T, int64_t B, int64_t width) except -1:
+    """output: writable (T, B, width) for C, feature axis contiguous."""
+    if (cnp.PyArray_NDIM(oa) != 3 or not _c_ready(oa)
+            or cnp.PyArray_DIMS(oa)[0] != T or cnp.PyArray_DIMS(oa)[1] != B
+            or cnp.PyArray_DIMS(oa)[2] != width
+            or cnp.PyArray_STRIDES(oa)[2] != 4 or cnp.PyArray_STRIDES(oa)[0] % 4
+            or cnp.PyArray_STRIDES(oa)[1] % 4 or not cnp.PyArray_ISWRITEABLE(oa)):
+        raise ValueError("output buffer: bad shape, dtype or layout")
+    return 0
+
+
+cdef const int64_t *_lengths_ptr(object lengths, int64_t B) except? NULL:
+    """Pointer to a contiguous native int64 (B,) array; NULL for None."""
+    if lengths is None:
+        return NULL
+    cdef cnp.ndarray la = lengths
+    if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or cnp.PyArray_NDIM(la) != 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(la) or not cnp.PyArray_ISNOTSWAPPED(la)
+            or not cnp.PyArray_ISALIGNED(la) or cnp.PyArray_DIMS(la)[0] != B):
+        raise ValueError("lengths buffer: bad shape, dtype or layout")
+    return <const int64_t *>cnp.PyArray_DATA(la)
+
+
 cdef class Core:
     """An immutable C model built from float32 weights in torch state_dict order."""
     cdef lstm_model *model
@@ -133,19 +166,10 @@ cdef class Core:
         cdef cnp.ndarray xa = x, oa = output
         cdef int64_t T, B, slots = self.num_layers * self.directions
         # C-level checks only: this runs on every call, streaming steps included
-        if (cnp.PyArray_NDIM(xa) != 3 or not _c_ready(xa)
-                or cnp.PyArray_DIMS(xa)[2] != self.input_size
-                or (cnp.PyArray_DIMS(xa)[2] > 1 and cnp.PyArray_STRIDES(xa)[2] != 4)
-                or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4):
-            raise ValueError("input buffer: bad shape, dtype or layout")
+        _check_input(xa, -1, self.input_size)
         T = cnp.PyArray_DIMS(xa)[0]
         B = cnp.PyArray_DIMS(xa)[1]
-        if (cnp.PyArray_NDIM(oa) != 3 or not _c_ready(oa)
-                or cnp.PyArray_DIMS(oa)[0] != T or cnp.PyArray_DIMS(oa)[1] != B
-                or cnp.PyArray_DIMS(oa)[2] != self.directions * self.out_size
-                or cnp.PyArray_STRIDES(oa)[2] != 4 or cnp.PyArray_STRIDES(oa)[0] % 4
-                or cnp.PyArray_STRIDES(oa)[1] % 4 or not cnp.PyArray_ISWRITEABLE(oa)):
-            raise ValueError("output buffer: bad shape, dtype or layout")
+        _check_output(oa, T, B, self.directions * self.out_size)
         if not self.has_c and (c_0 is not None or c_n is not None):
             raise ValueError("c_0/c_n buffers belong to the LSTM cell only")
         cdef lstm_forward_args args
@@ -155,14 +179,7 @@ cdef class Core:
             args.c_n = <float *>_state_ptr(c_n, slots, B, self.hidden_size, True, "c_n")
             args.c_0 = _state_ptr(c_0, slots, B, self.hidden_size, False, "c_0")
         args.h_0 = _state_ptr(h_0, slots, B, self.out_size, False, "h_0")
-        cdef cnp.ndarray la
-        if lengths is not None:
-            la = lengths
-            if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or cnp.PyArray_NDIM(la) != 1
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(la) or not cnp.PyArray_ISNOTSWAPPED(la)
-                    or not cnp.PyArray_ISALIGNED(la) or cnp.PyArray_DIMS(la)[0] != B):
-                raise ValueError("lengths buffer: bad shape, dtype or layout")
-            args.lengths = <const int64_t *>cnp.PyArray_DATA(la)
+        args.lengths = _lengths_ptr(lengths, B)
         self._run(xa, oa, &args)
 
     cdef _run(self, cnp.ndarray xa, cnp.ndarray oa, lstm_forward_args *args):
@@ -474,29 +491,14 @@ cdef class StreamBase:
         """x: float32 (T, B, I) with a contiguous last axis; lengths: private
         contiguous int64 (B,) or None; output: float32 (T, B, out) with a
         contiguous last axis. Every array native and aligned (checked here)."""
-        cdef cnp.ndarray xa = x, oa = output, la
+        cdef cnp.ndarray xa = x, oa = output
         cdef int64_t T, B = self.batch_size
-        if (cnp.PyArray_NDIM(xa) != 3 or not _c_ready(xa)
-                or cnp.PyArray_DIMS(xa)[1] != B or cnp.PyArray_DIMS(xa)[2] != self._input_size
-                or (cnp.PyArray_DIMS(xa)[2] > 1 and cnp.PyArray_STRIDES(xa)[2] != 4)
-                or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4):
-            raise ValueError("input buffer: bad shape, dtype or layout")
+        _check_input(xa, B, self._input_size)
         T = cnp.PyArray_DIMS(xa)[0]
-        if (cnp.PyArray_NDIM(oa) != 3 or not _c_ready(oa)
-                or cnp.PyArray_DIMS(oa)[0] != T or cnp.PyArray_DIMS(oa)[1] != B
-                or cnp.PyArray_DIMS(oa)[2] != self._out_size
-                or cnp.PyArray_STRIDES(oa)[2] != 4 or cnp.PyArray_STRIDES(oa)[0] % 4
-                or cnp.PyArray_STRIDES(oa)[1] % 4 or not cnp.PyArray_ISWRITEABLE(oa)):
-            raise ValueError("output buffer: bad shape, dtype or layout")
+        _check_output(oa, T, B, self._out_size)
         cdef lstm_forward_args args
         memset(&args, 0, sizeof(args))
-        if lengths is not None:
-            la = lengths
-            if (cnp.PyArray_TYPE(la) != cnp.NPY_INT64 or cnp.PyArray_NDIM(la) != 1
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(la) or not cnp.PyArray_ISNOTSWAPPED(la)
-                    or not cnp.PyArray_ISALIGNED(la) or cnp.PyArray_DIMS(la)[0] != B):
-                raise ValueError("lengths buffer: bad shape, dtype or layout")
-            args.lengths = <const int64_t *>cnp.PyArray_DATA(la)
+        args.lengths = _lengths_ptr(lengths, B)
         args.seq_len = T
         args.batch = B
         args.input = <const float *>cnp.PyArray_DATA(xa)
