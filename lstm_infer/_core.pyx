@@ -86,6 +86,18 @@ cdef int _check_output(cnp.ndarray oa, int64_t T, int64_t B, int64_t width) exce
     return 0
 
 
+cdef inline void _set_buffers(lstm_forward_args *args, cnp.ndarray xa, cnp.ndarray oa):
+    """The input and output of args from checked (T, B, width) arrays (strides in floats)."""
+    args.seq_len = cnp.PyArray_DIMS(xa)[0]
+    args.batch = cnp.PyArray_DIMS(xa)[1]
+    args.input = <const float *>cnp.PyArray_DATA(xa)
+    args.input_stride_t = cnp.PyArray_STRIDES(xa)[0] // 4
+    args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
+    args.output = <float *>cnp.PyArray_DATA(oa)
+    args.output_stride_t = cnp.PyArray_STRIDES(oa)[0] // 4
+    args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
+
+
 cdef const int64_t *_lengths_ptr(object lengths, int64_t B) except? NULL:
     """Pointer to a contiguous native int64 (B,) array; NULL for None."""
     if lengths is None:
@@ -184,14 +196,7 @@ cdef class Core:
 
     cdef _run(self, cnp.ndarray xa, cnp.ndarray oa, lstm_forward_args *args):
         """Fills in the input and output of args (checked by the caller) and runs C."""
-        args.seq_len = cnp.PyArray_DIMS(xa)[0]
-        args.batch = cnp.PyArray_DIMS(xa)[1]
-        args.input = <const float *>cnp.PyArray_DATA(xa)
-        args.input_stride_t = cnp.PyArray_STRIDES(xa)[0] // 4
-        args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
-        args.output = <float *>cnp.PyArray_DATA(oa)
-        args.output_stride_t = cnp.PyArray_STRIDES(oa)[0] // 4
-        args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
+        _set_buffers(args, xa, oa)
         if PyThread_get_thread_ident() == _main_thread:
             args.interrupt = _poll_signals
         cdef lstm_status s
@@ -499,14 +504,7 @@ cdef class StreamBase:
         cdef lstm_forward_args args
         memset(&args, 0, sizeof(args))
         args.lengths = _lengths_ptr(lengths, B)
-        args.seq_len = T
-        args.batch = B
-        args.input = <const float *>cnp.PyArray_DATA(xa)
-        args.input_stride_t = cnp.PyArray_STRIDES(xa)[0] // 4
-        args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
-        args.output = <float *>cnp.PyArray_DATA(oa)
-        args.output_stride_t = cnp.PyArray_STRIDES(oa)[0] // 4
-        args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
+        _set_buffers(&args, xa, oa)
         self._go(&args, T == 1)
 
     def _reset_slot(self, int slot):
