@@ -113,6 +113,12 @@ def describe(kind, config):
         return f"Embedding({config['num_embeddings']}, {config['embedding_dim']}{pad})"
     if kind == "Readout":
         return f"Readout({config['mode']!r})"
+    if kind in detect.SIGNATURES:  # the recurrent modules as lstm_infer and torch print them
+        sig = detect.SIGNATURES[kind]
+        extra = "".join(f", {k}={v!r}" for k, v in config.items()
+                        if k in sig and k not in ("input_size", "hidden_size", "dropout", "batch_first")
+                        and v != sig[k])
+        return f"{kind}({config['input_size']}, {config['hidden_size']}{extra})"
     shown = {k: v for k, v in config.items() if k not in ("dropout", "batch_first")}
     return f"{kind}(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
@@ -141,6 +147,7 @@ def check_layers(layers) -> Chain:
     check_names([layer.name for layer in layers])
     first = in_width(layers[0].kind, layers[0].config)
     width = first
+    giver = None           # the last layer that set the width
     prev = None            # the last layer other than dropout
     last_rec = None        # the last recurrent layer
     readout = None         # the readout after last_rec
@@ -180,11 +187,12 @@ def check_layers(layers) -> Chain:
         need = in_width(kind, layer.config)
         if need != ANY and width != ANY and need != width or \
                 kind == "LayerNorm" and len(layer.config["normalized_shape"]) != 1:
-            before = layers[i - 1]
-            raise ValueError(f"the shapes do not chain: {before.name!r} ({describe(before.kind, before.config)}) "
+            raise ValueError(f"the shapes do not chain: {giver.name!r} ({describe(giver.kind, giver.config)}) "
                              f"gives {_gives(width)}, {layer.name!r} ({describe(kind, layer.config)}) takes "
-                             f"{_takes(layer)}" + _alt_hint(before) + _alt_hint(layer))
+                             f"{_takes(layer)}" + _alt_hint(giver) + _alt_hint(layer))
         width = out_width(kind, layer.config, need if width == ANY else width)
+        if need != ANY:
+            giver = layer
         if kind != "Dropout":
             prev = layer
     mode = None if readout is None else readout.config["mode"]
@@ -449,7 +457,8 @@ def resolve(sd, pipeline, nonlinearity=None):
         if kind in RECURRENT_KINDS:
             config = spec.full_config(**_nonlinearity_for(kind, name, nonlinearity))
             config.pop("batch_first")  # the Sequential's, set by the caller
-        alternatives = () if forced else spec.alternatives
+        # only first can a lone 2-D weight be either kind: an Embedding comes first
+        alternatives = () if forced or i else spec.alternatives
         layers.append((Layer(name, kind, config, alternatives), detect.module_state_dict(sd, spec)))
     check_layers([layer for layer, _ in layers])
     return layers

@@ -217,7 +217,7 @@ def test_pipeline_inspection():
     li.Sequential.from_state_dict(sd, text)  # its widths chain
     cls = li.read_state_dict(os.path.join(HERE, "fixtures", "seq", "classifier.pt"))
     assert pipeline.suggest(cls) == "embedding > lstm > final > fc"
-    assert pipeline.describe("LSTM", found[1].config).startswith("LSTM(input_size=6, hidden_size=5")
+    assert pipeline.describe("LSTM", found[1].config) == "LSTM(6, 5, bidirectional=True)"
 
 
 def test_read_state_dict_dtypes():
