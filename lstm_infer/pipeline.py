@@ -221,9 +221,11 @@ def check_names(names):
         if name in seen:
             raise ValueError(f"layer name {name!r} is used twice")
         seen.add(name)
-    for name in names:
-        for other in names:
-            if other.startswith(name + "."):
+    for other in names:
+        parts = other.split(".")
+        for n in range(1, len(parts)):
+            name = ".".join(parts[:n])
+            if name in seen:
                 raise ValueError(f"layer name {name!r} is a prefix of {other!r}: the tensors of "
                                  f"{other!r} would be read as {name!r}'s")
 
@@ -461,6 +463,12 @@ def resolve(sd, pipeline, nonlinearity=None):
         alternatives = () if forced or i else spec.alternatives
         layers.append((Layer(name, kind, config, alternatives), detect.module_state_dict(sd, spec)))
     check_layers([layer for layer, _ in layers])
+    rnns = [layer.name for layer, _ in layers if layer.kind == "RNN"]
+    if nonlinearity is not None and not rnns:
+        raise ValueError("nonlinearity applies to RNN layers; the pipeline has none")
+    if isinstance(nonlinearity, dict) and set(nonlinearity) - set(rnns):
+        raise ValueError(f"nonlinearity names {sorted(set(nonlinearity) - set(rnns))}, which are not RNN "
+                         f"layers of the pipeline (its RNN layers: {rnns})")
     return layers
 
 

@@ -3,6 +3,7 @@ chain, unknown prefixes, misplaced readouts, ambiguous tensors, bad token ids an
 dtypes, and hostile or damaged Sequential model files. No torch needed."""
 import json
 import struct
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -134,6 +135,10 @@ def test_nonlinearity_option():
     assert m["rnn"].nonlinearity == "relu"
     with pytest.raises(ValueError, match="nonlinearity"):
         li.Sequential.from_state_dict(sd, "rnn > final > fc", nonlinearity="gelu")
+    with pytest.raises(ValueError, match=r"names \['fc'\], which are not RNN layers"):
+        li.Sequential.from_state_dict(sd, "rnn > final > fc", nonlinearity={"fc": "relu"})
+    with pytest.raises(ValueError, match="applies to RNN layers; the pipeline has none"):
+        li.Sequential.from_state_dict(_sd(), "lstm > final", nonlinearity="relu")
 
 
 def test_not_a_state_dict():
@@ -193,14 +198,9 @@ def test_bad_calls(classifier, x, lengths, match):
 
 
 def test_wrong_feature_count_names_the_layer():
-    m = li.Sequential(OrderedDict_(enc=li.GRU(3, 2), last="last"))
+    m = li.Sequential(OrderedDict(enc=li.GRU(3, 2), last="last"))
     with pytest.raises(ValueError, match="layer 'enc'.*3"):
         m(np.zeros((4, 1, 5), np.float32))
-
-
-def OrderedDict_(**kw):
-    from collections import OrderedDict
-    return OrderedDict(kw)
 
 
 def test_by_hand_construction_errors():
@@ -215,15 +215,15 @@ def test_by_hand_construction_errors():
     with pytest.raises(ValueError, match="unknown layer keyword 'gelu'"):
         li.Sequential(li.LSTM(2, 3), "gelu")
     with pytest.raises(ValueError, match="is a prefix of"):
-        li.Sequential(OrderedDict_(**{"a": li.LSTM(2, 3), "a.b": li.GRU(3, 3)}))
+        li.Sequential(OrderedDict({"a": li.LSTM(2, 3), "a.b": li.GRU(3, 3)}))
     with pytest.raises(ValueError, match="not usable"):
-        li.Sequential(OrderedDict_(**{"a b": li.LSTM(2, 3)}))
+        li.Sequential(OrderedDict({"a b": li.LSTM(2, 3)}))
     with pytest.raises(ValueError, match="lengths applies to models with a recurrent layer"):
         li.Sequential(li.Linear(2, 3))(np.zeros((1, 2)), lengths=[1])
 
 
 def test_load_state_dict_strict():
-    m = li.Sequential(OrderedDict_(lstm=li.LSTM(2, 3), final="final", fc=li.Linear(3, 1)))
+    m = li.Sequential(OrderedDict(lstm=li.LSTM(2, 3), final="final", fc=li.Linear(3, 1)))
     sd = m.state_dict()
     with pytest.raises(KeyError, match="missing keys: fc.bias"):
         m.load_state_dict({k: v for k, v in sd.items() if k != "fc.bias"})
@@ -282,10 +282,6 @@ def test_truncated_files_are_refused(tmp_path):
             modelfile.read_model(data=data[:cut], name="cut.lstm")
 
 
-def _drop_layer_tensor(cfg):
-    pass
-
-
 @pytest.mark.parametrize("change,match", [
     (lambda c: c.pop("batch_first"), "exactly batch_first and layers"),
     (lambda c: c.update(layers={}), "must be a list"),
@@ -315,9 +311,8 @@ def _rewrite(data, edit):
     """Rebuild the file after edit(tensors) changes the {name: array} it holds."""
     header, body = _split(data)
     meta = header.pop("__metadata__")
-    arrays = {k: np.frombuffer(body, "<f4", count=(e[1] - e[0]) // 4, offset=e[0]).reshape(e["shape"])
-              if False else np.frombuffer(body[v["data_offsets"][0]:v["data_offsets"][1]], "<f4").reshape(v["shape"])
-              for k, v in header.items() for e in [v["data_offsets"]]}
+    arrays = {k: np.frombuffer(body[v["data_offsets"][0]:v["data_offsets"][1]], "<f4").reshape(v["shape"])
+              for k, v in header.items()}
     edit(arrays)
     out, pos, blob = {"__metadata__": meta}, 0, b""
     for k, a in arrays.items():
