@@ -382,3 +382,55 @@ def test_list_modules_reports_broken_groups():
     assert [f.name for f in pipeline.list_modules(sd)][:3] == ["embedding", "lstm", "fc"]  # file order
     with pytest.raises(ValueError, match="'fc': fc.bias"):
         li.Sequential.from_state_dict(sd, "embedding > lstm > final > fc")
+
+
+_ODD_VALUES = [None, True, False, 0, -1, 1, 3, 4, 2 ** 63, 1.5, float("nan"), "", "x", "LSTM", "Linear",
+               "final", [], [3], [[1]], {}, {"a": 1}]
+
+
+def _mutate(obj, rng):
+    """obj with one value somewhere inside replaced by an odd one (or a key dropped)."""
+    if isinstance(obj, dict) and obj and rng.random() < 0.8:
+        k = list(obj)[rng.integers(len(obj))]
+        if rng.random() < 0.15:
+            return {kk: v for kk, v in obj.items() if kk != k}
+        return dict(obj, **{k: _mutate(obj[k], rng)})
+    if isinstance(obj, list) and obj and rng.random() < 0.8:
+        i = int(rng.integers(len(obj)))
+        return obj[:i] + [_mutate(obj[i], rng)] + obj[i + 1:]
+    return _ODD_VALUES[rng.integers(len(_ODD_VALUES))]
+
+
+def test_fuzzed_configs_give_format_errors(tmp_path):
+    """Hostile configs: every damaged one is refused with a FormatError (or, where the
+    damage is harmless, read); never another exception."""
+    data = _good_file(tmp_path)
+    header, body = _split(data)
+    cfg = json.loads(header["__metadata__"]["config"])
+    rng = np.random.default_rng(13)
+    refused = 0
+    for _ in range(400):
+        bad = _mutate(cfg, rng)
+        h = dict(header, __metadata__=dict(header["__metadata__"], config=json.dumps(bad)))
+        try:
+            kind, got, sd = modelfile.read_model(data=_join(h, body), name="fuzz.lstm")
+        except FormatError:
+            refused += 1
+            continue
+        li.Sequential.from_config(got, sd)  # what reads must build
+    assert refused > 300
+
+
+def test_fuzzed_bytes_give_format_errors(tmp_path):
+    data = bytearray(_good_file(tmp_path))
+    (n,) = struct.unpack_from("<Q", data)
+    rng = np.random.default_rng(14)
+    for _ in range(300):
+        bad = bytearray(data)
+        for pos in rng.integers(8, 8 + n, 3):
+            bad[pos] = int(rng.integers(32, 127))
+        try:
+            kind, cfg, sd = modelfile.read_model(data=bytes(bad), name="fuzz.lstm")
+        except FormatError:
+            continue
+        li.Sequential.from_config(cfg, sd)  # what reads must build
