@@ -42,8 +42,12 @@ them too):
         is None); name is the prefix without its dot ("" at the top level).
     unrecognised(state_dict, found=None) -> [key]   tensors of no recognised module
     suggest(state_dict, found=None) -> str or None  a pipeline whose widths chain
-    describe(kind, config) -> str                    "LSTM(input_size=16, ...)" as torch
-                                                     would print the constructor
+    describe(kind, config) -> str                    "LSTM(16, 32, bidirectional=True)",
+                                                     "Linear(in_features=64, ...)"
+    in_width(kind, config), out_width(kind, config, width)
+        the width a layer takes (None: token ids; ANY: any) and gives
+    check_config(kind, config)  ValueError unless config is exactly kind's arguments
+                                (kinds of ARGS: all but the recurrent ones)
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from . import detect
 
 __all__ = ["Layer", "Chain", "Found", "ANY", "KEYWORDS", "READOUTS", "RECURRENT_KINDS", "parse", "resolve",
            "check_layers", "check_names", "text", "list_modules", "unrecognised", "suggest", "describe",
-           "out_width", "layer_keys", "MAX_LAYERS", "ARGS", "KINDS", "check_config"]
+           "in_width", "out_width", "MAX_LAYERS", "ARGS", "KINDS", "check_config"]
 
 # layers.READOUTS, repeated here so that this module needs no model classes
 READOUTS = ("steps", "last", "final", "mean", "max")
@@ -125,8 +129,6 @@ def describe(kind, config):
 
 def _takes(layer):
     w = in_width(layer.kind, layer.config)
-    if layer.kind == "LayerNorm" and len(layer.config["normalized_shape"]) != 1:
-        return f"normalizes over the last {len(layer.config['normalized_shape'])} axes, not features"
     return "token ids" if w is None else f"{w} features"
 
 
@@ -184,9 +186,11 @@ def check_layers(layers) -> Chain:
         elif kind != "Dropout" and prev is not None and prev.kind in RECURRENT_KINDS:
             raise ValueError(f"{layer.name!r} follows the recurrent layer {prev.name!r} without a readout: "
                              f"put one of {', '.join(READOUTS)} between them")
+        if kind == "LayerNorm" and len(layer.config["normalized_shape"]) != 1:
+            raise ValueError(f"{layer.name!r} ({describe(kind, layer.config)}) normalizes over several axes; "
+                             f"in a pipeline a LayerNorm normalizes the features (one axis)")
         need = in_width(kind, layer.config)
-        if need != ANY and width != ANY and need != width or \
-                kind == "LayerNorm" and len(layer.config["normalized_shape"]) != 1:
+        if need != ANY and width != ANY and need != width:
             raise ValueError(f"the shapes do not chain: {giver.name!r} ({describe(giver.kind, giver.config)}) "
                              f"gives {_gives(width)}, {layer.name!r} ({describe(kind, layer.config)}) takes "
                              f"{_takes(layer)}" + _alt_hint(giver) + _alt_hint(layer))
@@ -267,14 +271,6 @@ def check_config(kind, config):
         ok = True
     if not ok:
         raise ValueError(f"{kind} config has a value of the wrong type or range: {config!r}")
-
-
-def layer_keys(layer):
-    """The state-dict keys and shapes a pipeline layer holds (without its prefix),
-    for the kinds that have tensors; {} for the others."""
-    if layer.kind in detect.OTHER_KINDS:
-        return detect.other_shapes(layer.kind, layer.config)
-    return {}
 
 
 def _keyword(kind, config):

@@ -220,6 +220,12 @@ def test_pipeline_inspection():
     assert pipeline.describe("LSTM", found[1].config) == "LSTM(6, 5, bidirectional=True)"
 
 
+@pytest.mark.parametrize("name", ["fp16.pt", "fp64.pt", "bf16_legacy.pt"])
+def test_read_state_dict_gives_float32(name):
+    sd = li.read_state_dict(os.path.join(HERE, "data", name))
+    assert sd and all(v.dtype == np.float32 for v in sd.values())
+
+
 def test_read_state_dict_dtypes():
     sd = li.read_state_dict(os.path.join(HERE, "fixtures", "seq", "scorer.pt"))  # a checkpoint
     assert set(sd) == {"gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0",
@@ -264,6 +270,11 @@ def test_live_parity(cls_name, checkpoint, tmp_path):
         np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
         got_t = ours(x, lengths=torch.as_tensor(lengths))  # torch tensors in
         np.testing.assert_allclose(got_t, want, rtol=0, atol=TOL)
+    # torch's own tensors, as a state dict or a checkpoint, go in directly too
+    direct = li.Sequential.from_state_dict({"model": model.state_dict()} if checkpoint else model.state_dict(),
+                                           cls.PIPELINE, batch_first=cls.BATCH_FIRST,
+                                           nonlinearity=getattr(cls, "NONLINEARITY", None))
+    np.testing.assert_array_equal(direct(x.numpy(), lengths=lengths), got)
     # our state dict is torch's: the torch model takes it back, strictly
     model.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()}, strict=True)
 

@@ -218,6 +218,10 @@ def test_by_hand_construction_errors():
         li.Sequential(OrderedDict({"a": li.LSTM(2, 3), "a.b": li.GRU(3, 3)}))
     with pytest.raises(ValueError, match="not usable"):
         li.Sequential(OrderedDict({"a b": li.LSTM(2, 3)}))
+    with pytest.raises(ValueError, match="normalizes over several axes"):
+        li.Sequential(li.LayerNorm((2, 3)))
+    with pytest.raises(ValueError, match="normalizes over several axes"):
+        li.Sequential(li.LSTM(2, 3), "steps", li.LayerNorm((2, 3)))
     with pytest.raises(ValueError, match="lengths applies to models with a recurrent layer"):
         li.Sequential(li.Linear(2, 3))(np.zeros((1, 2)), lengths=[1])
 
