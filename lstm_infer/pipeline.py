@@ -373,8 +373,9 @@ def suggest(sd, found=None):
 
 
 def _available(sd, specs):
-    mods = [f"{p[:-1]!r} ({describe(r.kind, r.config)})" for p, _, r in specs
-            if p and not isinstance(r, ValueError)]
+    mods = [f"{p[:-1]!r} ({describe(r.kind, r.config)})" if p else
+            f"{describe(r.kind, r.config)} at the top level (keys without a prefix: build it with "
+            f"lstm_infer.{r.kind}.from_state_dict)" for p, _, r in specs if not isinstance(r, ValueError)]
     return ("the state dict holds " + (", ".join(mods) if mods else "no module lstm_infer recognises")
             + f"; keywords: {', '.join(k for k in KEYWORDS if k != 'log_softmax')}; "
             f"readouts: {', '.join(READOUTS)}")

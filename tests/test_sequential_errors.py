@@ -141,6 +141,11 @@ def test_nonlinearity_option():
         li.Sequential.from_state_dict(_sd(), "lstm > final", nonlinearity="relu")
 
 
+def test_top_level_module_is_named_in_the_message():
+    with pytest.raises(ValueError, match=r"GRU\(3, 4\) at the top level .*lstm_infer.GRU.from_state_dict"):
+        li.Sequential.from_state_dict(li.GRU(3, 4).state_dict(), "gru > final")
+
+
 def test_not_a_state_dict():
     with pytest.raises(TypeError, match="pipeline must be a str"):
         li.Sequential.from_state_dict(_sd(), ["embedding", "lstm"])
@@ -233,8 +238,13 @@ def test_load_state_dict_strict():
         m.load_state_dict({k: v for k, v in sd.items() if k != "fc.bias"})
     with pytest.raises(KeyError, match="unexpected keys: extra.weight"):
         m.load_state_dict(dict(sd, **{"extra.weight": np.zeros(1)}))
-    with pytest.raises(ValueError, match="fc.weight|'weight'"):
-        m.load_state_dict(dict(sd, **{"fc.weight": np.zeros((1, 4))}))
+    before = m.state_dict()
+    changed = {k: v + 1 for k, v in sd.items()}
+    changed["fc.weight"] = np.zeros((1, 4))
+    with pytest.raises(ValueError, match=r"state_dict\['fc.weight'\] has shape \(1, 4\), expected \(1, 3\)"):
+        m.load_state_dict(changed)
+    for k, v in m.state_dict().items():  # nothing changed, not even the layers before fc
+        np.testing.assert_array_equal(v, before[k])
     missing, unexpected = m.load_state_dict({"fc.bias": np.ones(1)}, strict=False)
     assert "fc.weight" in missing and unexpected == [] and m["fc"].bias[0] == 1
 
