@@ -194,7 +194,7 @@ class Sequential:
         owned = {name: {} for name, _ in self._layers}
         unexpected = []
         for key in state_dict.keys():
-            name = next((n for n in owned if isinstance(key, str) and key.startswith(n + ".")), None)
+            name = _pipeline.owner(key, owned)
             if name is None:
                 unexpected.append(str(key))
             else:
