@@ -236,9 +236,13 @@ class _Pointwise(_Module):
 
 
 class ReLU(_Pointwise):
-    """torch.nn.ReLU: max(x, 0) (NaN stays NaN)."""
+    """torch.nn.ReLU: max(x, 0) (NaN stays NaN). inplace is accepted, as torch's, and
+    has no effect: the result is a new array."""
 
     kind = "ReLU"
+
+    def __init__(self, inplace=False):
+        pass
 
     def _apply(self, x):
         return np.maximum(x, np.float32(0))
@@ -303,12 +307,13 @@ class LogSoftmax(_AlongDim):
 
 
 class Dropout(_Pointwise):
-    """torch.nn.Dropout in eval mode: the identity (p is kept for the record)."""
+    """torch.nn.Dropout in eval mode: the identity (p is kept for the record; inplace
+    is accepted, as torch's)."""
 
     kind = "Dropout"
     _args = ARGS[kind]
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
         self.p = float(p)

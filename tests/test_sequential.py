@@ -413,7 +413,8 @@ def test_pointwise_vs_torch():
     x = np.array([[-1e4, -88.0, -3.0, -0.5, 0.0, 0.5, 3.0, 88.0, 1e4],
                   [1e30, 0.0, -1e30, 2.0, 1.0, -1.0, 5.0, 6.0, -7.0]], np.float32)
     pairs = [(li.ReLU(), torch.nn.ReLU()), (li.Tanh(), torch.nn.Tanh()), (li.Sigmoid(), torch.nn.Sigmoid()),
-             (li.Dropout(0.5), torch.nn.Dropout(0.5).eval())]
+             (li.Dropout(0.5), torch.nn.Dropout(0.5).eval()), (li.ReLU(inplace=True), torch.nn.ReLU()),
+             (li.Dropout(0.1, inplace=True), torch.nn.Dropout(0.1).eval())]
     for dim in (-1, 0, 1):
         pairs += [(li.Softmax(dim), torch.nn.Softmax(dim)), (li.LogSoftmax(dim=dim), torch.nn.LogSoftmax(dim))]
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # stable
