@@ -161,7 +161,8 @@ class Linear(_Module):
     def __call__(self, input):
         x = _float_array(input, "input")
         _width(x, self.in_features, self)
-        y = x @ self.weight.T
+        # one GEMM over every leading axis (matmul of a 3-D array runs one per row)
+        y = (x.reshape(-1, self.in_features) @ self.weight.T).reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y += self.bias
         return y
