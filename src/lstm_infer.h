@@ -38,6 +38,13 @@
 extern "C" {
 #endif
 
+/* Marks the public API: the shared library is built with -fvisibility=hidden. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LSTM_API __attribute__((visibility("default")))
+#else
+#define LSTM_API
+#endif
+
 typedef enum {
     LSTM_OK = 0,
     LSTM_ERR_INVALID_ARGUMENT = 1, /* a NULL pointer, a negative size, a bad length, ... */
@@ -45,7 +52,10 @@ typedef enum {
     LSTM_ERR_SIZE_OVERFLOW = 3,    /* sizes whose product does not fit in memory */
     LSTM_ERR_WORKSPACE_TOO_SMALL = 4,
     LSTM_ERR_UNKNOWN_ISA = 5,
-    LSTM_ERR_INTERRUPTED = 6       /* the interrupt callback asked the call to stop */
+    LSTM_ERR_INTERRUPTED = 6,      /* the interrupt callback asked the call to stop */
+    LSTM_ERR_IO = 7,               /* a model file could not be opened or read (see errno) */
+    LSTM_ERR_BAD_FILE = 8,         /* not a valid lstm_infer model file */
+    LSTM_ERR_UNSUPPORTED = 9       /* a valid model file of a kind or version this library does not read */
 } lstm_status;
 
 /* Limits of lstm_config and lstm_set_num_threads. */
@@ -62,7 +72,7 @@ typedef enum {
 } lstm_cell_kind;
 
 /* A short English description of a status; never NULL, static storage. */
-const char *lstm_status_string(lstm_status status);
+LSTM_API const char *lstm_status_string(lstm_status status);
 
 typedef struct {
     int32_t input_size;    /* features per input step, in [1, LSTM_MAX_FEATURES] */
@@ -87,20 +97,52 @@ typedef struct lstm_model lstm_model;
  *   weight_hr  (P, H)       only when cfg->proj_size
  * This is the order of the torch module's state_dict, gates in torch's order.
  */
-size_t lstm_weight_count(const lstm_config *cfg);
+LSTM_API size_t lstm_weight_count(const lstm_config *cfg);
 
 /* The shape of weight array `index` (as above): shape[1] is 0 for a bias. */
-lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t shape[2]);
+LSTM_API lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t shape[2]);
 
 /*
  * Builds a model: checks cfg, copies and repacks the row-major float32
  * weights (the caller keeps ownership of them). On success *out must be
  * freed with lstm_model_free.
  */
-lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
-                              size_t n_weights, lstm_model **out);
-void lstm_model_free(lstm_model *model);
-const lstm_config *lstm_model_config(const lstm_model *model);
+LSTM_API lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
+                                       size_t n_weights, lstm_model **out);
+LSTM_API void lstm_model_free(lstm_model *model);
+LSTM_API const lstm_config *lstm_model_config(const lstm_model *model);
+
+/*
+ * Reads a model file written by `lstm-infer convert` or lstm_infer's save()
+ * (kinds LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell) and builds its model; on
+ * success *out must be freed with lstm_model_free. Every header field, offset,
+ * size and dtype is checked against the file first: a malformed file gives
+ * LSTM_ERR_BAD_FILE, a valid file of another kind or a newer format version
+ * LSTM_ERR_UNSUPPORTED, an unreadable path LSTM_ERR_IO (errno says why; only
+ * regular files are read). Memory and work grow with the file's size only.
+ * lstm_model_load_buffer reads the file's bytes from data (any alignment; the
+ * caller keeps them).
+ */
+LSTM_API lstm_status lstm_model_load(const char *path, lstm_model **out);
+LSTM_API lstm_status lstm_model_load_buffer(const void *data, size_t size, lstm_model **out);
+
+/*
+ * What a model file records beyond lstm_config. A cell (LSTMCell, GRUCell,
+ * RNNCell) is a one-layer model run for one step: input (B, input_size) is a
+ * call with seq_len 1. batch_first is the layers' torch argument: lstm_model_forward
+ * takes any layout through its strides, e.g. for (B, T, I) input
+ * input_stride_t = I and input_stride_b = T*I.
+ */
+typedef struct {
+    char kind[16];         /* "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell" or "RNNCell" */
+    int32_t is_cell;       /* 1 for the cells */
+    int32_t batch_first;   /* 0 or 1 (always 0 for the cells) */
+} lstm_file_info;
+
+/* As above, also filling *info (which may be NULL) on success. */
+LSTM_API lstm_status lstm_model_load_info(const char *path, lstm_model **out, lstm_file_info *info);
+LSTM_API lstm_status lstm_model_load_buffer_info(const void *data, size_t size, lstm_model **out,
+                                                 lstm_file_info *info);
 
 /*
  * One forward call. Shapes use T = seq_len, B = batch, D, H, out as above.
@@ -134,8 +176,8 @@ typedef struct {
  * outside [0, seq_len] and LSTM_ERR_SIZE_OVERFLOW when the size cannot be
  * represented.
  */
-lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_t batch,
-                                const int64_t *lengths, size_t *bytes);
+LSTM_API lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len,
+                                         int64_t batch, const int64_t *lengths, size_t *bytes);
 
 /*
  * Runs the model. workspace may be NULL (then the library provides scratch: the
@@ -147,11 +189,11 @@ lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_
  * A sequence of length 0 gets zeros in output and h_0/c_0 as its final state.
  * NaN and Inf in the input propagate as they do in PyTorch.
  */
-lstm_status lstm_model_forward(const lstm_model *model, const lstm_forward_args *args,
-                               void *workspace, size_t workspace_size);
+LSTM_API lstm_status lstm_model_forward(const lstm_model *model, const lstm_forward_args *args,
+                                        void *workspace, size_t workspace_size);
 
 /* Frees the scratch block the model keeps between calls (safe during calls). */
-void lstm_model_release_memory(lstm_model *model);
+LSTM_API void lstm_model_release_memory(lstm_model *model);
 
 /*
  * Worker threads for all models (default: LSTM_INFER_NUM_THREADS, else the
@@ -159,16 +201,16 @@ void lstm_model_release_memory(lstm_model *model);
  * with a fresh pool of the same size. lstm_get_num_threads never waits for
  * a running call.
  */
-void lstm_set_num_threads(int n);
-int lstm_get_num_threads(void);
+LSTM_API void lstm_set_num_threads(int n);
+LSTM_API int lstm_get_num_threads(void);
 
 /*
  * SIMD kernels: "avx2" (AVX2+FMA) or "scalar", chosen from the CPU at first
  * use, overridable with the LSTM_INFER_ISA environment variable. lstm_set_isa
  * changes it at run time (for tests); it must not race with a forward call.
  */
-const char *lstm_get_isa(void);
-lstm_status lstm_set_isa(const char *name);
+LSTM_API const char *lstm_get_isa(void);
+LSTM_API lstm_status lstm_set_isa(const char *name);
 
 #ifdef __cplusplus
 }
