@@ -21,7 +21,7 @@ def build_dir():
     if "dir" not in _BUILD:
         d = tempfile.mkdtemp(prefix="lstm_infer_c_")
         atexit.register(shutil.rmtree, d, True)
-        proc = subprocess.run(["make", "-C", ROOT, f"BUILD={d}", "all", "example"], capture_output=True,
+        proc = subprocess.run(["make", "-j2", "-C", ROOT, f"BUILD={d}", "all", "example"], capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 0, f"make failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         _BUILD["dir"] = d

@@ -96,7 +96,7 @@ def test_builds_without_warnings_as_c11(tmp_path, cc):
     if shutil.which(cc) is None:
         pytest.skip(f"{cc} is not installed")
     # the Makefile builds with -std=c11 -Wall -Wextra -pedantic; -Werror makes any warning fail
-    run(["make", "-C", ROOT, f"BUILD={tmp_path}", f"CC={cc}", "CFLAGS=-O1 -Werror", "all"])
+    run(["make", "-j2", "-C", ROOT, f"BUILD={tmp_path}", f"CC={cc}", "CFLAGS=-O1 -Werror", "all"])
 
 
 def test_one_source_list():
