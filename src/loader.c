@@ -14,7 +14,7 @@
  * refused where it is met: nesting is at most 3 deep, and work and memory grow
  * linearly with the header, which is at most MAX_HEADER_BYTES.
  */
-#define _POSIX_C_SOURCE 200809L /* fstat, O_CLOEXEC, O_NONBLOCK */
+#define _POSIX_C_SOURCE 200809L /* fstat, O_CLOEXEC, O_NONBLOCK, uselocale */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -210,20 +210,22 @@ static int read_int(jreader *r, int64_t *v) {
     return 1;
 }
 
-/* The number's value as json.loads gives it (strtod rounds the same way); the
- * token uses '.', which strtod reads as the locale's decimal point. */
+/* The number's value as json.loads gives it (strtod rounds the same way), read
+ * in the "C" locale of this thread alone (the token's decimal point is '.').
+ * 1 if it is a number, 0 if not, -1 out of memory. */
 static int number_value(str_view t, double *v) {
-    const char *dp = localeconv()->decimal_point;
-    size_t dn = strlen(dp);
-    char *buf = malloc(t.n * (dn ? dn : 1) + 1), *o = buf, *end;
-    if (!buf) return 0;
-    for (size_t i = 0; i < t.n; i++) {
-        if (t.s[i] == '.') { memcpy(o, dp, dn); o += dn; }
-        else *o++ = t.s[i];
+    char *buf = malloc(t.n + 1), *end;
+    locale_t c = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    int ok = -1;
+    if (buf && c) {
+        memcpy(buf, t.s, t.n);
+        buf[t.n] = 0;
+        locale_t old = uselocale(c);
+        *v = strtod(buf, &end);
+        uselocale(old);
+        ok = end == buf + t.n;
     }
-    *o = 0;
-    *v = strtod(buf, &end);
-    int ok = end == o;
+    if (c) freelocale(c);
     free(buf);
     return ok;
 }
@@ -452,8 +454,10 @@ static lstm_status read_config(jreader *r, int kind_keys, lstm_config *cfg, int 
             str_view t;
             int is_int;
             double v;
-            if (!read_number(r, &t, &is_int) || !number_value(t, &v) || !(v >= 0 && v <= 1))
-                return LSTM_ERR_BAD_FILE;
+            if (!read_number(r, &t, &is_int)) return LSTM_ERR_BAD_FILE;
+            int got = number_value(t, &v);
+            if (got < 0) return LSTM_ERR_OUT_OF_MEMORY;
+            if (!got || !(v >= 0 && v <= 1)) return LSTM_ERR_BAD_FILE;
         } else { /* K_NONLIN */
             str_view v;
             if (!read_string(r, &v) || !(str_is(v, "tanh") || str_is(v, "relu"))) return LSTM_ERR_BAD_FILE;

@@ -23,6 +23,11 @@
  *     lstm_status s = lstm_model_forward(m, &a, NULL, 0);  // library allocates scratch
  *     lstm_model_free(m);
  *
+ * or, from a model file written by `lstm-infer convert`:
+ *
+ *     if (lstm_model_load("model.lstm", &m) != LSTM_OK) ...
+ *     const lstm_config *c = lstm_model_config(m);             // its shapes
+ *
  * Threading: a model is read-only after lstm_model_create, so any number of
  * threads may call lstm_model_forward on it at once, each with its own outputs
  * and workspace. The library's own worker threads serve one call at a time;

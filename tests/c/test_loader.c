@@ -198,6 +198,24 @@ static void test_headers(void) {
         CHECK(s == cases[i].want, "header %zu: status %d, want %d: %s", i, (int)s, (int)cases[i].want,
               cases[i].json);
     }
+    /* dropout: a number in [0, 1] once rounded to a double, as json.loads and Python compare it */
+    struct { const char *text; lstm_status want; } dropouts[] = {
+        {"0", LSTM_OK}, {"1", LSTM_OK}, {"0.5", LSTM_OK}, {"-0.0", LSTM_OK}, {"-1e-400", LSTM_OK},
+        {"1.00000000000000011", LSTM_OK}, {"1E0", LSTM_OK}, {"1.0000000000000002", LSTM_ERR_BAD_FILE},
+        {"-1e-300", LSTM_ERR_BAD_FILE}, {"2", LSTM_ERR_BAD_FILE}, {"true", LSTM_ERR_BAD_FILE},
+        {"NaN", LSTM_ERR_BAD_FILE}, {"\\\"0\\\"", LSTM_ERR_BAD_FILE}, {".5", LSTM_ERR_BAD_FILE},
+    };
+    for (size_t i = 0; i < sizeof dropouts / sizeof dropouts[0]; i++) {
+        char json[1024];
+        snprintf(json, sizeof json,
+                 "{\"__metadata__\":{\"format\":\"lstm_infer\",\"format_version\":\"1\",\"kind\":\"RNN\","
+                 "\"config\":\"{\\\"input_size\\\":1,\\\"hidden_size\\\":1,\\\"num_layers\\\":1,"
+                 "\\\"nonlinearity\\\":\\\"relu\\\",\\\"bias\\\":false,\\\"batch_first\\\":true,"
+                 "\\\"dropout\\\":%s,\\\"bidirectional\\\":false}\"},"
+                 W("weight_ih_l0", "0,4") "," W("weight_hh_l0", "4,8") "}", dropouts[i].text);
+        lstm_status s = load_header(json, two, sizeof two);
+        CHECK(s == dropouts[i].want, "dropout %s: status %d", dropouts[i].text, (int)s);
+    }
     /* invalid UTF-8 (a surrogate, an overlong '/') inside a name */
     const char *bad_utf8[] = {"\xed\xa0\x80", "\xc0\xaf"};
     for (int i = 0; i < 2; i++) {
