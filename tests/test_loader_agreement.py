@@ -251,3 +251,14 @@ def test_python_names_odd_layer_keys(valid_files):
     assert library().load_status(mutant) == LSTM_ERR_BAD_FILE
     with pytest.raises(FormatError):
         lstm_infer.load(bytearray(mutant))
+
+
+def test_header_size_limit_is_the_same(valid_files):
+    """modelfile.MAX_HEADER_BYTES (1 MiB) and loader.c's: a header padded with spaces
+    to exactly the limit loads in both, one byte more in neither."""
+    from lstm_infer.modelfile import MAX_HEADER_BYTES
+    raw, tensors = split(valid_files["valid-lstm"])
+    at_limit = join(raw + b" " * (MAX_HEADER_BYTES - len(raw)), tensors)
+    assert library().load_status(at_limit) == LSTM_OK and python_answer(at_limit) == (True, False)
+    check_agree(join(raw + b" " * (MAX_HEADER_BYTES + 1 - len(raw)), tensors), "header past the limit")
+    check_agree(join(raw + b" " * (MAX_HEADER_BYTES + 1 - len(raw)), tensors)[:MAX_HEADER_BYTES], "cut")
