@@ -5,7 +5,8 @@ fuzzer's seed corpus, named by what the C loader must answer:
   valid-*        model files of every kind (written by lstm_infer's own writer,
                  which tests/test_modelfile.py checks against torch)
   bad-*          malformed files: LSTM_ERR_BAD_FILE
-  unsupported-*  well-formed files of another kind or format version: LSTM_ERR_UNSUPPORTED
+  unsupported-*  well-formed files of another kind (a Sequential from a torch.save
+                 fixture) or format version: LSTM_ERR_UNSUPPORTED
 
     python tools/make_loader_corpus.py
 
@@ -18,7 +19,7 @@ import struct
 
 import numpy as np
 
-from lstm_infer import detect
+from lstm_infer import Sequential, detect
 from lstm_infer.modelfile import write_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,6 +115,12 @@ def main():
         "kind-mismatch": edit(valid["gru-bi"], meta("kind", "LSTM")),
         "duplicate-name": base.replace(b'"dtype":"F32","shape":[16,3]', b'"dtype":"F32","dtype":"F32","shape":[16,3]', 1),
     }
+    # a whole model (kind Sequential, which the C loader does not read) from a torch.save fixture
+    pt = os.path.join(ROOT, "tests", "fixtures", "seq", "scorer.pt")
+    seq = json.loads(str(np.load(pt[:-3] + ".npz")["meta"]))
+    path = os.path.join(OUT, "unsupported-sequential-scorer")
+    Sequential.from_state_dict(pt, seq["pipeline"], batch_first=seq["batch_first"],
+                               nonlinearity=seq["nonlinearity"]).save(path)
     unsupported = {
         "kind-sequential": edit(base, meta("kind", "Sequential")),
         "format-version-2": edit(base, meta("format_version", "2")),
