@@ -286,7 +286,7 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
     return 1;
 }
 
-/* Product of a*b into *acc, clamped: *over becomes 1 past INT64_MAX. */
+/* *acc *= b for non-negative numbers; *over becomes 1 (and stays) past INT64_MAX. */
 static void mul_clamped(int64_t *acc, int64_t b, int *over) {
     if (*over) return;
     if (b != 0 && *acc > INT64_MAX / b) *over = 1;
