@@ -10,6 +10,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -244,11 +245,30 @@ static void test_arguments(void) {
     CHECK(strcmp(lstm_status_string(LSTM_ERR_IO), "unknown status") != 0, "status text");
 }
 
+/* Loads from several threads at once (the loader keeps no state; run under TSan by `make tsan`). */
+static void *load_many(void *arg) {
+    for (int i = 0; i < 20; i++) {
+        lstm_model *m = NULL;
+        lstm_status s = lstm_model_load((const char *)arg, &m);
+        CHECK(s == LSTM_OK, "concurrent load: %s", lstm_status_string(s));
+        lstm_model_free(m);
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    pthread_t th[4];
+    for (int k = 0; k < 4; k++)
+        pthread_create(&th[k], NULL, load_many, (void *)(k % 2 ? CORPUS "/valid-rnn-relu-bi-bf" : CORPUS "/valid-lstm"));
+    for (int k = 0; k < 4; k++) pthread_join(th[k], NULL);
+}
+
 int main(void) {
     lstm_set_num_threads(2);
     test_arguments();
     test_headers();
     test_corpus();
+    test_threads();
     printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "OK", (int)checks, (int)failures);
     return failures != 0;
 }
