@@ -4,6 +4,9 @@ runs, with real torch, for a few seconds, and writes
 
     examples/classifier.pt          torch.save of a checkpoint {"model": state_dict, "epoch": n}
     examples/classifier_vocab.json  the vocabulary (token id = position), labels, pipeline
+    tests/data/classifier_ref.npz   torch's own outputs on a ragged batch, in the convention of
+                                    ``lstm-infer verify --inputs/--outputs``: x (T, B) token ids,
+                                    lengths (B,) (1 and T among them), y (B, 2) probabilities
 
 The model: ``Embedding(V, 24, padding_idx=0) -> LSTM(24, 32, bidirectional) ->
 final hidden state (h_n[-2], h_n[-1] concatenated) -> Linear(64, 2) -> Softmax``,
@@ -29,6 +32,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "examples", "classifier.pt")
 VOCAB_OUT = os.path.join(ROOT, "examples", "classifier_vocab.json")
+REF_OUT = os.path.join(ROOT, "tests", "data", "classifier_ref.npz")
 PIPELINE = "embedding > lstm > final > fc > softmax"
 LABELS = ["negative", "positive"]
 
@@ -127,11 +131,17 @@ def main(seconds=8.0):
     with torch.inference_mode():
         pred = model(ids, lengths).argmax(1)
     print(f"held-out accuracy {float((pred == y).float().mean()):.3f} after {step} steps")
+    ids, lengths, _, _ = batch(np.random.default_rng(2), 16)
+    lengths[0], lengths[1] = 1, ids.shape[0]  # a one-token sentence and a full-length one
+    ids[1:, 0] = 0
+    with torch.inference_mode():
+        probs = model(ids, lengths).numpy()
     torch.save({"model": model.state_dict(), "epoch": step}, OUT)
     with open(VOCAB_OUT, "w") as fh:
         json.dump({"pipeline": PIPELINE, "labels": LABELS, "vocab": VOCAB}, fh, indent=1)
         fh.write("\n")
-    print(f"wrote {OUT} ({os.path.getsize(OUT)} bytes) and {VOCAB_OUT}")
+    np.savez(REF_OUT, x=ids.numpy(), lengths=lengths.numpy(), y=probs)
+    print(f"wrote {OUT} ({os.path.getsize(OUT)} bytes), {VOCAB_OUT} and {REF_OUT}")
 
 
 if __name__ == "__main__":
