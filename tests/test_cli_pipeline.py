@@ -332,14 +332,14 @@ def test_readme_first_command_converts_and_runs_the_bundled_classifier(tmp_path)
         readme = fh.read()
     first = re.search(r"```sh\n(pip install \. && .*)\n```", readme).group(1)
     assert "examples/classifier.pt" in first and "--pipeline" in first
-    cmd = first[len("pip install . && "):].replace("lstm-infer ", f"{shlex.quote(sys.executable)} -m lstm_infer ")
-    cmd = cmd.replace("python ", f"{shlex.quote(sys.executable)} ")
+    exe = shlex.quote(sys.executable)
+    cmd = first[len("pip install . && "):].replace("python examples/", f"{exe} examples/")
+    cmd = cmd.replace("lstm-infer ", f"{exe} -m lstm_infer ")
     env = dict(os.environ, PYTHONPATH=ROOT)
     os.symlink(os.path.join(ROOT, "examples"), tmp_path / "examples")
     res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
-    preds = [line.split() for line in res.stdout.splitlines() if line.startswith(("positive", "negative"))
-             or line.strip().startswith(("positive", "negative"))]
+    preds = [line.split() for line in res.stdout.splitlines() if line.strip().startswith(("positive", "negative"))]
     labels = {" ".join(p[2:]): p[0] for p in preds}
     assert labels == {"the movie was great": "positive",
                       "the plot was not good": "negative",
