@@ -449,8 +449,9 @@ def describe_tensors(sd: Mapping, keys=None, limit: int = 8) -> str:
 
 
 def article(kind: str) -> str:
-    """'a' or 'an' before a kind's name as spoken: an LSTM, an RNN, a GRU."""
-    return "a" if kind.startswith("G") else "an"
+    """'a' or 'an' before a kind's name as spoken: an LSTM, an RNN, an Embedding, a GRU,
+    a Linear."""
+    return "an" if kind[:1] in "AEIOU" or kind.startswith(("LSTM", "RNN")) else "a"
 
 
 def _config_text(spec: ModuleSpec) -> str:

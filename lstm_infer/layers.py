@@ -365,10 +365,10 @@ class Readout(_Module):
         # max
         if lengths is None:
             return output.max(axis=t_axis)
-        valid = np.arange(T)[:, None] < lengths[None, :]  # (T, B)
-        if batch_first:
-            valid = valid.T
-        y = np.where(valid[..., None], output, np.float32(-np.inf)).max(axis=t_axis)
+        pad = np.arange(T)[:, None] >= lengths[None, :]  # (T, B)
+        masked = output.copy()
+        masked[pad.T if batch_first else pad] = -np.inf
+        y = masked.max(axis=t_axis)
         y[lengths == 0] = 0.0
         return y
 

@@ -42,8 +42,12 @@ them too):
         is None); name is the prefix without its dot ("" at the top level).
     unrecognised(state_dict, found=None) -> [key]   tensors of no recognised module
     suggest(state_dict, found=None) -> str or None  a pipeline whose widths chain
-    describe(kind, config) -> str                    "LSTM(input_size=16, ...)" as torch
-                                                     would print the constructor
+    describe(kind, config) -> str                    "LSTM(16, 32, bidirectional=True)",
+                                                     "Linear(in_features=64, ...)"
+    in_width(kind, config), out_width(kind, config, width)
+        the width a layer takes (None: token ids; ANY: any) and gives
+    check_config(kind, config)  ValueError unless config is exactly kind's arguments
+                                (kinds of ARGS: all but the recurrent ones)
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from . import detect
 
 __all__ = ["Layer", "Chain", "Found", "ANY", "KEYWORDS", "READOUTS", "RECURRENT_KINDS", "parse", "resolve",
            "check_layers", "check_names", "text", "list_modules", "unrecognised", "suggest", "describe",
-           "out_width", "layer_keys", "MAX_LAYERS", "ARGS", "KINDS", "check_config"]
+           "in_width", "out_width", "MAX_LAYERS", "ARGS", "KINDS", "check_config"]
 
 # layers.READOUTS, repeated here so that this module needs no model classes
 READOUTS = ("steps", "last", "final", "mean", "max")
@@ -113,14 +117,18 @@ def describe(kind, config):
         return f"Embedding({config['num_embeddings']}, {config['embedding_dim']}{pad})"
     if kind == "Readout":
         return f"Readout({config['mode']!r})"
+    if kind in detect.SIGNATURES:  # the recurrent modules as lstm_infer and torch print them
+        sig = detect.SIGNATURES[kind]
+        extra = "".join(f", {k}={v!r}" for k, v in config.items()
+                        if k in sig and k not in ("input_size", "hidden_size", "dropout", "batch_first")
+                        and v != sig[k])
+        return f"{kind}({config['input_size']}, {config['hidden_size']}{extra})"
     shown = {k: v for k, v in config.items() if k not in ("dropout", "batch_first")}
     return f"{kind}(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
 def _takes(layer):
     w = in_width(layer.kind, layer.config)
-    if layer.kind == "LayerNorm" and len(layer.config["normalized_shape"]) != 1:
-        return f"normalizes over the last {len(layer.config['normalized_shape'])} axes, not features"
     return "token ids" if w is None else f"{w} features"
 
 
@@ -141,6 +149,7 @@ def check_layers(layers) -> Chain:
     check_names([layer.name for layer in layers])
     first = in_width(layers[0].kind, layers[0].config)
     width = first
+    giver = None           # the last layer that set the width
     prev = None            # the last layer other than dropout
     last_rec = None        # the last recurrent layer
     readout = None         # the readout after last_rec
@@ -177,14 +186,17 @@ def check_layers(layers) -> Chain:
         elif kind != "Dropout" and prev is not None and prev.kind in RECURRENT_KINDS:
             raise ValueError(f"{layer.name!r} follows the recurrent layer {prev.name!r} without a readout: "
                              f"put one of {', '.join(READOUTS)} between them")
+        if kind == "LayerNorm" and len(layer.config["normalized_shape"]) != 1:
+            raise ValueError(f"{layer.name!r} ({describe(kind, layer.config)}) normalizes over several axes; "
+                             f"in a pipeline a LayerNorm normalizes the features (one axis)")
         need = in_width(kind, layer.config)
-        if need != ANY and width != ANY and need != width or \
-                kind == "LayerNorm" and len(layer.config["normalized_shape"]) != 1:
-            before = layers[i - 1]
-            raise ValueError(f"the shapes do not chain: {before.name!r} ({describe(before.kind, before.config)}) "
+        if need != ANY and width != ANY and need != width:
+            raise ValueError(f"the shapes do not chain: {giver.name!r} ({describe(giver.kind, giver.config)}) "
                              f"gives {_gives(width)}, {layer.name!r} ({describe(kind, layer.config)}) takes "
-                             f"{_takes(layer)}" + _alt_hint(before) + _alt_hint(layer))
+                             f"{_takes(layer)}" + _alt_hint(giver) + _alt_hint(layer))
         width = out_width(kind, layer.config, need if width == ANY else width)
+        if need != ANY:
+            giver = layer
         if kind != "Dropout":
             prev = layer
     mode = None if readout is None else readout.config["mode"]
@@ -213,9 +225,11 @@ def check_names(names):
         if name in seen:
             raise ValueError(f"layer name {name!r} is used twice")
         seen.add(name)
-    for name in names:
-        for other in names:
-            if other.startswith(name + "."):
+    for other in names:
+        parts = other.split(".")
+        for n in range(1, len(parts)):
+            name = ".".join(parts[:n])
+            if name in seen:
                 raise ValueError(f"layer name {name!r} is a prefix of {other!r}: the tensors of "
                                  f"{other!r} would be read as {name!r}'s")
 
@@ -257,14 +271,6 @@ def check_config(kind, config):
         ok = True
     if not ok:
         raise ValueError(f"{kind} config has a value of the wrong type or range: {config!r}")
-
-
-def layer_keys(layer):
-    """The state-dict keys and shapes a pipeline layer holds (without its prefix),
-    for the kinds that have tensors; {} for the others."""
-    if layer.kind in detect.OTHER_KINDS:
-        return detect.other_shapes(layer.kind, layer.config)
-    return {}
 
 
 def _keyword(kind, config):
@@ -367,8 +373,9 @@ def suggest(sd, found=None):
 
 
 def _available(sd, specs):
-    mods = [f"{p[:-1]!r} ({describe(r.kind, r.config)})" for p, _, r in specs
-            if p and not isinstance(r, ValueError)]
+    mods = [f"{p[:-1]!r} ({describe(r.kind, r.config)})" if p else
+            f"{describe(r.kind, r.config)} at the top level (keys without a prefix: build it with "
+            f"lstm_infer.{r.kind}.from_state_dict)" for p, _, r in specs if not isinstance(r, ValueError)]
     return ("the state dict holds " + (", ".join(mods) if mods else "no module lstm_infer recognises")
             + f"; keywords: {', '.join(k for k in KEYWORDS if k != 'log_softmax')}; "
             f"readouts: {', '.join(READOUTS)}")
@@ -449,9 +456,16 @@ def resolve(sd, pipeline, nonlinearity=None):
         if kind in RECURRENT_KINDS:
             config = spec.full_config(**_nonlinearity_for(kind, name, nonlinearity))
             config.pop("batch_first")  # the Sequential's, set by the caller
-        alternatives = () if forced else spec.alternatives
+        # only first can a lone 2-D weight be either kind: an Embedding comes first
+        alternatives = () if forced or i else spec.alternatives
         layers.append((Layer(name, kind, config, alternatives), detect.module_state_dict(sd, spec)))
     check_layers([layer for layer, _ in layers])
+    rnns = [layer.name for layer, _ in layers if layer.kind == "RNN"]
+    if nonlinearity is not None and not rnns:
+        raise ValueError("nonlinearity applies to RNN layers; the pipeline has none")
+    if isinstance(nonlinearity, dict) and set(nonlinearity) - set(rnns):
+        raise ValueError(f"nonlinearity names {sorted(set(nonlinearity) - set(rnns))}, which are not RNN "
+                         f"layers of the pipeline (its RNN layers: {rnns})")
     return layers
 
 

@@ -207,10 +207,16 @@ class Sequential:
             parts = ([f"missing keys: {', '.join(missing)}"] if missing else []) + \
                     ([f"unexpected keys: {', '.join(unexpected)}"] if unexpected else [])
             raise KeyError("state_dict does not match the Sequential: " + "; ".join(parts))
-        for name, m in self._layers:  # every layer checks its shapes before any changes
-            if owned[name] or m._expected_shapes():
-                m.load_state_dict({k: v for k, v in owned[name].items() if k in m._expected_shapes()},
-                                  strict=False)
+        for name, m in self._layers:  # every shape is checked before any layer changes
+            shapes = m._expected_shapes()
+            for k, v in owned[name].items():
+                if k in shapes and tuple(np.shape(v)) != shapes[k]:
+                    raise ValueError(f"state_dict[{name + '.' + k!r}] has shape {tuple(np.shape(v))}, "
+                                     f"expected {shapes[k]} for layer {name!r} ({m!r})")
+        for name, m in self._layers:
+            mine = {k: v for k, v in owned[name].items() if k in m._expected_shapes()}
+            if mine:
+                m.load_state_dict(mine, strict=False)
         return missing, unexpected
 
     @classmethod
