@@ -37,14 +37,21 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
-def _is_model_file(data: bytes) -> bool:
+def _model_file_kind(data: bytes):
+    """The kind our model file records (checked when read), or None for any other file."""
     if readers.sniff(data) != "safetensors":
-        return False
+        return None
     try:
         _, meta = readers.parse_safetensors(data)
     except ValueError:
-        return False
-    return bool(meta) and meta.get("format") == modelfile.FORMAT
+        return None
+    if not meta or meta.get("format") != modelfile.FORMAT:
+        return None
+    return meta.get("kind", "")
+
+
+def _is_model_file(data: bytes) -> bool:
+    return _model_file_kind(data) is not None
 
 
 def _read(path):
@@ -308,9 +315,10 @@ def _cases(kind, cfg, rng):
         yield name, x, (lengths if ragged else None), hx
 
 
-def _load_model(path, prefix, nonlinearity):
-    """The model in our model file at ``path`` (any kind), options checked as load_weights does."""
-    data = _read(path)
+def _load_model(path, prefix, nonlinearity, data=None):
+    """The model in our model file at ``path`` (any kind; ``data``: its contents when read
+    already), options checked as load_weights does."""
+    data = _read(path) if data is None else data
     if not _is_model_file(data):
         raise UserError(f"{path} is not an lstm_infer model file; --inputs/--outputs compare a converted "
                         f"model (lstm-infer convert it first)")
@@ -439,11 +447,8 @@ def _verify(path, prefix, tol, seed, nonlinearity=None, inputs=None, outputs=Non
     if inputs is not None:
         return _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity)
     data = _read(path)
-    if _is_model_file(data):
-        kind, cfg, sd = modelfile.read_model(data, path)
-        if kind == "Sequential":
-            model = _load_model(path, prefix, nonlinearity)
-            return _verify_sequential(path, model, tol, seed)
+    if _model_file_kind(data) == "Sequential":
+        return _verify_sequential(path, _load_model(path, prefix, nonlinearity, data), tol, seed)
     w = load_weights(path, prefix, nonlinearity)
     try:
         import torch
