@@ -363,6 +363,24 @@ def _compare(a, b):
     return (err if np.isfinite(err) else np.inf), rel
 
 
+def _report_row(case, label, a, b):
+    """Prints one row of verify's table; returns its max abs error (inf when the shapes differ)."""
+    a = np.asarray(a)
+    if a.shape != b.shape:
+        print(f"  {case:<12} {label}shape {a.shape} != torch {b.shape}")
+        return np.inf
+    err, rel = _compare(a, b)
+    print(f"  {case:<12} {label}{err:12.3e} {rel:12.3e}")
+    return err
+
+
+def _verdict(worst, tol):
+    """Prints PASS or FAIL; the exit code."""
+    ok = worst <= tol
+    print(f"{'PASS' if ok else 'FAIL'}: max abs error {worst:.3e} {'<=' if ok else '>'} {tol:g}")
+    return 0 if ok else EXIT_MISMATCH
+
+
 def _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity) -> int:
     """Our model on the user's saved inputs against the outputs they saved from torch."""
     model = _load_model(path, prefix, nonlinearity)
@@ -391,9 +409,7 @@ def _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity) -> int:
     err, rel = _compare(y, y_ref)
     print(f"verify {path} on {inputs} against the outputs in {outputs}, tolerance {tol:g}")
     print(f"  {y.size} values compared: max abs err {err:.3e}, max rel err {rel:.3e}")
-    ok = err <= tol
-    print(f"{'PASS' if ok else 'FAIL'}: max abs error {err:.3e} {'<=' if ok else '>'} {tol:g}")
-    return 0 if ok else EXIT_MISMATCH
+    return _verdict(err, tol)
 
 
 def _sequential_cases(model, rng):
@@ -427,17 +443,8 @@ def _verify_sequential(path, model, tol, seed) -> int:
     worst = 0.0
     rng = np.random.default_rng(seed)
     for name, x, lengths in _sequential_cases(model, rng):
-        a, b = model(x, lengths=lengths), ref(x, lengths)
-        if a.shape != b.shape:
-            print(f"  {name:<12} shape {a.shape} != torch {b.shape}")
-            worst = np.inf
-            continue
-        err, rel = _compare(a, b)
-        worst = max(worst, err)
-        print(f"  {name:<12} {err:12.3e} {rel:12.3e}")
-    ok = worst <= tol
-    print(f"{'PASS' if ok else 'FAIL'}: max abs error {worst:.3e} {'<=' if ok else '>'} {tol:g}")
-    return 0 if ok else EXIT_MISMATCH
+        worst = max(worst, _report_row(name, "", model(x, lengths=lengths), ref(x, lengths)))
+    return _verdict(worst, tol)
 
 
 def _verify(path, prefix, tol, seed, nonlinearity=None, inputs=None, outputs=None) -> int:
@@ -483,17 +490,8 @@ def _verify(path, prefix, tol, seed, nonlinearity=None, inputs=None, outputs=Non
             mine = _flat(kind, ours(x, hx=hx, lengths=lengths))
         ref = _torch_forward(torch, kind, net, x, lengths, hx, cfg.get("batch_first", False))
         for label, a, b in zip(_OUTPUTS[kind], mine, ref):
-            a = np.asarray(a)
-            if a.shape != b.shape:
-                print(f"  {name:<12} {label:<7} shape {a.shape} != torch {b.shape}")
-                worst = np.inf
-                continue
-            err, rel = _compare(a, b)
-            worst = max(worst, err)
-            print(f"  {name:<12} {label:<7} {err:12.3e} {rel:12.3e}")
-    ok = worst <= tol
-    print(f"{'PASS' if ok else 'FAIL'}: max abs error {worst:.3e} {'<=' if ok else '>'} {tol:g}")
-    return 0 if ok else EXIT_MISMATCH
+            worst = max(worst, _report_row(name, f"{label:<7} ", a, b))
+    return _verdict(worst, tol)
 
 
 def cmd_verify(args) -> int:
