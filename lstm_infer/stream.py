@@ -243,6 +243,9 @@ class SequentialStream:
                 k += 1
             elif m.kind not in ("Readout", "Dropout"):
                 self._plan.append((name, m))
+        # one step without lengths runs on (batch, features) arrays, which takes the layers'
+        # streams' one-step fast path; a dim=2 softmax needs the (T, batch, features) layout
+        self._flat_steps = all(m.dim == -1 for _, m in layers if m.kind in ("Softmax", "LogSoftmax"))
         last = max(i for i, (_, m) in enumerate(layers) if m.kind in _RECURRENT)
         # a layer after the last recurrent one may change padded steps: zero them again
         self._remask = any(m.kind not in ("Readout", "Dropout") for _, m in layers[last + 1:])
@@ -298,17 +301,14 @@ class SequentialStream:
             raise ValueError(f"input must be {self._step_shape()} for one step or {self._chunk_shape()} "
                              f"for T steps; got shape {x.shape}")
         lens = None if lengths is None else self._streams[0]._check_lengths(lengths, 1 if T is None else T)
+        if T is None and lens is None and self._flat_steps:
+            step = x.reshape((B,) + x.shape[x.ndim - step_ndim + 1:])  # (B[, F])
+            out = self._run(step, None)
+            return out[0] if shape == "unbatched" else out
         if T == 0:
             width = model.out_features
             return np.zeros((B, 0, width) if bf else (0, B, width), np.float32)
-        saved = self._states() if len(self._streams) > 1 else None
-        try:
-            for kind, step in self._plan:
-                chunk = step(chunk, lens) if kind == "recurrent" else step(chunk)
-        except BaseException:
-            if saved is not None:  # every recurrent layer back where it was (an interrupted chunk)
-                self._set_states(saved)
-            raise
+        chunk = self._run(chunk, lens)
         if self._remask and lens is not None:
             n = chunk.shape[1] if bf else chunk.shape[0]
             pad = np.arange(n)[:, None] >= lens[None, :]  # (T, B)
@@ -318,6 +318,18 @@ class SequentialStream:
         if shape == "step":
             return chunk[:, 0] if bf else chunk[0]
         return chunk
+
+    def _run(self, x, lens):
+        """x through every layer: each recurrent layer's stream advances by the same steps."""
+        saved = self._states() if len(self._streams) > 1 else None
+        try:
+            for kind, step in self._plan:
+                x = step(x, lens) if kind == "recurrent" else step(x)
+        except BaseException:
+            if saved is not None:  # every recurrent layer back where it was (an interrupted chunk)
+                self._set_states(saved)
+            raise
+        return x
 
     def _input(self, value):
         if not self._model.takes_ids:
