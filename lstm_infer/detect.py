@@ -10,6 +10,9 @@ Only shapes are read, so values may be NumPy arrays, torch tensors or anything
 with a ``.shape``.  Every inconsistency is reported as a ``ValueError`` naming the
 key and the shape that is wrong.
 
+Also recognised, for whole models (:func:`scan_other`): ``nn.Embedding``, ``nn.Linear``
+and ``nn.LayerNorm``, a prefix whose own keys are exactly ``weight`` (and ``bias``).
+
 A state dict does not record ``nn.RNN``'s nonlinearity: specs of RNN / RNNCell
 say ``nonlinearity="tanh"`` and list it in ``spec.assumed``; callers override it
 with :meth:`ModuleSpec.full_config`.

@@ -161,7 +161,8 @@ class Linear(_Module):
     def __call__(self, input):
         x = _float_array(input, "input")
         _width(x, self.in_features, self)
-        y = x @ self.weight.T
+        # one GEMM over every leading axis (matmul of a 3-D array runs one per row)
+        y = (x.reshape(-1, self.in_features) @ self.weight.T).reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y += self.bias
         return y
@@ -236,9 +237,13 @@ class _Pointwise(_Module):
 
 
 class ReLU(_Pointwise):
-    """torch.nn.ReLU: max(x, 0) (NaN stays NaN)."""
+    """torch.nn.ReLU: max(x, 0) (NaN stays NaN). inplace is accepted, as torch's, and
+    has no effect: the result is a new array."""
 
     kind = "ReLU"
+
+    def __init__(self, inplace=False):
+        pass
 
     def _apply(self, x):
         return np.maximum(x, np.float32(0))
@@ -303,12 +308,13 @@ class LogSoftmax(_AlongDim):
 
 
 class Dropout(_Pointwise):
-    """torch.nn.Dropout in eval mode: the identity (p is kept for the record)."""
+    """torch.nn.Dropout in eval mode: the identity (p is kept for the record; inplace
+    is accepted, as torch's)."""
 
     kind = "Dropout"
     _args = ARGS[kind]
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
         self.p = float(p)

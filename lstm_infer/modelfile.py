@@ -135,10 +135,20 @@ def _check_sequential(cfg, src):
 
 def _sequential_keys(shapes, cfg, src):
     """The tensors of a Sequential, in the order written: exactly those of its layers."""
-    keys, seen = [], set()
+    owned = {e["name"]: {} for e in cfg["layers"]}
+    stray = []
+    for k, s in shapes.items():
+        name = pipeline.owner(k, owned)
+        if name is None:
+            stray.append(k)
+        else:
+            owned[name][k[len(name) + 1:]] = s
+    if stray:
+        raise FormatError(f"{src}: tensors that belong to no layer: {sorted(stray)[:8]}")
+    keys = []
     for e in cfg["layers"]:
         prefix, kind, c = e["name"] + ".", e["kind"], e["config"]
-        mine = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
+        mine = owned[e["name"]]
         where = f"{src}: layer {e['name']!r}"
         if kind in detect.LAYER_KINDS:
             own = _check_shapes(mine, c, where, kind) if mine else []
@@ -157,10 +167,6 @@ def _sequential_keys(shapes, cfg, src):
         if extra:
             raise FormatError(f"{where}: unexpected tensors {sorted(prefix + k for k in extra)[:8]}")
         keys += [prefix + k for k in own]
-        seen.update(prefix + k for k in mine)
-    extra = set(shapes) - seen
-    if extra:
-        raise FormatError(f"{src}: tensors that belong to no layer: {sorted(extra)[:8]}")
     return keys
 
 

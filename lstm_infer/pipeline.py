@@ -35,6 +35,7 @@ them too):
         in_width None for token ids, ANY when no layer fixes it; readout the mode
         after the last recurrent layer or None.
     check_names(names)       names usable as state-dict prefixes, unique, none inside another
+    owner(key, names)        the name that is a dotted prefix of key, or None
     text(layers) -> str      the normalized pipeline text of layers
     list_modules(state_dict) -> [Found(name, kind, config, keys, alternatives, error)]
         every recognised module (Embedding, Linear, LayerNorm, LSTM, GRU, RNN and the
@@ -58,7 +59,7 @@ from collections import namedtuple
 from . import detect
 
 __all__ = ["Layer", "Chain", "Found", "ANY", "KEYWORDS", "READOUTS", "RECURRENT_KINDS", "parse", "resolve",
-           "check_layers", "check_names", "text", "list_modules", "unrecognised", "suggest", "describe",
+           "check_layers", "check_names", "owner", "text", "list_modules", "unrecognised", "suggest", "describe",
            "in_width", "out_width", "MAX_LAYERS", "ARGS", "KINDS", "check_config"]
 
 # layers.READOUTS, repeated here so that this module needs no model classes
@@ -271,6 +272,15 @@ def check_config(kind, config):
         ok = True
     if not ok:
         raise ValueError(f"{kind} config has a value of the wrong type or range: {config!r}")
+
+
+def owner(key, names):
+    """The name among ``names`` (a set or dict) that is a dotted prefix of ``key`` (the
+    layer whose tensor it is), or None. check_names makes it unique."""
+    if not isinstance(key, str):
+        return None
+    parts = key.split(".")
+    return next((n for n in (".".join(parts[:i]) for i in range(1, len(parts))) if n in names), None)
 
 
 def _keyword(kind, config):

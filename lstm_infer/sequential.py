@@ -92,7 +92,9 @@ class Sequential:
 
     Attributes: layers [(name, module)], readout (mode after the last recurrent
     layer or None), batch_first, pipeline (normalized text), in_features (None for
-    token ids or when no layer fixes it), out_features.
+    token ids or when no layer fixes it), out_features, takes_ids.
+    Also: state_dict / load_state_dict under torch's names ("lstm.weight_ih_l0"),
+    from_state_dict, save (li.load reads it back), stream, pickling.
     """
 
     def __init__(self, *layers):
@@ -105,9 +107,10 @@ class Sequential:
             if isinstance(m, str):
                 m = _keyword_module(m)
             if not isinstance(m, (_layers._Module, _Layer)):
-                what = (f"nn.{m.kind}: a cell takes one step; use LSTM, GRU or RNN"
-                        if getattr(m, "kind", "").endswith("Cell") else type(m).__name__)
-                raise TypeError(f"layer {name!r} is a {what}, not an lstm_infer layer (LSTM, GRU, RNN or "
+                kind = str(getattr(m, "kind", ""))
+                what = (f"an {kind}: a cell takes one step; use LSTM, GRU or RNN" if kind.endswith("Cell")
+                        else f"a {type(m).__name__}")
+                raise TypeError(f"layer {name!r} is {what}, not an lstm_infer layer (LSTM, GRU, RNN or "
                                 f"one of lstm_infer.layers)")
             modules.append((name, m))
         flags = {m.batch_first for _, m in modules if m.kind in _RECURRENT}
@@ -194,7 +197,7 @@ class Sequential:
         owned = {name: {} for name, _ in self._layers}
         unexpected = []
         for key in state_dict.keys():
-            name = next((n for n in owned if isinstance(key, str) and key.startswith(n + ".")), None)
+            name = _pipeline.owner(key, owned)
             if name is None:
                 unexpected.append(str(key))
             else:
@@ -256,6 +259,12 @@ class Sequential:
     def save(self, path):
         """Writes the whole model to one self-describing file (see lstm_infer.load)."""
         modelfile.write_model(path, self.state_dict(), self.config, "Sequential")
+
+    def release_memory(self):
+        """Frees the scratch memory the recurrent layers keep between calls."""
+        for m in self:
+            if m.kind in _RECURRENT:
+                m.release_memory()
 
     def __reduce__(self):
         return _rebuild, (self.config, self.state_dict())

@@ -312,27 +312,31 @@ def test_length_zero_rules():
     assert np.all(y[:, 1] == 0)
 
 
-def test_readouts_against_torch_definitions():
+@pytest.mark.parametrize("proj", [0, 2])
+@pytest.mark.parametrize("bf", [False, True])
+def test_readouts_against_torch_definitions(bf, proj):
     """Each readout as the issue defines it, from li.LSTM's own output and state."""
     rng = np.random.default_rng(1)
-    for bf in (False, True):
-        lstm = li.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=bf)
-        T, B = 6, 4
-        x = rng.standard_normal((B, T, 3) if bf else (T, B, 3)).astype(np.float32)
-        lengths = np.array([6, 1, 3, 2])
-        out, (h_n, _) = lstm(x, lengths=lengths)
-        per = out if bf else out.transpose(1, 0, 2)  # (B, T, F)
-        want = {
-            "last": np.stack([per[b, n - 1] for b, n in enumerate(lengths)]),
-            "final": np.concatenate((h_n[-2], h_n[-1]), axis=1),
-            "mean": np.stack([per[b, :n].mean(0) for b, n in enumerate(lengths)]),
-            "max": np.stack([per[b, :n].max(0) for b, n in enumerate(lengths)]),
-        }
-        for mode, w in want.items():
-            got = li.Sequential(lstm, mode)(x, lengths=lengths)
-            np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
-        np.testing.assert_array_equal(li.Sequential(lstm, "steps")(x, lengths=lengths), out)
-        np.testing.assert_array_equal(li.Sequential(lstm)(x, lengths=lengths), out)
+    lstm = li.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=bf, proj_size=proj)
+    T, B = 6, 4
+    x = rng.standard_normal((B, T, 3) if bf else (T, B, 3)).astype(np.float32)
+    lengths = np.array([6, 1, 3, 2])
+    out, (h_n, _) = lstm(x, lengths=lengths)
+    per = out if bf else out.transpose(1, 0, 2)  # (B, T, F)
+    want = {
+        "last": np.stack([per[b, n - 1] for b, n in enumerate(lengths)]),
+        "final": np.concatenate((h_n[-2], h_n[-1]), axis=1),
+        "mean": np.stack([per[b, :n].mean(0) for b, n in enumerate(lengths)]),
+        "max": np.stack([per[b, :n].max(0) for b, n in enumerate(lengths)]),
+    }
+    for mode, w in want.items():
+        got = li.Sequential(lstm, mode)(x, lengths=lengths)
+        np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(li.Sequential(lstm, "steps")(x, lengths=lengths), out)
+    np.testing.assert_array_equal(li.Sequential(lstm)(x, lengths=lengths), out)
+    uni = li.LSTM(3, 4, num_layers=2, batch_first=bf, proj_size=proj)  # final: h_n[-1]
+    np.testing.assert_array_equal(li.Sequential(uni, "final")(x, lengths=lengths),
+                                  uni(x, lengths=lengths)[1][0][-1])
 
 
 def test_stacked_recurrent_layers():
@@ -409,7 +413,8 @@ def test_pointwise_vs_torch():
     x = np.array([[-1e4, -88.0, -3.0, -0.5, 0.0, 0.5, 3.0, 88.0, 1e4],
                   [1e30, 0.0, -1e30, 2.0, 1.0, -1.0, 5.0, 6.0, -7.0]], np.float32)
     pairs = [(li.ReLU(), torch.nn.ReLU()), (li.Tanh(), torch.nn.Tanh()), (li.Sigmoid(), torch.nn.Sigmoid()),
-             (li.Dropout(0.5), torch.nn.Dropout(0.5).eval())]
+             (li.Dropout(0.5), torch.nn.Dropout(0.5).eval()), (li.ReLU(inplace=True), torch.nn.ReLU()),
+             (li.Dropout(0.1, inplace=True), torch.nn.Dropout(0.1).eval())]
     for dim in (-1, 0, 1):
         pairs += [(li.Softmax(dim), torch.nn.Softmax(dim)), (li.LogSoftmax(dim=dim), torch.nn.LogSoftmax(dim))]
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # stable

@@ -448,3 +448,22 @@ def test_fuzzed_bytes_give_format_errors(tmp_path):
         except FormatError:
             continue
         li.Sequential.from_config(cfg, sd)  # what reads must build
+
+
+def test_detect_other_kinds():
+    from lstm_infer import detect
+    sd = {"emb.weight": _w(7, 3), "fc.weight": _w(2, 3), "fc.bias": _w(2), "ln.weight": _w(3),
+          "ln2.weight": _w(3), "ln2.bias": _w(3), "conv.weight": _w(4, 3, 2), "conv.bias": _w(4),
+          "bn.weight": _w(3), "bn.bias": _w(3), "bn.running_mean": _w(3), "bad.weight": _w(2, 3),
+          "bad.bias": _w(3), "lstm.weight_ih_l0": _w(8, 3)}
+    found = {p: (k, r) for p, k, r in detect.scan_other(sd)}
+    assert set(found) == {"emb.", "fc.", "ln.", "ln2.", "bad."}  # not conv (3-D), bn (running stats), lstm
+    assert found["emb."][1].config == dict(num_embeddings=7, embedding_dim=3, padding_idx=None)
+    assert found["emb."][1].alternatives == ("Linear",)
+    assert detect.as_kind(found["emb."][1], "Linear").config == dict(in_features=3, out_features=7, bias=False)
+    assert found["fc."][1].config == dict(in_features=3, out_features=2, bias=True)
+    assert found["ln."][1].config == dict(normalized_shape=[3], eps=1e-5, elementwise_affine=True, bias=False)
+    assert found["ln2."][1].assumed == ("eps",)
+    assert found["bad."][0] == "Linear" and "bad.bias: expected shape (2,)" in str(found["bad."][1])
+    with pytest.raises(ValueError, match="cannot be a LayerNorm"):
+        detect.as_kind(found["fc."][1], "LayerNorm")
