@@ -561,7 +561,10 @@ def _parser():
     s = sub.add_parser("verify", help="compare our engine with the matching torch.nn module (or a whole model's "
                        "pipeline of torch.nn modules) on the same weights and random ragged inputs, or with "
                        "outputs saved from your own torch model (--inputs/--outputs)",
-                       description="Compare our engine with torch. --inputs X.npz: 'x' the padded batch in the "
+                       description="Compare our engine with torch: by default the matching torch.nn module "
+                       "(or, for a whole model, the same pipeline of torch.nn modules on pack_padded_sequence) "
+                       "on random equal and ragged batches (lengths 1 and T among them). --inputs X.npz: 'x' the "
+                       "padded batch in the "
                        "model's layout (token ids (T, B) or floats (T, B, F); (B, T, ...) if batch_first), "
                        "optional 'lengths' (B,). --outputs Y.npz: 'y' what your torch model returned "
                        "((B, out) for one vector per sequence, else (T, B, out) per step; steps past a length "
