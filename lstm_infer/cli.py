@@ -185,7 +185,7 @@ def cmd_inspect(args) -> int:
                 else f"{f.kind}({_fmt_config(f.config, f.kind)})")
         print(f"  {_where(f.name)} {desc}")
         print(f"      {len(f.keys)} tensor{'s' if len(f.keys) != 1 else ''}, {n} parameters, dtype {', '.join(dtypes)}")
-        if "nonlinearity" in (f.config or {}) and f.kind in ("RNN", "RNNCell"):
+        if "nonlinearity" in f.config and f.kind in ("RNN", "RNNCell"):
             print(f"      {_assumed_note(f.kind)}")
         for other in f.alternatives:
             print(f"      its tensors also fit nn.{other}: write '{f.name}:{other}' in --pipeline to choose it")
