@@ -347,3 +347,15 @@ def test_readme_first_command_converts_and_runs_the_bundled_classifier(tmp_path)
                       "i think the story was very moving but the ending was awful": "negative",
                       "honestly the film was never boring": "positive",
                       "the cast seemed quite silly but the dialogue was not bad": "positive"}, res.stdout
+
+
+def test_convert_pipeline_with_verify(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = str(tmp_path / "c.lstm")
+    argv = ["convert", os.path.join(ROOT, "examples", "classifier.pt"), "-o", out, "--pipeline",
+            "embedding > lstm > last > fc > logsoftmax", "--batch-first", "--verify"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"wrote {out}: Sequential(embedding > lstm > last > fc > logsoftmax) from ")
+    assert "  lstm: LSTM(24, 32, batch_first=True, bidirectional=True)\n" in text
+    assert text.splitlines()[-1].startswith("PASS: max abs error")
