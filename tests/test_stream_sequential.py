@@ -351,3 +351,23 @@ def test_concurrent_use_is_detected():
     assert errors, "the long call ended before any concurrent use was tried"
     assert all("in use by another thread" in e for e in errors)
     same("frames", results[0], ref)
+
+
+def test_many_streams_one_model_many_threads():
+    m = build("embedded")
+    rng = np.random.default_rng(7)
+    xs = [rng.integers(0, 30, 40) for _ in range(8)]
+    refs = [m([x])[0] for x in xs]
+    got = [None] * 8
+
+    def run(i):
+        st = m.stream()
+        got[i] = np.stack([st(xs[i][t]) for t in range(40)])
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for g, r in zip(got, refs):
+        np.testing.assert_array_equal(g, r)
