@@ -43,6 +43,13 @@ cdef extern from "lstm_infer.h" nogil:
                                   size_t n_weights, lstm_model **out)
     void lstm_model_free(lstm_model *model)
     void lstm_model_release_memory(lstm_model *model)
+    ctypedef struct lstm_dense:
+        pass
+    lstm_status lstm_dense_create(int64_t in_features, int64_t out_features, const float *weight,
+                                  const float *bias, lstm_dense **out)
+    lstm_status lstm_dense_forward(const lstm_dense *dense, int64_t rows, const float *x,
+                                   int64_t x_stride, float *y, int64_t y_stride)
+    void lstm_dense_free(lstm_dense *dense)
     ctypedef struct lstm_forward_args:
         int64_t seq_len, batch
         const float *input

@@ -290,6 +290,56 @@ cdef const float *_state_ptr(object obj, int64_t slots, int64_t B, int64_t width
     return <const float *>cnp.PyArray_DATA(a)
 
 
+cdef class Dense:
+    """An immutable C dense layer (torch.nn.Linear) from float32 weight (out, in)
+    and bias (out,) or None: each row's result depends on that row alone."""
+    cdef lstm_dense *dense
+    cdef readonly int64_t in_features, out_features
+
+    def __cinit__(self, weight, bias):
+        cdef cnp.ndarray w = np.array(weight, dtype=np.float32, order="C")  # private copies
+        cdef cnp.ndarray b = None if bias is None else np.array(bias, dtype=np.float32, order="C")
+        if w.ndim != 2 or (b is not None and (b.ndim != 1 or b.shape[0] != w.shape[0])):
+            raise ValueError("dense layer: weight must be (out, in) and bias (out,)")
+        cdef lstm_status s
+        cdef const float *bp = NULL
+        if b is not None:
+            bp = <const float *>cnp.PyArray_DATA(b)
+        with nogil:
+            s = lstm_dense_create(cnp.PyArray_DIMS(w)[1], cnp.PyArray_DIMS(w)[0],
+                                  <const float *>cnp.PyArray_DATA(w), bp, &self.dense)
+        _check(s, "creating the dense layer")
+        self.in_features = cnp.PyArray_DIMS(w)[1]
+        self.out_features = cnp.PyArray_DIMS(w)[0]
+
+    def __dealloc__(self):
+        if self.dense != NULL:
+            lstm_dense_free(self.dense)
+
+    def forward(self, x):
+        """x: float32 (rows, in_features), native and aligned, last axis contiguous
+        (checked by the caller); returns a new float32 (rows, out_features)."""
+        cdef cnp.ndarray xa = x
+        if (cnp.PyArray_NDIM(xa) != 2 or not _c_ready(xa) or cnp.PyArray_DIMS(xa)[1] != self.in_features
+                or (self.in_features > 1 and cnp.PyArray_STRIDES(xa)[1] != 4)
+                or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[0] < 0):
+            raise ValueError("dense input buffer: bad shape, dtype or layout")
+        cdef int64_t rows = cnp.PyArray_DIMS(xa)[0]
+        cdef int64_t x_stride = cnp.PyArray_STRIDES(xa)[0] // 4 if rows > 1 else self.in_features
+        if x_stride < self.in_features:
+            raise ValueError("dense input buffer: rows overlap")
+        cdef cnp.npy_intp dims[2]
+        dims[0] = rows
+        dims[1] = self.out_features
+        cdef cnp.ndarray y = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT, 0)
+        cdef lstm_status s
+        with nogil:
+            s = lstm_dense_forward(self.dense, rows, <const float *>cnp.PyArray_DATA(xa), x_stride,
+                                   <float *>cnp.PyArray_DATA(y), self.out_features)
+        _check(s, "dense layer")
+        return y
+
+
 def set_num_threads(n):
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"number of threads must be an integer, got {type(n).__name__}")

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from . import detect
+from . import _core, detect
 from .pipeline import ARGS
 from .model import _as_int, _check_mapping, _float_array, _to_numpy
 
@@ -158,14 +158,29 @@ class Linear(_Module):
     def _expected_shapes(self):
         return detect.other_shapes(self.kind, self.config)
 
+    def _dense(self):
+        """The C layer of the current weight and bias (rebuilt when either is
+        replaced; change weights by assigning arrays or with load_state_dict)."""
+        cached = self.__dict__.get("_dense_cache")
+        if cached is None or cached[0] is not self.weight or cached[1] is not self.bias:
+            cached = (self.weight, self.bias, _core.Dense(self.weight, self.bias))
+            self._dense_cache = cached
+        return cached[2]
+
+    def __getstate__(self):  # pickle and copy: the C layer is rebuilt on first use
+        return {k: v for k, v in self.__dict__.items() if k != "_dense_cache"}
+
     def __call__(self, input):
         x = _float_array(input, "input")
         _width(x, self.in_features, self)
-        # one GEMM over every leading axis (matmul of a 3-D array runs one per row)
-        y = (x.reshape(-1, self.in_features) @ self.weight.T).reshape(x.shape[:-1] + (self.out_features,))
-        if self.bias is not None:
-            y += self.bias
-        return y
+        # every leading axis as rows of one C call, whose rows are computed one by
+        # one: a row's result does not depend on the rows around it (NumPy's BLAS
+        # may round a row differently in a larger product), so batching, bucketing
+        # and stream chunks change no bit
+        rows = x.reshape(-1, self.in_features)
+        if rows.ndim != 2 or not rows.flags.c_contiguous:
+            rows = np.ascontiguousarray(rows)
+        return self._dense().forward(rows).reshape(x.shape[:-1] + (self.out_features,))
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "

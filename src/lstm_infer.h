@@ -201,6 +201,21 @@ LSTM_API lstm_status lstm_model_forward(const lstm_model *model, const lstm_forw
 LSTM_API void lstm_model_release_memory(lstm_model *model);
 
 /*
+ * A dense layer, y = x W^T + b (torch.nn.Linear), on the same kernels: the
+ * heads of whole models. weight is row-major (out_features, in_features),
+ * bias (out_features) or NULL; both are copied. Each row of a forward call
+ * is computed alone, so its result does not depend on how many rows the
+ * call has. x rows are x_stride floats apart, y rows y_stride; the calling
+ * thread does the work. A dense layer is read-only after creation.
+ */
+typedef struct lstm_dense lstm_dense;
+LSTM_API lstm_status lstm_dense_create(int64_t in_features, int64_t out_features,
+                                       const float *weight, const float *bias, lstm_dense **out);
+LSTM_API lstm_status lstm_dense_forward(const lstm_dense *dense, int64_t rows, const float *x,
+                                        int64_t x_stride, float *y, int64_t y_stride);
+LSTM_API void lstm_dense_free(lstm_dense *dense);
+
+/*
  * Worker threads for all models (default: LSTM_INFER_NUM_THREADS, else the
  * usable cores), n in [1, LSTM_MAX_THREADS]. After fork() the child starts
  * with a fresh pool of the same size. lstm_get_num_threads never waits for

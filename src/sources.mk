@@ -3,7 +3,7 @@
 # relative to the repository root.
 
 # Plain C11 + POSIX threads, built for every target.
-LSTM_SOURCES := src/model.c src/forward.c src/status.c src/pool.c src/dispatch.c src/kernels_scalar.c src/loader.c
+LSTM_SOURCES := src/model.c src/forward.c src/status.c src/pool.c src/dispatch.c src/kernels_scalar.c src/loader.c src/dense.c
 
 # Kernel files of one instruction set, per target architecture (the first part of
 # `$(CC) -dumpmachine`, or Python's platform.machine()). Each is compiled with its

@@ -1,9 +1,6 @@
 """Streams of whole models (Sequential.stream(), issue 14 on issue 13's models): chunked
-streaming equals one call over the whole sequence — bit for bit on one thread when no
-matrix product acts on the steps besides the recurrent layers (an Embedding is a gather),
-within float rounding otherwise (a Linear multiplies all the rows it gets at once, and
-NumPy's BLAS may round a row differently in a product of another row count) — for every
-kernel set; the whole call equals the torch model's own forward; idle slots, reset,
+streaming equals one call over the whole sequence bit for bit on one thread (every
+layer computes each row on its own, a Linear too) for every kernel set; the whole call equals the torch model's own forward; idle slots, reset,
 state, errors and concurrent-use detection as for the layers' streams."""
 
 import pickle
@@ -52,28 +49,27 @@ def _gru(prefix, I, H):
             f"{prefix}.bias_ih_l0": (3 * H,), f"{prefix}.bias_hh_l0": (3 * H,)}
 
 
-# name -> (state-dict shapes, pipeline, takes ids, bit-identical: no product on the steps
-# besides the recurrent layers)
+# name -> (state-dict shapes, pipeline, takes ids)
 MODELS = {
     # Embedding -> LSTM(2 layers), per step
-    "embedded": ({"emb.weight": (30, 6), **_lstm("lstm", 6, 8, layers=2)}, "emb > lstm", True, True),
+    "embedded": ({"emb.weight": (30, 6), **_lstm("lstm", 6, 8, layers=2)}, "emb > lstm", True),
     # LSTM(proj) -> steps -> GRU
-    "recurrent": ({**_lstm("a", 5, 6, proj=3), **_gru("b", 3, 5)}, "a > steps > b", False, True),
+    "recurrent": ({**_lstm("a", 5, 6, proj=3), **_gru("b", 3, 5)}, "a > steps > b", False),
     # a streaming tagger: Embedding -> LSTM(2 layers) -> steps -> Linear -> LogSoftmax
     "tagger": ({"emb.weight": (30, 6), **_lstm("lstm", 6, 8, layers=2), "fc.weight": (4, 8), "fc.bias": (4,)},
-               "emb > lstm > steps > fc > logsoftmax", True, False),
+               "emb > lstm > steps > fc > logsoftmax", True),
     # a frame model: Linear -> ReLU -> GRU -> steps -> LayerNorm -> Linear -> Sigmoid
     "frames": ({"inp.weight": (7, 5), "inp.bias": (7,), **_gru("gru", 7, 9), "norm.weight": (9,),
                 "norm.bias": (9,), "out.weight": (1, 9), "out.bias": (1,)},
-               "inp > relu > gru > steps > norm > out > sigmoid", False, False),
+               "inp > relu > gru > steps > norm > out > sigmoid", False),
     # two recurrent layers with per-step layers between them, ending recurrent (no readout)
     "stacked": ({**_lstm("a", 5, 6, proj=3), "mid.weight": (4, 3), "mid.bias": (4,), **_gru("b", 4, 5)},
-                "a > steps > mid > tanh > b", False, False),
+                "a > steps > mid > tanh > b", False),
 }
 
 
 def build(name, batch_first=False, seed=0):
-    shapes, text, _, _ = MODELS[name]
+    shapes, text, _ = MODELS[name]
     return li.Sequential.from_state_dict(_weights(shapes, seed), text, batch_first=batch_first)
 
 
@@ -123,12 +119,8 @@ def torch_forward(torch, name, x, lengths):
 
 
 def same(name, got, want):
-    """Bit for bit for a model without products on the steps besides the recurrent layers,
-    else within float rounding."""
-    if MODELS[name][3]:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    """Bit for bit, whatever the model."""
+    np.testing.assert_array_equal(got, want)
 
 
 def flat_state(st):
