@@ -56,9 +56,9 @@ _UNKNOWN_LAYER, _UNKNOWN_CELL = "LSTM/GRU/RNN", "LSTMCell/GRUCell/RNNCell"
 
 _LAYER_RE = re.compile(
     r"^(?P<prefix>(?:.*\.)?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
-    r"_l(?P<layer>\d+)(?P<rev>_reverse)?$"
+    r"_l(?P<layer>0|[1-9][0-9]*)(?P<rev>_reverse)?\Z"  # torch's own spelling only: l0, not l00 or l٠
 )
-_CELL_RE = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh)$")
+_CELL_RE = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>weight_ih|weight_hh|bias_ih|bias_hh)\Z")
 
 
 @dataclass
@@ -554,7 +554,7 @@ OTHER_SIGNATURES = {
     "Linear": dict(in_features=_REQUIRED, out_features=_REQUIRED, bias=True),
     "LayerNorm": dict(normalized_shape=_REQUIRED, eps=1e-5, elementwise_affine=True, bias=True),
 }
-_PARAM_RE = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)$")
+_PARAM_RE = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)\Z")
 
 
 def other_shapes(kind: str, config: Mapping) -> dict:

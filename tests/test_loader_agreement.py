@@ -267,17 +267,15 @@ def test_mutants_agree(valid_files):
     assert counts["accepted"] > 200 and counts["refused"] > 2000, counts
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="Python reader bug (lstm_infer/detect.py): a layer key spelled with a zero-padded or "
-                          "non-ASCII layer number or a trailing newline (weight_ih_l00, weight_ih_l0\\n) "
-                          "matches the key pattern but is then looked up by its canonical name: KeyError, "
-                          "not FormatError. The C loader refuses it (LSTM_ERR_BAD_FILE).")
 def test_python_names_odd_layer_keys(valid_files):
     data = valid_files["valid-lstm"]
-    mutant = edit_json(data, lambda h, r: h.__setitem__("weight_ih_l00", h.pop("weight_ih_l0")), None)
-    assert library().load_status(mutant) == LSTM_ERR_BAD_FILE
-    with pytest.raises(FormatError):
-        lstm_infer.load(bytearray(mutant))
+    """Layer keys torch never writes (zero-padded or non-ASCII layer numbers, a trailing
+    newline): both readers refuse them as malformed."""
+    for odd in ("weight_ih_l00", "weight_ih_l\u0660", "weight_ih_l0\n"):
+        mutant = edit_json(data, lambda h, r: h.__setitem__(odd, h.pop("weight_ih_l0")), None)
+        assert library().load_status(mutant) == LSTM_ERR_BAD_FILE, odd
+        with pytest.raises(FormatError):
+            lstm_infer.load(bytearray(mutant))
 
 
 def test_header_size_limit_is_the_same(valid_files):
