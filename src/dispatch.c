@@ -14,7 +14,8 @@ static const lstm_kernels *active;
 static int cpu_has_avx2(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c"); // the half weights' conversions
 #else
     return 0;
 #endif
