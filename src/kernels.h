@@ -63,7 +63,7 @@ static inline int64_t lstm_packed_i8_at(int64_t K, int gates, int64_t k, int64_t
 static inline float lstm_half_to_float(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, f = h & 0x3ff;
     union { uint32_t u; float f; } v;
-    if (e == 0x1f) v.u = sign | 0x7f800000u | f << 13; // Inf, NaN (payload kept)
+    if (e == 0x1f) v.u = sign | 0x7f800000u | f << 13 | (f ? 0x400000u : 0); // Inf, NaN (quieted, as F16C)
     else if (e) v.u = sign | (e + 112) << 23 | f << 13;
     else {                                               // zero, subnormal: f * 2^-24
         v.f = (float)f * 5.9604644775390625e-8f;
