@@ -44,6 +44,7 @@ cdef extern from "lstm_infer.h" nogil:
         pass
     size_t lstm_weight_count(const lstm_config *cfg)
     lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t *shape)
+    int32_t lstm_weight_storage(const lstm_config *cfg, size_t index)
     lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
                                   size_t n_weights, lstm_model **out)
     lstm_status lstm_reduce_weight(int32_t type, const float *src, int64_t rows, int64_t cols,

@@ -97,12 +97,14 @@ class _Weights:
       "float16": the matrices rounded to half precision (nearest even), the
         arithmetic float32; the results are exactly those of a float32 model
         holding the rounded weights.
-      "int8": per output row, int8 values in [-127, 127] and a float32 scale
-        max|row| / 127 (symmetric, like torch's and ONNX Runtime's dynamic
-        quantization); the input projection and the projection (weight_hr)
-        compute in float32 on the dequantized weights, and the recurrent
-        step quantizes h per step and per sequence (dynamic) and multiplies
-        int8 by int8 exactly. Needs proj_size (or hidden_size) <= 16384.
+      "int8": weight_hh (what a step streams) as int8 in [-127, 127] with a
+        float32 scale max|row| / 127 per output row (symmetric, like torch's
+        and ONNX Runtime's dynamic quantization); each step quantizes h the
+        same way per sequence (dynamic) and multiplies int8 by int8 exactly.
+        weight_ih and weight_hr are stored as float16: the input projection
+        runs over all steps at once, where bytes do not bound it, and int8
+        there doubled the error of a trained GRU. Needs proj_size (or
+        hidden_size) <= 16384.
     state_dict() of a reduced model returns the dequantized float32 tensors
     (what the model computes with), so it loads into torch as usual.
     """
@@ -120,19 +122,22 @@ class _Weights:
                 for name, shape in self._expected_shapes().items()}
         self._set_weights(*self._reduce(rand, weight_type), weight_type)
 
-    @staticmethod
-    def _reduce(arrays, weight_type):
-        """float32 arrays -> (stored arrays, int8 scales by key) for weight_type:
-        the matrices reduced by the C core's own rounding, biases as they are."""
-        if weight_type == "float32":
-            return dict(arrays), {}
+    def _storage(self, weight_type):
+        """Each weight array's storage type (the C core's choice) by key."""
+        types = _core.weight_storage(*self._core_args(), WEIGHT_TYPES[weight_type])
+        return dict(zip(self._expected_shapes(), types))
+
+    def _reduce(self, arrays, weight_type):
+        """float32 arrays (some or all keys) -> (stored arrays, int8 scales by key)
+        for weight_type: each reduced by the C core's own rounding to its storage."""
+        storage = self._storage(weight_type)
         stored, scales = {}, {}
         for key, arr in arrays.items():
-            if arr.ndim != 2:
+            if storage[key] == _core.WEIGHTS_F32:
                 stored[key] = arr
                 continue
             try:
-                stored[key], sc = _core.reduce_weight(WEIGHT_TYPES[weight_type], arr)
+                stored[key], sc = _core.reduce_weight(storage[key], arr)
             except ValueError as e:
                 raise ValueError(f"state_dict[{key!r}]: {e}") from None
             if sc is not None:
@@ -143,16 +148,16 @@ class _Weights:
         """Builds the C core from stored arrays (in _expected_shapes' order), then
         switches to it: a failure leaves the module as it was."""
         keys = list(self._expected_shapes())
-        core = self._make_core([stored[k] for k in keys], WEIGHT_TYPES[weight_type],
-                               [scales.get(k) for k in keys] if scales else None)
+        core = _core.Core(*self._core_args(), [stored[k] for k in keys], WEIGHT_TYPES[weight_type],
+                          [scales.get(k) for k in keys] if scales else None)
         self._weights, self._scales, self.weights = stored, scales, weight_type
         self._core = core
 
     def reduced_state_dict(self):
         """The weights as the model stores them, under torch's key names (copies):
-        float32, or for "float16" the matrices as float16, for "int8" the
-        matrices as int8 plus each one's float32 row scales under
-        key + "_scale" (w ~ scale[:, None] * q). Biases are float32.
+        float32, or for "float16" the matrices as float16, for "int8" weight_hh
+        as int8 plus its float32 row scales under key + "_scale" (w ~
+        scale[:, None] * q) and the other matrices as float16. Biases are float32.
         from_reduced_state_dict rebuilds the model from it bit for bit."""
         out = {k: v.copy() for k, v in self._weights.items()}
         out.update({k + "_scale": v.copy() for k, v in self._scales.items()})
@@ -165,14 +170,13 @@ class _Weights:
         weight_type = _weight_type(weights)
         model = cls(**config)
         shapes = model._expected_shapes()
-        want = set(shapes) | ({k + "_scale" for k, s in shapes.items() if len(s) == 2}
-                              if weight_type == "int8" else set())
+        int8 = [k for k, t in model._storage(weight_type).items() if t == _core.WEIGHTS_I8]
+        want = set(shapes) | {k + "_scale" for k in int8}
         if set(reduced) != want:
             raise KeyError(f"reduced weights do not match {model!r} with weights="
                            f"{weight_type!r}: expected keys {sorted(want)}")
         stored = {k: np.asarray(reduced[k]) for k in shapes}
-        scales = {k: np.asarray(reduced[k + "_scale"]) for k, s in shapes.items()
-                  if weight_type == "int8" and len(s) == 2}
+        scales = {k: np.asarray(reduced[k + "_scale"]) for k in int8}
         model._set_weights(stored, scales, weight_type)
         return model
 
@@ -362,9 +366,9 @@ class _Layer(_Weights, _core.Module):
                     shapes["weight_hr" + s] = (self.proj_size, self.hidden_size)
         return shapes
 
-    def _make_core(self, arrays, wtype, scales):
-        return _core.Core(self._cell_kind, self.input_size, self.hidden_size, self.num_layers,
-                          self.bias, self.bidirectional, self.proj_size, arrays, wtype, scales)
+    def _core_args(self):
+        return (self._cell_kind, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                self.bidirectional, self.proj_size)
 
     # ------------------------------------------------------------ forward
     # __call__ (in _core.Module, documented there) takes the common call to C
@@ -593,9 +597,8 @@ class _Cell(_Weights):
             shapes.update(bias_ih=(GH,), bias_hh=(GH,))
         return shapes
 
-    def _make_core(self, arrays, wtype, scales):
-        return _core.Core(self._cell_kind, self.input_size, self.hidden_size, 1, self.bias,
-                          False, 0, arrays, wtype, scales)
+    def _core_args(self):
+        return self._cell_kind, self.input_size, self.hidden_size, 1, self.bias, False, 0
 
     def __call__(self, input, hx=None):
         """One step. input: (B, input_size) or unbatched (input_size,). hx: the

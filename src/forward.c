@@ -241,13 +241,12 @@ static int agreed_stop(forward_job *j, int nth) {
     return stop;
 }
 
-/* The gemm of kernels.h on a matrix b of the model's weight type (scale: I8's). */
+/* The gemm of kernels.h on w_ih or w_hr, stored as float32 or (F16 and I8 models) halves. */
 static void run_gemm(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const void *b,
-                     const float *scale, int gates, const float *bias, int64_t p0, int64_t p1,
-                     int64_t ncols, lstm_rows c) {
-    const int type = j->m->cfg.weights;
-    if (type == LSTM_WEIGHTS_F32) j->k->gemm(m, K, a, b, gates, bias, p0, p1, ncols, c);
-    else j->gemm_r(m, K, a, (lstm_wmat){b, scale, type}, gates, bias, p0, p1, ncols, c);
+                     int gates, const float *bias, int64_t p0, int64_t p1, int64_t ncols,
+                     lstm_rows c) {
+    if (j->m->cfg.weights == LSTM_WEIGHTS_F32) j->k->gemm(m, K, a, b, gates, bias, p0, p1, ncols, c);
+    else j->gemm_r(m, K, a, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F16}, gates, bias, p0, p1, ncols, c);
 }
 
 /* The cell of kernels.h on a w_hh of the model's weight type. */
@@ -296,7 +295,7 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
             const lstm_rows hr = {hbuf, m->Hp, NULL};
             run_cell(j, rows, P, prev, lw->w_hh[d], lw->s_hh[d], NULL, gates, cst, m->Hp, t0, t1, hr);
             if (n > 1) lstm_barrier_wait(bar);
-            run_gemm(j, rows, m->H, hr, lw->w_hr[d], lw->s_hr[d], 4, NULL, q0, q1, P, out);
+            run_gemm(j, rows, m->H, hr, lw->w_hr[d], 4, NULL, q0, q1, P, out);
         }
         if (n > 1) lstm_barrier_wait(bar);
     }
@@ -330,8 +329,8 @@ static void forward_thread(void *arg, int tid, int nth) {
         }
         for (int64_t r0 = 0; r0 < j->N && !atomic_load_explicit(&j->stop, memory_order_relaxed); r0 += chunk) {
             const int64_t rows = j->N - r0 < chunk ? j->N - r0 : chunk;
-            run_gemm(j, rows, lw->in, lstm_rows_from(x, r0), lw->w_ih, lw->s_ih, m->gates, lw->bias,
-                     p0, p1, panels * m->W, lstm_rows_from(g, r0));
+            run_gemm(j, rows, lw->in, lstm_rows_from(x, r0), lw->w_ih, m->gates, lw->bias, p0, p1,
+                     panels * m->W, lstm_rows_from(g, r0));
             if (tid == 0) poll_interrupt(j);
         }
         if (agreed_stop(j, nth)) break;

@@ -54,6 +54,22 @@ lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t shap
     return LSTM_OK;
 }
 
+int32_t lstm_weight_storage(const lstm_config *cfg, size_t index) {
+    int64_t shape[2];
+    if (lstm_weight_shape(cfg, index, shape) != LSTM_OK) return -1;
+    if (!shape[1]) return LSTM_WEIGHTS_F32; // a bias
+    if (cfg->weights != LSTM_WEIGHTS_I8) return cfg->weights;
+    const int is_hh = index % arrays_per_direction(cfg) == 1; // weight_ih, weight_hh, ...
+    return is_hh ? LSTM_WEIGHTS_I8 : LSTM_WEIGHTS_F16;
+}
+
+/* The storage of the input (weight_ih) and projection (weight_hr) matrices. */
+static int gemm_storage(int type) { return type == LSTM_WEIGHTS_I8 ? LSTM_WEIGHTS_F16 : type; }
+
+static int64_t storage_bytes(int type) {
+    return type == LSTM_WEIGHTS_F32 ? 4 : type == LSTM_WEIGHTS_F16 ? 2 : 1;
+}
+
 const lstm_config *lstm_model_config(const lstm_model *m) { return m ? &m->cfg : NULL; }
 
 // ------------------------------------------------------------------ reducing
@@ -161,25 +177,21 @@ static void pack_bias(const float *a, const float *b, int64_t H, int64_t tiles, 
 /* Lays out (base NULL: sizes) every packed weight of the model in one arena. */
 static void layout_weights(lstm_model *m, lstm_arena *a) {
     const int gru_bias = m->cfg.cell == LSTM_CELL_GRU && m->cfg.bias;
-    const int type = m->cfg.weights, i8 = type == LSTM_WEIGHTS_I8;
-    const int64_t es = type == LSTM_WEIGHTS_F32 ? 4 : type == LSTM_WEIGHTS_F16 ? 2 : 1;
+    const int i8 = m->cfg.weights == LSTM_WEIGHTS_I8;
+    const int64_t es_hh = storage_bytes(m->cfg.weights), es = storage_bytes(gemm_storage(m->cfg.weights));
     const int64_t cols = m->tiles * m->W, proj_cols = m->proj_panels * LSTM_PANEL;
     for (int64_t l = 0; l < m->L; l++) {
         layer_weights *lw = &m->layers[l];
         lw->in = l == 0 ? m->cfg.input_size : m->D * m->P;
         int64_t n;
-        if (!lstm_mul_ok(m->D * cols, i8 ? lstm_i8_k(lw->in) : lw->in, &n)) a->ok = 0;
+        if (!lstm_mul_ok(m->D * cols, lw->in, &n)) a->ok = 0;
         lw->w_ih = lstm_arena_take(a, n, es);
-        lw->s_ih = i8 ? lstm_arena_take(a, m->D * cols, sizeof(float)) : NULL;
         lw->bias = lstm_arena_take(a, m->D * cols, sizeof(float));
         for (int64_t d = 0; d < m->D; d++) {
-            lw->w_hh[d] = lstm_arena_take(a, cols * (i8 ? lstm_i8_k(m->P) : m->P), es);
+            lw->w_hh[d] = lstm_arena_take(a, cols * (i8 ? lstm_i8_k(m->P) : m->P), es_hh);
             lw->s_hh[d] = i8 ? lstm_arena_take(a, cols, sizeof(float)) : NULL;
             lw->b_hh[d] = gru_bias ? lstm_arena_take(a, cols, sizeof(float)) : NULL;
-            lw->w_hr[d] = m->cfg.proj_size
-                              ? lstm_arena_take(a, proj_cols * (i8 ? lstm_i8_k(m->H) : m->H), es)
-                              : NULL;
-            lw->s_hr[d] = m->cfg.proj_size && i8 ? lstm_arena_take(a, proj_cols, sizeof(float)) : NULL;
+            lw->w_hr[d] = m->cfg.proj_size ? lstm_arena_take(a, proj_cols * m->H, es) : NULL;
         }
     }
 }
@@ -232,29 +244,24 @@ static lstm_status create(const lstm_config *cfg, const void *const *weights,
     a = (lstm_arena){m->block, 0, 1};
     layout_weights(m, &a);
 
-    const int gru = cfg->cell == LSTM_CELL_GRU, type = cfg->weights;
-    const int64_t es = type == LSTM_WEIGHTS_F32 ? 4 : type == LSTM_WEIGHTS_F16 ? 2 : 1;
+    const int gru = cfg->cell == LSTM_CELL_GRU, type = cfg->weights, type_ih = gemm_storage(type);
     size_t w = 0;
     for (int64_t l = 0; l < m->L; l++) {
         layer_weights *lw = &m->layers[l];
-        const int64_t in_k = type == LSTM_WEIGHTS_I8 ? lstm_i8_k(lw->in) : lw->in;
         for (int64_t d = 0; d < m->D; d++) {
-            const float *s_ih = scales ? scales[w] : NULL;
             const void *w_ih = weights[w++];
             const float *s_hh = scales ? scales[w] : NULL;
             const void *w_hh = weights[w++];
             const float *b_ih = cfg->bias ? weights[w++] : NULL;
             const float *b_hh = cfg->bias ? weights[w++] : NULL;
-            const float *s_hr = scales && cfg->proj_size ? scales[w] : NULL;
             const void *w_hr = cfg->proj_size ? weights[w++] : NULL;
-            pack_gates(type, w_ih, s_ih, lw->in, m->H, m->tiles, m->gates,
-                       (char *)lw->w_ih + d * m->tiles * in_k * m->W * es,
-                       lw->s_ih ? lw->s_ih + d * m->tiles * m->W : NULL);
+            pack_gates(type_ih, w_ih, NULL, lw->in, m->H, m->tiles, m->gates,
+                       (char *)lw->w_ih + d * m->tiles * lw->in * m->W * storage_bytes(type_ih), NULL);
             // the GRU's b_hn sits inside r * (W_hn h + b_hn), so its b_hh stays with the step
             pack_bias(b_ih, gru ? NULL : b_hh, m->H, m->tiles, m->gates, lw->bias + d * m->tiles * m->W);
             pack_gates(type, w_hh, s_hh, m->P, m->H, m->tiles, m->gates, lw->w_hh[d], lw->s_hh[d]);
             if (lw->b_hh[d]) pack_bias(b_hh, NULL, m->H, m->tiles, m->gates, lw->b_hh[d]);
-            if (w_hr) pack_plain(type, w_hr, s_hr, m->P, m->H, lw->w_hr[d], lw->s_hr[d]);
+            if (w_hr) pack_plain(type_ih, w_hr, NULL, m->P, m->H, lw->w_hr[d], NULL);
         }
     }
     *out = m;
@@ -274,10 +281,10 @@ lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weight
     for (size_t i = 0; i < n_weights && s == LSTM_OK; i++) {
         int64_t shape[2], n, bytes;
         lstm_weight_shape(cfg, i, shape);
+        const int32_t type = lstm_weight_storage(cfg, i);
         reduced[i] = weights[i];
-        if (!shape[1]) continue; // a bias: float32 as given
-        const int64_t es = cfg->weights == LSTM_WEIGHTS_F16 ? 2 : 1;
-        if (!lstm_mul_ok(shape[0], shape[1], &n) || !lstm_mul_ok(n, es, &bytes) ||
+        if (type == LSTM_WEIGHTS_F32) continue; // a bias: float32 as given
+        if (!lstm_mul_ok(shape[0], shape[1], &n) || !lstm_mul_ok(n, storage_bytes(type), &bytes) ||
             !lstm_add_ok(bytes, shape[0] * (int64_t)sizeof(float) + 16, &bytes) ||
             (uint64_t)bytes > (uint64_t)SIZE_MAX) {
             s = LSTM_ERR_SIZE_OVERFLOW;
@@ -291,7 +298,7 @@ lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weight
         }
         scales[i] = block;
         reduced[i] = block + shape[0];
-        s = lstm_reduce_weight(cfg->weights, weights[i], shape[0], shape[1], block + shape[0], block);
+        s = lstm_reduce_weight(type, weights[i], shape[0], shape[1], block + shape[0], block);
     }
     if (s == LSTM_OK) s = create(cfg, reduced, scales, out);
     for (size_t i = 0; owned && i < n_weights; i++) free(owned[i]);
@@ -309,7 +316,7 @@ lstm_status lstm_model_create_reduced(const lstm_config *cfg, const void *const 
         for (size_t i = 0; i < n_weights; i++) {
             int64_t shape[2];
             lstm_weight_shape(cfg, i, shape);
-            if (!shape[1]) continue;
+            if (lstm_weight_storage(cfg, i) != LSTM_WEIGHTS_I8) continue;
             if (!scales[i]) return LSTM_ERR_INVALID_ARGUMENT;
             const int8_t *q = weights[i];
             for (int64_t j = 0; j < shape[0] * shape[1]; j++)

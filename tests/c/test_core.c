@@ -787,7 +787,7 @@ static int forward_plain(const lstm_model *m, int64_t T, int64_t B, const float 
  * layers, proj, ragged, both ISAs, 1 and 2 threads: lstm_model_create on
  * float32 weights and lstm_model_create_reduced on lstm_reduce_weight's
  * output give the same bits; float16 matches the naive reference on the
- * rounded weights within the float32 tolerance; int8 stays within 2e-2 of it
+ * rounded weights within the float32 tolerance; int8 stays within 5e-2 of it
  * on the dequantized weights (its quantized step is checked exactly in
  * test_kernels.c).
  */
@@ -816,15 +816,21 @@ static void test_reduced_forward(const char *const *isas, int n_isas) {
                 deq[i] = xcalloc((size_t)n, sizeof(float));
                 memcpy(deq[i], W.w[i], (size_t)n * sizeof(float));
                 red[i] = W.w[i];
+                /* int8 models keep weight_hh int8, the other matrices float16, biases float32 */
+                const int32_t storage = lstm_weight_storage(&cfg, i);
                 int64_t shape[2];
                 lstm_weight_shape(&cfg, i, shape);
-                if (!shape[1]) continue; /* a bias stays float32 */
+                CHECK(storage == (!shape[1] ? LSTM_WEIGHTS_F32
+                                  : type == LSTM_WEIGHTS_I8 && i % (2 + 2 * cfg.bias + !!cfg.proj_size) != 1
+                                      ? LSTM_WEIGHTS_F16 : type),
+                      "storage of array %zu: %d", i, storage);
+                if (storage == LSTM_WEIGHTS_F32) continue;
                 red[i] = xcalloc((size_t)n, 2); /* room for halves or int8 */
                 sc[i] = xcalloc((size_t)rows, sizeof(float));
-                CHECK(lstm_reduce_weight(type, W.w[i], rows, cols, red[i], sc[i]) == LSTM_OK, "reduce %zu", i);
+                CHECK(lstm_reduce_weight(storage, W.w[i], rows, cols, red[i], sc[i]) == LSTM_OK, "reduce %zu", i);
                 for (int64_t e = 0; e < n; e++)
-                    deq[i][e] = type == LSTM_WEIGHTS_F16 ? lstm_half_to_float(((uint16_t *)red[i])[e])
-                                                         : (float)((int8_t *)red[i])[e] * sc[i][e / cols];
+                    deq[i][e] = storage == LSTM_WEIGHTS_F16 ? lstm_half_to_float(((uint16_t *)red[i])[e])
+                                                            : (float)((int8_t *)red[i])[e] * sc[i][e / cols];
             }
             weights Wd = W;
             Wd.w = deq;
@@ -863,7 +869,7 @@ static void test_reduced_forward(const char *const *isas, int n_isas) {
                     } else {
                         double worst = 0;
                         for (int64_t e = 0; e < n_out; e++) worst = fmax(worst, fabs(o1[e] - ref[e]));
-                        CHECK(worst <= 2e-2, "%s int8 max error %.3g vs the dequantized reference", ctx, worst);
+                        CHECK(worst <= 5e-2, "%s int8 max error %.3g vs the dequantized reference", ctx, worst);
                     }
                     lstm_model_free(m1), lstm_model_free(m2);
                 }
@@ -895,7 +901,8 @@ static void test_reduced_forward(const char *const *isas, int n_isas) {
     CHECK(lstm_reduce_weight(LSTM_WEIGHTS_F32, bad_i8, 1, 2, q, s) == LSTM_ERR_INVALID_ARGUMENT, "reduce to f32");
     lstm_config small = {.input_size = 1, .hidden_size = 1, .num_layers = 1, .weights = LSTM_WEIGHTS_I8,
                          .cell = LSTM_CELL_RNN_TANH};
-    int8_t w_ih[1] = {5}, w_hh[1] = {-128};
+    uint16_t w_ih[1] = {0x4500}; /* 5.0 as a half: int8 models keep weight_ih in float16 */
+    int8_t w_hh[1] = {-128};
     float s_ih[1] = {0.5f}, s_hh[1] = {0.5f};
     const void *ws[2] = {w_ih, w_hh};
     const float *ss[2] = {s_ih, s_hh};
@@ -910,6 +917,7 @@ static void test_reduced_forward(const char *const *isas, int n_isas) {
     lstm_model_free(m);
     small.weights = LSTM_WEIGHTS_F32;
     CHECK(lstm_model_create_reduced(&small, ws, ss, 2, &m) == LSTM_ERR_INVALID_ARGUMENT, "create_reduced float32");
+    CHECK(lstm_weight_storage(&small, 2) == -1 && lstm_weight_storage(NULL, 0) == -1, "storage of no array");
 }
 
 int main(void) {
