@@ -371,41 +371,6 @@ static void dequantize_strip(lstm_wmat w, int64_t K, int64_t s, int64_t k0, int6
 }
 
 /*
- * gemm on reduced weights: a strip's K-block at a time is dequantized into a
- * stack tile (16 KB, in L1) which the float32 microkernels then run over every
- * row of a row block, so the arithmetic is the float32 gemm's on the
- * dequantized matrix.
- */
-static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
-                        const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
-    _Alignas(64) float tile[KC * LSTM_TILE];
-    float tmp[ROW_BLOCK][LSTM_TILE];
-    const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
-    const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
-    for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
-        const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
-        const lstm_rows ab = lstm_rows_from(a, rb);
-        for (int64_t s = s0; s < s1; s++) {
-            const int64_t width = ncols - s * LSTM_TILE;
-            lstm_rows cb = lstm_rows_from(c, rb);
-            cb.base += s * LSTM_TILE;
-            // the last strip of a width that is not a multiple of 16 goes via a stack tile
-            const lstm_rows out = width >= LSTM_TILE ? cb : (lstm_rows){tmp[0], LSTM_TILE, NULL};
-            for (int64_t k0 = 0; k0 < K; k0 += KC) {
-                const int64_t kc = K - k0 < KC ? K - k0 : KC;
-                dequantize_strip(b, K, s, k0, kc, tile);
-                lstm_rows ak = ab;
-                ak.base += k0;
-                panel_rows(rows, kc, ak, tile, 1, k0 ? &out : NULL,
-                           k0 || !bias ? NULL : bias + s * LSTM_TILE, out);
-            }
-            if (width < LSTM_TILE)
-                for (int64_t r = 0; r < rows; r++) memcpy(lstm_row(cb, r), tmp[r], (size_t)width * sizeof(float));
-        }
-    }
-}
-
-/*
  * A row's int8 sums over ns (compile-time, 1 to 4) int8 strips at w, sstride
  * bytes apart, from the quantized row qa (Kq, see lstm_i8_row_scale):
  * out[16s + j] = fmaf(qa . column j, sa * scale[16s + j], init ? init[16s + j] : 0).
@@ -537,6 +502,59 @@ INLINE void row_sums(const int type, int64_t K, const float *a, const int8_t *qa
 #undef STRIPS
         }
         s += n;
+    }
+}
+
+/*
+ * gemm on reduced weights: a strip's K-block at a time is dequantized into a
+ * stack tile (16 KB, in L1) which the float32 microkernels then run over every
+ * row of a row block, so the arithmetic is the float32 gemm's on the
+ * dequantized matrix. Fewer rows than GEMM_R_ROWS read halves directly
+ * (row_sums: the same sums in the same order, so the same bits).
+ */
+#define GEMM_R_ROWS 4
+static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
+                        const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    _Alignas(64) float tile[KC * LSTM_TILE];
+    float tmp[ROW_BLOCK][LSTM_TILE];
+    const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
+    const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
+    if (m < GEMM_R_ROWS && b.type == LSTM_WEIGHTS_F16) {
+        // a few rows (a streaming step's input, a projection): straight from the halves
+        for (int64_t r = 0; r < m; r++) {
+            const float *ar = lstm_row(a, r);
+            float *cr = lstm_row(c, r);
+            const int64_t full = (ncols - s0 * LSTM_TILE) / LSTM_TILE, n = s1 - s0 < full ? s1 - s0 : full;
+            row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0, n, bias ? bias + s0 * LSTM_TILE : NULL,
+                     cr + s0 * LSTM_TILE);
+            if (s0 + n < s1) { // the last strip of a width that is not a multiple of 16
+                row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0 + n, 1,
+                         bias ? bias + (s0 + n) * LSTM_TILE : NULL, tmp[0]);
+                memcpy(cr + (s0 + n) * LSTM_TILE, tmp[0], (size_t)(ncols - (s0 + n) * LSTM_TILE) * sizeof(float));
+            }
+        }
+        return;
+    }
+    for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
+        const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
+        const lstm_rows ab = lstm_rows_from(a, rb);
+        for (int64_t s = s0; s < s1; s++) {
+            const int64_t width = ncols - s * LSTM_TILE;
+            lstm_rows cb = lstm_rows_from(c, rb);
+            cb.base += s * LSTM_TILE;
+            // the last strip of a width that is not a multiple of 16 goes via a stack tile
+            const lstm_rows out = width >= LSTM_TILE ? cb : (lstm_rows){tmp[0], LSTM_TILE, NULL};
+            for (int64_t k0 = 0; k0 < K; k0 += KC) {
+                const int64_t kc = K - k0 < KC ? K - k0 : KC;
+                dequantize_strip(b, K, s, k0, kc, tile);
+                lstm_rows ak = ab;
+                ak.base += k0;
+                panel_rows(rows, kc, ak, tile, 1, k0 ? &out : NULL,
+                           k0 || !bias ? NULL : bias + s * LSTM_TILE, out);
+            }
+            if (width < LSTM_TILE)
+                for (int64_t r = 0; r < rows; r++) memcpy(lstm_row(cb, r), tmp[r], (size_t)width * sizeof(float));
+        }
     }
 }
 
