@@ -19,6 +19,12 @@
  * gates come from the same loops for every kind, and only the pointwise
  * update of a tile differs (tile_update for the LSTM, tile_update_gru,
  * tile_update_rnn).
+ *
+ * Reduced weights (kernels.h): half weights convert with F16C in the one-row
+ * sums (row_strips) or a K-block at a time into a stack tile that the float32
+ * microkernels run over (gemm_r_avx2); int8 weight_hh runs row by row, h
+ * quantized first (quantize_row), with vpsignb / vpmaddubsw / vpmaddwd
+ * (row_strips_i8), one byte read per weight.
  */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "kernels_avx2.c must be compiled with -mavx2 -mfma"

@@ -13,7 +13,11 @@
  *          buffers are exactly their size and the last row of a ends at the
  *          end of its block, for ASan; a row's padding and the parts of g
  *          outside the range are NaN, which would show in the results);
- *   the activations' relative error on dense grids (sigmoid, tanh) and relu.
+ *   the activations' relative error on dense grids (sigmoid, tanh) and relu;
+ *   the same kernels on float16 and int8 weights (the gemm_r / cell_r of
+ *   kernels.h, or the scalar ones a kernel set falls back to), int8 against a
+ *   reference that quantizes each row from lstm_infer.h's definition and sums
+ *   exactly; every half -> float conversion against F16C.
  *
  * Links only the kernels and dispatch.c. Exits non-zero on any failure.
  * Built by tests/c/Makefile (`make kernels`, also under ASan+UBSan and TSan).
