@@ -512,16 +512,41 @@ INLINE void row_sums(const int type, int64_t K, const float *a, const int8_t *qa
 }
 
 /*
- * gemm on reduced weights: a strip's K-block at a time is dequantized into a
- * stack tile (16 KB, in L1) which the float32 microkernels then run over every
- * row of a row block, so the arithmetic is the float32 gemm's on the
- * dequantized matrix. Fewer rows than GEMM_R_ROWS read halves directly
- * (row_sums: the same sums in the same order, so the same bits).
+ * panel_rows on the ns strips from strip s0 of a reduced matrix: a strip's
+ * K-block at a time is dequantized into a stack tile (16 KB, in L1) which the
+ * float32 microkernels then run over every row, so the sums are the float32
+ * ones on the dequantized matrix, in the same order (the same bits as
+ * row_sums).
+ */
+static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat w, int64_t s0, int ns,
+                         const lstm_rows *init, const float *bias, lstm_rows out) {
+    _Alignas(64) float tile[KC * LSTM_TILE];
+    for (int s = 0; s < ns; s++) {
+        lstm_rows os = out, is = {NULL, 0, NULL};
+        os.base += s * LSTM_TILE;
+        if (init) {
+            is = *init;
+            is.base += s * LSTM_TILE;
+        }
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            dequantize_strip(w, K, s0 + s, k0, kc, tile);
+            lstm_rows ak = a;
+            ak.base += k0;
+            panel_rows(m, kc, ak, tile, 1, k0 ? &os : init ? &is : NULL,
+                       k0 || !bias ? NULL : bias + s * LSTM_TILE, os);
+        }
+    }
+}
+
+/*
+ * gemm on reduced weights: panel_rows_r over row blocks, strip by strip.
+ * Fewer rows than GEMM_R_ROWS read halves directly (row_sums: the same sums
+ * in the same order, so the same bits).
  */
 #define GEMM_R_ROWS 4
 static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
-    _Alignas(64) float tile[KC * LSTM_TILE];
     float tmp[ROW_BLOCK][LSTM_TILE];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
     const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
@@ -543,21 +568,14 @@ static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gate
     }
     for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
         const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
-        const lstm_rows ab = lstm_rows_from(a, rb);
         for (int64_t s = s0; s < s1; s++) {
             const int64_t width = ncols - s * LSTM_TILE;
             lstm_rows cb = lstm_rows_from(c, rb);
             cb.base += s * LSTM_TILE;
             // the last strip of a width that is not a multiple of 16 goes via a stack tile
             const lstm_rows out = width >= LSTM_TILE ? cb : (lstm_rows){tmp[0], LSTM_TILE, NULL};
-            for (int64_t k0 = 0; k0 < K; k0 += KC) {
-                const int64_t kc = K - k0 < KC ? K - k0 : KC;
-                dequantize_strip(b, K, s, k0, kc, tile);
-                lstm_rows ak = ab;
-                ak.base += k0;
-                panel_rows(rows, kc, ak, tile, 1, k0 ? &out : NULL,
-                           k0 || !bias ? NULL : bias + s * LSTM_TILE, out);
-            }
+            panel_rows_r(rows, K, lstm_rows_from(a, rb), b, s, 1, NULL,
+                         bias ? bias + s * LSTM_TILE : NULL, out);
             if (width < LSTM_TILE)
                 for (int64_t r = 0; r < rows; r++) memcpy(lstm_row(cb, r), tmp[r], (size_t)width * sizeof(float));
         }
@@ -621,26 +639,25 @@ INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar,
  * panel_rows call over a chunk of rows, then the updates of each row. The
  * sums start from g or b_hh as in row_kind.
  */
-INLINE void rows_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
-                      const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
-                      int64_t t1, int64_t H, lstm_rows h) {
+INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm_rows a,
+                      lstm_wmat w_hh, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
+                      int64_t t0, int64_t t1, int64_t H, lstm_rows h) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE, group = 4 / gates;
     const int gru = kind == LSTM_CELL_GRU;
     float tmp[CELL_ROWS][LSTM_PANEL];
     for (int64_t t = t0; t < t1; t += group) {
         const int64_t nt = t1 - t < group ? t1 - t : group;
-        const float *wp = w_hh + t * K * W;
+        const float *wp = type == LSTM_WEIGHTS_F32 ? (const float *)w_hh.w + t * K * W : NULL;
         for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
             const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
-            const lstm_rows out = {tmp[0], LSTM_PANEL, NULL};
-            if (gru) {
-                panel_rows(rows, K, lstm_rows_from(a, r0), wp, gates, NULL,
-                           b_hh ? b_hh + t * W : NULL, out);
-            } else {
-                lstm_rows gt = lstm_rows_from(g, r0);
-                gt.base += t * W;
-                panel_rows(rows, K, lstm_rows_from(a, r0), wp, (int)nt * gates, &gt, NULL, out);
-            }
+            const lstm_rows out = {tmp[0], LSTM_PANEL, NULL}, ar0 = lstm_rows_from(a, r0);
+            const int ns = gru ? gates : (int)nt * gates;
+            lstm_rows gt = lstm_rows_from(g, r0);
+            gt.base += t * W;
+            const lstm_rows *init = gru ? NULL : &gt;
+            const float *bias = gru && b_hh ? b_hh + t * W : NULL;
+            if (type == LSTM_WEIGHTS_F32) panel_rows(rows, K, ar0, wp, ns, init, bias, out);
+            else panel_rows_r(rows, K, ar0, w_hh, t * gates, ns, init, bias, out);
             for (int64_t r = 0; r < rows; r++) {
                 const float *ar = gru ? lstm_row(a, r0 + r) : NULL;
                 const float *gr = gru ? lstm_row(g, r0 + r) : NULL;
@@ -671,7 +688,8 @@ INLINE void rows_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const f
     static __attribute__((noinline)) void cell_rows_##name(                                        \
         int64_t m, int64_t K, lstm_rows a, const float *w_hh, const float *b_hh, lstm_rows g,      \
         float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                   \
-        rows_kind(kind, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h);                             \
+        rows_kind(kind, LSTM_WEIGHTS_F32, m, K, a, (lstm_wmat){w_hh, NULL, LSTM_WEIGHTS_F32},      \
+                  b_hh, g, c, ldc, t0, t1, H, h);                                                  \
     }
 CELL_KIND(lstm, LSTM_CELL_LSTM)
 CELL_KIND(gru, LSTM_CELL_GRU)
@@ -695,15 +713,21 @@ static void cell_avx2(int cell, int64_t m, int64_t K, lstm_rows a, const float *
 }
 
 /*
- * The step on reduced weights, compiled per kind: row by row through the
- * one-row body (an I8 row quantized first), so a sequence gets the same bits
- * alone as in a batch; a batch gains no reuse of the weights from L1 here.
+ * The step on reduced weights, compiled per kind: float16 like float32, one
+ * row or many (the many from dequantized tiles, the same bits); int8 row by
+ * row through the one-row body, each row quantized first, so a sequence gets
+ * the same bits alone as in a batch (a batch gains no reuse of the weights
+ * from L1 there).
  */
 #define CELL_KIND_R(name, kind)                                                                    \
     static __attribute__((noinline)) void cell_r_##name(                                           \
         int64_t m, int64_t K, lstm_rows a, lstm_wmat w, const float *b_hh, lstm_rows g, float *c,  \
         int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                             \
         _Alignas(32) int8_t qa[LSTM_MAX_I8_STATE];                                                 \
+        if (w.type == LSTM_WEIGHTS_F16 && m > 1) {                                                 \
+            rows_kind(kind, LSTM_WEIGHTS_F16, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);          \
+            return;                                                                                \
+        }                                                                                          \
         for (int64_t r = 0; r < m; r++) {                                                          \
             const float *ar = lstm_row(a, r), *gr = lstm_row(g, r);                                \
             float *cr = kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, *hr = lstm_row(h, r);         \
