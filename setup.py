@@ -12,11 +12,26 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CORE = ["src/model.c", "src/forward.c", "src/status.c", "src/pool.c", "src/dispatch.c",
-        "src/kernels_scalar.c"]
-# per-ISA kernel files and the flags only they are compiled with
-ISA_FILES = {"src/kernels_avx2.c": ["-mavx2", "-mfma"]}
-X86 = platform.machine().lower() in ("x86_64", "amd64")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_sources(path=os.path.join(HERE, "src", "sources.mk")):
+    """The `NAME := words` lines of src/sources.mk, the one source list (the Makefiles read it too)."""
+    names = {}
+    with open(path) as fh:
+        for line in fh:
+            if ":=" in line and not line.lstrip().startswith("#"):
+                name, _, value = line.partition(":=")
+                names[name.strip()] = value.split()
+    return names
+
+
+SOURCES = read_sources()
+CORE = SOURCES["LSTM_SOURCES"]
+ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+# this target's per-ISA kernel files (those written so far) and the flags only they are compiled with
+ISA_FILES = {path: SOURCES.get("LSTM_ISA_FLAGS_" + os.path.splitext(os.path.basename(path))[0], [])
+             for path in SOURCES.get("LSTM_ISA_SOURCES_" + ARCH, []) if os.path.exists(os.path.join(HERE, path))}
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 
@@ -38,7 +53,7 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-sources = ["lstm_infer/_core.pyx"] + CORE + (list(ISA_FILES) if X86 else [])
+sources = ["lstm_infer/_core.pyx"] + CORE + list(ISA_FILES)
 ext = Extension(
     "lstm_infer._core",
     sources=sources,

@@ -11,6 +11,9 @@ cdef extern from "lstm_infer.h" nogil:
         LSTM_ERR_WORKSPACE_TOO_SMALL
         LSTM_ERR_UNKNOWN_ISA
         LSTM_ERR_INTERRUPTED
+        LSTM_ERR_IO
+        LSTM_ERR_BAD_FILE
+        LSTM_ERR_UNSUPPORTED
     const char *lstm_status_string(lstm_status status)
 
     enum:

@@ -94,14 +94,20 @@ cdef int _check_output(cnp.ndarray oa, int64_t T, int64_t B, int64_t width) exce
 
 
 cdef inline void _set_buffers(lstm_forward_args *args, cnp.ndarray xa, cnp.ndarray oa):
-    """The input and output of args from checked (T, B, width) arrays (strides in floats)."""
+    """The input and output of args from checked (T, B, width) arrays, or unbatched
+    (T, width) ones as a batch of 1 (strides in floats)."""
     args.seq_len = cnp.PyArray_DIMS(xa)[0]
-    args.batch = cnp.PyArray_DIMS(xa)[1]
     args.input = <const float *>cnp.PyArray_DATA(xa)
     args.input_stride_t = cnp.PyArray_STRIDES(xa)[0] // 4
-    args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
     args.output = <float *>cnp.PyArray_DATA(oa)
     args.output_stride_t = cnp.PyArray_STRIDES(oa)[0] // 4
+    if cnp.PyArray_NDIM(xa) == 2:
+        args.batch = 1
+        args.input_stride_b = args.input_stride_t  # one sequence: never stepped over
+        args.output_stride_b = args.output_stride_t
+        return
+    args.batch = cnp.PyArray_DIMS(xa)[1]
+    args.input_stride_b = cnp.PyArray_STRIDES(xa)[1] // 4
     args.output_stride_b = cnp.PyArray_STRIDES(oa)[1] // 4
 
 
@@ -280,31 +286,38 @@ cdef class Core:
         _check(s, "forward")
 
     cdef run_fast(self, x, h_0, c_0):
-        """The common call (float32 (T, B, I) array, optional float32 C-contiguous
-        h_0 (and c_0 for the LSTM) of the right shapes), checked and allocated
-        here. Returns None when anything needs converting or a friendly error:
-        the caller then takes the general path in model.py."""
+        """The common call (float32 (T, B, I) array, or unbatched (T, I), optional
+        float32 C-contiguous h_0 (and c_0 for the LSTM) of the right shapes: (slots,
+        B, width), or (slots, width) unbatched), checked and allocated here.
+        Returns None when anything needs converting or a friendly error: the
+        caller then takes the general path in model.py."""
         if type(x) is not np.ndarray:
             return None
         cdef cnp.ndarray xa = x
-        if (cnp.PyArray_NDIM(xa) != 3 or not _c_ready(xa)
-                or cnp.PyArray_DIMS(xa)[2] != self.input_size or cnp.PyArray_STRIDES(xa)[2] != 4
-                or cnp.PyArray_STRIDES(xa)[0] % 4 or cnp.PyArray_STRIDES(xa)[1] % 4
-                or cnp.PyArray_DIMS(xa)[0] == 0 or cnp.PyArray_DIMS(xa)[1] == 0):
+        cdef int nd = cnp.PyArray_NDIM(xa)
+        if ((nd != 3 and nd != 2) or not _c_ready(xa)
+                or cnp.PyArray_DIMS(xa)[nd - 1] != self.input_size
+                or cnp.PyArray_STRIDES(xa)[nd - 1] != 4 or cnp.PyArray_STRIDES(xa)[0] % 4
+                or cnp.PyArray_DIMS(xa)[0] == 0):
             return None
-        cdef cnp.npy_intp T = cnp.PyArray_DIMS(xa)[0], B = cnp.PyArray_DIMS(xa)[1]
+        if nd == 3 and (cnp.PyArray_STRIDES(xa)[1] % 4 or cnp.PyArray_DIMS(xa)[1] == 0):
+            return None
+        cdef cnp.npy_intp T = cnp.PyArray_DIMS(xa)[0], B = cnp.PyArray_DIMS(xa)[1] if nd == 3 else 1
         cdef cnp.npy_intp slots = self.num_layers * self.directions
-        if not (_state_fits(h_0, slots, B, self.out_size)
-                and _state_fits(c_0, slots, B, self.hidden_size)):
+        if not (_state_fits(h_0, nd, slots, B, self.out_size)
+                and _state_fits(c_0, nd, slots, B, self.hidden_size)):
             return None
+        # unbatched arrays are the batched ones without their batch axis
+        cdef int wi = nd - 1  # the feature axis
         cdef cnp.npy_intp dims[3]
         dims[0] = T
         dims[1] = B
-        dims[2] = self.directions * self.out_size
-        output = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
+        dims[wi] = self.directions * self.out_size
+        output = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT, 0)
         dims[0] = slots
-        dims[2] = self.out_size
-        h_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
+        dims[1] = B
+        dims[wi] = self.out_size
+        h_n = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT, 0)
         # every buffer is now known to fit: straight to C, without forward's re-checks
         cdef lstm_forward_args args
         memset(&args, 0, sizeof(args))
@@ -314,8 +327,8 @@ cdef class Core:
         if not self.has_c:
             self._run(xa, <cnp.ndarray>output, &args)
             return output, h_n
-        dims[2] = self.hidden_size
-        c_n = cnp.PyArray_EMPTY(3, dims, cnp.NPY_FLOAT, 0)
+        dims[wi] = self.hidden_size
+        c_n = cnp.PyArray_EMPTY(nd, dims, cnp.NPY_FLOAT, 0)
         if c_0 is not None:
             args.c_0 = <const float *>cnp.PyArray_DATA(<cnp.ndarray>c_0)
         args.c_n = <float *>cnp.PyArray_DATA(<cnp.ndarray>c_n)
@@ -323,15 +336,18 @@ cdef class Core:
         return output, (h_n, c_n)
 
 
-cdef bint _state_fits(object obj, cnp.npy_intp slots, cnp.npy_intp B, cnp.npy_intp width):
+cdef bint _state_fits(object obj, int nd, cnp.npy_intp slots, cnp.npy_intp B,
+                      cnp.npy_intp width):
+    """obj is None or a C-contiguous float32 (slots, B, width), or (slots, width) for nd 2."""
     if obj is None:
         return True
     if type(obj) is not np.ndarray:
         return False
     cdef cnp.ndarray a = obj
-    return (_c_ready(a) and cnp.PyArray_NDIM(a) == 3
-            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_DIMS(a)[0] == slots
-            and cnp.PyArray_DIMS(a)[1] == B and cnp.PyArray_DIMS(a)[2] == width)
+    if not (_c_ready(a) and cnp.PyArray_NDIM(a) == nd and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and cnp.PyArray_DIMS(a)[0] == slots and cnp.PyArray_DIMS(a)[nd - 1] == width):
+        return False
+    return nd == 2 or cnp.PyArray_DIMS(a)[1] == B
 
 cdef const float *_state_ptr(object obj, int64_t slots, int64_t B, int64_t width,
                              bint writable, str name) except? NULL:
@@ -407,7 +423,9 @@ cdef class Module:
         # state, goes straight to C; anything else, and every error, to _call.
         # core is a local reference: a concurrent load_state_dict cannot free it mid-call
         cdef Core core = self._core
-        if lengths is None and not self.batch_first and core is not None:
+        # (batch_first does not apply to unbatched (T, input_size) input, as in torch)
+        if lengths is None and core is not None and (
+                not self.batch_first or (type(input) is np.ndarray and (<cnp.ndarray>input).ndim == 2)):
             result = None
             if hx is None:
                 result = core.run_fast(input, None, None)

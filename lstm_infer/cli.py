@@ -1,21 +1,31 @@
 """``lstm-infer`` command line: inspect weight files, convert them, verify against PyTorch.
 
 Handles every recurrent module of ``torch.nn``: LSTM, GRU, RNN, LSTMCell, GRUCell,
-RNNCell. Exit codes: 0 success, 1 verification above tolerance, 2 user error (bad
-file, bad option), 3 torch not installed for ``verify``. Torch is imported only by
-``verify``.
+RNNCell, and whole models (``--pipeline``: Embedding, Linear, LayerNorm, activations,
+readouts around the recurrent layers; see lstm_infer.pipeline). Exit codes: 0 success,
+1 verification above tolerance, 2 user error (bad file, bad option), 3 torch not
+installed for ``verify``. Torch is imported only by ``verify`` (and lstm_infer.torchref).
+
+``verify --inputs X.npz --outputs Y.npz`` compares with outputs saved from the user's
+own torch model: X.npz holds ``x``, the padded batch in the model's layout (token ids
+(T, B), or floats (T, B, features); (B, T, ...) for a batch_first model) and optionally
+``lengths`` (B,) integers (default: every sequence T long); Y.npz holds ``y``, what
+the torch model returned: (B, out) for a model whose readout gives one vector per
+sequence, else per step (T, B, out) ((B, T, out) batch_first; for a bare LSTM/GRU/RNN
+its ``output``). Per-step positions past a sequence's length are not compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from . import detect, modelfile, readers
+from . import detect, modelfile, pipeline, readers
 
 PROG = "lstm-infer"
 EXIT_MISMATCH, EXIT_USAGE, EXIT_NO_TORCH = 1, 2, 3
@@ -27,14 +37,21 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
-def _is_model_file(data: bytes) -> bool:
+def _model_file_kind(data: bytes):
+    """The kind our model file records (checked when read), or None for any other file."""
     if readers.sniff(data) != "safetensors":
-        return False
+        return None
     try:
         _, meta = readers.parse_safetensors(data)
     except ValueError:
-        return False
-    return bool(meta) and meta.get("format") == modelfile.FORMAT
+        return None
+    if not meta or meta.get("format") != modelfile.FORMAT:
+        return None
+    return meta.get("kind", "")
+
+
+def _is_model_file(data: bytes) -> bool:
+    return _model_file_kind(data) is not None
 
 
 def _read(path):
@@ -104,48 +121,122 @@ def _assumed_note(kind):
 
 # ------------------------------------------------------------------ inspect
 
+def _where(name):
+    """A module's place in a state dict as inspect prints it."""
+    return repr(name + ".") if name else "(top level)"
+
+
+def _inspect_model_file(path, kind, cfg, sd):
+    n = sum(v.size for v in sd.values())
+    print(f"{path}: lstm_infer model file (format_version {modelfile.FORMAT_VERSION})")
+    if kind != "Sequential":
+        print(f"  {kind}({_fmt_config(cfg, kind)})")
+    else:
+        from .sequential import Sequential
+
+        model = Sequential.from_config(cfg, sd)
+        print(f"  Sequential, batch_first={model.batch_first}: {model.pipeline}")
+        width = max(len(name) for name, _ in model.layers)
+        for name, m in model.layers:
+            desc = pipeline.describe(m.kind, m.config)
+            if m.kind in pipeline.RECURRENT_KINDS:
+                desc = f"{m.kind}({_fmt_config(m.config, m.kind)})"
+            print(f"    {name:<{width}}  {desc}")
+        print(f"  input: {_input_desc(model)}; output: {_output_desc(model)}")
+    print(f"  {len(sd)} tensors, {n} parameters, float32")
+    return 0
+
+
+def _input_desc(model):
+    layout = "(B, T)" if model.batch_first else "(T, B)"
+    if model.takes_ids:
+        return f"token ids {layout}, each in [0, {model.layers[0][1].num_embeddings})"
+    width = model.in_features if model.in_features is not None else "features"
+    layout = "(B, T, " if model.batch_first else "(T, B, "
+    return f"floats {layout}{width}) with lengths (B,), or a list of (T_i, {width}) sequences"
+
+
+def _output_desc(model):
+    width = model.out_features if model.out_features is not None else "features"
+    if model.readout in (None, "steps"):
+        layout = "(B, T, " if model.batch_first else "(T, B, "
+        return f"per step {layout}{width}), 0 past each length"
+    return f"one vector per sequence (B, {width}) (readout {model.readout!r})"
+
+
 def cmd_inspect(args) -> int:
     data = _read(args.file)
     if _is_model_file(data):
-        kind, cfg, sd = modelfile.read_model(data, args.file)
-        n = sum(v.size for v in sd.values())
-        print(f"{args.file}: lstm_infer model file (format_version {modelfile.FORMAT_VERSION})")
-        print(f"  {kind}({_fmt_config(cfg, kind)})")
-        print(f"  {len(sd)} tensors, {n} parameters, float32")
-        return 0
+        return _inspect_model_file(args.file, *modelfile.read_model(data, args.file))
     fmt = readers.sniff(data)
     stored = {}
     tensors = readers.read_tensors(data, args.file, stored)
-    found = detect.scan(tensors)
-    print(f"{args.file}: {fmt}, {len(tensors)} tensors, {len(found)} recurrent module(s) found")
-    used = set()
-    for prefix, kind, res in found:
-        where = repr(prefix) if prefix else "(top level)"
-        if isinstance(res, ValueError):
-            print(f"  {where} {kind}: INVALID: {res}")
+    found = pipeline.list_modules(tensors)
+    recurrent = sum(1 for f in found if f.kind not in detect.OTHER_KINDS)
+    print(f"{args.file}: {fmt}, {len(tensors)} tensors, {recurrent} recurrent module(s) found, "
+          f"{len(found)} module(s) in all (in file order):")
+    for f in found:
+        if f.error is not None:
+            print(f"  {_where(f.name)} {f.kind}: INVALID: {f.error}")
             continue
-        used.update(res.keys)
-        n = sum(int(np.prod(tensors[k].shape)) for k in res.keys)
-        dtypes = sorted({stored[k] for k in res.keys})
-        print(f"  {where} {res.kind}({_fmt_config(res.config, res.kind)})")
-        print(f"      {len(res.keys)} tensors, {n} parameters, dtype {', '.join(dtypes)}")
-        if "nonlinearity" in res.assumed:
-            print(f"      {_assumed_note(res.kind)}")
-    rest = [k for k in tensors if k not in used]
+        n = sum(int(np.prod(tensors[k].shape)) for k in f.keys)
+        dtypes = sorted({stored[k] for k in f.keys})
+        desc = (pipeline.describe(f.kind, f.config) if f.kind in detect.OTHER_KINDS
+                else f"{f.kind}({_fmt_config(f.config, f.kind)})")
+        print(f"  {_where(f.name)} {desc}")
+        print(f"      {len(f.keys)} tensor{'s' if len(f.keys) != 1 else ''}, {n} parameters, dtype {', '.join(dtypes)}")
+        if "nonlinearity" in f.config and f.kind in ("RNN", "RNNCell"):
+            print(f"      {_assumed_note(f.kind)}")
+        for other in f.alternatives:
+            print(f"      its tensors also fit nn.{other}: write '{f.name}:{other}' in --pipeline to choose it")
+    rest = pipeline.unrecognised(tensors, found)
     if rest:
         print(f"  {len(rest)} other tensor(s), not part of a recognised module: "
               + detect.describe_tensors(tensors, rest, OTHER_TENSORS_SHOWN))
+    suggestion = pipeline.suggest(tensors, found)
+    if suggestion and len(pipeline.parse(suggestion)) > 1:
+        print(f"suggested pipeline (the widths chain; activations such as softmax are not in a state dict, "
+              f"add them; the readout is a guess: 'final' for a classifier, 'steps' for a tagger):")
+        print(f"  {PROG} convert {shlex.quote(args.file)} -o model.lstm --pipeline {shlex.quote(suggestion)}")
     return 0
 
 
 # ------------------------------------------------------------------ convert
 
 def cmd_convert(args) -> int:
+    if args.pipeline is not None:
+        return _convert_pipeline(args)
     w = load_weights(args.file, args.prefix, args.nonlinearity, args.batch_first)
     modelfile.write_model(args.output, w.state_dict, w.config, w.kind)
     print(f"wrote {args.output}: {w.kind}({_fmt_config(w.config, w.kind)}) from {w.desc}")
     if "nonlinearity" in w.assumed:
         print(f"note: {_assumed_note(w.kind)}")
+    if args.verify:
+        return _verify(args.output, None, args.tol, args.seed)
+    return 0
+
+
+def _convert_pipeline(args) -> int:
+    """A whole model: the pipeline's layers over the file's state dict, in one model file."""
+    from .sequential import Sequential
+
+    if args.prefix:
+        raise UserError("--prefix selects one module; with --pipeline name the modules in the pipeline "
+                        "(e.g. --pipeline \"encoder.embedding > encoder.lstm > final > fc\")")
+    tensors = readers.read_tensors(_read(args.file), args.file)
+    try:
+        model = Sequential.from_state_dict(tensors, args.pipeline, batch_first=args.batch_first,
+                                           nonlinearity=args.nonlinearity)
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise UserError(f"{args.file}: {msg}") from None
+    model.save(args.output)
+    print(f"wrote {args.output}: Sequential({model.pipeline}) from {args.file}")
+    for name, m in model.layers:
+        print(f"  {name}: {m!r}")
+    rnns = [name for name, m in model.layers if m.kind == "RNN"]
+    if rnns and args.nonlinearity is None:
+        print(f"note: {', '.join(rnns)}: {_assumed_note('RNN')}")
     if args.verify:
         return _verify(args.output, None, args.tol, args.seed)
     return 0
@@ -224,7 +315,147 @@ def _cases(kind, cfg, rng):
         yield name, x, (lengths if ragged else None), hx
 
 
-def _verify(path, prefix, tol, seed, nonlinearity=None) -> int:
+def _load_model(path, prefix, nonlinearity, data=None):
+    """The model in our model file at ``path`` (any kind; ``data``: its contents when read
+    already), options checked as load_weights does."""
+    data = _read(path) if data is None else data
+    if not _is_model_file(data):
+        raise UserError(f"{path} is not an lstm_infer model file; --inputs/--outputs compare a converted "
+                        f"model (lstm-infer convert it first)")
+    kind, cfg, sd = modelfile.read_model(data, path)
+    if prefix:
+        raise UserError(f"{path} is an lstm_infer model file; it holds one {kind}, --prefix does not apply")
+    if nonlinearity is not None:
+        raise UserError(f"{path} is an lstm_infer model file: its nonlinearity is recorded, "
+                        f"--nonlinearity does not apply")
+    if kind == "Sequential":
+        from .sequential import Sequential
+        return Sequential.from_config(cfg, sd)
+    from .model import MODULES
+    if kind in detect.CELL_KINDS:
+        raise UserError(f"{path} holds {detect.article(kind)} {kind}; --inputs/--outputs compare sequence "
+                        f"models (a Sequential, LSTM, GRU or RNN)")
+    model = MODULES[kind](**cfg)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def _npz_arrays(path, keys, required):
+    from . import fileio
+
+    try:
+        with np.load(fileio.display_name(path), allow_pickle=False) as z:
+            missing = [k for k in required if k not in z.files]
+            if missing:
+                raise UserError(f"{path}: no array {missing[0]!r} (it holds {', '.join(z.files) or 'nothing'}); "
+                                f"see lstm-infer verify --help for the convention")
+            return {k: z[k] for k in keys if k in z.files}
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, OSError) and exc.filename:
+            raise
+        raise UserError(f"{path}: not a readable .npz ({exc})") from None
+
+
+def _compare(a, b):
+    """(max abs err, max rel err) of ours ``a`` against the reference ``b`` (same shape)."""
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    rel = err / max(float(np.max(np.abs(b))) if b.size else 0.0, np.finfo(np.float32).tiny)
+    return (err if np.isfinite(err) else np.inf), rel
+
+
+def _report_row(case, label, a, b):
+    """Prints one row of verify's table; returns its max abs error (inf when the shapes differ)."""
+    a = np.asarray(a)
+    if a.shape != b.shape:
+        print(f"  {case:<12} {label}shape {a.shape} != torch {b.shape}")
+        return np.inf
+    err, rel = _compare(a, b)
+    print(f"  {case:<12} {label}{err:12.3e} {rel:12.3e}")
+    return err
+
+
+def _verdict(worst, tol):
+    """Prints PASS or FAIL; the exit code."""
+    ok = worst <= tol
+    print(f"{'PASS' if ok else 'FAIL'}: max abs error {worst:.3e} {'<=' if ok else '>'} {tol:g}")
+    return 0 if ok else EXIT_MISMATCH
+
+
+def _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity) -> int:
+    """Our model on the user's saved inputs against the outputs they saved from torch."""
+    model = _load_model(path, prefix, nonlinearity)
+    xs = _npz_arrays(inputs, ("x", "lengths"), ("x",))
+    y_ref = np.asarray(_npz_arrays(outputs, ("y",), ("y",))["y"], np.float32)
+    x, lengths = xs["x"], xs.get("lengths")
+    try:
+        y = model(x, lengths=lengths)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise UserError(f"{inputs}: the model does not take these inputs: {exc}") from None
+    per_step = True
+    if isinstance(y, tuple):  # a bare recurrent layer: (output, state)
+        y = y[0]
+    else:
+        per_step = model.readout in (None, "steps") and model.layers and any(
+            m.kind in pipeline.RECURRENT_KINDS for _, m in model.layers)
+    if y.shape != y_ref.shape:
+        raise UserError(f"{outputs}: 'y' has shape {y_ref.shape}, but the model gives {y.shape} for these inputs "
+                        f"(see lstm-infer verify --help for the convention)")
+    bf = getattr(model, "batch_first", False)
+    if per_step and lengths is not None and y.ndim == 3:
+        T = y.shape[1] if bf else y.shape[0]
+        valid = np.arange(T)[:, None] < np.asarray(lengths)[None, :]  # (T, B)
+        mask = valid.T if bf else valid
+        y, y_ref = y[mask], y_ref[mask]
+    err, rel = _compare(y, y_ref)
+    print(f"verify {path} on {inputs} against the outputs in {outputs}, tolerance {tol:g}")
+    print(f"  {y.size} values compared: max abs err {err:.3e}, max rel err {rel:.3e}")
+    return _verdict(err, tol)
+
+
+def _sequential_cases(model, rng):
+    """(name, x, lengths): an equal and a ragged batch (lengths 1 and T among them) in the
+    model's layout, token ids over the whole vocabulary for an Embedding-first model."""
+    T, B = 9, 5
+    lengths = np.array([T, 1, 4, T - 1, 2], dtype=np.int64)
+    has_rec = any(m.kind in pipeline.RECURRENT_KINDS for _, m in model.layers)
+    shape = (B, T) if model.batch_first else (T, B)
+    for name, lens in (("equal", None), ("ragged", lengths)) if has_rec else (("batch", None),):
+        if model.takes_ids:
+            x = rng.integers(0, model.layers[0][1].num_embeddings, shape).astype(np.int64)
+        else:
+            x = rng.standard_normal(shape + (model.in_features or 4,)).astype(np.float32)
+        yield name, x, lens
+
+
+def _verify_sequential(path, model, tol, seed) -> int:
+    try:
+        import torch
+    except ImportError:
+        print(f"{PROG}: verify needs PyTorch, which is not installed (pip install torch); nothing was compared",
+              file=sys.stderr)
+        return EXIT_NO_TORCH
+    from .torchref import TorchPipeline
+
+    ref = TorchPipeline(torch, model)
+    print(f"verify {path}: Sequential({model.pipeline}) against the same pipeline of torch.nn modules "
+          f"(torch {torch.__version__}; recurrent layers on pack_padded_sequence), tolerance {tol:g}")
+    print(f"  {'case':<12} {'max abs err':>12} {'max rel err':>12}")
+    worst = 0.0
+    rng = np.random.default_rng(seed)
+    for name, x, lengths in _sequential_cases(model, rng):
+        worst = max(worst, _report_row(name, "", model(x, lengths=lengths), ref(x, lengths)))
+    return _verdict(worst, tol)
+
+
+def _verify(path, prefix, tol, seed, nonlinearity=None, inputs=None, outputs=None) -> int:
+    if (inputs is None) != (outputs is None):
+        raise UserError("--inputs and --outputs go together: the inputs you gave your torch model and "
+                        "what it returned")
+    if inputs is not None:
+        return _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity)
+    data = _read(path)
+    if _model_file_kind(data) == "Sequential":
+        return _verify_sequential(path, _load_model(path, prefix, nonlinearity, data), tol, seed)
     w = load_weights(path, prefix, nonlinearity)
     try:
         import torch
@@ -259,22 +490,12 @@ def _verify(path, prefix, tol, seed, nonlinearity=None) -> int:
             mine = _flat(kind, ours(x, hx=hx, lengths=lengths))
         ref = _torch_forward(torch, kind, net, x, lengths, hx, cfg.get("batch_first", False))
         for label, a, b in zip(_OUTPUTS[kind], mine, ref):
-            a = np.asarray(a)
-            if a.shape != b.shape:
-                print(f"  {name:<12} {label:<7} shape {a.shape} != torch {b.shape}")
-                worst = np.inf
-                continue
-            err = float(np.max(np.abs(a - b))) if a.size else 0.0
-            rel = err / max(float(np.max(np.abs(b))) if b.size else 0.0, np.finfo(np.float32).tiny)
-            worst = max(worst, err if np.isfinite(err) else np.inf)
-            print(f"  {name:<12} {label:<7} {err:12.3e} {rel:12.3e}")
-    ok = worst <= tol
-    print(f"{'PASS' if ok else 'FAIL'}: max abs error {worst:.3e} {'<=' if ok else '>'} {tol:g}")
-    return 0 if ok else EXIT_MISMATCH
+            worst = max(worst, _report_row(name, f"{label:<7} ", a, b))
+    return _verdict(worst, tol)
 
 
 def cmd_verify(args) -> int:
-    return _verify(args.file, args.prefix, args.tol, args.seed, args.nonlinearity)
+    return _verify(args.file, args.prefix, args.tol, args.seed, args.nonlinearity, args.inputs, args.outputs)
 
 
 # ---------------------------------------------------------------------- run
@@ -302,13 +523,15 @@ def _parser():
     from . import __version__
 
     p = argparse.ArgumentParser(prog=PROG, description="Inspect, convert and verify weight files of PyTorch "
-                                "recurrent modules (LSTM, GRU, RNN and their cells; torch.save zip/legacy, "
-                                "safetensors, npz) without PyTorch.")
+                                "recurrent modules (LSTM, GRU, RNN and their cells) and whole models (Embedding "
+                                "-> recurrent layers -> readout -> head; torch.save zip/legacy, safetensors, npz) "
+                                "without PyTorch, and run models over datasets.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("inspect", help="list the recurrent modules in a file with kinds, configs, parameter "
-                       "counts and dtypes, and the other tensors")
+    s = sub.add_parser("inspect", help="list the modules in a file in file order (recurrent layers and cells, "
+                       "Embedding, Linear, LayerNorm) with configs, parameter counts and dtypes, the other "
+                       "tensors, and a suggested --pipeline; or describe a converted model file")
     s.add_argument("file", metavar="FILE")
     s.set_defaults(func=cmd_inspect)
 
@@ -325,15 +548,32 @@ def _parser():
     s.add_argument("file", metavar="FILE")
     s.add_argument("-o", "--output", required=True, metavar="OUT")
     common(s)
-    s.add_argument("--batch-first", action="store_true", help="store batch_first=True in the model (layers only)")
+    s.add_argument("--pipeline", metavar="TEXT", help="a whole model: module names and keywords joined by '>', "
+                   "e.g. \"embedding > lstm > final > fc > softmax\" (keywords: relu, tanh, sigmoid, softmax, "
+                   "logsoftmax, dropout; readouts: steps, last, final, mean, max; name:Kind forces a kind); "
+                   "see lstm-infer inspect FILE for a suggestion")
+    s.add_argument("--batch-first", action="store_true", help="store batch_first=True in the model (layers and "
+                   "pipelines: input (B, T, ...))")
     s.add_argument("--verify", action="store_true", help="then compare the written model with torch")
     verify_opts(s)
     s.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("verify", help="compare our engine with the matching torch.nn module on the same weights")
+    s = sub.add_parser("verify", help="compare our engine with the matching torch.nn module (or a whole model's "
+                       "pipeline of torch.nn modules) on the same weights and random ragged inputs, or with "
+                       "outputs saved from your own torch model (--inputs/--outputs)",
+                       description="Compare our engine with torch: by default the matching torch.nn module "
+                       "(or, for a whole model, the same pipeline of torch.nn modules on pack_padded_sequence) "
+                       "on random equal and ragged batches (lengths 1 and T among them). --inputs X.npz: 'x' the "
+                       "padded batch in the "
+                       "model's layout (token ids (T, B) or floats (T, B, F); (B, T, ...) if batch_first), "
+                       "optional 'lengths' (B,). --outputs Y.npz: 'y' what your torch model returned "
+                       "((B, out) for one vector per sequence, else (T, B, out) per step; steps past a length "
+                       "are not compared).")
     s.add_argument("file", metavar="FILE_OR_OUT")
     common(s)
     verify_opts(s)
+    s.add_argument("--inputs", metavar="X.npz", help="inputs you gave your torch model: x [, lengths]")
+    s.add_argument("--outputs", metavar="Y.npz", help="what your torch model returned for them: y")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("run", help="run a model over a dataset (.npy files, ragged .npz, .jsonl) into a ragged "

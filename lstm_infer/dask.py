@@ -60,6 +60,9 @@ def _from_bytes(data, name):
     from .model import MODULES
     from .modelfile import read_model
     kind, config, state_dict = read_model(name=name, data=data)
+    if kind == "Sequential":
+        from .sequential import Sequential
+        return Sequential.from_config(config, state_dict)
     model = MODULES[kind](**config)
     model.load_state_dict(state_dict, strict=True)
     return model

@@ -10,6 +10,9 @@ Only shapes are read, so values may be NumPy arrays, torch tensors or anything
 with a ``.shape``.  Every inconsistency is reported as a ``ValueError`` naming the
 key and the shape that is wrong.
 
+Also recognised, for whole models (:func:`scan_other`): ``nn.Embedding``, ``nn.Linear``
+and ``nn.LayerNorm``, a prefix whose own keys are exactly ``weight`` (and ``bias``).
+
 A state dict does not record ``nn.RNN``'s nonlinearity: specs of RNN / RNNCell
 say ``nonlinearity="tanh"`` and list it in ``spec.assumed``; callers override it
 with :meth:`ModuleSpec.full_config`.
@@ -23,7 +26,8 @@ from typing import Any, Mapping
 
 __all__ = ["ModuleSpec", "LSTMSpec", "KINDS", "LAYER_KINDS", "CELL_KINDS", "SIGNATURES", "NONLINEARITIES",
            "scan", "find_modules", "find_one", "module_state_dict", "constructor_config", "describe_tensors",
-           "find_lstms", "infer_config", "lstm_state_dict", "select"]
+           "find_lstms", "infer_config", "lstm_state_dict", "select", "OTHER_KINDS", "OTHER_SIGNATURES",
+           "scan_other", "other_shapes", "as_kind"]
 
 LAYER_KINDS = ("LSTM", "GRU", "RNN")
 CELL_KINDS = ("LSTMCell", "GRUCell", "RNNCell")
@@ -70,6 +74,8 @@ class ModuleSpec:
     keys:    the state-dict keys (with prefix) that belong to it, in torch's order.
     assumed: config keys whose value is not in the state dict but assumed
              (("nonlinearity",) for RNN and RNNCell: "tanh", torch's default).
+    alternatives: other kinds the same tensors fit (("Linear",) for a lone 2-D
+             weight read as an Embedding, see :func:`as_kind`).
     """
 
     prefix: str
@@ -77,6 +83,7 @@ class ModuleSpec:
     config: dict
     keys: list = field(default_factory=list)
     assumed: tuple = ()
+    alternatives: tuple = ()
 
     def full_config(self, **overrides) -> dict:
         """Every constructor argument of ``kind`` (see :func:`constructor_config`)."""
@@ -445,8 +452,9 @@ def describe_tensors(sd: Mapping, keys=None, limit: int = 8) -> str:
 
 
 def article(kind: str) -> str:
-    """'a' or 'an' before a kind's name as spoken: an LSTM, an RNN, a GRU."""
-    return "a" if kind.startswith("G") else "an"
+    """'a' or 'an' before a kind's name as spoken: an LSTM, an RNN, an Embedding, a GRU,
+    a Linear."""
+    return "an" if kind[:1] in "AEIOU" or kind.startswith(("LSTM", "RNN")) else "a"
 
 
 def _config_text(spec: ModuleSpec) -> str:
@@ -530,3 +538,98 @@ def lstm_state_dict(sd: Mapping, spec: ModuleSpec | str | None = "") -> dict:
     if spec.kind == "LSTMCell":
         out = {k + "_l0": v for k, v in out.items()}
     return out
+
+
+# ------------------------------------------ the layers around them (issue 13)
+# nn.Embedding, nn.Linear and nn.LayerNorm: a prefix whose own keys are exactly
+# "weight" (and "bias"). A bias-free nn.Linear has the keys and shapes of an
+# nn.Embedding; such a spec says kind "Embedding" with alternatives ("Linear",)
+# (the pipeline decides by position, see lstm_infer.pipeline).
+
+OTHER_KINDS = ("Embedding", "Linear", "LayerNorm")
+# constructor arguments with their defaults, in torch's order (padding_idx and
+# LayerNorm's eps are not in a state dict: specs list them in ``assumed``)
+OTHER_SIGNATURES = {
+    "Embedding": dict(num_embeddings=_REQUIRED, embedding_dim=_REQUIRED, padding_idx=None),
+    "Linear": dict(in_features=_REQUIRED, out_features=_REQUIRED, bias=True),
+    "LayerNorm": dict(normalized_shape=_REQUIRED, eps=1e-5, elementwise_affine=True, bias=True),
+}
+_PARAM_RE = re.compile(r"^(?P<prefix>(?:.*\.)?)(?P<name>[^.]+)$")
+
+
+def other_shapes(kind: str, config: Mapping) -> dict:
+    """The state-dict keys of an Embedding, Linear or LayerNorm with ``config``, in torch's
+    order, with their shapes (LayerNorm's normalized_shape is a list of ints)."""
+    if kind == "Embedding":
+        return {"weight": (config["num_embeddings"], config["embedding_dim"])}
+    if kind == "Linear":
+        shapes = {"weight": (config["out_features"], config["in_features"])}
+        if config["bias"]:
+            shapes["bias"] = (config["out_features"],)
+        return shapes
+    if kind == "LayerNorm":
+        if not config["elementwise_affine"]:
+            return {}
+        shape = tuple(config["normalized_shape"])
+        return {"weight": shape, "bias": shape} if config["bias"] else {"weight": shape}
+    raise ValueError(f"unknown kind {kind!r}; known: {', '.join(OTHER_KINDS)}")
+
+
+def as_kind(spec: ModuleSpec, kind: str) -> ModuleSpec:
+    """An ambiguous spec (a lone 2-D weight) read as ``kind`` ("Embedding" or "Linear")."""
+    if kind == spec.kind:
+        return spec
+    if kind not in spec.alternatives:
+        raise ValueError(f"{spec.prefix or 'the top level'!r} holds {article(spec.kind)} {spec.kind}, "
+                         f"its tensors cannot be {article(kind)} {kind}")
+    if kind == "Linear":
+        rows, cols = spec.config["num_embeddings"], spec.config["embedding_dim"]
+        config, assumed = dict(in_features=cols, out_features=rows, bias=False), ()
+    else:
+        rows, cols = spec.config["out_features"], spec.config["in_features"]
+        config, assumed = dict(num_embeddings=rows, embedding_dim=cols, padding_idx=None), ("padding_idx",)
+    return ModuleSpec(spec.prefix, kind, config, list(spec.keys), assumed, (spec.kind,))
+
+
+def _other_group(prefix: str, names: dict, sd: Mapping):
+    """names: leaf -> key, every key directly under prefix. None when they are not
+    one of OTHER_KINDS (e.g. BatchNorm's running_mean, a 3-D conv weight)."""
+    if set(names) - {"weight", "bias"} or "weight" not in names:
+        return None
+    w = _shape(sd[names["weight"]])
+    b = _shape(sd[names["bias"]]) if "bias" in names else None
+    keys = [names["weight"]] + ([names["bias"]] if b is not None else [])
+    if len(w) == 2:
+        if b is None:
+            return ModuleSpec(prefix, "Embedding", dict(num_embeddings=w[0], embedding_dim=w[1], padding_idx=None),
+                              keys, ("padding_idx",), ("Linear",))
+        _expect(names["bias"], b, (w[0],), "out_features of the nn.Linear whose weight is "
+                f"{_fmt(w)}")
+        return ModuleSpec(prefix, "Linear", dict(in_features=w[1], out_features=w[0], bias=True), keys)
+    if len(w) == 1:
+        if b is not None:
+            _expect(names["bias"], b, w, "normalized_shape, like the nn.LayerNorm's weight")
+        return ModuleSpec(prefix, "LayerNorm", dict(normalized_shape=list(w), eps=1e-5, elementwise_affine=True,
+                                                   bias=b is not None), keys, ("eps",))
+    return None
+
+
+def scan_other(sd: Mapping) -> list:
+    """Like :func:`scan` for nn.Embedding, nn.Linear and nn.LayerNorm: ``[(prefix, kind,
+    ModuleSpec or ValueError)]`` sorted by prefix; never raises. Specs of a lone 2-D
+    weight say kind "Embedding" and ``alternatives == ("Linear",)``."""
+    groups: dict = {}
+    for k in sd:
+        if isinstance(k, str):
+            m = _PARAM_RE.match(k)
+            if m:
+                groups.setdefault(m["prefix"], {})[m["name"]] = k
+    found = []
+    for prefix, names in groups.items():
+        res = _try(_other_group, prefix, names, sd)
+        if res is None:
+            continue
+        kind = res.kind if isinstance(res, ModuleSpec) else ("Linear" if "bias" in names else "LayerNorm")
+        found.append((prefix, kind, res))
+    found.sort(key=lambda f: (f[0], f[1]))
+    return found

@@ -16,6 +16,20 @@ nonlinearity ("tanh" or "relu"). Files of format_version "1" written before the
 other kinds existed are all kind "LSTM" and read unchanged (the layout did not
 change, so the version did not either; older readers refuse the new kinds by name).
 
+KIND "Sequential" (a whole model, lstm_infer.Sequential) has the config::
+
+    {"batch_first": false,
+     "layers": [{"name": "embedding", "kind": "Embedding",
+                 "config": {"num_embeddings": 100, "embedding_dim": 16, "padding_idx": 0}},
+                {"name": "lstm", "kind": "LSTM", "config": {<LSTM's arguments>}},
+                {"name": "final", "kind": "Readout", "config": {"mode": "final"}},
+                {"name": "fc", "kind": "Linear", "config": {...}}, ...]}
+
+each layer's config exactly its constructor's arguments (lstm_infer.pipeline.ARGS;
+the recurrent layers' batch_first equal to the model's), and the tensors under
+torch's names "<layer name>.<key>" in layer order. The pipeline must pass
+lstm_infer.pipeline.check_layers (names, widths, readouts).
+
 Written and read with NumPy only; loading checks every size and offset against
 the file before touching tensor data, and that the tensors are exactly those of
 KIND with that config. This module does not import the model classes.
@@ -29,7 +43,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import detect, fileio, readers
+from . import detect, fileio, pipeline, readers
 from .errors import FormatError
 from .readers import _no_duplicates, parse_safetensors
 
@@ -37,13 +51,14 @@ __all__ = ["write_model", "read_model", "FORMAT", "FORMAT_VERSION", "KINDS", "CO
 
 FORMAT = "lstm_infer"
 FORMAT_VERSION = "1"
-KINDS = detect.KINDS
+KINDS = detect.KINDS + ("Sequential",)
 # A model's header lists a few dozen tensors; anything near this is not ours.
 MAX_HEADER_BYTES = 1 << 20
 _INT_KEYS = ("input_size", "hidden_size", "num_layers", "proj_size")
 _BOOL_KEYS = ("bias", "batch_first", "bidirectional")
 # Each kind's config keys: exactly its constructor's arguments.
-CONFIG_KEYS_BY_KIND = {kind: frozenset(detect.SIGNATURES[kind]) for kind in KINDS}
+CONFIG_KEYS_BY_KIND = {kind: frozenset(detect.SIGNATURES[kind]) for kind in detect.KINDS}
+CONFIG_KEYS_BY_KIND["Sequential"] = frozenset(("batch_first", "layers"))
 CONFIG_KEYS = CONFIG_KEYS_BY_KIND["LSTM"]
 # What write_model fills in when the config leaves it out (nothing that changes results).
 _WRITE_DEFAULTS = {"batch_first": False, "dropout": 0.0}
@@ -57,6 +72,9 @@ def _check_kind(kind, src):
 def _check_config(cfg, src, kind="LSTM"):
     if not isinstance(cfg, dict):
         raise FormatError(f"{src}: config is a {type(cfg).__name__}, not an object")
+    if kind == "Sequential":
+        _check_sequential(cfg, src)
+        return
     want = CONFIG_KEYS_BY_KIND[kind]
     missing, extra = want - set(cfg), set(cfg) - want
     if missing or extra:
@@ -79,8 +97,83 @@ def _check_config(cfg, src, kind="LSTM"):
         raise FormatError(f"{src}: config proj_size {cfg['proj_size']} must be below hidden_size {cfg['hidden_size']}")
 
 
+def _check_sequential(cfg, src):
+    """A Sequential's config: see the module docstring."""
+    if set(cfg) != CONFIG_KEYS_BY_KIND["Sequential"]:
+        raise FormatError(f"{src}: a Sequential's config must have exactly batch_first and layers, "
+                          f"got {sorted(cfg)}")
+    if type(cfg["batch_first"]) is not bool:
+        raise FormatError(f"{src}: config batch_first must be true or false, got {cfg['batch_first']!r}")
+    entries = cfg["layers"]
+    if not isinstance(entries, list) or not 1 <= len(entries) <= pipeline.MAX_LAYERS:
+        raise FormatError(f"{src}: config layers must be a list of 1 to {pipeline.MAX_LAYERS} layers")
+    layers = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or set(e) != {"name", "kind", "config"}:
+            raise FormatError(f"{src}: layer {i} must be an object with exactly name, kind and config")
+        name, kind, c = e["name"], e["kind"], e["config"]
+        where = f"{src}: layer {i} ({name!r})" if isinstance(name, str) and len(name) < 200 else \
+            f"{src}: layer {i}"
+        if kind in detect.LAYER_KINDS:
+            _check_config(c, where, kind)
+            if c["batch_first"] != cfg["batch_first"]:
+                raise FormatError(f"{where}: batch_first {c['batch_first']} differs from the model's")
+        else:
+            if not isinstance(kind, str) or kind not in pipeline.ARGS:
+                raise FormatError(f"{where}: unsupported layer kind {kind!r} (known: "
+                                  f"{', '.join(pipeline.KINDS)})")
+            try:
+                pipeline.check_config(kind, c)
+            except ValueError as exc:
+                raise FormatError(f"{where}: {exc}") from None
+        layers.append(pipeline.Layer(name, kind, c))
+    try:
+        pipeline.check_layers(layers)
+    except ValueError as exc:
+        raise FormatError(f"{src}: the pipeline is not valid: {exc}") from None
+
+
+def _sequential_keys(shapes, cfg, src):
+    """The tensors of a Sequential, in the order written: exactly those of its layers."""
+    owned = {e["name"]: {} for e in cfg["layers"]}
+    stray = []
+    for k, s in shapes.items():
+        name = pipeline.owner(k, owned)
+        if name is None:
+            stray.append(k)
+        else:
+            owned[name][k[len(name) + 1:]] = s
+    if stray:
+        raise FormatError(f"{src}: tensors that belong to no layer: {sorted(stray)[:8]}")
+    keys = []
+    for e in cfg["layers"]:
+        prefix, kind, c = e["name"] + ".", e["kind"], e["config"]
+        mine = owned[e["name"]]
+        where = f"{src}: layer {e['name']!r}"
+        if kind in detect.LAYER_KINDS:
+            own = _check_shapes(mine, c, where, kind) if mine else []
+            if not own:
+                raise FormatError(f"{where}: the {kind}'s tensors are missing")
+        else:
+            want = detect.other_shapes(kind, c) if kind in detect.OTHER_KINDS else {}
+            for k, shape in want.items():
+                if k not in mine:
+                    raise FormatError(f"{where}: tensor {prefix + k!r} is missing")
+                if tuple(mine[k]) != tuple(shape):
+                    raise FormatError(f"{where}: tensor {prefix + k!r} has shape {list(mine[k])}, the "
+                                      f"{kind} needs {list(shape)}")
+            own = list(want)
+        extra = set(mine) - set(own)
+        if extra:
+            raise FormatError(f"{where}: unexpected tensors {sorted(prefix + k for k in extra)[:8]}")
+        keys += [prefix + k for k in own]
+    return keys
+
+
 def _check_shapes(shapes, cfg, src, kind="LSTM"):
     """shapes: name -> shape tuple. They must be exactly the tensors of a ``kind`` with ``cfg``."""
+    if kind == "Sequential":
+        return _sequential_keys(shapes, cfg, src)
     sd = {k: SimpleNamespace(shape=s) for k, s in shapes.items()}
     try:
         specs = detect.find_modules(sd)
@@ -119,13 +212,8 @@ def _coerce(k, v, src):
     return v
 
 
-def write_model(path, state_dict, config, kind="LSTM") -> None:
-    """Write ``state_dict`` (the module's torch key names -> arrays, stored as float32) with
-    ``config`` (exactly ``kind``'s constructor arguments; batch_first and dropout default to
-    False and 0.0 for the layers) atomically to ``path``. Everything is checked before the
-    file is created: ``FormatError`` (a ``ValueError``) names what is wrong."""
-    path = fileio.display_name(path)
-    _check_kind(kind, path)
+def _layer_config(config, kind, path):
+    """A recurrent module's config as written: defaults filled in, JSON types, checked."""
     want = CONFIG_KEYS_BY_KIND[kind]
     extra = sorted(set(config) - want)
     if extra:
@@ -134,6 +222,33 @@ def write_model(path, state_dict, config, kind="LSTM") -> None:
     cfg.update(config)
     cfg = {k: _coerce(k, v, path) for k, v in cfg.items()}
     _check_config(cfg, path, kind)
+    return cfg
+
+
+def _sequential_config(config, path):
+    """A Sequential's config as written: the recurrent layers' configs completed like
+    single modules', everything in JSON types, checked as a reader will check it."""
+    try:
+        layers = [dict(e, config=_layer_config(e["config"], e["kind"], f"{path}: layer {e['name']!r}"))
+                  if e["kind"] in detect.LAYER_KINDS else dict(e) for e in config["layers"]]
+        cfg = json.loads(json.dumps({"batch_first": config["batch_first"], "layers": layers}))
+    except (KeyError, TypeError) as exc:
+        raise FormatError(f"{path}: not a Sequential's config ({type(exc).__name__}: {exc})") from None
+    _check_config(cfg, path, "Sequential")
+    return cfg
+
+
+def write_model(path, state_dict, config, kind="LSTM") -> None:
+    """Write ``state_dict`` (the module's torch key names -> arrays, stored as float32) with
+    ``config`` (exactly ``kind``'s constructor arguments; batch_first and dropout default to
+    False and 0.0 for the layers) atomically to ``path``. Everything is checked before the
+    file is created: ``FormatError`` (a ``ValueError``) names what is wrong."""
+    path = fileio.display_name(path)
+    _check_kind(kind, path)
+    if kind == "Sequential":
+        cfg = _sequential_config(config, path)
+    else:
+        cfg = _layer_config(config, kind, path)
     arrays = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in state_dict.items()}
     keys = _check_shapes({k: a.shape for k, a in arrays.items()}, cfg, path, kind)
 

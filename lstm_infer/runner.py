@@ -80,14 +80,36 @@ def _as_model(model):
         from . import load
         model = load(model)
     from .model import _Layer
+    from .sequential import Sequential
+    if isinstance(model, Sequential):
+        if not any(m.kind in _RECURRENT for m in model):
+            raise TypeError(f"predict needs a model with a recurrent layer (LSTM, GRU, RNN); this Sequential "
+                            f"({model.pipeline}) has none: call it on the data directly")
+        return model
     if not isinstance(model, _Layer):
-        raise TypeError(f"predict needs a recurrent layer (LSTM, GRU, RNN) or a path to one, "
+        raise TypeError(f"predict needs a recurrent layer (LSTM, GRU, RNN), a Sequential or a path to one, "
                         f"not {type(model).__name__}")
     return model
 
 
+_RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _per_sequence(model):
+    """True when the model gives one vector per sequence (a Sequential whose readout is not steps)."""
+    return getattr(model, "readout", None) not in (None, "steps")
+
+
+def _out_width(model):
+    """The width of each output row."""
+    if hasattr(model, "out_features"):
+        return model.out_features
+    return model.num_directions * model.out_size
+
+
 def _check_sequence(model, arr, name):
-    """``arr`` as a (T, input_size) float32 array, or BadRecordError."""
+    """``arr`` as a (T, input_size) float32 array, or for a model that starts with an
+    Embedding a (T,) array of token ids in range; or BadRecordError."""
     if not isinstance(arr, np.ndarray):
         try:
             arr = np.asarray(arr)
@@ -95,12 +117,24 @@ def _check_sequence(model, arr, name):
             raise BadRecordError(name, f"not an array ({exc})") from None
     if arr.dtype.kind not in "iuf":
         raise BadRecordError(name, f"non-numeric values (dtype {arr.dtype})")
+    if getattr(model, "takes_ids", False):
+        vocab = model.layers[0][1].num_embeddings
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            what = f"shape {arr.shape}" if arr.ndim != 1 else f"dtype {arr.dtype}"
+            raise BadRecordError(name, f"the model starts with an Embedding: a sequence is a 1-D array of "
+                                 f"integer token ids, got {what}")
+        if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+            bad = int(arr.min() if arr.min() < 0 else arr.max())
+            raise BadRecordError(name, f"token id {bad} is out of range for the Embedding of {vocab} entries")
+        return arr.astype(np.int64, copy=False)
+    width = model.in_features if hasattr(model, "in_features") else model.input_size
     if arr.ndim == 1 and arr.dtype.kind in "iu":
+        first = model.layers[0][1].kind if hasattr(model, "layers") else model.kind
         raise BadRecordError(name, f"is a sequence of {arr.shape[0]} token ids, but the model's first layer "
-                             f"({model.kind}) takes float features of width {model.input_size}; token ids "
+                             f"({first}) takes float features of width {width}; token ids "
                              f"need a model that starts with an Embedding")
-    if arr.ndim != 2 or arr.shape[1] != model.input_size:
-        raise BadRecordError(name, f"wrong shape {arr.shape}: expected (length, {model.input_size})")
+    if arr.ndim != 2 or (width is not None and arr.shape[1] != width):
+        raise BadRecordError(name, f"wrong shape {arr.shape}: expected (length, {width})")
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     return arr
@@ -126,10 +160,11 @@ def _batches(lengths, batch_tokens):
 def _run_window(model, window, batch_tokens, stats, progress):
     """Runs one window of (key, array); yields (key, output) batch by batch."""
     lengths = [a.shape[0] for _, a in window]
-    width = model.num_directions * model.out_size
+    width = _out_width(model)
+    vector = _per_sequence(model)
     for idx in _batches(lengths, batch_tokens):
         T = lengths[idx[0]]
-        if T == 0:  # only empty sequences left: nothing to compute
+        if T == 0 and not vector:  # only empty sequences left: nothing to compute
             for i in idx:
                 yield window[i][0], np.zeros((0, width), np.float32)
             stats.sequences += len(idx)
@@ -138,17 +173,21 @@ def _run_window(model, window, batch_tokens, stats, progress):
             continue
         B = len(idx)
         lens = np.array([lengths[i] for i in idx], np.int64)
+        T = max(T, 1)  # empty sequences still have an output (h_0 through the head): one padded step
+        sample = window[idx[0]][1]
+        x = np.zeros((T, B) + sample.shape[1:], sample.dtype)  # token id 0 pads: never read
+        for b, i in enumerate(idx):
+            x[:lens[b], b] = window[i][1]
         if model.batch_first:
-            x = np.zeros((B, T, model.input_size), np.float32)
-            for b, i in enumerate(idx):
-                x[b, :lens[b]] = window[i][1]
-            out = model(x, lengths=lens)[0]
+            x = x.swapaxes(0, 1)
+        out = model(x, lengths=lens)
+        if isinstance(out, tuple):  # a recurrent layer: (output, state)
+            out = out[0]
+        if vector:
+            outs = [out[b].copy() for b in range(B)]
+        elif model.batch_first:
             outs = [out[b, :lens[b]].copy() for b in range(B)]
         else:
-            x = np.zeros((T, B, model.input_size), np.float32)
-            for b, i in enumerate(idx):
-                x[:lens[b], b] = window[i][1]
-            out = model(x, lengths=lens)[0]
             outs = [out[:lens[b], b].copy() for b in range(B)]
         del x, out
         n = int(lens.sum())
@@ -215,10 +254,13 @@ def predict_iter(model, sequences, batch_tokens=DEFAULT_BATCH_TOKENS, progress=F
                  window_tokens=None, stats=None):
     """Yields ``(index, output)`` as batches finish (not in input order).
 
-    ``model``: a recurrent layer or a path to a model file. ``sequences``: any iterable
-    of ``(T_i, input_size)`` arrays; a generator is read one look-ahead window at a time
-    (``window_tokens``, default ``WINDOW_FACTOR * batch_tokens`` steps). ``output`` is
-    the layer's per-step output for that sequence alone, shape ``(T_i, D * out)``.
+    ``model``: a recurrent layer, a Sequential with a recurrent layer, or a path to a
+    model file. ``sequences``: any iterable of ``(T_i, input_size)`` float arrays, or of
+    ``(T_i,)`` token ids for a model that starts with an Embedding; a generator is read
+    one look-ahead window at a time (``window_tokens``, default ``WINDOW_FACTOR *
+    batch_tokens`` steps). ``output`` is the model's output for that sequence alone: a
+    layer's per-step output ``(T_i, D * out)``; a Sequential's ``(T_i, out_features)``
+    with the readout ``steps`` (or none), else one vector ``(out_features,)``.
     ``progress=True`` shows a tqdm bar (if tqdm is installed). ``stats``: a RunStats
     to fill in."""
     model = _as_model(model)
@@ -396,7 +438,9 @@ def _member(name):
 
 class _RaggedWriter:
     """Outputs spilled to a temp file as they come, assembled into a ragged .npz
-    (``data``, ``lengths``, ``names``, ``skipped``) in input order at the end."""
+    (``data``, ``lengths``, ``names``, ``skipped``) in input order at the end. A model
+    that gives one vector per sequence writes one row each: ``data`` (N, out) and every
+    length 1."""
 
     def __init__(self, path, width):
         self.path, self.width = path, width
@@ -407,9 +451,10 @@ class _RaggedWriter:
         self.end = 0
 
     def add(self, key, out):
+        rows = out.shape[0] if out.ndim == 2 else 1  # one vector per sequence: one row
         buf = np.ascontiguousarray(out, np.float32).tobytes()
         self.spill.write(buf)
-        self.where[key] = (self.end, out.shape[0])
+        self.where[key] = (self.end, rows)
         self.end += len(buf)
 
     def finish(self, names, skipped):
@@ -507,7 +552,7 @@ def run(model, inputs, output, batch_tokens=DEFAULT_BATCH_TOKENS, progress=False
         raise IsADirectoryError(21, "is a directory; a .npz output must be a file", out)
     stats = RunStats()
     names = []
-    width = model.num_directions * model.out_size
+    width = _out_width(model)
     writer = None
     bar = _Progress(progress, _count_records(paths))
     start = time.perf_counter()

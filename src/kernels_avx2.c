@@ -192,8 +192,13 @@ INLINE void store_h(float *h, const __m256 *hv, int64_t units) {
  * GCC keeps such arrays in registers, but spills a larger shared one to the
  * stack on every iteration when it inlines it into a big caller.
  */
+#if defined(__clang__)
+#define NOIPA /* clang has no noipa: its own inlining choice stands */
+#else
+#define NOIPA __attribute__((noipa))
+#endif
 #define DEFINE_BLOCK(MR, NS)                                                                  \
-    static __attribute__((noipa)) void block_##MR##x##NS(                                    \
+    static NOIPA void block_##MR##x##NS(                                                     \
         int64_t kc, const float *const *a, const float *bs, int64_t sstride,                \
         const float *const *init, const float *bias, float *const *out, int64_t col) {      \
         __m256 acc[MR][2 * NS];                                                               \

@@ -23,6 +23,11 @@
  *     lstm_status s = lstm_model_forward(m, &a, NULL, 0);  // library allocates scratch
  *     lstm_model_free(m);
  *
+ * or, from a model file written by `lstm-infer convert`:
+ *
+ *     if (lstm_model_load("model.lstm", &m) != LSTM_OK) ...
+ *     const lstm_config *c = lstm_model_config(m);             // its shapes
+ *
  * Threading: a model is read-only after lstm_model_create, so any number of
  * threads may call lstm_model_forward on it at once, each with its own outputs
  * and workspace. The library's own worker threads serve one call at a time;
@@ -38,6 +43,13 @@
 extern "C" {
 #endif
 
+/* Marks the public API: the shared library is built with -fvisibility=hidden. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LSTM_API __attribute__((visibility("default")))
+#else
+#define LSTM_API
+#endif
+
 typedef enum {
     LSTM_OK = 0,
     LSTM_ERR_INVALID_ARGUMENT = 1, /* a NULL pointer, a negative size, a bad length, ... */
@@ -45,7 +57,10 @@ typedef enum {
     LSTM_ERR_SIZE_OVERFLOW = 3,    /* sizes whose product does not fit in memory */
     LSTM_ERR_WORKSPACE_TOO_SMALL = 4,
     LSTM_ERR_UNKNOWN_ISA = 5,
-    LSTM_ERR_INTERRUPTED = 6       /* the interrupt callback asked the call to stop */
+    LSTM_ERR_INTERRUPTED = 6,      /* the interrupt callback asked the call to stop */
+    LSTM_ERR_IO = 7,               /* a model file could not be opened or read (see errno) */
+    LSTM_ERR_BAD_FILE = 8,         /* not a valid lstm_infer model file */
+    LSTM_ERR_UNSUPPORTED = 9       /* a valid model file of a kind or version this library does not read */
 } lstm_status;
 
 /* Limits of lstm_config and lstm_set_num_threads. */
@@ -89,7 +104,7 @@ typedef enum {
 #define LSTM_MAX_I8_STATE 16384
 
 /* A short English description of a status; never NULL, static storage. */
-const char *lstm_status_string(lstm_status status);
+LSTM_API const char *lstm_status_string(lstm_status status);
 
 typedef struct {
     int32_t input_size;    /* features per input step, in [1, LSTM_MAX_FEATURES] */
@@ -115,14 +130,14 @@ typedef struct lstm_model lstm_model;
  *   weight_hr  (P, H)       only when cfg->proj_size
  * This is the order of the torch module's state_dict, gates in torch's order.
  */
-size_t lstm_weight_count(const lstm_config *cfg);
+LSTM_API size_t lstm_weight_count(const lstm_config *cfg);
 
 /* The shape of weight array `index` (as above): shape[1] is 0 for a bias. */
-lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t shape[2]);
+LSTM_API lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t shape[2]);
 
 /* How the model stores weight array `index` (an lstm_weight_type: F32 for the
  * biases), or -1 when cfg or index is invalid. */
-int32_t lstm_weight_storage(const lstm_config *cfg, size_t index);
+LSTM_API int32_t lstm_weight_storage(const lstm_config *cfg, size_t index);
 
 /*
  * Builds a model: checks cfg, copies and repacks the row-major float32
@@ -130,8 +145,8 @@ int32_t lstm_weight_storage(const lstm_config *cfg, size_t index);
  * cfg->weights asks for it (see lstm_reduce_weight). On success *out must be
  * freed with lstm_model_free.
  */
-lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
-                              size_t n_weights, lstm_model **out);
+LSTM_API lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
+                                       size_t n_weights, lstm_model **out);
 
 /*
  * Reduces one row-major (rows, cols) float32 weight matrix to the storage
@@ -142,8 +157,8 @@ lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weight
  * Returns LSTM_ERR_INVALID_ARGUMENT for a value the type cannot hold (F16: a
  * finite value beyond the half range; I8: NaN or Inf).
  */
-lstm_status lstm_reduce_weight(int32_t type, const float *src, int64_t rows, int64_t cols,
-                               void *dst, float *scales);
+LSTM_API lstm_status lstm_reduce_weight(int32_t type, const float *src, int64_t rows, int64_t cols,
+                                        void *dst, float *scales);
 
 /*
  * lstm_model_create for cfg->weights F16 or I8 from weights already reduced
@@ -154,11 +169,43 @@ lstm_status lstm_reduce_weight(int32_t type, const float *src, int64_t rows, int
  * scales) or float (the biases); scales[i] is read for I8 arrays only
  * (scales may be NULL for an F16 model).
  */
-lstm_status lstm_model_create_reduced(const lstm_config *cfg, const void *const *weights,
-                                      const float *const *scales, size_t n_weights,
-                                      lstm_model **out);
-void lstm_model_free(lstm_model *model);
-const lstm_config *lstm_model_config(const lstm_model *model);
+LSTM_API lstm_status lstm_model_create_reduced(const lstm_config *cfg, const void *const *weights,
+                                               const float *const *scales, size_t n_weights,
+                                               lstm_model **out);
+LSTM_API void lstm_model_free(lstm_model *model);
+LSTM_API const lstm_config *lstm_model_config(const lstm_model *model);
+
+/*
+ * Reads a model file written by `lstm-infer convert` or lstm_infer's save()
+ * (kinds LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell) and builds its model; on
+ * success *out must be freed with lstm_model_free. Every header field, offset,
+ * size and dtype is checked against the file first: a malformed file gives
+ * LSTM_ERR_BAD_FILE, a valid file of another kind or a newer format version
+ * LSTM_ERR_UNSUPPORTED, an unreadable path LSTM_ERR_IO (errno says why; only
+ * regular files are read). Memory and work grow with the file's size only.
+ * lstm_model_load_buffer reads the file's bytes from data (any alignment; the
+ * caller keeps them).
+ */
+LSTM_API lstm_status lstm_model_load(const char *path, lstm_model **out);
+LSTM_API lstm_status lstm_model_load_buffer(const void *data, size_t size, lstm_model **out);
+
+/*
+ * What a model file records beyond lstm_config. A cell (LSTMCell, GRUCell,
+ * RNNCell) is a one-layer model run for one step: input (B, input_size) is a
+ * call with seq_len 1. batch_first is the layers' torch argument: lstm_model_forward
+ * takes any layout through its strides, e.g. for (B, T, I) input
+ * input_stride_t = I and input_stride_b = T*I.
+ */
+typedef struct {
+    char kind[16];         /* "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell" or "RNNCell" */
+    int32_t is_cell;       /* 1 for the cells */
+    int32_t batch_first;   /* 0 or 1 (always 0 for the cells) */
+} lstm_file_info;
+
+/* As above, also filling *info (which may be NULL) on success. */
+LSTM_API lstm_status lstm_model_load_info(const char *path, lstm_model **out, lstm_file_info *info);
+LSTM_API lstm_status lstm_model_load_buffer_info(const void *data, size_t size, lstm_model **out,
+                                                 lstm_file_info *info);
 
 /*
  * One forward call. Shapes use T = seq_len, B = batch, D, H, out as above.
@@ -192,8 +239,8 @@ typedef struct {
  * outside [0, seq_len] and LSTM_ERR_SIZE_OVERFLOW when the size cannot be
  * represented.
  */
-lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_t batch,
-                                const int64_t *lengths, size_t *bytes);
+LSTM_API lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len,
+                                         int64_t batch, const int64_t *lengths, size_t *bytes);
 
 /*
  * Runs the model. workspace may be NULL (then the library provides scratch: the
@@ -205,11 +252,11 @@ lstm_status lstm_workspace_size(const lstm_model *model, int64_t seq_len, int64_
  * A sequence of length 0 gets zeros in output and h_0/c_0 as its final state.
  * NaN and Inf in the input propagate as they do in PyTorch.
  */
-lstm_status lstm_model_forward(const lstm_model *model, const lstm_forward_args *args,
-                               void *workspace, size_t workspace_size);
+LSTM_API lstm_status lstm_model_forward(const lstm_model *model, const lstm_forward_args *args,
+                                        void *workspace, size_t workspace_size);
 
 /* Frees the scratch block the model keeps between calls (safe during calls). */
-void lstm_model_release_memory(lstm_model *model);
+LSTM_API void lstm_model_release_memory(lstm_model *model);
 
 /*
  * Worker threads for all models (default: LSTM_INFER_NUM_THREADS, else the
@@ -217,16 +264,16 @@ void lstm_model_release_memory(lstm_model *model);
  * with a fresh pool of the same size. lstm_get_num_threads never waits for
  * a running call.
  */
-void lstm_set_num_threads(int n);
-int lstm_get_num_threads(void);
+LSTM_API void lstm_set_num_threads(int n);
+LSTM_API int lstm_get_num_threads(void);
 
 /*
  * SIMD kernels: "avx2" (AVX2+FMA) or "scalar", chosen from the CPU at first
  * use, overridable with the LSTM_INFER_ISA environment variable. lstm_set_isa
  * changes it at run time (for tests); it must not race with a forward call.
  */
-const char *lstm_get_isa(void);
-lstm_status lstm_set_isa(const char *name);
+LSTM_API const char *lstm_get_isa(void);
+LSTM_API lstm_status lstm_set_isa(const char *name);
 
 #ifdef __cplusplus
 }

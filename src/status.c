@@ -10,6 +10,9 @@ const char *lstm_status_string(lstm_status s) {
     case LSTM_ERR_WORKSPACE_TOO_SMALL: return "workspace too small";
     case LSTM_ERR_UNKNOWN_ISA: return "unknown or unsupported instruction set";
     case LSTM_ERR_INTERRUPTED: return "interrupted";
+    case LSTM_ERR_IO: return "the model file could not be read";
+    case LSTM_ERR_BAD_FILE: return "not a valid lstm_infer model file";
+    case LSTM_ERR_UNSUPPORTED: return "model file of a kind or format version this library does not read";
     }
     return "unknown status";
 }

@@ -115,8 +115,13 @@ def test_inspect_reports_other_tensors_and_broken_lstms(capsys, tmp_path):
     assert cli.main(["inspect", path("encdec.pt")]) == 0
     out = capsys.readouterr().out
     assert "  'gru.' GRU(input_size=4, hidden_size=4, num_layers=1, bias=True, bidirectional=False)" in out
-    assert ("  3 other tensor(s), not part of a recognised module: embed.weight (10, 4), head.weight (10, 2), "
-            "head.bias (10,)") in out
+    # the embedding and the head are modules too (issue 13), listed in file order
+    lines = out.splitlines()
+    heads = [line for line in lines if line.startswith("  '")]
+    assert [h.split()[0] for h in heads] == ["'embed.'", "'encoder.'", "'decoder.'", "'gru.'", "'head.'"], out
+    assert "  'embed.' Embedding(10, 4)" in lines and \
+        "  'head.' Linear(in_features=2, out_features=10, bias=True)" in lines, out
+    assert "other tensor" not in out
     import safetensors.numpy
 
     from lstm_infer import readers
@@ -304,13 +309,14 @@ def test_inspect_lists_every_kind(family, capsys):
                 assert lines[i + 2] == (f"      nonlinearity is not stored in a state dict: assuming 'tanh' (torch's "
                                         f"default); if the {kind} was built with nonlinearity='relu', use "
                                         f"--nonlinearity relu"), out
+    # the embedding and the heads are modules too (issue 13)
     assert cli.main(["inspect", family["tagger.pt"][0]]) == 0
-    assert ("  3 other tensor(s), not part of a recognised module: embedding.weight (1000, 64), fc.weight (10, 128), "
-            "fc.bias (10,)\n") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "  'embedding.' Embedding(1000, 64)\n" in out and \
+        "  'fc.' Linear(in_features=128, out_features=10, bias=True)\n" in out and "other tensor" not in out
     assert cli.main(["inspect", family["deep.pt"][0]]) == 0
-    assert ("  12 other tensor(s), not part of a recognised module: fc0.weight (2, 2), fc0.bias (2,), fc1.weight (2, 2), "
-            "fc1.bias (2,), fc2.weight (2, 2), fc2.bias (2,), fc3.weight (2, 2), fc3.bias (2,), ... and 4 more\n"
-            ) in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(f"  'fc{i}.' Linear(in_features=2, out_features=2, bias=True)\n" in out for i in range(6)), out
 
 
 # (file, prefix, extra options, kind, config changes from the torch module's)

@@ -14,6 +14,10 @@ engine does one step per call and carries the state to the next call:
   sgemm     (batch 64 rows) NumPy float32 1024^3 matmul under threadpoolctl's
             1-thread BLAS limit: the rate a batch-64 step is compared with
 
+A second table times the module call of one step with the state passed by the
+caller, batched m(x (1, 1, input), hx (L, 1, H)) against unbatched
+m(x (1, input), hx (L, H)), which must cost no more.
+
 Engines are timed round by round (--rounds, rotated order): each round gives
 every engine --min-time/--rounds seconds; a sample is the mean of a batch of
 back-to-back calls lasting >= 2 ms; the result is the median sample. Before
@@ -218,6 +222,27 @@ def time_case(kind, H, B, mods, args, sgemm):
     return res, diffs
 
 
+def time_module_calls(kind, H, li, args):
+    """Medians of one-step module calls, batched and unbatched, interleaved round by round."""
+    rng = np.random.default_rng(SEED)
+    m = (li.LSTM if kind == "lstm" else li.GRU)(INPUT, H)
+    x2 = rng.standard_normal((1, INPUT), dtype=np.float32)
+    x3 = x2[:, None, :].copy()
+    h2 = np.zeros((1, H), np.float32)
+    h3 = h2[:, None, :].copy()
+    hx2, hx3 = ((h2, h2), (h3, h3)) if kind == "lstm" else (h2, h3)
+    y2, y3 = m(x2, hx2)[0], m(x3, hx3)[0]
+    assert np.array_equal(y2, y3[:, 0]), "unbatched and batched calls differ"
+    timers = {"batched": Timer(lambda: m(x3, hx3)), "unbatched": Timer(lambda: m(x2, hx2))}
+    for t in timers.values():
+        t.calibrate(0.05 * args.min_time)
+    for rnd in range(args.rounds):
+        for name in (list(timers) if rnd % 2 else list(timers)[::-1]):
+            time.sleep(0.01)
+            timers[name].sample(args.min_time / args.rounds / 2)
+    return {name: t.median() for name, t in timers.items()}
+
+
 def fmt_us(s):
     return f"{s * 1e6:.2f}" if s < 1e-4 else f"{s * 1e6:.0f}"
 
@@ -285,6 +310,13 @@ def main(argv=None):
                 bad |= worst > 1e-4
                 cells.append(f"{worst:.1e}")
                 print("| " + " | ".join(cells) + " |", flush=True)
+    print()
+    print("| cell | H | m(x (1,1,I), hx) batched | m(x (1,I), hx) unbatched | unbatched/batched |")
+    print("|---|---|---|---|---|")
+    for kind in ("lstm", "gru"):
+        res = time_module_calls(kind, 128, li, args)
+        print(f"| {kind.upper()} | 128 | {fmt_us(res['batched'])} | {fmt_us(res['unbatched'])} | "
+              f"{res['unbatched'] / res['batched']:.2f} |", flush=True)
     if limiter is not None:
         limiter.restore_original_limits()
     print()
