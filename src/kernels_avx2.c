@@ -1,6 +1,7 @@
 /*
  * kernels_avx2.c - AVX2 + FMA kernels (8 floats a vector, 16 registers).
- * Built with -mavx2 -mfma; only called after the CPU reported both.
+ * Built with -mavx2 -mfma -mf16c (F16C converts the half weights); only
+ * called after the CPU reported all three.
  *
  * One register-blocked microkernel serves both kernels: MR rows x NS strips
  * (16 columns, two vectors each) accumulated over a K-block of KC with
@@ -26,8 +27,8 @@
  * quantized first (quantize_row), with vpsignb / vpmaddubsw / vpmaddwd
  * (row_strips_i8), one byte read per weight.
  */
-#if !defined(__AVX2__) || !defined(__FMA__)
-#error "kernels_avx2.c must be compiled with -mavx2 -mfma"
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "kernels_avx2.c must be compiled with -mavx2 -mfma -mf16c"
 #endif
 
 /*
@@ -39,9 +40,6 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("align-loops=64")
 #endif
-
-/* F16C converts the half weights (every AVX2 CPU has it; dispatch.c checks) */
-#pragma GCC target("f16c")
 
 #include <float.h>
 #include <immintrin.h>

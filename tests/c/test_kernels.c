@@ -33,7 +33,8 @@
 #include "lstm_infer.h"
 #include "harness.h"
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -535,7 +536,8 @@ __attribute__((target("f16c"))) static int64_t half_mismatches_f16c(void) {
  */
 static void test_reduced(const lstm_kernels *k) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (__builtin_cpu_supports("f16c")) {
+    unsigned eax, ebx, ecx, edx;
+    if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29))) { /* F16C */
         const int64_t bad = half_mismatches_f16c();
         CHECK(bad == 0, "%ld halves convert differently from F16C", (long)bad);
     }
