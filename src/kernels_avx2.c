@@ -548,25 +548,30 @@ static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat w, int64_t
  * in the same order, so the same bits).
  */
 #define GEMM_R_ROWS 4
+
+// c's strips [s0, s1) of one row straight from the halves (a function apart, like
+// cell_row_*: inlined into gemm_r_avx2 its loop reloaded a pointer from the stack)
+static __attribute__((noinline)) void gemm_row_f16(int64_t K, const float *ar, lstm_wmat b,
+                                                   const float *bias, int64_t s0, int64_t s1,
+                                                   int64_t ncols, float *cr) {
+    float tmp[LSTM_TILE];
+    const int64_t full = (ncols - s0 * LSTM_TILE) / LSTM_TILE, n = s1 - s0 < full ? s1 - s0 : full;
+    row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0, n, bias ? bias + s0 * LSTM_TILE : NULL,
+             cr + s0 * LSTM_TILE);
+    if (s0 + n < s1) { // the last strip of a width that is not a multiple of 16
+        row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0 + n, 1,
+                 bias ? bias + (s0 + n) * LSTM_TILE : NULL, tmp);
+        memcpy(cr + (s0 + n) * LSTM_TILE, tmp, (size_t)(ncols - (s0 + n) * LSTM_TILE) * sizeof(float));
+    }
+}
+
 static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[ROW_BLOCK][LSTM_TILE];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
     const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
-    if (m < GEMM_R_ROWS && b.type == LSTM_WEIGHTS_F16) {
-        // a few rows (a streaming step's input, a projection): straight from the halves
-        for (int64_t r = 0; r < m; r++) {
-            const float *ar = lstm_row(a, r);
-            float *cr = lstm_row(c, r);
-            const int64_t full = (ncols - s0 * LSTM_TILE) / LSTM_TILE, n = s1 - s0 < full ? s1 - s0 : full;
-            row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0, n, bias ? bias + s0 * LSTM_TILE : NULL,
-                     cr + s0 * LSTM_TILE);
-            if (s0 + n < s1) { // the last strip of a width that is not a multiple of 16
-                row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0 + n, 1,
-                         bias ? bias + (s0 + n) * LSTM_TILE : NULL, tmp[0]);
-                memcpy(cr + (s0 + n) * LSTM_TILE, tmp[0], (size_t)(ncols - (s0 + n) * LSTM_TILE) * sizeof(float));
-            }
-        }
+    if (m < GEMM_R_ROWS && b.type == LSTM_WEIGHTS_F16) { // a streaming step's input, a projection
+        for (int64_t r = 0; r < m; r++) gemm_row_f16(K, lstm_row(a, r), b, bias, s0, s1, ncols, lstm_row(c, r));
         return;
     }
     for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
