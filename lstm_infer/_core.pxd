@@ -27,6 +27,13 @@ cdef extern from "lstm_infer.h" nogil:
         LSTM_CELL_RNN_TANH
         LSTM_CELL_RNN_RELU
 
+    ctypedef enum lstm_weight_type:
+        LSTM_WEIGHTS_F32
+        LSTM_WEIGHTS_F16
+        LSTM_WEIGHTS_I8
+    enum:
+        LSTM_MAX_I8_STATE
+
     ctypedef struct lstm_config:
         int32_t input_size
         int32_t hidden_size
@@ -35,12 +42,19 @@ cdef extern from "lstm_infer.h" nogil:
         int32_t bidirectional
         int32_t proj_size
         int32_t cell
+        int32_t weights
     ctypedef struct lstm_model:
         pass
     size_t lstm_weight_count(const lstm_config *cfg)
     lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t *shape)
+    int32_t lstm_weight_storage(const lstm_config *cfg, size_t index)
     lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
                                   size_t n_weights, lstm_model **out)
+    lstm_status lstm_reduce_weight(int32_t type, const float *src, int64_t rows, int64_t cols,
+                                   void *dst, float *scales)
+    lstm_status lstm_model_create_reduced(const lstm_config *cfg, const void *const *weights,
+                                          const float *const *scales, size_t n_weights,
+                                          lstm_model **out)
     void lstm_model_free(lstm_model *model)
     void lstm_model_release_memory(lstm_model *model)
     ctypedef struct lstm_dense:

@@ -32,6 +32,13 @@ CELL_LSTM = LSTM_CELL_LSTM
 CELL_GRU = LSTM_CELL_GRU
 CELL_RNN_TANH = LSTM_CELL_RNN_TANH
 CELL_RNN_RELU = LSTM_CELL_RNN_RELU
+WEIGHTS_F32 = LSTM_WEIGHTS_F32
+WEIGHTS_F16 = LSTM_WEIGHTS_F16
+WEIGHTS_I8 = LSTM_WEIGHTS_I8
+MAX_I8_STATE = LSTM_MAX_I8_STATE
+# the dtype of each storage type (lstm_weight_storage)
+_STORAGE_DTYPES = {LSTM_WEIGHTS_F32: np.float32, LSTM_WEIGHTS_F16: np.float16,
+                   LSTM_WEIGHTS_I8: np.int8}
 
 # signals are handled on the main thread only, so only its calls poll for them
 cdef unsigned long _main_thread = threading.main_thread().ident
@@ -116,49 +123,117 @@ cdef const int64_t *_lengths_ptr(object lengths, int64_t B) except? NULL:
     return <const int64_t *>cnp.PyArray_DATA(la)
 
 
+cdef lstm_config _config(int cell, int input_size, int hidden_size, int num_layers, bint bias,
+                        bint bidirectional, int proj_size, int wtype):
+    cdef lstm_config cfg
+    memset(&cfg, 0, sizeof(cfg))
+    cfg.cell = cell
+    cfg.input_size = input_size
+    cfg.hidden_size = hidden_size
+    cfg.num_layers = num_layers
+    cfg.bias = bias
+    cfg.bidirectional = bidirectional
+    cfg.proj_size = proj_size
+    cfg.weights = wtype
+    return cfg
+
+
+def weight_storage(int cell, int input_size, int hidden_size, int num_layers, bint bias,
+                   bint bidirectional, int proj_size, int wtype):
+    """The storage type (WEIGHTS_*) of each weight array in state_dict order."""
+    cdef lstm_config cfg = _config(cell, input_size, hidden_size, num_layers, bias,
+                                   bidirectional, proj_size, wtype)
+    cdef size_t n = lstm_weight_count(&cfg)
+    if n == 0:
+        raise ValueError("invalid recurrent layer configuration")
+    return [lstm_weight_storage(&cfg, i) for i in range(n)]
+
+
+def reduce_weight(int wtype, w):
+    """A float32 (rows, cols) weight matrix reduced as the C core stores it
+    (WEIGHTS_F16 or WEIGHTS_I8): (float16 values, None) or (int8 values,
+    float32 per-row scales). ValueError for a value the type cannot hold."""
+    cdef cnp.ndarray a = np.array(w, dtype=np.float32, order="C")  # private, native, aligned
+    if a.ndim != 2 or wtype not in (LSTM_WEIGHTS_F16, LSTM_WEIGHTS_I8):
+        raise ValueError("reduce_weight takes a 2-D matrix and a reduced weight type")
+    cdef cnp.ndarray q = np.empty((a.shape[0], a.shape[1]), _STORAGE_DTYPES[wtype])
+    cdef cnp.ndarray sc = np.empty(a.shape[0], np.float32)
+    cdef lstm_status s = lstm_reduce_weight(wtype, <const float *>cnp.PyArray_DATA(a), a.shape[0],
+                                            a.shape[1], cnp.PyArray_DATA(q),
+                                            <float *>cnp.PyArray_DATA(sc))
+    if s != LSTM_OK:
+        what = "beyond the float16 range (+-65504)" if wtype == LSTM_WEIGHTS_F16 else "NaN or Inf"
+        raise ValueError(f"a weight is {what}: it cannot be stored as "
+                         f"{np.dtype(_STORAGE_DTYPES[wtype]).name}")
+    return q, (sc if wtype == LSTM_WEIGHTS_I8 else None)
+
+
 cdef class Core:
-    """An immutable C model built from float32 weights in torch state_dict order."""
+    """An immutable C model built from weights in torch state_dict order: float32
+    (wtype WEIGHTS_F32), or for WEIGHTS_F16 / WEIGHTS_I8 each array already in
+    its weight_storage (float16; int8 with `scales[i]` its float32 row scales,
+    see reduce_weight; float32 biases)."""
     cdef lstm_model *model
-    cdef readonly int cell, input_size, hidden_size, num_layers, out_size, directions
+    cdef readonly int cell, input_size, hidden_size, num_layers, out_size, directions, wtype
     cdef readonly bint has_c
 
     def __cinit__(self, int cell, int input_size, int hidden_size, int num_layers, bint bias,
-                  bint bidirectional, int proj_size, list weights):
-        cdef lstm_config cfg
-        memset(&cfg, 0, sizeof(cfg))
-        cfg.cell = cell
-        cfg.input_size = input_size
-        cfg.hidden_size = hidden_size
-        cfg.num_layers = num_layers
-        cfg.bias = bias
-        cfg.bidirectional = bidirectional
-        cfg.proj_size = proj_size
+                  bint bidirectional, int proj_size, list weights, int wtype=LSTM_WEIGHTS_F32,
+                  list scales=None):
+        cdef lstm_config cfg = _config(cell, input_size, hidden_size, num_layers, bias,
+                                       bidirectional, proj_size, wtype)
         cdef size_t n = lstm_weight_count(&cfg)
         if n == 0:
             raise ValueError("invalid recurrent layer configuration")
         if <size_t>len(weights) != n:
             raise ValueError(f"expected {n} weight arrays, got {len(weights)}")
+        if wtype == LSTM_WEIGHTS_I8 and (scales is None or <size_t>len(scales) != n):
+            raise ValueError(f"int8 weights need {n} scale entries")
         cdef int64_t shape[2]
-        arrays = []
+        cdef int storage
+        arrays, scale_arrays = [], []
         for i in range(n):
             lstm_weight_shape(&cfg, i, shape)
+            storage = lstm_weight_storage(&cfg, i)
             want = (<object>shape[0], <object>shape[1]) if shape[1] else (<object>shape[0],)
-            a = np.array(weights[i], dtype=np.float32, order="C")  # private, native, aligned
+            dtype = _STORAGE_DTYPES[storage]
+            if storage != LSTM_WEIGHTS_F32 and np.asarray(weights[i]).dtype != dtype:
+                raise ValueError(f"weight array {i} must be {np.dtype(dtype).name}")
+            a = np.array(weights[i], dtype=dtype, order="C")  # private, native, aligned
             if a.shape != want:
                 raise ValueError(f"weight array {i} has shape {a.shape}, expected {want}")
             arrays.append(a)
-        cdef const float **ptrs = <const float **>malloc(n * sizeof(float *))
-        if ptrs == NULL:
+            if storage == LSTM_WEIGHTS_I8:
+                sc = np.array(scales[i], dtype=np.float32, order="C")
+                if sc.shape != (want[0],):
+                    raise ValueError(f"scales of weight array {i} have shape {sc.shape}, "
+                                     f"expected {(want[0],)}")
+                scale_arrays.append(sc)
+            else:
+                scale_arrays.append(None)
+        cdef const void **ptrs = <const void **>malloc(n * sizeof(void *))
+        cdef const float **sptrs = <const float **>malloc(n * sizeof(float *))
+        if ptrs == NULL or sptrs == NULL:
+            free(ptrs)
+            free(sptrs)
             raise MemoryError()
         cdef lstm_status s
         try:
             for i in range(n):
-                ptrs[i] = <const float *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+                ptrs[i] = cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+                sptrs[i] = NULL
+                if scale_arrays[i] is not None:
+                    sptrs[i] = <const float *>cnp.PyArray_DATA(<cnp.ndarray>scale_arrays[i])
             with nogil:
-                s = lstm_model_create(&cfg, ptrs, n, &self.model)
+                if wtype == LSTM_WEIGHTS_F32:
+                    s = lstm_model_create(&cfg, <const float **>ptrs, n, &self.model)
+                else:
+                    s = lstm_model_create_reduced(&cfg, ptrs, sptrs, n, &self.model)
         finally:
             free(ptrs)
+            free(sptrs)
         _check(s, "creating the model")
+        self.wtype = wtype
         self.cell = cell
         self.input_size = input_size
         self.hidden_size = hidden_size

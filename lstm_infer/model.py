@@ -63,27 +63,122 @@ def _nonlinearity(value):
     return value
 
 
-def _rebuild(cls, config, weights):
-    """A module from what __reduce__ gives (for pickle and copy)."""
+# weights= names -> the C core's weight types
+WEIGHT_TYPES = {"float32": _core.WEIGHTS_F32, "float16": _core.WEIGHTS_F16,
+                "int8": _core.WEIGHTS_I8}
+
+
+def _weight_type(value):
+    if value not in WEIGHT_TYPES:
+        raise ValueError(f"weights must be one of {', '.join(map(repr, WEIGHT_TYPES))}, "
+                         f"got {value!r}")
+    return value
+
+
+def _rebuild(cls, config, weights, weight_type="float32", scales=None):
+    """A module from what __reduce__ gives (for pickle and copy): the stored
+    arrays, reduced ones as they are (no second rounding)."""
     model = cls(**config)
-    model.load_state_dict(weights)
+    if weight_type == "float32":
+        model.load_state_dict(weights)
+    else:
+        model._set_weights(dict(weights), dict(scales or {}), weight_type)
     return model
 
 
 class _Weights:
     """What every module shares: weights under torch's key names, a C core built
-    from them, state_dict / load_state_dict / from_state_dict / save / pickle."""
+    from them, state_dict / load_state_dict / from_state_dict / save / pickle.
+
+    Weight storage (the `weights` attribute): "float32" (default, torch's
+    numbers exactly), or opt-in "float16" / "int8", which store weight_ih,
+    weight_hh and weight_hr reduced (biases stay float32) for fewer bytes per
+    step -- much faster at batch 1 -- at a small loss of accuracy:
+      "float16": the matrices rounded to half precision (nearest even), the
+        arithmetic float32; the results are exactly those of a float32 model
+        holding the rounded weights.
+      "int8": weight_hh (what a step streams) as int8 in [-127, 127] with a
+        float32 scale max|row| / 127 per output row (symmetric, like torch's
+        and ONNX Runtime's dynamic quantization); each step quantizes h the
+        same way per sequence (dynamic) and multiplies int8 by int8 exactly.
+        weight_ih and weight_hr are stored as float16: the input projection
+        runs over all steps at once, where bytes do not bound it, and int8
+        there doubled the error of a trained GRU. Needs proj_size (or
+        hidden_size) <= 16384.
+    state_dict() of a reduced model returns the dequantized float32 tensors
+    (what the model computes with), so it loads into torch as usual.
+    """
 
     kind = None          # the torch class name, also recorded in model files
     _gates = None        # 4 LSTM, 3 GRU, 1 RNN
     _accepts = ()        # detected kinds from_state_dict takes (besides kind)
+    weights = "float32"  # the weight storage: "float32", "float16" or "int8"
 
-    def _init_weights(self):
+    def _init_weights(self, weights="float32"):
+        weight_type = _weight_type(weights)
         rng = np.random.default_rng()
         k = 1.0 / np.sqrt(self.hidden_size)  # torch's default initialisation range
-        self._weights = {name: rng.uniform(-k, k, shape).astype(np.float32)
-                         for name, shape in self._expected_shapes().items()}
-        self._build()
+        rand = {name: rng.uniform(-k, k, shape).astype(np.float32)
+                for name, shape in self._expected_shapes().items()}
+        self._set_weights(*self._reduce(rand, weight_type), weight_type)
+
+    def _storage(self, weight_type):
+        """Each weight array's storage type (the C core's choice) by key."""
+        types = _core.weight_storage(*self._core_args(), WEIGHT_TYPES[weight_type])
+        return dict(zip(self._expected_shapes(), types))
+
+    def _reduce(self, arrays, weight_type):
+        """float32 arrays (some or all keys) -> (stored arrays, int8 scales by key)
+        for weight_type: each reduced by the C core's own rounding to its storage."""
+        storage = self._storage(weight_type)
+        stored, scales = {}, {}
+        for key, arr in arrays.items():
+            if storage[key] == _core.WEIGHTS_F32:
+                stored[key] = arr
+                continue
+            try:
+                stored[key], sc = _core.reduce_weight(storage[key], arr)
+            except ValueError as e:
+                raise ValueError(f"state_dict[{key!r}]: {e}") from None
+            if sc is not None:
+                scales[key] = sc
+        return stored, scales
+
+    def _set_weights(self, stored, scales, weight_type):
+        """Builds the C core from stored arrays (in _expected_shapes' order), then
+        switches to it: a failure leaves the module as it was."""
+        keys = list(self._expected_shapes())
+        core = _core.Core(*self._core_args(), [stored[k] for k in keys], WEIGHT_TYPES[weight_type],
+                          [scales.get(k) for k in keys] if scales else None)
+        self._weights, self._scales, self.weights = stored, scales, weight_type
+        self._core = core
+
+    def reduced_state_dict(self):
+        """The weights as the model stores them, under torch's key names (copies):
+        float32, or for "float16" the matrices as float16, for "int8" weight_hh
+        as int8 plus its float32 row scales under key + "_scale" (w ~
+        scale[:, None] * q) and the other matrices as float16. Biases are float32.
+        from_reduced_state_dict rebuilds the model from it bit for bit."""
+        out = {k: v.copy() for k, v in self._weights.items()}
+        out.update({k + "_scale": v.copy() for k, v in self._scales.items()})
+        return out
+
+    @classmethod
+    def from_reduced_state_dict(cls, config, reduced, weights):
+        """The module of constructor arguments `config` with the stored weights
+        `reduced` (as reduced_state_dict gives them) of storage `weights`."""
+        weight_type = _weight_type(weights)
+        model = cls(**config)
+        shapes = model._expected_shapes()
+        int8 = [k for k, t in model._storage(weight_type).items() if t == _core.WEIGHTS_I8]
+        want = set(shapes) | {k + "_scale" for k in int8}
+        if set(reduced) != want:
+            raise KeyError(f"reduced weights do not match {model!r} with weights="
+                           f"{weight_type!r}: expected keys {sorted(want)}")
+        stored = {k: np.asarray(reduced[k]) for k in shapes}
+        scales = {k: np.asarray(reduced[k + "_scale"]) for k in int8}
+        model._set_weights(stored, scales, weight_type)
+        return model
 
     @property
     def _cell_kind(self):
@@ -96,18 +191,31 @@ class _Weights:
         names = self.__init__.__code__.co_varnames[3:3 + len(defaults)]
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, d in zip(names, defaults)
                         if getattr(self, k) != d)
+        if self.weights != "float32":
+            extra += f", weights={self.weights!r}"
         return f"{self.kind}({self.input_size}, {self.hidden_size}{extra})"
 
     def state_dict(self):
-        """The weights as float32 NumPy arrays under torch's key names (copies)."""
-        return {k: v.copy() for k, v in self._weights.items()}
+        """The weights as float32 NumPy arrays under torch's key names (copies);
+        for reduced weights, the dequantized values the model computes with."""
+        out = {}
+        for k, v in self._weights.items():
+            if k in self._scales:  # int8: q * scale, the float32 product the C core forms
+                out[k] = v.astype(np.float32) * self._scales[k][:, None]
+            else:
+                out[k] = v.astype(np.float32)  # a copy; float16 -> float32 is exact
+        return out
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict, strict=True, weights=None):
         """Loads weights from a mapping of torch's key names to array-likes.
 
         strict=True (like torch): missing or unexpected keys raise KeyError.
-        A wrong shape raises ValueError naming the key. Returns (missing, unexpected).
+        A wrong shape raises ValueError naming the key. weights: the storage
+        ("float32", "float16", "int8"; see the class docs), None to keep this
+        module's; the given tensors are reduced to it (a weight the storage
+        cannot hold raises ValueError naming the key). Returns (missing, unexpected).
         """
+        weight_type = self.weights if weights is None else _weight_type(weights)
         _check_mapping(state_dict, "load_state_dict")
         shapes = self._expected_shapes()
         missing = [k for k in shapes if k not in state_dict]
@@ -119,7 +227,7 @@ class _Weights:
             if unexpected:
                 parts.append("unexpected keys: " + ", ".join(map(str, unexpected)))
             raise KeyError("state_dict does not match " + repr(self) + ": " + "; ".join(parts))
-        new = dict(self._weights)
+        new = {}
         for key, shape in shapes.items():
             if key not in state_dict:
                 continue
@@ -128,14 +236,22 @@ class _Weights:
                 raise ValueError(f"state_dict[{key!r}] has shape {tuple(arr.shape)}, "
                                  f"expected {shape} for {self!r}")
             new[key] = np.array(arr, dtype=np.float32, order="C")  # our own copy
-        self._weights = new
-        self._build()
+        if weight_type == self.weights:  # the weights not given stay as they are stored
+            stored, scales = dict(self._weights), dict(self._scales)
+        else:  # ... or change storage with the rest
+            stored, scales = self._reduce(self.state_dict(), weight_type)
+        new_stored, new_scales = self._reduce(new, weight_type)
+        stored.update(new_stored)
+        scales.update(new_scales)
+        self._set_weights(stored, scales, weight_type)
         return missing, unexpected
 
     def __reduce__(self):
         # pickle, copy and deepcopy (which torch's modules support): the
-        # configuration and the weights; the C model is built anew from them
-        return _rebuild, (type(self), self.config, self._weights)
+        # configuration and the weights as stored; the C model is built anew from them
+        if self.weights == "float32":
+            return _rebuild, (type(self), self.config, self._weights)
+        return _rebuild, (type(self), self.config, self._weights, self.weights, self._scales)
 
     @classmethod
     def from_state_dict(cls, state_dict, prefix="", **overrides):
@@ -143,7 +259,8 @@ class _Weights:
 
         prefix selects one module when the dict holds several ("encoder." for
         keys like "encoder.weight_ih_l0"). overrides set what shapes do not
-        record: batch_first, dropout, and nonlinearity for RNN (default "tanh").
+        record: batch_first, dropout, and nonlinearity for RNN (default "tanh"),
+        and weights ("float32", "float16" or "int8": the storage, see the class docs).
         """
         from . import detect
         _check_mapping(state_dict, "from_state_dict")
@@ -165,9 +282,10 @@ class _Weights:
         if spec.kind.endswith("Cell") and not cls.kind.endswith("Cell"):
             weights = {k + "_l0": v for k, v in weights.items()}  # a cell is a one-layer module
         config = {k: v for k, v in spec.config.items() if k in cls._config_keys()}
+        weight_type = _weight_type(overrides.pop("weights", "float32"))
         config.update(overrides)
         model = cls(**config)
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(weights, strict=True, weights=weight_type)
         return model
 
     @classmethod
@@ -177,6 +295,9 @@ class _Weights:
 
     def save(self, path):
         """Writes this module to one self-describing file (see lstm_infer.load)."""
+        if self.weights != "float32":
+            raise ValueError(f"saving weights={self.weights!r} is not supported by the model "
+                             f"file yet: save a float32 model")
         modelfile.write_model(path, self.state_dict(), self.config, self.kind)
 
     def release_memory(self):
@@ -245,10 +366,9 @@ class _Layer(_Weights, _core.Module):
                     shapes["weight_hr" + s] = (self.proj_size, self.hidden_size)
         return shapes
 
-    def _build(self):
-        self._core = _core.Core(self._cell_kind, self.input_size, self.hidden_size,
-                                self.num_layers, self.bias, self.bidirectional, self.proj_size,
-                                list(self._weights.values()))
+    def _core_args(self):
+        return (self._cell_kind, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                self.bidirectional, self.proj_size)
 
     # ------------------------------------------------------------ forward
     # __call__ (in _core.Module, documented there) takes the common call to C
@@ -388,12 +508,14 @@ class LSTM(_Layer):
     """torch.nn.LSTM for inference, on NumPy arrays.
 
     LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-         dropout=0.0, bidirectional=False, proj_size=0)
+         dropout=0.0, bidirectional=False, proj_size=0, *, weights="float32")
     output, (h_n, c_n) = lstm(x, hx=None, lengths=None)
 
     Weights start random like torch's (uniform in +-1/sqrt(hidden_size)); load
     trained ones with load_state_dict or build with LSTM.from_state_dict.
-    dropout is accepted and ignored, as in torch's eval() mode.
+    dropout is accepted and ignored, as in torch's eval() mode. weights picks
+    the storage: "float32", or "float16" / "int8" for speed at batch 1 (see
+    the weights notes of lstm_infer.model._Weights).
     """
 
     kind = "LSTM"
@@ -401,21 +523,21 @@ class LSTM(_Layer):
     _accepts = ("LSTMCell",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0):
+                 dropout=0.0, bidirectional=False, proj_size=0, *, weights="float32"):
         self._init_layer(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
         self.proj_size = _as_int(proj_size, "proj_size", 0)
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size ({self.proj_size}) must be smaller than "
                              f"hidden_size ({self.hidden_size})")
-        self._init_weights()
+        self._init_weights(weights)
 
 
 class GRU(_Layer):
     """torch.nn.GRU for inference, on NumPy arrays.
 
     GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-        dropout=0.0, bidirectional=False)
+        dropout=0.0, bidirectional=False, *, weights="float32")
     output, h_n = gru(x, hx=None, lengths=None)
 
     Gates r, z, n as torch computes them: n = tanh(W_in x + b_in + r * (W_hn h
@@ -427,17 +549,17 @@ class GRU(_Layer):
     _accepts = ("GRUCell",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False):
+                 dropout=0.0, bidirectional=False, *, weights="float32"):
         self._init_layer(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
-        self._init_weights()
+        self._init_weights(weights)
 
 
 class RNN(_Layer):
     """torch.nn.RNN (Elman) for inference, on NumPy arrays.
 
     RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-        batch_first=False, dropout=0.0, bidirectional=False)
+        batch_first=False, dropout=0.0, bidirectional=False, *, weights="float32")
     output, h_n = rnn(x, hx=None, lengths=None)
 
     h' = tanh or relu(W_ih x + b_ih + W_hh h + b_hh). Conventions as for LSTM.
@@ -448,11 +570,11 @@ class RNN(_Layer):
     _accepts = ("RNNCell",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False):
+                 batch_first=False, dropout=0.0, bidirectional=False, *, weights="float32"):
         self._init_layer(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
         self.nonlinearity = _nonlinearity(nonlinearity)
-        self._init_weights()
+        self._init_weights(weights)
 
 
 class _Cell(_Weights):
@@ -475,9 +597,8 @@ class _Cell(_Weights):
             shapes.update(bias_ih=(GH,), bias_hh=(GH,))
         return shapes
 
-    def _build(self):
-        self._core = _core.Core(self._cell_kind, self.input_size, self.hidden_size, 1, self.bias,
-                                False, 0, list(self._weights.values()))
+    def _core_args(self):
+        return self._cell_kind, self.input_size, self.hidden_size, 1, self.bias, False, 0
 
     def __call__(self, input, hx=None):
         """One step. input: (B, input_size) or unbatched (input_size,). hx: the
@@ -537,9 +658,9 @@ class LSTMCell(_Cell):
     kind = "LSTMCell"
     _gates = 4
 
-    def __init__(self, input_size, hidden_size, bias=True):
+    def __init__(self, input_size, hidden_size, bias=True, *, weights="float32"):
         self._init_cell(input_size, hidden_size, bias)
-        self._init_weights()
+        self._init_weights(weights)
 
 
 class GRUCell(_Cell):
@@ -548,9 +669,9 @@ class GRUCell(_Cell):
     kind = "GRUCell"
     _gates = 3
 
-    def __init__(self, input_size, hidden_size, bias=True):
+    def __init__(self, input_size, hidden_size, bias=True, *, weights="float32"):
         self._init_cell(input_size, hidden_size, bias)
-        self._init_weights()
+        self._init_weights(weights)
 
 
 class RNNCell(_Cell):
@@ -559,10 +680,11 @@ class RNNCell(_Cell):
     kind = "RNNCell"
     _gates = 1
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
+                 weights="float32"):
         self._init_cell(input_size, hidden_size, bias)
         self.nonlinearity = _nonlinearity(nonlinearity)
-        self._init_weights()
+        self._init_weights(weights)
 
 
 # every module class by the kind a model file records

@@ -9,12 +9,18 @@
 #include "kernels.h"
 #include "lstm_infer.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 static const lstm_kernels *active;
 
 static int cpu_has_avx2(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    unsigned a, b, c, d; // F16C (the half weights' conversions): CPUID 1, ECX bit 29
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 #else
     return 0;
 #endif

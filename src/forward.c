@@ -119,6 +119,8 @@ typedef struct {
     const lstm_forward_args *args;
     const int64_t *lengths; // the call's private copy, or NULL for all T
     const lstm_kernels *k;
+    lstm_gemm_r_fn gemm_r;  // reduced weights: the kernel set's, else the scalar reference's
+    lstm_cell_r_fn cell_r;
     run_state r;
     int64_t T, B, N, steps; // steps: the longest length
     int nth, teams, team_size, split;
@@ -239,6 +241,24 @@ static int agreed_stop(forward_job *j, int nth) {
     return stop;
 }
 
+/* The gemm of kernels.h on w_ih or w_hr, stored as float32 or (F16 and I8 models) halves. */
+static void run_gemm(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const void *b,
+                     int gates, const float *bias, int64_t p0, int64_t p1, int64_t ncols,
+                     lstm_rows c) {
+    if (j->m->cfg.weights == LSTM_WEIGHTS_F32) j->k->gemm(m, K, a, b, gates, bias, p0, p1, ncols, c);
+    else j->gemm_r(m, K, a, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F16}, gates, bias, p0, p1, ncols, c);
+}
+
+/* The cell of kernels.h on a w_hh of the model's weight type. */
+static void run_cell(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const void *w_hh,
+                     const float *scale, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
+                     int64_t t0, int64_t t1, lstm_rows h) {
+    const lstm_model *md = j->m;
+    const int type = md->cfg.weights, cell = md->cfg.cell;
+    if (type == LSTM_WEIGHTS_F32) j->k->cell(cell, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, md->H, h);
+    else j->cell_r(cell, m, K, a, (lstm_wmat){w_hh, scale, type}, b_hh, g, c, ldc, t0, t1, md->H, h);
+}
+
 /* The recurrence of one direction of one layer, by one member of a team.
  * Returns early, in step with its team, when the call is interrupted. */
 static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int team, int rank, int n,
@@ -247,7 +267,7 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
     const layer_weights *lw = &m->layers[l];
     const run_state *r = &j->r;
     const int64_t B = j->B, P = m->P, DP = m->D * P, G_ld = m->D * m->tiles * m->W;
-    const int proj = m->cfg.proj_size != 0, cell = m->cfg.cell;
+    const int proj = m->cfg.proj_size != 0;
     float *cst = r->cst ? r->cst + d * B * m->Hp : NULL;
     float *hbuf = proj ? r->hbuf + d * B * m->Hp : NULL;
     int64_t t0 = 0, t1 = m->tiles, q0 = 0, q1 = m->proj_panels;
@@ -270,12 +290,12 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
         const lstm_rows gates = {r->G + d * m->tiles * m->W, G_ld, r->cur[d] + r->off[s]};
         const lstm_rows out = {Y + B * DP + d * P, DP, r->cur[d] + r->off[s]};
         if (!proj) {
-            j->k->cell(cell, rows, P, prev, lw->w_hh[d], lw->b_hh[d], gates, cst, m->Hp, t0, t1, m->H, out);
+            run_cell(j, rows, P, prev, lw->w_hh[d], lw->s_hh[d], lw->b_hh[d], gates, cst, m->Hp, t0, t1, out);
         } else {
             const lstm_rows hr = {hbuf, m->Hp, NULL};
-            j->k->cell(cell, rows, P, prev, lw->w_hh[d], NULL, gates, cst, m->Hp, t0, t1, m->H, hr);
+            run_cell(j, rows, P, prev, lw->w_hh[d], lw->s_hh[d], NULL, gates, cst, m->Hp, t0, t1, hr);
             if (n > 1) lstm_barrier_wait(bar);
-            j->k->gemm(rows, m->H, hr, lw->w_hr[d], 4, NULL, q0, q1, P, out);
+            run_gemm(j, rows, m->H, hr, lw->w_hr[d], 4, NULL, q0, q1, P, out);
         }
         if (n > 1) lstm_barrier_wait(bar);
     }
@@ -309,8 +329,8 @@ static void forward_thread(void *arg, int tid, int nth) {
         }
         for (int64_t r0 = 0; r0 < j->N && !atomic_load_explicit(&j->stop, memory_order_relaxed); r0 += chunk) {
             const int64_t rows = j->N - r0 < chunk ? j->N - r0 : chunk;
-            j->k->gemm(rows, lw->in, lstm_rows_from(x, r0), lw->w_ih, m->gates, lw->bias, p0, p1,
-                       panels * m->W, lstm_rows_from(g, r0));
+            run_gemm(j, rows, lw->in, lstm_rows_from(x, r0), lw->w_ih, m->gates, lw->bias, p0, p1,
+                     panels * m->W, lstm_rows_from(g, r0));
             if (tid == 0) poll_interrupt(j);
         }
         if (agreed_stop(j, nth)) break;
@@ -432,6 +452,8 @@ lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *arg
     if (!m || !args_ok(m, args)) return LSTM_ERR_INVALID_ARGUMENT;
     forward_job j = {.m = m, .args = args, .k = lstm_active_kernels(), .T = args->seq_len,
                      .B = args->batch};
+    j.gemm_r = j.k->gemm_r ? j.k->gemm_r : lstm_kernels_scalar.gemm_r;
+    j.cell_r = j.k->cell_r ? j.k->cell_r : lstm_kernels_scalar.cell_r;
     atomic_init(&j.stop, 0);
     int64_t TB;
     if (!lstm_mul_ok(j.T, j.B, &TB)) return LSTM_ERR_SIZE_OVERFLOW;

@@ -36,6 +36,63 @@ static inline int64_t lstm_packed_at(int64_t K, int gates, int64_t k, int64_t co
     return (p * w + j / LSTM_TILE * LSTM_TILE) * K + k * LSTM_TILE + j % LSTM_TILE;
 }
 
+/*
+ * Reduced weights (lstm_config.weights) use the same panels and strips.
+ * F16: the float's place holds its half (uint16_t bits). I8: K is padded
+ * with zeros to Kq, a multiple of 4, and a strip row holds 4 k of each of
+ * its 16 columns (k/4, then the column, then k%4: the operand order of
+ * vpmaddubsw / vpdpbusd); a scale per packed column (laid out like a bias,
+ * 0 past N) multiplies the column's int8 values.
+ */
+typedef struct {
+    const void *w;      // packed panels of float, uint16_t (half) or int8_t
+    const float *scale; // I8: one per packed column
+    int type;           // lstm_weight_type
+} lstm_wmat;
+
+static inline int64_t lstm_i8_k(int64_t K) { return (K + 3) / 4 * 4; }
+
+/* Offset of int8 element (k, col) in a packed (K, N) matrix of `gates` strips a panel. */
+static inline int64_t lstm_packed_i8_at(int64_t K, int gates, int64_t k, int64_t col) {
+    const int64_t w = (int64_t)gates * LSTM_TILE, p = col / w, j = col % w;
+    return (p * w + j / LSTM_TILE * LSTM_TILE) * lstm_i8_k(K) + k / 4 * 4 * LSTM_TILE +
+           j % LSTM_TILE * 4 + k % 4;
+}
+
+/* The float a half holds (exact). */
+static inline float lstm_half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, f = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (e == 0x1f) v.u = sign | 0x7f800000u | f << 13 | (f ? 0x400000u : 0); // Inf, NaN (quieted, as F16C)
+    else if (e) v.u = sign | (e + 112) << 23 | f << 13;
+    else {                                               // zero, subnormal: f * 2^-24
+        v.f = (float)f * 5.9604644775390625e-8f;
+        v.u |= sign;
+    }
+    return v.f;
+}
+
+/*
+ * The per-row quantization of the int8 recurrent step: scale max|a| / 127
+ * (0 below FLT_MIN, NaN when a holds NaN or Inf), and q = round-half-even(a *
+ * (127 / max|a|)) for each k, 0 where the scale is 0 or NaN. Every kernel set
+ * quantizes exactly so.
+ */
+static inline float lstm_i8_row_scale(float amax, int finite, float *inv) {
+    *inv = 0.0f;
+    if (!finite) return __builtin_nanf("");
+    if (!(amax >= 1.17549435e-38f)) return 0.0f;
+    *inv = 127.0f / amax;
+    return amax / 127.0f;
+}
+
+/* One value of a row's quantization (inv from lstm_i8_row_scale); in [-127, 127]. */
+static inline int8_t lstm_i8_quantize(float x, float inv) {
+    if (inv == 0.0f) return 0;
+    const long q = __builtin_lrintf(x * inv); // the current rounding: to nearest, ties to even
+    return (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+}
+
 /* A set of rows: row r is at base + (idx ? idx[r] : r) * ld. */
 typedef struct {
     float *base;
@@ -81,10 +138,28 @@ typedef void (*lstm_cell_fn)(int cell, int64_t m, int64_t K, lstm_rows a, const 
                              const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
                              int64_t t1, int64_t H, lstm_rows h);
 
+/*
+ * The same two kernels for reduced weights (w.type F16 or I8):
+ *   gemm_r: as gemm with b's values dequantized (half -> float, or q * scale
+ *           as a float product), float32 arithmetic;
+ *   cell_r: F16 as cell on the dequantized w_hh; I8: each row a[r] is
+ *           quantized (lstm_i8_row_scale, K <= LSTM_MAX_I8_STATE), the int32
+ *           sums qa . q_col are exact, and sum = fmaf((float)isum, sa * scale[col],
+ *           start) with start g or b_hh as in cell; then the same update.
+ */
+typedef void (*lstm_gemm_r_fn)(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
+                               const float *bias, int64_t p0, int64_t p1, int64_t ncols,
+                               lstm_rows c);
+typedef void (*lstm_cell_r_fn)(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w_hh,
+                               const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                               int64_t t1, int64_t H, lstm_rows h);
+
 typedef struct {
     const char *name;
     lstm_gemm_fn gemm;
     lstm_cell_fn cell;
+    lstm_gemm_r_fn gemm_r; /* NULL: the scalar reference's */
+    lstm_cell_r_fn cell_r;
 } lstm_kernels;
 
 extern const lstm_kernels lstm_kernels_scalar;

@@ -1,6 +1,7 @@
 /*
  * kernels_avx2.c - AVX2 + FMA kernels (8 floats a vector, 16 registers).
- * Built with -mavx2 -mfma; only called after the CPU reported both.
+ * Built with -mavx2 -mfma -mf16c (F16C converts the half weights); only
+ * called after the CPU reported all three.
  *
  * One register-blocked microkernel serves both kernels: MR rows x NS strips
  * (16 columns, two vectors each) accumulated over a K-block of KC with
@@ -19,9 +20,15 @@
  * gates come from the same loops for every kind, and only the pointwise
  * update of a tile differs (tile_update for the LSTM, tile_update_gru,
  * tile_update_rnn).
+ *
+ * Reduced weights (kernels.h): half weights convert with F16C in the one-row
+ * sums (row_strips) or a K-block at a time into a stack tile that the float32
+ * microkernels run over (gemm_r_avx2); int8 weight_hh runs row by row, h
+ * quantized first (quantize_row), with vpsignb / vpmaddubsw / vpmaddwd
+ * (row_strips_i8), one byte read per weight.
  */
-#if !defined(__AVX2__) || !defined(__FMA__)
-#error "kernels_avx2.c must be compiled with -mavx2 -mfma"
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "kernels_avx2.c must be compiled with -mavx2 -mfma -mf16c"
 #endif
 
 /*
@@ -34,6 +41,7 @@
 #pragma GCC optimize("align-loops=64")
 #endif
 
+#include <float.h>
 #include <immintrin.h>
 #include <string.h>
 
@@ -345,43 +353,240 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
 }
 
 /*
- * A row's sums over ns (compile-time, 1 to 4) strips at w, sstride apart:
- * out[16s ..] = (init ? init[16s ..] : 0) + a (K) @ strip s, each sum in k
- * order like the batched path's, so a sequence gets the same bits alone as
- * in a batch (splitting K over more accumulators for one or two strips was
- * faster, but rounded differently).
+ * Rows [k0, k0 + kc) of strip s of a reduced packed matrix (K rows) as floats:
+ * tile (rounded up to 4 rows for I8, kc <= KC), each value as the scalar
+ * reference dequantizes it (half -> float exactly, q * scale one rounding).
  */
-INLINE void row_strips(const int ns, int64_t K, const float *a, const float *w, int64_t sstride,
-                       const float *init, float *out) {
+static void dequantize_strip(lstm_wmat w, int64_t K, int64_t s, int64_t k0, int64_t kc, float *tile) {
+    if (w.type == LSTM_WEIGHTS_F16) {
+        const uint16_t *src = (const uint16_t *)w.w + (s * K + k0) * LSTM_TILE;
+        for (int64_t i = 0; i < kc * LSTM_TILE; i += 8)
+            _mm256_storeu_ps(tile + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        return;
+    }
+    // a strip row of int8 is 4 k of 16 columns: 32-bit lane j of each half holds column j's 4 bytes
+    const int8_t *src = (const int8_t *)w.w + s * lstm_i8_k(K) * LSTM_TILE + k0 * LSTM_TILE;
+    const __m256 sc[2] = {_mm256_loadu_ps(w.scale + s * LSTM_TILE), _mm256_loadu_ps(w.scale + s * LSTM_TILE + 8)};
+    for (int64_t k = 0; k < kc; k += 4, src += 4 * LSTM_TILE)
+        EACH(v, 2) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(src + 32 * v));
+            const __m256i b[4] = {_mm256_srai_epi32(_mm256_slli_epi32(x, 24), 24),
+                                  _mm256_srai_epi32(_mm256_slli_epi32(x, 16), 24),
+                                  _mm256_srai_epi32(_mm256_slli_epi32(x, 8), 24),
+                                  _mm256_srai_epi32(x, 24)};
+            EACH(i, 4)
+                _mm256_storeu_ps(tile + (k + i) * LSTM_TILE + 8 * v, _mm256_mul_ps(_mm256_cvtepi32_ps(b[i]), sc[v]));
+        }
+}
+
+/*
+ * A row's int8 sums over ns (compile-time, 1 to 4) int8 strips at w, sstride
+ * bytes apart, from the quantized row qa (Kq, see lstm_i8_row_scale):
+ * out[16s + j] = fmaf(qa . column j, sa * scale[16s + j], init ? init[16s + j] : 0).
+ * Both operands lie in [-127, 127], so vpmaddubsw on |qa| and w with qa's
+ * signs (vpsignb) cannot saturate: a pair is at most 2 * 127 * 127 < 2^15.
+ */
+INLINE void row_strips_i8(const int ns, int64_t Kq, const int8_t *qa, const int8_t *w,
+                          int64_t sstride, const float *scale, float sa, const float *init,
+                          float *out) {
     const int nv = 2 * ns;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[8];
+    EACH(v, nv) acc[v] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kq; k += 4, w += 4 * LSTM_TILE) {
+        int32_t x4;
+        memcpy(&x4, qa + k, sizeof x4);
+        const __m256i x = _mm256_set1_epi32(x4), ax = _mm256_sign_epi8(x, x);
+        EACH(v, nv) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (v / 2) * sstride + 32 * (v % 2)));
+            const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x));
+            acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(p, ones));
+        }
+    }
+    const __m256 sav = _mm256_set1_ps(sa);
+    EACH(v, nv) {
+        const __m256 start = init ? _mm256_loadu_ps(init + 8 * v) : _mm256_setzero_ps();
+        _mm256_storeu_ps(out + 8 * v, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[v]),
+                                                      _mm256_mul_ps(sav, _mm256_loadu_ps(scale + 8 * v)), start));
+    }
+}
+
+/* a (K) quantized to qa (Kq, zeros past K) as lstm_i8_row_scale says; returns the scale */
+static float quantize_row(const float *a, int64_t K, int8_t *qa) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 big = _mm256_set1_ps(FLT_MAX);
+    __m256 mx = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const __m256 v = _mm256_and_ps(_mm256_loadu_ps(a + k), abs_mask);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, big, _CMP_NLE_UQ)); // NaN, Inf
+        mx = _mm256_max_ps(mx, v);
+    }
+    float lanes[8], amax = 0.0f;
+    _mm256_storeu_ps(lanes, mx);
+    for (int i = 0; i < 8; i++) amax = lanes[i] > amax ? lanes[i] : amax;
+    int finite = !_mm256_movemask_ps(bad);
+    for (; k < K; k++) {
+        const float v = a[k] < 0 ? -a[k] : a[k];
+        if (!(v <= FLT_MAX)) finite = 0;
+        else if (v > amax) amax = v;
+    }
+    float inv;
+    const float sa = lstm_i8_row_scale(amax, finite, &inv);
+    const __m256 iv = _mm256_set1_ps(inv);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    k = 0;
+    if (inv != 0.0f)
+        for (; k + 32 <= K; k += 32) {
+            __m256i q[4];
+            EACH(v, 4) q[v] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + k + 8 * v), iv));
+            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256((__m256i *)(qa + k), _mm256_permutevar8x32_epi32(b, order));
+        }
+    for (; k < lstm_i8_k(K); k++) qa[k] = k < K ? lstm_i8_quantize(a[k], inv) : 0;
+    return sa;
+}
+
+/*
+ * A row's sums over ns (compile-time, 1 to 4) strips at w, sstride elements
+ * apart, float32 or (half) F16 values: out[16s ..] = (init ? init[16s ..] :
+ * 0) + a (K) @ strip s, each sum in k order like the batched path's, so a
+ * sequence gets the same bits alone as in a batch (splitting K over more
+ * accumulators for one or two strips was faster, but rounded differently).
+ */
+INLINE void row_strips(const int ns, const int half, int64_t K, const float *a, const void *w,
+                       int64_t sstride, const float *init, float *out) {
+    const int nv = 2 * ns;
+    const float *wf = w;
+    const uint16_t *wh = w;
     __m256 acc[8];
     EACH(v, nv) acc[v] = init ? _mm256_loadu_ps(init + 8 * v) : _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k++, w += LSTM_TILE) {
+    for (int64_t k = 0; k < K; k++) {
         const __m256 x = _mm256_broadcast_ss(a + k);
-        EACH(v, nv) acc[v] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w + (v / 2) * sstride + 8 * (v % 2)), acc[v]);
+        EACH(v, nv) {
+            const int64_t at = (v / 2) * sstride + k * LSTM_TILE + 8 * (v % 2);
+            const __m256 wv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wh + at)))
+                                   : _mm256_loadu_ps(wf + at);
+            acc[v] = _mm256_fmadd_ps(x, wv, acc[v]);
+        }
     }
     EACH(v, nv) _mm256_storeu_ps(out + 8 * v, acc[v]);
 }
 
 /*
- * The sums of one row for the ns strips at w: out[16s ..] = (init ?
- * init[16s ..] : 0) + a (K) @ strip s. Four strips at a time (an LSTM tile,
- * four RNN tiles, a GRU tile and a third); a GRU or RNN step may end with 1
- * to 3.
+ * The sums of one row for the ns strips of w from strip s0: out[16s ..] =
+ * (init ? init[16s ..] : 0) + a (K) @ strip s0 + s, or for I8 the int8 sums
+ * of qa (scale sa) as row_strips_i8 says. Four strips at a time (an LSTM
+ * tile, four RNN tiles, a GRU tile and a third); a GRU or RNN step may end
+ * with 1 to 3.
  */
-INLINE void row_sums(int64_t K, const float *a, const float *w, int64_t ns, const float *init,
-                     float *out) {
-    const int64_t sstride = K * LSTM_TILE;
-    int64_t s = 0;
-    for (; s + 4 <= ns; s += 4)
-        row_strips(4, K, a, w + s * sstride, sstride, init ? init + s * LSTM_TILE : NULL,
-                   out + s * LSTM_TILE);
-    const float *w_s = w + s * sstride, *init_s = init ? init + s * LSTM_TILE : NULL;
-    switch (ns - s) {
-    case 3: row_strips(3, K, a, w_s, sstride, init_s, out + s * LSTM_TILE); break;
-    case 2: row_strips(2, K, a, w_s, sstride, init_s, out + s * LSTM_TILE); break;
-    case 1: row_strips(1, K, a, w_s, sstride, init_s, out + s * LSTM_TILE); break;
-    default: break;
+INLINE void row_sums(const int type, int64_t K, const float *a, const int8_t *qa, float sa,
+                     lstm_wmat w, int64_t s0, int64_t ns, const float *init, float *out) {
+    const int64_t Kw = type == LSTM_WEIGHTS_I8 ? lstm_i8_k(K) : K, sstride = Kw * LSTM_TILE;
+    for (int64_t s = 0; s < ns;) {
+        const int64_t left = ns - s, n = left < 4 ? left : 4, at = (s0 + s) * sstride;
+        const float *init_s = init ? init + s * LSTM_TILE : NULL;
+        float *out_s = out + s * LSTM_TILE;
+        if (type == LSTM_WEIGHTS_I8) {
+            const int8_t *ws = (const int8_t *)w.w + at;
+            const float *sc = w.scale + (s0 + s) * LSTM_TILE;
+#define I8_STRIPS(N) row_strips_i8(N, Kw, qa, ws, sstride, sc, sa, init_s, out_s)
+            switch (n) {
+            case 4: I8_STRIPS(4); break;
+            case 3: I8_STRIPS(3); break;
+            case 2: I8_STRIPS(2); break;
+            default: I8_STRIPS(1); break;
+            }
+#undef I8_STRIPS
+        } else {
+            const int half = type == LSTM_WEIGHTS_F16;
+            const void *ws = half ? (const void *)((const uint16_t *)w.w + at) : (const void *)((const float *)w.w + at);
+#define STRIPS(N) row_strips(N, half, K, a, ws, sstride, init_s, out_s)
+            switch (n) {
+            case 4: STRIPS(4); break;
+            case 3: STRIPS(3); break;
+            case 2: STRIPS(2); break;
+            default: STRIPS(1); break;
+            }
+#undef STRIPS
+        }
+        s += n;
+    }
+}
+
+/*
+ * panel_rows on the ns strips from strip s0 of a reduced matrix: a strip's
+ * K-block at a time is dequantized into a stack tile (16 KB, in L1) which the
+ * float32 microkernels then run over every row, so the sums are the float32
+ * ones on the dequantized matrix, in the same order (the same bits as
+ * row_sums).
+ */
+static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat w, int64_t s0, int ns,
+                         const lstm_rows *init, const float *bias, lstm_rows out) {
+    _Alignas(64) float tile[KC * LSTM_TILE];
+    for (int s = 0; s < ns; s++) {
+        lstm_rows os = out, is = {NULL, 0, NULL};
+        os.base += s * LSTM_TILE;
+        if (init) {
+            is = *init;
+            is.base += s * LSTM_TILE;
+        }
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            dequantize_strip(w, K, s0 + s, k0, kc, tile);
+            lstm_rows ak = a;
+            ak.base += k0;
+            panel_rows(m, kc, ak, tile, 1, k0 ? &os : init ? &is : NULL,
+                       k0 || !bias ? NULL : bias + s * LSTM_TILE, os);
+        }
+    }
+}
+
+/*
+ * gemm on reduced weights: panel_rows_r over row blocks, strip by strip.
+ * Fewer rows than GEMM_R_ROWS read halves directly (row_sums: the same sums
+ * in the same order, so the same bits).
+ */
+#define GEMM_R_ROWS 4
+
+// c's strips [s0, s1) of one row straight from the halves (a function apart, like
+// cell_row_*: inlined into gemm_r_avx2 its loop reloaded a pointer from the stack)
+static __attribute__((noinline)) void gemm_row_f16(int64_t K, const float *ar, lstm_wmat b,
+                                                   const float *bias, int64_t s0, int64_t s1,
+                                                   int64_t ncols, float *cr) {
+    float tmp[LSTM_TILE];
+    const int64_t full = (ncols - s0 * LSTM_TILE) / LSTM_TILE, n = s1 - s0 < full ? s1 - s0 : full;
+    row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0, n, bias ? bias + s0 * LSTM_TILE : NULL,
+             cr + s0 * LSTM_TILE);
+    if (s0 + n < s1) { // the last strip of a width that is not a multiple of 16
+        row_sums(LSTM_WEIGHTS_F16, K, ar, NULL, 0.0f, b, s0 + n, 1,
+                 bias ? bias + (s0 + n) * LSTM_TILE : NULL, tmp);
+        memcpy(cr + (s0 + n) * LSTM_TILE, tmp, (size_t)(ncols - (s0 + n) * LSTM_TILE) * sizeof(float));
+    }
+}
+
+static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
+                        const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    float tmp[ROW_BLOCK][LSTM_TILE];
+    const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
+    const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
+    if (m < GEMM_R_ROWS && b.type == LSTM_WEIGHTS_F16) { // a streaming step's input, a projection
+        for (int64_t r = 0; r < m; r++) gemm_row_f16(K, lstm_row(a, r), b, bias, s0, s1, ncols, lstm_row(c, r));
+        return;
+    }
+    for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
+        const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
+        for (int64_t s = s0; s < s1; s++) {
+            const int64_t width = ncols - s * LSTM_TILE;
+            lstm_rows cb = lstm_rows_from(c, rb);
+            cb.base += s * LSTM_TILE;
+            // the last strip of a width that is not a multiple of 16 goes via a stack tile
+            const lstm_rows out = width >= LSTM_TILE ? cb : (lstm_rows){tmp[0], LSTM_TILE, NULL};
+            panel_rows_r(rows, K, lstm_rows_from(a, rb), b, s, 1, NULL,
+                         bias ? bias + s * LSTM_TILE : NULL, out);
+            if (width < LSTM_TILE)
+                for (int64_t r = 0; r < rows; r++) memcpy(lstm_row(cb, r), tmp[r], (size_t)width * sizeof(float));
+        }
     }
 }
 
@@ -422,16 +627,16 @@ INLINE void tile_step(const int kind, const float *q, const float *gr, const flo
  * matrix-vector loops. The sums start from g (LSTM, RNN: the input part with
  * both biases) or from b_hh (GRU, whose input part enters the update apart).
  */
-INLINE void row_kind(const int kind, int64_t K, const float *ar, const float *w_hh,
-                     const float *b_hh, const float *gr, float *c, int64_t t0, int64_t t1,
-                     int64_t H, float *hr) {
+INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar, lstm_wmat w_hh,
+                     const int8_t *qa, float sa, const float *b_hh, const float *gr, float *c,
+                     int64_t t0, int64_t t1, int64_t H, float *hr) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
     const int64_t chunk = ROW_STRIPS / gates;
     float sums[ROW_STRIPS * LSTM_TILE];
     for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
         const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
         const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;
-        row_sums(K, ar, w_hh + c0 * K * W, n * gates, init, sums);
+        row_sums(type, K, ar, qa, sa, w_hh, c0 * gates, n * gates, init, sums);
         for (int64_t j = 0; j < n; j++) tile_step(kind, sums + j * W, gr, ar, c, c0 + j, H, hr);
     }
 }
@@ -442,26 +647,25 @@ INLINE void row_kind(const int kind, int64_t K, const float *ar, const float *w_
  * panel_rows call over a chunk of rows, then the updates of each row. The
  * sums start from g or b_hh as in row_kind.
  */
-INLINE void rows_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
-                      const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
-                      int64_t t1, int64_t H, lstm_rows h) {
+INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm_rows a,
+                      lstm_wmat w_hh, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
+                      int64_t t0, int64_t t1, int64_t H, lstm_rows h) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE, group = 4 / gates;
     const int gru = kind == LSTM_CELL_GRU;
     float tmp[CELL_ROWS][LSTM_PANEL];
     for (int64_t t = t0; t < t1; t += group) {
         const int64_t nt = t1 - t < group ? t1 - t : group;
-        const float *wp = w_hh + t * K * W;
+        const float *wp = type == LSTM_WEIGHTS_F32 ? (const float *)w_hh.w + t * K * W : NULL;
         for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
             const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
-            const lstm_rows out = {tmp[0], LSTM_PANEL, NULL};
-            if (gru) {
-                panel_rows(rows, K, lstm_rows_from(a, r0), wp, gates, NULL,
-                           b_hh ? b_hh + t * W : NULL, out);
-            } else {
-                lstm_rows gt = lstm_rows_from(g, r0);
-                gt.base += t * W;
-                panel_rows(rows, K, lstm_rows_from(a, r0), wp, (int)nt * gates, &gt, NULL, out);
-            }
+            const lstm_rows out = {tmp[0], LSTM_PANEL, NULL}, ar0 = lstm_rows_from(a, r0);
+            const int ns = gru ? gates : (int)nt * gates;
+            lstm_rows gt = lstm_rows_from(g, r0);
+            gt.base += t * W;
+            const lstm_rows *init = gru ? NULL : &gt;
+            const float *bias = gru && b_hh ? b_hh + t * W : NULL;
+            if (type == LSTM_WEIGHTS_F32) panel_rows(rows, K, ar0, wp, ns, init, bias, out);
+            else panel_rows_r(rows, K, ar0, w_hh, t * gates, ns, init, bias, out);
             for (int64_t r = 0; r < rows; r++) {
                 const float *ar = gru ? lstm_row(a, r0 + r) : NULL;
                 const float *gr = gru ? lstm_row(g, r0 + r) : NULL;
@@ -486,12 +690,14 @@ INLINE void rows_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const f
                                                           const float *w_hh, const float *b_hh,    \
                                                           const float *gr, float *c, int64_t t0,   \
                                                           int64_t t1, int64_t H, float *hr) {      \
-        row_kind(kind, K, ar, w_hh, b_hh, gr, c, t0, t1, H, hr);                                   \
+        row_kind(kind, LSTM_WEIGHTS_F32, K, ar, (lstm_wmat){w_hh, NULL, LSTM_WEIGHTS_F32}, NULL,    \
+                 0.0f, b_hh, gr, c, t0, t1, H, hr);                                                \
     }                                                                                              \
     static __attribute__((noinline)) void cell_rows_##name(                                        \
         int64_t m, int64_t K, lstm_rows a, const float *w_hh, const float *b_hh, lstm_rows g,      \
         float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                   \
-        rows_kind(kind, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h);                             \
+        rows_kind(kind, LSTM_WEIGHTS_F32, m, K, a, (lstm_wmat){w_hh, NULL, LSTM_WEIGHTS_F32},      \
+                  b_hh, g, c, ldc, t0, t1, H, h);                                                  \
     }
 CELL_KIND(lstm, LSTM_CELL_LSTM)
 CELL_KIND(gru, LSTM_CELL_GRU)
@@ -514,4 +720,47 @@ static void cell_avx2(int cell, int64_t m, int64_t K, lstm_rows a, const float *
 #undef STEP
 }
 
-const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2};
+/*
+ * The step on reduced weights, compiled per kind: float16 like float32, one
+ * row or many (the many from dequantized tiles, the same bits); int8 row by
+ * row through the one-row body, each row quantized first, so a sequence gets
+ * the same bits alone as in a batch (a batch gains no reuse of the weights
+ * from L1 there).
+ */
+#define CELL_KIND_R(name, kind)                                                                    \
+    static __attribute__((noinline)) void cell_r_##name(                                           \
+        int64_t m, int64_t K, lstm_rows a, lstm_wmat w, const float *b_hh, lstm_rows g, float *c,  \
+        int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                             \
+        _Alignas(32) int8_t qa[LSTM_MAX_I8_STATE];                                                 \
+        if (w.type == LSTM_WEIGHTS_F16 && m > 1) {                                                 \
+            rows_kind(kind, LSTM_WEIGHTS_F16, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);          \
+            return;                                                                                \
+        }                                                                                          \
+        for (int64_t r = 0; r < m; r++) {                                                          \
+            const float *ar = lstm_row(a, r), *gr = lstm_row(g, r);                                \
+            float *cr = kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, *hr = lstm_row(h, r);         \
+            if (w.type == LSTM_WEIGHTS_F16) {                                                      \
+                row_kind(kind, LSTM_WEIGHTS_F16, K, ar, w, NULL, 0.0f, b_hh, gr, cr, t0, t1, H, hr); \
+            } else {                                                                               \
+                const float sa = quantize_row(ar, K, qa);                                          \
+                row_kind(kind, LSTM_WEIGHTS_I8, K, ar, w, qa, sa, b_hh, gr, cr, t0, t1, H, hr);    \
+            }                                                                                      \
+        }                                                                                          \
+    }
+CELL_KIND_R(lstm, LSTM_CELL_LSTM)
+CELL_KIND_R(gru, LSTM_CELL_GRU)
+CELL_KIND_R(rnn_tanh, LSTM_CELL_RNN_TANH)
+CELL_KIND_R(rnn_relu, LSTM_CELL_RNN_RELU)
+
+static void cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
+                        const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                        int64_t t1, int64_t H, lstm_rows h) {
+    switch (cell) {
+    case LSTM_CELL_GRU: cell_r_gru(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    case LSTM_CELL_RNN_TANH: cell_r_rnn_tanh(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    case LSTM_CELL_RNN_RELU: cell_r_rnn_relu(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    default: cell_r_lstm(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    }
+}
+
+const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, gemm_r_avx2, cell_r_avx2};

@@ -76,6 +76,33 @@ typedef enum {
     LSTM_CELL_RNN_RELU = 3  /* 1 gate, h = relu(...) */
 } lstm_cell_kind;
 
+/*
+ * How the model stores its weight matrices (weight_ih, weight_hh, weight_hr;
+ * biases stay float32). Reduced weights are opt-in: fewer bytes to stream
+ * per step, at a small loss of accuracy.
+ *   F16: IEEE half, rounded to nearest even; the arithmetic is float32 on the
+ *        converted values, so the model computes exactly what a float32 model
+ *        built from the rounded weights computes.
+ *   I8:  weight_hh as int8 in [-127, 127] with a float32 scale per output
+ *        row (symmetric): w[r][k] ~ scale[r] * q[r][k] with m = max_k |w[r][k]|,
+ *        scale[r] = m / 127, q = round-half-even(w * (127 / m)) (a row with m
+ *        below FLT_MIN is zero). The recurrent sums h @ W_hh^T quantize h per
+ *        step and per sequence the same way (a row of h with NaN or Inf makes
+ *        its sums NaN) and add the int8 x int8 products exactly in int32.
+ *        weight_ih and weight_hr are stored as F16: the input projection runs
+ *        over all steps at once, bound by arithmetic rather than bytes, and
+ *        int8 there doubled the error of a trained GRU (2.3e-2 against 1e-2).
+ *        The state width (proj_size or hidden_size) is at most LSTM_MAX_I8_STATE.
+ * lstm_weight_storage tells the storage of each weight array.
+ */
+typedef enum {
+    LSTM_WEIGHTS_F32 = 0,
+    LSTM_WEIGHTS_F16 = 1,
+    LSTM_WEIGHTS_I8 = 2
+} lstm_weight_type;
+
+#define LSTM_MAX_I8_STATE 16384
+
 /* A short English description of a status; never NULL, static storage. */
 LSTM_API const char *lstm_status_string(lstm_status status);
 
@@ -87,6 +114,7 @@ typedef struct {
     int32_t bidirectional; /* 0 or 1; D = 1 + bidirectional */
     int32_t proj_size;     /* P, 0 for none, else 0 < P < H (LSTM only) */
     int32_t cell;          /* lstm_cell_kind; 0 (LSTM) when left zero */
+    int32_t weights;       /* lstm_weight_type; 0 (float32) when left zero */
 } lstm_config;
 
 typedef struct lstm_model lstm_model;
@@ -107,13 +135,43 @@ LSTM_API size_t lstm_weight_count(const lstm_config *cfg);
 /* The shape of weight array `index` (as above): shape[1] is 0 for a bias. */
 LSTM_API lstm_status lstm_weight_shape(const lstm_config *cfg, size_t index, int64_t shape[2]);
 
+/* How the model stores weight array `index` (an lstm_weight_type: F32 for the
+ * biases), or -1 when cfg or index is invalid. */
+LSTM_API int32_t lstm_weight_storage(const lstm_config *cfg, size_t index);
+
 /*
  * Builds a model: checks cfg, copies and repacks the row-major float32
- * weights (the caller keeps ownership of them). On success *out must be
+ * weights (the caller keeps ownership of them), reducing the matrices when
+ * cfg->weights asks for it (see lstm_reduce_weight). On success *out must be
  * freed with lstm_model_free.
  */
 LSTM_API lstm_status lstm_model_create(const lstm_config *cfg, const float *const *weights,
                                        size_t n_weights, lstm_model **out);
+
+/*
+ * Reduces one row-major (rows, cols) float32 weight matrix to the storage
+ * `type` (LSTM_WEIGHTS_F16 or _I8, see lstm_weight_storage) exactly as
+ * lstm_model_create does:
+ * F16: dst receives rows*cols half-precision bit patterns (uint16_t);
+ * I8: dst receives rows*cols int8_t and scales the rows float32 scales.
+ * Returns LSTM_ERR_INVALID_ARGUMENT for a value the type cannot hold (F16: a
+ * finite value beyond the half range; I8: NaN or Inf).
+ */
+LSTM_API lstm_status lstm_reduce_weight(int32_t type, const float *src, int64_t rows, int64_t cols,
+                                        void *dst, float *scales);
+
+/*
+ * lstm_model_create for cfg->weights F16 or I8 from weights already reduced
+ * (by lstm_reduce_weight, or read back from a file): the result is bit for
+ * bit the model lstm_model_create builds from the float32 originals. Each
+ * array weights[i] is in its lstm_weight_storage: uint16_t (F16), int8_t in
+ * [-127, 127] (I8, with scales[i] its shape[0] finite non-negative float32
+ * scales) or float (the biases); scales[i] is read for I8 arrays only
+ * (scales may be NULL for an F16 model).
+ */
+LSTM_API lstm_status lstm_model_create_reduced(const lstm_config *cfg, const void *const *weights,
+                                               const float *const *scales, size_t n_weights,
+                                               lstm_model **out);
 LSTM_API void lstm_model_free(lstm_model *model);
 LSTM_API const lstm_config *lstm_model_config(const lstm_model *model);
 

@@ -11,5 +11,5 @@ LSTM_SOURCES := src/model.c src/forward.c src/status.c src/pool.c src/dispatch.c
 # aarch64, where NEON is part of the base instruction set.
 LSTM_ISA_SOURCES_x86_64 := src/kernels_avx2.c
 LSTM_ISA_SOURCES_aarch64 := src/kernels_neon.c
-LSTM_ISA_FLAGS_kernels_avx2 := -mavx2 -mfma
+LSTM_ISA_FLAGS_kernels_avx2 := -mavx2 -mfma -mf16c
 LSTM_ISA_FLAGS_kernels_neon :=

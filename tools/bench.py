@@ -86,12 +86,21 @@ CASES = [
 ]
 CASES_BY_NAME = {c.name: c for c in CASES}
 
-ENGINES = ["lstm_infer", "torch", "onnxruntime", "openvino"]
+ENGINES = ["lstm_infer", "torch", "onnxruntime", "openvino",
+           "lstm_infer_f16", "lstm_infer_i8", "onnxruntime_i8"]
 ENGINE_ALIASES = {"li": "lstm_infer", "pytorch": "torch", "ort": "onnxruntime",
-                  "ov": "openvino"}
+                  "ov": "openvino", "li-f16": "lstm_infer_f16", "li-i8": "lstm_infer_i8",
+                  "ort-i8": "onnxruntime_i8"}
 OURS = "lstm_infer"
-# Max abs difference allowed against the reference (torch), per engine.
-TOLERANCE = {"lstm_infer": 1e-5, "torch": 1e-5, "onnxruntime": 1e-4, "openvino": 1e-4}
+# Reduced-precision engines: our weights="float16" / "int8", and ONNX Runtime's
+# int8 LSTM (quantize_dynamic -> DynamicQuantizeLSTM). They are not in the
+# float32 speed-up; they get columns of their own.
+REDUCED = {"lstm_infer_f16": "float16", "lstm_infer_i8": "int8", "onnxruntime_i8": "int8"}
+# Max abs difference allowed against the reference (torch), per engine. The
+# reduced ones are reported, not judged, up to what int8 can be expected to do
+# (ORT's int8 measured 1.7e-1 on edge).
+TOLERANCE = {"lstm_infer": 1e-5, "torch": 1e-5, "onnxruntime": 1e-4, "openvino": 1e-4,
+             "lstm_infer_f16": 2e-3, "lstm_infer_i8": 5e-2, "onnxruntime_i8": 1.0}
 SEED = 1234
 
 
@@ -170,9 +179,11 @@ def torch_class(torch, case):
 def unsupported(name, mod, case):
     """Why engine `name` cannot run this case (it is then skipped, not failed),
     or "" when it can."""
-    if name == "lstm_infer" and case.kind == "gru" and not hasattr(mod, "GRU"):
+    if name.startswith("lstm_infer") and case.kind == "gru" and not hasattr(mod, "GRU"):
         return "this lstm_infer has no GRU"
-    if name in ("onnxruntime", "openvino") and case.kind == "gru":
+    if name == "onnxruntime_i8" and case.kind == "gru":
+        return "ONNX Runtime has no int8 GRU (quantize_dynamic leaves GRU in float32)"
+    if name in ("onnxruntime", "openvino", "onnxruntime_i8") and case.kind == "gru":
         try:
             import torch  # noqa: F401  (the GRU graph is torch.onnx.export's)
         except Exception as e:  # noqa: BLE001
@@ -180,19 +191,21 @@ def unsupported(name, mod, case):
     return ""
 
 
-def make_lstm_infer(li, case, data, threads):
+def make_lstm_infer(li, case, data, threads, weights="float32"):
     li.set_num_threads(threads)
     got = li.get_num_threads() if hasattr(li, "get_num_threads") else threads
     if got != threads:
         raise RuntimeError(f"li.set_num_threads({threads}) left {got} threads")
     x, hx, lengths = data.x, data.hx, data.lengths
+    # only reduced weights pass weights=, so any lstm_infer runs the float32 rows
+    kw = {} if weights == "float32" else {"weights": weights}
     if case.kind == "gru":
-        m = li.GRU.from_state_dict(data.sd)
+        m = li.GRU.from_state_dict(data.sd, **kw)
 
         def run():
             return m(x, hx=hx, lengths=lengths)
         return run
-    m = li.LSTM.from_state_dict(data.sd)
+    m = li.LSTM.from_state_dict(data.sd, **kw)
 
     def run():
         out, (h, c) = m(x, hx=hx, lengths=lengths)
@@ -396,6 +409,24 @@ def make_onnxruntime(ort, onnx_bytes, data, threads):
     def run():
         return sess.run(None, feeds)
     return run
+
+
+def quantize_onnx_int8(onnx_bytes):
+    """The float32 LSTM graph through onnxruntime.quantization.quantize_dynamic
+    (int8 weights, activations quantized per call): LSTM becomes
+    DynamicQuantizeLSTM."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "f32.onnx"), os.path.join(tmp, "i8.onnx")
+        with open(src, "wb") as f:
+            f.write(onnx_bytes)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        model = onnx.load(dst)
+    ops = {n.op_type for n in model.graph.node}
+    if "DynamicQuantizeLSTM" not in ops:
+        raise RuntimeError(f"quantize_dynamic made no DynamicQuantizeLSTM (ops: {sorted(ops)})")
+    return model.SerializeToString()
 
 
 OPENVINO_CONFIG = {
@@ -638,7 +669,17 @@ def import_engines(wanted):
     found = {}
     for name in wanted:
         try:
-            if name == "lstm_infer":
+            if name in REDUCED and name.startswith("lstm_infer"):
+                import lstm_infer as mod
+                if "weights" not in (mod.LSTM.__init__.__kwdefaults__ or {}):
+                    raise ImportError("this lstm_infer has no reduced weights")
+                version = "(as lstm_infer)"
+            elif name == "onnxruntime_i8":
+                import onnx  # noqa: F401
+                import onnxruntime as mod
+                import onnxruntime.quantization  # noqa: F401
+                version = "(as onnxruntime)"
+            elif name == "lstm_infer":
                 import lstm_infer as mod
                 missing = [a for a in ("LSTM", "set_num_threads") if not hasattr(mod, a)]
                 if missing:   # e.g. a source tree whose extension is not built
@@ -699,12 +740,14 @@ def tolerance(name, ref):
 
 
 def make_engine(name, mod, case, data, onnx_bytes, threads):
-    if name == "lstm_infer":
-        return make_lstm_infer(mod, case, data, threads)
+    if name.startswith("lstm_infer"):
+        return make_lstm_infer(mod, case, data, threads, REDUCED.get(name, "float32"))
     if name == "torch":
         return make_torch(mod, case, data, threads)
     if name == "onnxruntime":
         return make_onnxruntime(mod, onnx_bytes, data, threads)
+    if name == "onnxruntime_i8":
+        return make_onnxruntime(mod, quantize_onnx_int8(onnx_bytes), data, threads)
     return make_openvino(mod, onnx_bytes, case, data, threads)
 
 
@@ -723,7 +766,7 @@ def run_threads(case, engines, data, onnx_bytes, threads, args):
         r.skipped = unsupported(name, mod, case)
         if r.skipped:
             continue
-        if onnx_bytes is None and name in ("onnxruntime", "openvino"):
+        if onnx_bytes is None and name in ("onnxruntime", "openvino", "onnxruntime_i8"):
             r.ok, r.error = False, "no ONNX graph for this case"
             continue
         try:
@@ -790,7 +833,7 @@ def run_case(case, engines, args):
     flops = case_flops(case, data.valid_tokens)
     onnx_bytes = None
     if any(n in engines and not unsupported(n, engines[n][0], case)
-           for n in ("onnxruntime", "openvino")):
+           for n in ("onnxruntime", "openvino", "onnxruntime_i8")):
         try:                                          # once per case
             onnx_bytes = (build_onnx_model(case, data) if case.kind == "lstm"
                           else export_onnx_gru(case, data))
@@ -809,18 +852,44 @@ def run_case(case, engines, args):
 # --------------------------------------------------------------------------
 
 SHORT = {"lstm_infer": "lstm_infer", "torch": "torch", "onnxruntime": "ORT",
-         "openvino": "OpenVINO"}
+         "openvino": "OpenVINO", "lstm_infer_f16": "ours f16", "lstm_infer_i8": "ours int8",
+         "onnxruntime_i8": "ORT int8"}
 
 
-def speedup(row):
-    """(our speed-up, fastest other engine) among the engines that agree."""
-    ours = row.get(OURS)
+def speedup(row, ours_name=OURS):
+    """(the speed-up of ours_name, fastest other float32 engine) among the
+    engines that agree."""
+    ours = row.get(ours_name)
     others = [(r.seconds, n) for n, r in row.items()
-              if n != OURS and r.ok and not math.isnan(r.seconds)]
+              if n != OURS and n not in REDUCED and r.ok and not math.isnan(r.seconds)]
     if ours is None or math.isnan(ours.seconds) or not others:
         return None
-    best_s, best_n = min(others)
+    best_s, best_n = min(others + ([(row[OURS].seconds, OURS)] if ours_name != OURS
+                                   and OURS in row and row[OURS].ok
+                                   and not math.isnan(row[OURS].seconds) else []))
     return best_s / ours.seconds, best_n
+
+
+def ratio(row, a, b):
+    """How many times faster engine a ran than engine b in this row, or None."""
+    ra, rb = row.get(a), row.get(b)
+    if ra is None or rb is None or ra.error or rb.error or ra.skipped or rb.skipped:
+        return None
+    if math.isnan(ra.seconds) or math.isnan(rb.seconds):
+        return None
+    return rb.seconds / ra.seconds
+
+
+def reduced_columns(row):
+    """The reduced-precision comparisons of one row: int8 vs the best float32
+    engine (ours included), int8 vs ORT's int8, float16 vs our float32."""
+    best = speedup(row, "lstm_infer_i8")
+    cells = {"int8 vs best f32": "-" if best is None else f"{best[0]:.2f}× vs {SHORT[best[1]]}"}
+    for label, a, b in (("int8 vs ORT int8", "lstm_infer_i8", "onnxruntime_i8"),
+                        ("f16 vs ours f32", "lstm_infer_f16", OURS)):
+        r = ratio(row, a, b)
+        cells[label] = "-" if r is None else f"{r:.2f}×"
+    return cells
 
 
 def fmt_time(s):
@@ -856,6 +925,8 @@ def print_text_row(case, threads, row, flops):
         spread = "" if math.isnan(r.spread) else f" ±{100 * r.spread:.0f}%"
         cells.append(f"{SHORT[n]} {fmt_cell(r, flops) + spread:>24}")
     tail = f"  {fmt_speedup(row)}" if OURS in row and len(row) > 1 else ""
+    if any(n in REDUCED for n in row):
+        tail += "  " + "  ".join(f"{k}: {v}" for k, v in reduced_columns(row).items())
     print(f"{case.name:>8} t={threads}  {'  '.join(cells)}{tail}", flush=True)
     for n, r in row.items():
         if r.skipped:
@@ -904,9 +975,12 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
     print("Median time per call (effective GFLOP/s over valid tokens). "
           f"`!` marks a result that disagrees with {ref}.")
     print()
+    reduced = any(n in REDUCED for n in names)
     head = ["case", "shape", "threads"] + [SHORT[n] for n in names]
     if ours:
         head += ["speed-up", "ours vs SGEMM", "ours vs 1 thread"]
+    if reduced:
+        head += list(reduced_columns({}))
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     for case, (results, flops) in all_results:
@@ -924,6 +998,8 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
                 if threads != 1 and one is not None and not math.isnan(one.seconds):
                     scale = f"{one.seconds / r.seconds:.2f}×"
                 cells.append(scale)
+            if reduced:
+                cells += list(reduced_columns(row).values())
             print("| " + " | ".join(cells) + " |")
     print()
     print(f"Agreement: max abs difference from {ref} over valid positions of output, "

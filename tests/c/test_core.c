@@ -768,6 +768,158 @@ static void test_interrupt(const char *isa) {
             }
 }
 
+/* ------------------------------------------------------------------ reduced weights */
+
+/* out (T, B, D*O) of model m on x, ragged lengths; returns 0 on failure */
+static int forward_plain(const lstm_model *m, int64_t T, int64_t B, const float *x,
+                         const int64_t *lengths, float *out) {
+    const lstm_config *cfg = lstm_model_config(m);
+    const int64_t I = cfg->input_size, O = cfg->proj_size ? cfg->proj_size : cfg->hidden_size;
+    const int64_t DO = (1 + cfg->bidirectional) * O;
+    lstm_forward_args a = {.seq_len = T, .batch = B, .input = x, .input_stride_t = B * I,
+                           .input_stride_b = I, .lengths = lengths, .output = out,
+                           .output_stride_t = B * DO, .output_stride_b = DO};
+    return lstm_model_forward(m, &a, NULL, 0) == LSTM_OK;
+}
+
+/*
+ * float16 and int8 models through the whole forward pass, every kind, bi,
+ * layers, proj, ragged, both ISAs, 1 and 2 threads: lstm_model_create on
+ * float32 weights and lstm_model_create_reduced on lstm_reduce_weight's
+ * output give the same bits; float16 matches the naive reference on the
+ * rounded weights within the float32 tolerance; int8 stays within 5e-2 of it
+ * on the dequantized weights (its quantized step is checked exactly in
+ * test_kernels.c).
+ */
+static void test_reduced_forward(const char *const *isas, int n_isas) {
+    const lstm_config cfgs[] = {
+        {.input_size = 37, .hidden_size = 50, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_LSTM},
+        {.input_size = 8, .hidden_size = 20, .num_layers = 2, .bias = 1, .bidirectional = 1, .proj_size = 7, .cell = LSTM_CELL_LSTM},
+        {.input_size = 40, .hidden_size = 130, .num_layers = 1, .bias = 1, .proj_size = 64, .cell = LSTM_CELL_LSTM},
+        {.input_size = 40, .hidden_size = 128, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_GRU},
+        {.input_size = 9, .hidden_size = 17, .num_layers = 1, .bias = 0, .cell = LSTM_CELL_GRU},
+        {.input_size = 11, .hidden_size = 24, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_RNN_RELU},
+        {.input_size = 3, .hidden_size = 33, .num_layers = 3, .bias = 0, .bidirectional = 1, .cell = LSTM_CELL_RNN_TANH},
+    };
+    const int64_t T = 9, B = 6;
+    for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++)
+        for (int type = LSTM_WEIGHTS_F16; type <= LSTM_WEIGHTS_I8; type++) {
+            lstm_config cfg = cfgs[ci];
+            cfg.weights = type;
+            weights W;
+            make_weights(&cfg, &W);
+            /* the reduced copies, and the float32 model of their dequantized values */
+            void **red = xcalloc(W.n, sizeof(void *));
+            float **sc = xcalloc(W.n, sizeof(float *)), **deq = xcalloc(W.n, sizeof(float *));
+            for (size_t i = 0; i < W.n; i++) {
+                const int64_t rows = W.rows[i], cols = W.cols[i], n = rows * cols;
+                deq[i] = xcalloc((size_t)n, sizeof(float));
+                memcpy(deq[i], W.w[i], (size_t)n * sizeof(float));
+                red[i] = W.w[i];
+                /* int8 models keep weight_hh int8, the other matrices float16, biases float32 */
+                const int32_t storage = lstm_weight_storage(&cfg, i);
+                int64_t shape[2];
+                lstm_weight_shape(&cfg, i, shape);
+                CHECK(storage == (!shape[1] ? LSTM_WEIGHTS_F32
+                                  : type == LSTM_WEIGHTS_I8 && i % (2 + 2 * cfg.bias + !!cfg.proj_size) != 1
+                                      ? LSTM_WEIGHTS_F16 : type),
+                      "storage of array %zu: %d", i, storage);
+                if (storage == LSTM_WEIGHTS_F32) continue;
+                red[i] = xcalloc((size_t)n, 2); /* room for halves or int8 */
+                sc[i] = xcalloc((size_t)rows, sizeof(float));
+                CHECK(lstm_reduce_weight(storage, W.w[i], rows, cols, red[i], sc[i]) == LSTM_OK, "reduce %zu", i);
+                for (int64_t e = 0; e < n; e++)
+                    deq[i][e] = storage == LSTM_WEIGHTS_F16 ? lstm_half_to_float(((uint16_t *)red[i])[e])
+                                                            : (float)((int8_t *)red[i])[e] * sc[i][e / cols];
+            }
+            weights Wd = W;
+            Wd.w = deq;
+            float *x = xcalloc((size_t)(T * B * cfg.input_size), sizeof(float));
+            for (int64_t i = 0; i < T * B * cfg.input_size; i++) x[i] = rnd_f(-2, 2);
+            int64_t lengths[6] = {9, 1, 4, 0, 9, 7};
+            const int64_t O = cfg.proj_size ? cfg.proj_size : cfg.hidden_size, DO = (1 + cfg.bidirectional) * O;
+            const int64_t n_out = T * B * DO;
+            double *ref = xcalloc((size_t)n_out, sizeof(double));
+            double *rhn = xcalloc((size_t)(cfg.num_layers * 2 * B * O), sizeof(double));
+            double *rcn = xcalloc((size_t)(cfg.num_layers * 2 * B * cfg.hidden_size), sizeof(double));
+            naive_forward(&Wd, T, B, x, lengths, NULL, NULL, ref, rhn, rcn);
+            float *o1 = xcalloc((size_t)n_out, sizeof(float)), *o2 = xcalloc((size_t)n_out, sizeof(float));
+            for (int i = 0; i < n_isas; i++)
+                for (int threads = 1; threads <= 2; threads++) {
+                    char ctx[160];
+                    snprintf(ctx, sizeof ctx, "[reduced %s isa=%s thr=%d cell=%d H=%d P=%d bi=%d]",
+                             type == LSTM_WEIGHTS_F16 ? "f16" : "i8", isas[i], threads, cfg.cell,
+                             cfg.hidden_size, cfg.proj_size, cfg.bidirectional);
+                    lstm_set_isa(isas[i]);
+                    lstm_set_num_threads(threads);
+                    lstm_model *m1 = NULL, *m2 = NULL;
+                    CHECK(lstm_model_create(&cfg, (const float *const *)W.w, W.n, &m1) == LSTM_OK, "%s create", ctx);
+                    CHECK(lstm_model_create_reduced(&cfg, (const void *const *)red, (const float *const *)sc,
+                                                    W.n, &m2) == LSTM_OK, "%s create_reduced", ctx);
+                    if (!m1 || !m2) {
+                        lstm_model_free(m1), lstm_model_free(m2);
+                        continue;
+                    }
+                    CHECK(forward_plain(m1, T, B, x, lengths, o1) && forward_plain(m2, T, B, x, lengths, o2),
+                          "%s forward", ctx);
+                    CHECK(memcmp(o1, o2, (size_t)n_out * sizeof(float)) == 0,
+                          "%s create and create_reduced differ", ctx);
+                    if (type == LSTM_WEIGHTS_F16) {
+                        compare("output", ctx, o1, ref, n_out);
+                    } else {
+                        double worst = 0;
+                        for (int64_t e = 0; e < n_out; e++) worst = fmax(worst, fabs(o1[e] - ref[e]));
+                        CHECK(worst <= 5e-2, "%s int8 max error %.3g vs the dequantized reference", ctx, worst);
+                    }
+                    lstm_model_free(m1), lstm_model_free(m2);
+                }
+            for (size_t i = 0; i < W.n; i++) {
+                if (red[i] != W.w[i]) free(red[i]);
+                free(sc[i]), free(deq[i]);
+            }
+            free(red), free(sc), free(deq), free(x), free(ref), free(rhn), free(rcn), free(o1), free(o2);
+            free_weights(&W);
+        }
+
+    /* what reduced weights refuse */
+    lstm_config cfg = {.input_size = 4, .hidden_size = 8, .num_layers = 1, .bias = 1, .weights = 3};
+    CHECK(lstm_weight_count(&cfg) == 0, "weights type 3 accepted");
+    cfg.weights = LSTM_WEIGHTS_I8;
+    cfg.hidden_size = LSTM_MAX_I8_STATE + 1;
+    CHECK(lstm_weight_count(&cfg) == 0, "int8 accepted a state wider than LSTM_MAX_I8_STATE");
+    cfg.proj_size = 16;
+    CHECK(lstm_weight_count(&cfg) != 0, "int8 refused a wide hidden size with a narrow projection");
+    const float bad_f16[2] = {1.0f, 65520.0f}, ok_f16[3] = {65519.0f, NAN, -INFINITY};
+    const float bad_i8[2] = {1.0f, NAN};
+    uint16_t h[3];
+    int8_t q[2];
+    float s[1];
+    CHECK(lstm_reduce_weight(LSTM_WEIGHTS_F16, bad_f16, 1, 2, h, s) == LSTM_ERR_INVALID_ARGUMENT, "65520 as a half");
+    CHECK(lstm_reduce_weight(LSTM_WEIGHTS_F16, ok_f16, 1, 3, h, s) == LSTM_OK && h[0] == 0x7bff &&
+              (h[1] & 0x7c00) == 0x7c00 && (h[1] & 0x3ff) && h[2] == 0xfc00, "65519, NaN, -Inf as halves");
+    CHECK(lstm_reduce_weight(LSTM_WEIGHTS_I8, bad_i8, 1, 2, q, s) == LSTM_ERR_INVALID_ARGUMENT, "NaN as int8");
+    CHECK(lstm_reduce_weight(LSTM_WEIGHTS_F32, bad_i8, 1, 2, q, s) == LSTM_ERR_INVALID_ARGUMENT, "reduce to f32");
+    lstm_config small = {.input_size = 1, .hidden_size = 1, .num_layers = 1, .weights = LSTM_WEIGHTS_I8,
+                         .cell = LSTM_CELL_RNN_TANH};
+    uint16_t w_ih[1] = {0x4500}; /* 5.0 as a half: int8 models keep weight_ih in float16 */
+    int8_t w_hh[1] = {-128};
+    float s_ih[1] = {0.5f}, s_hh[1] = {0.5f};
+    const void *ws[2] = {w_ih, w_hh};
+    const float *ss[2] = {s_ih, s_hh};
+    lstm_model *m = NULL;
+    CHECK(lstm_model_create_reduced(&small, ws, ss, 2, &m) == LSTM_ERR_INVALID_ARGUMENT && !m, "int8 -128 accepted");
+    w_hh[0] = -127;
+    s_hh[0] = NAN;
+    CHECK(lstm_model_create_reduced(&small, ws, ss, 2, &m) == LSTM_ERR_INVALID_ARGUMENT && !m, "NaN scale accepted");
+    s_hh[0] = 0.5f;
+    CHECK(lstm_model_create_reduced(&small, ws, NULL, 2, &m) == LSTM_ERR_INVALID_ARGUMENT && !m, "int8 without scales");
+    CHECK(lstm_model_create_reduced(&small, ws, ss, 2, &m) == LSTM_OK && m, "a valid int8 model refused");
+    lstm_model_free(m);
+    small.weights = LSTM_WEIGHTS_F32;
+    CHECK(lstm_model_create_reduced(&small, ws, ss, 2, &m) == LSTM_ERR_INVALID_ARGUMENT, "create_reduced float32");
+    CHECK(lstm_weight_storage(&small, 2) == -1 && lstm_weight_storage(NULL, 0) == -1, "storage of no array");
+}
+
 int main(void) {
     const char *isas[2] = {"scalar", NULL};
     int n_isas = 1;
@@ -788,6 +940,7 @@ int main(void) {
     for (int i = 0; i < n_isas; i++) test_concurrent_callers(isas[i]);
     for (int i = 0; i < n_isas; i++) test_interrupt(isas[i]);
     test_errors();
+    test_reduced_forward(isas, n_isas);
     lstm_set_num_threads(1);
     printf("%s: %d checks, %d failures (ISAs:", failures ? "FAILED" : "OK", checks, failures);
     for (int i = 0; i < n_isas; i++) printf(" %s", isas[i]);

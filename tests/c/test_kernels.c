@@ -13,7 +13,11 @@
  *          buffers are exactly their size and the last row of a ends at the
  *          end of its block, for ASan; a row's padding and the parts of g
  *          outside the range are NaN, which would show in the results);
- *   the activations' relative error on dense grids (sigmoid, tanh) and relu.
+ *   the activations' relative error on dense grids (sigmoid, tanh) and relu;
+ *   the same kernels on float16 and int8 weights (the gemm_r / cell_r of
+ *   kernels.h, or the scalar ones a kernel set falls back to), int8 against a
+ *   reference that quantizes each row from lstm_infer.h's definition and sums
+ *   exactly; every half -> float conversion against F16C.
  *
  * Links only the kernels and dispatch.c. Exits non-zero on any failure.
  * Built by tests/c/Makefile (`make kernels`, also under ASan+UBSan and TSan).
@@ -28,6 +32,11 @@
 #include "kernels.h"
 #include "lstm_infer.h"
 #include "harness.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 
 
@@ -145,36 +154,77 @@ static int result_untouched(const result *o) { /* the storage rows not given */
 
 static void result_free(result *o) { free(o->block), free(o->idx), free(o->written); }
 
-/* A (K, N) matrix: dense (row-major) and packed in panels of `gates` strips, zero beyond N. */
+/*
+ * A (K, N) matrix: dense (row-major) and packed in panels of `gates` strips,
+ * zero beyond N, of weight type `type`: for F16 the values are n * 2^-11
+ * (exact halves, written here from their definition), for I8 q * scale with q
+ * in [-127, 127] and a random scale per column (dense holds the float product).
+ */
 typedef struct {
-    float *dense, *packed;
+    float *dense, *packed, *scale;
+    int type;
 } matrix;
 
-static matrix matrix_new(int64_t K, int64_t N, int gates, float lo, float hi) {
+/* the half of v = n * 2^-11, 0 < |n| < 2048 or v = 0 (|v| < 1: normal halves) */
+static uint16_t half_bits(float v) {
+    if (v == 0.0f) return 0;
+    int e;
+    const double m = frexp(fabs(v), &e); /* |v| = m 2^e, m in [0.5, 1) */
+    return (uint16_t)((v < 0 ? 0x8000 : 0) | (e - 1 + 15) << 10 | (int)((m * 2 - 1) * 1024));
+}
+
+static matrix matrix_new_typed(int type, int64_t K, int64_t N, int gates, float lo, float hi) {
     const int64_t w = gates * LSTM_TILE, panels = (N + w - 1) / w;
-    matrix b = {floats(K * N, 0), floats(panels * K * w, 0)};
+    const int64_t Kw = type == LSTM_WEIGHTS_I8 ? lstm_i8_k(K) : K;
+    matrix b = {floats(K * N, 0), floats(panels * Kw * w, 0), floats(panels * w, 0), type};
+    for (int64_t col = 0; col < N; col++) b.scale[col] = rnd_f(0.001f, 0.02f);
     for (int64_t k = 0; k < K; k++)
         for (int64_t col = 0; col < N; col++) {
-            b.dense[k * N + col] = rnd_f(lo, hi);
-            b.packed[lstm_packed_at(K, gates, k, col)] = b.dense[k * N + col];
+            float v = rnd_f(lo, hi);
+            if (type == LSTM_WEIGHTS_F16) {
+                v = (float)ldexp((double)(int64_t)ldexp(v, 11), -11);
+                ((uint16_t *)b.packed)[lstm_packed_at(K, gates, k, col)] = half_bits(v);
+            } else if (type == LSTM_WEIGHTS_I8) {
+                const int8_t q = (int8_t)rnd_i(-127, 127);
+                v = (float)q * b.scale[col];
+                ((int8_t *)b.packed)[lstm_packed_i8_at(K, gates, k, col)] = q;
+            } else {
+                b.packed[lstm_packed_at(K, gates, k, col)] = v;
+            }
+            b.dense[k * N + col] = v;
         }
     return b;
 }
 
-static void matrix_free(matrix *b) { free(b->dense), free(b->packed); }
+static void matrix_free(matrix *b) { free(b->dense), free(b->packed), free(b->scale); }
+
+static lstm_wmat wmat_of(const matrix *b) { return (lstm_wmat){b->packed, b->scale, b->type}; }
+
+/* the kernel set's kernels for reduced weights, or the reference's it falls back to */
+static lstm_gemm_r_fn gemm_r_of(const lstm_kernels *k) {
+    return k->gemm_r ? k->gemm_r : lstm_kernels_scalar.gemm_r;
+}
+static lstm_cell_r_fn cell_r_of(const lstm_kernels *k) {
+    return k->cell_r ? k->cell_r : lstm_kernels_scalar.cell_r;
+}
+
+static const char *const TYPE_NAMES[] = {"f32", "f16", "i8"};
 
 /* ------------------------------------------------------------------ gemm */
 
-static void test_gemm(const lstm_kernels *k, int64_t m, int64_t K, int64_t ncols, int gates,
-                      int use_idx, int use_bias, int64_t p0, int64_t p1) {
+static void test_gemm_typed(const lstm_kernels *k, int type, int64_t m, int64_t K, int64_t ncols,
+                            int gates, int use_idx, int use_bias, int64_t p0, int64_t p1) {
     const int64_t w = gates * LSTM_TILE, panels = (ncols + w - 1) / w;
     const int64_t ldc = panels * w + 5;
     operand a = operand_new(m, K, use_idx, -1, 1);
-    matrix b = matrix_new(K, ncols, gates, -1, 1);
+    matrix b = matrix_new_typed(type, K, ncols, gates, -1, 1);
     float *bias = floats(panels * w, 0); /* packed: bias + p w + j is column p w + j */
     for (int64_t col = 0; col < ncols; col++) bias[col] = rnd_f(-1, 1);
     result c = result_new(m, ldc, use_idx);
-    k->gemm(m, K, a.rows, b.packed, gates, use_bias ? bias : NULL, p0, p1, ncols, c.rows);
+    if (type == LSTM_WEIGHTS_F32)
+        k->gemm(m, K, a.rows, b.packed, gates, use_bias ? bias : NULL, p0, p1, ncols, c.rows);
+    else
+        gemm_r_of(k)(m, K, a.rows, wmat_of(&b), gates, use_bias ? bias : NULL, p0, p1, ncols, c.rows);
     int bad = 0;
     for (int64_t r = 0; r < m && bad < 5; r++) {
         const float *ar = lstm_row(a.rows, r), *cr = lstm_row(c.rows, r);
@@ -187,8 +237,8 @@ static void test_gemm(const lstm_kernels *k, int64_t m, int64_t K, int64_t ncols
                 }
                 if (!close_enough(cr[col], want, 1e-6 * (mag + 1), 1e-5)) {
                     bad++;
-                    CHECK(0, "%s gemm m=%ld K=%ld n=%ld gates=%d idx=%d bias=%d: c[%ld][%ld]=%g want %g",
-                          k->name, (long)m, (long)K, (long)ncols, gates, use_idx, use_bias,
+                    CHECK(0, "%s %s gemm m=%ld K=%ld n=%ld gates=%d idx=%d bias=%d: c[%ld][%ld]=%g want %g",
+                          k->name, TYPE_NAMES[type], (long)m, (long)K, (long)ncols, gates, use_idx, use_bias,
                           (long)r, (long)col, cr[col], want);
                 }
             } else if (!same_bits(cr[col], SENTINEL)) {
@@ -202,8 +252,13 @@ static void test_gemm(const lstm_kernels *k, int64_t m, int64_t K, int64_t ncols
         bad++;
         CHECK(0, "%s gemm wrote to a row it was not given", k->name);
     }
-    CHECK(bad == 0, "%s gemm case failed", k->name);
+    CHECK(bad == 0, "%s %s gemm case failed", k->name, TYPE_NAMES[type]);
     operand_free(&a), matrix_free(&b), free(bias), result_free(&c);
+}
+
+static void test_gemm(const lstm_kernels *k, int64_t m, int64_t K, int64_t ncols, int gates,
+                      int use_idx, int use_bias, int64_t p0, int64_t p1) {
+    test_gemm_typed(k, LSTM_WEIGHTS_F32, m, K, ncols, gates, use_idx, use_bias, p0, p1);
 }
 
 /* ------------------------------------------------------------------ cell */
@@ -223,8 +278,35 @@ static float special_value(void) {
  * (SPECIAL_G) or into c (LSTM) / b_hh (GRU) (SPECIAL_STATE); the reference
  * computes with them, as torch does.
  */
+/*
+ * The int8 step's quantization of one row of a, from its definition in
+ * lstm_infer.h: qa[k] = round-half-even(a[k] * (127 / max|a|)); returns the
+ * scale max|a| / 127 (0 below FLT_MIN, NaN for a row with NaN or Inf).
+ */
+static double quantize_ref(const float *a, int64_t K, int32_t *qa) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        if (!isfinite(a[k])) return NAN;
+        amax = fmaxf(amax, fabsf(a[k]));
+    }
+    const float inv = amax >= FLT_MIN ? 127.0f / amax : 0.0f;
+    for (int64_t k = 0; k < K; k++) qa[k] = (int32_t)nearbyintf(a[k] * inv);
+    return amax >= FLT_MIN ? amax / 127.0f : 0.0;
+}
+
+static void test_cell_typed(const lstm_kernels *k, int type, int kind, int64_t m, int64_t K,
+                            int64_t H, int use_idx, int64_t t0, int64_t t1, int use_bhh,
+                            int special);
+
 static void test_cell(const lstm_kernels *k, int kind, int64_t m, int64_t K, int64_t H,
                       int use_idx, int64_t t0, int64_t t1, int use_bhh, int special) {
+    test_cell_typed(k, LSTM_WEIGHTS_F32, kind, m, K, H, use_idx, t0, t1, use_bhh, special);
+}
+
+/* For I8 the reference quantizes each row of a as the kernels must, then sums exactly. */
+static void test_cell_typed(const lstm_kernels *k, int type, int kind, int64_t m, int64_t K,
+                            int64_t H, int use_idx, int64_t t0, int64_t t1, int use_bhh,
+                            int special) {
     const int gates = lstm_gates(kind), w = gates * LSTM_TILE;
     const int lstm = kind == LSTM_CELL_LSTM, gru = kind == LSTM_CELL_GRU;
     const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE, Hp = tiles * LSTM_TILE;
@@ -235,7 +317,8 @@ static void test_cell(const lstm_kernels *k, int kind, int64_t m, int64_t K, int
     for (int64_t r = 0; r < (use_idx ? m + 3 : m); r++)
         for (int64_t col = 0; col < tiles * w; col++)
             if (col < t0 * w || col >= t1 * w) g.block[r * g.rows.ld + col] = NAN;
-    matrix wm = matrix_new(K, tiles * w, gates, -0.5f, 0.5f);
+    matrix wm = matrix_new_typed(type, K, tiles * w, gates, -0.5f, 0.5f);
+    int32_t *qa = calloc((size_t)(K > 0 ? K : 1), sizeof(int32_t));
     float *b_hh = NULL;
     if (gru && use_bhh) {
         b_hh = floats(tiles * w, 0);
@@ -260,11 +343,15 @@ static void test_cell(const lstm_kernels *k, int kind, int64_t m, int64_t K, int
     if (special == SPECIAL_STATE && b_hh)
         for (int i = 0; i < 3; i++) b_hh[rnd_i(t0 * w, t1 * w - 1)] = special_value();
 
-    k->cell(kind, m, K, a.rows, wm.packed, b_hh, g.rows, c, ldc, t0, t1, H, h.rows);
+    if (type == LSTM_WEIGHTS_F32)
+        k->cell(kind, m, K, a.rows, wm.packed, b_hh, g.rows, c, ldc, t0, t1, H, h.rows);
+    else
+        cell_r_of(k)(kind, m, K, a.rows, wmat_of(&wm), b_hh, g.rows, c, ldc, t0, t1, H, h.rows);
 
     int bad = 0;
     for (int64_t r = 0; r < m && bad < 5; r++) {
         const float *ar = lstm_row(a.rows, r), *gr = lstm_row(g.rows, r), *hr = lstm_row(h.rows, r);
+        const double sa = type == LSTM_WEIGHTS_I8 ? quantize_ref(ar, K, qa) : 0.0;
         for (int64_t unit = 0; unit < ldh && bad < 5; unit++) {
             const int64_t t = unit / LSTM_TILE, u = unit % LSTM_TILE;
             const int in_range = unit < Hp && t >= t0 && t < t1;
@@ -276,6 +363,14 @@ static void test_cell(const lstm_kernels *k, int kind, int64_t m, int64_t K, int
                     gi[j] = gr[col];
                     q[j] = gru ? (b_hh ? b_hh[col] : 0.0) : gi[j];
                     mag[j] = fabs(q[j]) + (gru ? fabs(gi[j]) : 0);
+                    if (type == LSTM_WEIGHTS_I8) { /* exact int sums, then one product */
+                        int64_t isum = 0;
+                        for (int64_t kk = 0; kk < K && !isnan(sa); kk++)
+                            isum += qa[kk] * (int64_t)lrint(wm.dense[kk * tiles * w + col] / wm.scale[col]);
+                        const double term = (double)isum * (double)(float)(sa * wm.scale[col]);
+                        q[j] = isnan(sa) ? NAN : q[j] + term, mag[j] += fabs(term);
+                        continue;
+                    }
                     for (int64_t kk = 0; kk < K; kk++) {
                         const double term = (double)ar[kk] * wm.dense[kk * tiles * w + col];
                         q[j] += term, mag[j] += fabs(term);
@@ -303,8 +398,8 @@ static void test_cell(const lstm_kernels *k, int kind, int64_t m, int64_t K, int
                 const float got = c[r * ldc + unit];
                 if (in_range ? !close_enough(got, cn, tol, 1e-5) : !same_bits(got, c0[r * ldc + unit])) {
                     bad++;
-                    CHECK(0, "%s lstm cell m=%ld K=%ld H=%ld idx=%d tiles [%ld,%ld) special=%d: c[%ld][%ld]=%g want %g",
-                          k->name, (long)m, (long)K, (long)H, use_idx, (long)t0, (long)t1, special,
+                    CHECK(0, "%s %s lstm cell m=%ld K=%ld H=%ld idx=%d tiles [%ld,%ld) special=%d: c[%ld][%ld]=%g want %g",
+                          k->name, TYPE_NAMES[type], (long)m, (long)K, (long)H, use_idx, (long)t0, (long)t1, special,
                           (long)r, (long)unit, got, cn);
                 }
             }
@@ -312,8 +407,8 @@ static void test_cell(const lstm_kernels *k, int kind, int64_t m, int64_t K, int
             if (in_range && unit < H) {
                 if (!close_enough(got, hn, tol, 1e-5)) {
                     bad++;
-                    CHECK(0, "%s %s cell m=%ld K=%ld H=%ld idx=%d tiles [%ld,%ld) b_hh=%d special=%d: h[%ld][%ld]=%g want %g",
-                          k->name, KIND_NAMES[kind], (long)m, (long)K, (long)H, use_idx, (long)t0,
+                    CHECK(0, "%s %s %s cell m=%ld K=%ld H=%ld idx=%d tiles [%ld,%ld) b_hh=%d special=%d: h[%ld][%ld]=%g want %g",
+                          k->name, TYPE_NAMES[type], KIND_NAMES[kind], (long)m, (long)K, (long)H, use_idx, (long)t0,
                           (long)t1, b_hh != NULL, special, (long)r, (long)unit, got, hn);
                 }
             } else if (!same_bits(got, SENTINEL)) {
@@ -327,8 +422,8 @@ static void test_cell(const lstm_kernels *k, int kind, int64_t m, int64_t K, int
         bad++;
         CHECK(0, "%s %s cell wrote to an h row it was not given", k->name, KIND_NAMES[kind]);
     }
-    CHECK(bad == 0, "%s %s cell case failed", k->name, KIND_NAMES[kind]);
-    operand_free(&a), operand_free(&g), matrix_free(&wm), free(b_hh), free(c), free(c0);
+    CHECK(bad == 0, "%s %s %s cell case failed", k->name, TYPE_NAMES[type], KIND_NAMES[kind]);
+    operand_free(&a), operand_free(&g), matrix_free(&wm), free(b_hh), free(c), free(c0), free(qa);
     result_free(&h);
 }
 
@@ -419,6 +514,71 @@ static void test_activation_accuracy(const lstm_kernels *k) {
     CHECK(er == 0, "%s relu: %ld points differ from max(x, 0)", k->name, (long)er);
 }
 
+/* ------------------------------------------------------------------ reduced weights */
+
+/* every half -> float: kernels.h's conversion (the scalar kernels') against F16C */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("f16c"))) static int64_t half_mismatches_f16c(void) {
+    int64_t bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float want = _cvtsh_ss((unsigned short)h), got = lstm_half_to_float((uint16_t)h);
+        bad += !same_bits(got, want); /* NaN payloads included */
+    }
+    return bad;
+}
+#endif
+
+/*
+ * The kernels on float16 and int8 weights against the same double-precision
+ * references (int8: the reference quantizes each row of a from the
+ * definition): every kind, one row and many, row index tables, tile and panel
+ * ranges, K across K-blocks and not a multiple of 4, NaN and Inf.
+ */
+static void test_reduced(const lstm_kernels *k) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned eax, ebx, ecx, edx;
+    if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29))) { /* F16C */
+        const int64_t bad = half_mismatches_f16c();
+        CHECK(bad == 0, "%ld halves convert differently from F16C", (long)bad);
+    }
+#endif
+    const int64_t Ks[] = {1, 3, 7, 16, 37, 65, 300};
+    const int64_t ms[] = {0, 1, 2, 5, 7, 13, 49};
+    for (int type = LSTM_WEIGHTS_F16; type <= LSTM_WEIGHTS_I8; type++)
+        for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+            for (size_t mi = 0; mi < sizeof ms / sizeof *ms; mi++) {
+                const int64_t m = ms[mi], K = Ks[ki];
+                const int use_idx = (int)(rnd_u64() & 1);
+                for (int gates = 1; gates <= LSTM_MAX_GATES; gates++) {
+                    const int64_t w = gates * LSTM_TILE, ncols = rnd_i(1, 200);
+                    const int64_t panels = (ncols + w - 1) / w;
+                    const int64_t p0 = rnd_i(0, panels - 1), p1 = rnd_i(p0 + 1, panels);
+                    test_gemm_typed(k, type, m, K, ncols, gates, use_idx, (int)(rnd_u64() & 1), p0, p1);
+                }
+                for (int kind = 0; kind < 4; kind++) {
+                    const int64_t H = kind == LSTM_CELL_GRU ? K : rnd_i(1, 70);
+                    const int64_t tiles = (H + 15) / 16;
+                    test_cell_typed(k, type, kind, m, K, H, use_idx, 0, tiles, 1, SPECIAL_NONE);
+                    const int64_t t0 = rnd_i(0, tiles - 1), t1 = rnd_i(t0 + 1, tiles);
+                    test_cell_typed(k, type, kind, m, K, H, use_idx, t0, t1, (int)(rnd_u64() & 1),
+                                    (int)rnd_i(0, N_SPECIAL - 1));
+                }
+            }
+    for (int type = LSTM_WEIGHTS_F16; type <= LSTM_WEIGHTS_I8; type++) {
+        test_gemm_typed(k, type, 101, 530, 130, 4, 1, 1, 0, 3);
+        for (int kind = 0; kind < 4; kind++) {
+            /* one row over more tiles than a one-row chunk */
+            test_cell_typed(k, type, kind, 1, 20, 530, kind & 1, 0, 34, kind & 1, SPECIAL_NONE);
+            test_cell_typed(k, type, kind, 1, 20, 530, 1, 3, 30, 0, SPECIAL_NONE);
+            test_cell_typed(k, type, kind, 9, 530, 40, 1, 0, 3, 1, SPECIAL_NONE);
+            for (int special = 0; special < N_SPECIAL; special++) {
+                test_cell_typed(k, type, kind, 1, 33, 33, 0, 0, 3, 1, special);
+                test_cell_typed(k, type, kind, 7, 33, 33, 1, 0, 3, 0, special);
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ all */
 
 static void test_kernels(const lstm_kernels *k) {
@@ -464,6 +624,7 @@ static void test_kernels(const lstm_kernels *k) {
             }
     }
     test_activation_accuracy(k);
+    test_reduced(k);
 }
 
 
