@@ -1,7 +1,8 @@
 /*
- * test_kernels.c - the kernels (src/kernels.h) of every ISA the CPU supports,
- * reached through dispatch.c, against naive double-precision C written from
- * the equations over the documented packed layout:
+ * test_kernels.c - the kernels (src/kernels.h) of every ISA the CPU supports
+ * (scalar, and avx2 on x86-64 or neon on aarch64; only the one LSTM_INFER_ISA
+ * names, if set), reached through dispatch.c, against naive double-precision
+ * C written from the equations over the documented packed layout:
  *
  *   gemm   1 to 4 strips a panel, odd widths, K small and past one K-block,
  *          m = 0 .. 7, 13, 48, 49, 101, row index tables, panel ranges,
@@ -468,13 +469,15 @@ static void test_kernels(const lstm_kernels *k) {
 
 
 int main(void) {
+    const char *isas[2] = {"scalar", NULL};
+    int n_isas = 1;
+    char only[16] = ""; /* LSTM_INFER_ISA as given: the test covers only the set it names */
+    if (getenv("LSTM_INFER_ISA")) snprintf(only, sizeof only, "%s", getenv("LSTM_INFER_ISA"));
     /* LSTM_INFER_ISA is read at the first use */
     setenv("LSTM_INFER_ISA", "scalar", 1);
     CHECK(strcmp(lstm_get_isa(), "scalar") == 0, "LSTM_INFER_ISA=scalar gave %s", lstm_get_isa());
     CHECK(lstm_set_isa("bogus") == LSTM_ERR_UNKNOWN_ISA, "set_isa bogus");
     CHECK(lstm_set_isa(NULL) != LSTM_OK, "set_isa NULL");
-    const char *isas[2] = {"scalar", NULL};
-    int n_isas = 1;
 #if defined(__x86_64__)
     if (cpu_has_avx2()) {
         isas[n_isas++] = "avx2";
@@ -483,7 +486,13 @@ int main(void) {
         CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused without CPU support");
         printf("note: CPU has no AVX2+FMA; avx2 kernels not tested\n");
     }
+    CHECK(lstm_set_isa("neon") == LSTM_ERR_UNKNOWN_ISA, "neon refused on x86");
+#elif defined(__aarch64__)
+    isas[n_isas++] = "neon"; /* aarch64 always has it */
+    CHECK(lstm_set_isa("auto") == LSTM_OK && strcmp(lstm_get_isa(), "neon") == 0, "auto is not neon");
+    CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused on aarch64");
 #endif
+    keep_only_isa(*only ? only : NULL, isas, &n_isas);
     for (int i = 0; i < n_isas; i++) {
         CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa %s", isas[i]);
         const lstm_kernels *k = lstm_active_kernels();
