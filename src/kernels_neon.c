@@ -53,10 +53,12 @@ INLINE void exp_n(const int n, float32x4_t *x, const int *m1) {
     float32x4_t kf[8], p[8];
     int32x4_t ki[8];
     EACH(v, n) if (!m1[v]) x[v] = vminq_f32(vmaxq_f32(x[v], vdupq_n_f32(-87.3f)), vdupq_n_f32(88.3f));
-    EACH(v, n) kf[v] = vrndnq_f32(vmulq_n_f32(x[v], 1.44269504088896341f));
+    // log2(e) and ln(2) in two parts, in one register (multiplied by lane)
+    const float32x4_t c = {1.44269504088896341f, 0.693359375f, -2.12194440e-4f, 0.0f};
+    EACH(v, n) kf[v] = vrndnq_f32(vmulq_laneq_f32(x[v], c, 0));
     EACH(v, n) ki[v] = vcvtq_s32_f32(kf[v]); // NaN gives 0: the NaN travels in r
-    EACH(v, n) x[v] = vfmsq_f32(x[v], kf[v], vdupq_n_f32(0.693359375f));
-    EACH(v, n) x[v] = vfmsq_f32(x[v], kf[v], vdupq_n_f32(-2.12194440e-4f));
+    EACH(v, n) x[v] = vfmsq_laneq_f32(x[v], kf[v], c, 1);
+    EACH(v, n) x[v] = vfmsq_laneq_f32(x[v], kf[v], c, 2);
     EACH(v, n) p[v] = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), x[v], vdupq_n_f32(1.9875691500e-4f));
     EACH(v, n) p[v] = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p[v], x[v]);
     EACH(v, n) p[v] = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p[v], x[v]);
@@ -77,6 +79,7 @@ INLINE void exp_n(const int n, float32x4_t *x, const int *m1) {
  * measures them on dense grids).
  */
 INLINE void act_n(const int n, float32x4_t *x, const int *is_tanh) {
+    __asm__ volatile(""); // GCC's scheduler would interleave the groups: constants spilled
     float32x4_t e[8];
     uint32x4_t under[8];
     EACH(v, n) {
@@ -102,45 +105,58 @@ INLINE void act_n(const int n, float32x4_t *x, const int *is_tanh) {
 }
 
 /*
- * The LSTM update of one tile from its sums q = i[4] f[4] g[4] o[4] (four
- * vectors a gate): c (16 floats) updated in place, h[4] the new hidden state.
+ * The updates below read a tile's sums q (gate j's 16 at q + 16j) a gate at a
+ * time, as each is needed: 16 sums held in registers through the update left
+ * the activations too few, and GCC spilled and reloaded their constants.
  */
-INLINE void tile_lstm(float32x4_t *q, float *c, float32x4_t *h) {
-    static const int sig8[8] = {0}, go8[8] = {1, 1, 1, 1, 0, 0, 0, 0}, tanh4[4] = {1, 1, 1, 1};
-    act_n(8, q, sig8);
-    act_n(8, q + 8, go8);
-    float32x4_t cn[4];
-    EACH(v, 4) cn[v] = vfmaq_f32(vmulq_f32(q[v], q[8 + v]), q[4 + v], vld1q_f32(c + 4 * v));
+INLINE void load4(const float *p, float32x4_t *v) { EACH(i, 4) v[i] = vld1q_f32(p + 4 * i); }
+
+/*
+ * The LSTM update of one tile from its sums q (i, f, g, o): c (16 floats)
+ * updated in place, h[4] the new hidden state.
+ */
+INLINE void tile_lstm(const float *q, float *c, float32x4_t *h) {
+    static const int sig4[4] = {0}, tanh4[4] = {1, 1, 1, 1};
+    float32x4_t g[4], i[4], f[4], cn[4];
+    load4(q + 2 * LSTM_TILE, g);
+    act_n(4, g, tanh4);
+    load4(q, i);
+    act_n(4, i, sig4);
+    EACH(v, 4) cn[v] = vmulq_f32(i[v], g[v]);
+    load4(q + LSTM_TILE, f);
+    act_n(4, f, sig4);
+    EACH(v, 4) cn[v] = vfmaq_f32(cn[v], f[v], vld1q_f32(c + 4 * v));
     EACH(v, 4) vst1q_f32(c + 4 * v, cn[v]);
     act_n(4, cn, tanh4);
-    EACH(v, 4) h[v] = vmulq_f32(q[12 + v], cn[v]);
+    load4(q + 3 * LSTM_TILE, h);
+    act_n(4, h, sig4);
+    EACH(v, 4) h[v] = vmulq_f32(h[v], cn[v]);
 }
 
 /*
- * The GRU update of one tile from the sums q = b_hh + a @ W_hh (r[4] z[4]
- * n[4]), the input part gi (48 floats, same order) and the previous h
- * (16 floats). h = n + z * (h_prev - n) is torch's (1 - z) * n + z * h_prev
- * as torch computes it.
+ * The GRU update of one tile from the sums q = b_hh + a @ W_hh (r, z, n), the
+ * input part gi (48 floats, same order) and the previous h (16 floats).
+ * h = n + z * (h_prev - n) is torch's (1 - z) * n + z * h_prev as torch
+ * computes it.
  */
-INLINE void tile_gru(const float32x4_t *q, const float *gi, const float *h_prev, float32x4_t *h) {
-    static const int sig8[8] = {0}, tanh4[4] = {1, 1, 1, 1};
-    float32x4_t rz[8], n[4];
-    EACH(v, 8) rz[v] = vaddq_f32(vld1q_f32(gi + 4 * v), q[v]);
-    act_n(8, rz, sig8);
-    EACH(v, 4) n[v] = vfmaq_f32(vld1q_f32(gi + 32 + 4 * v), rz[v], q[8 + v]);
+INLINE void tile_gru(const float *q, const float *gi, const float *h_prev, float32x4_t *h) {
+    static const int sig4[4] = {0}, tanh4[4] = {1, 1, 1, 1};
+    float32x4_t r[4], n[4];
+    EACH(v, 4) r[v] = vaddq_f32(vld1q_f32(gi + 4 * v), vld1q_f32(q + 4 * v));
+    act_n(4, r, sig4);
+    EACH(v, 4) n[v] = vfmaq_f32(vld1q_f32(gi + 32 + 4 * v), r[v], vld1q_f32(q + 32 + 4 * v));
     act_n(4, n, tanh4);
-    EACH(v, 4) h[v] = vfmaq_f32(n[v], rz[4 + v], vsubq_f32(vld1q_f32(h_prev + 4 * v), n[v]));
+    EACH(v, 4) h[v] = vaddq_f32(vld1q_f32(gi + 16 + 4 * v), vld1q_f32(q + 16 + 4 * v)); // z
+    act_n(4, h, sig4);
+    EACH(v, 4) h[v] = vfmaq_f32(n[v], h[v], vsubq_f32(vld1q_f32(h_prev + 4 * v), n[v]));
 }
 
-// The RNN update of one tile from its sums q[4]: tanh, or relu (fmax keeps NaN, as torch)
-INLINE void tile_rnn(const int relu, float32x4_t *q, float32x4_t *h) {
+// The RNN update of one tile from its sums q: tanh, or relu (fmax keeps NaN, as torch)
+INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
     static const int tanh4[4] = {1, 1, 1, 1};
-    if (relu) {
-        EACH(v, 4) h[v] = vmaxq_f32(q[v], vdupq_n_f32(0.0f));
-        return;
-    }
-    act_n(4, q, tanh4);
-    EACH(v, 4) h[v] = q[v];
+    load4(q, h);
+    if (relu) EACH(v, 4) h[v] = vmaxq_f32(h[v], vdupq_n_f32(0.0f));
+    else act_n(4, h, tanh4);
 }
 
 // ---------------------------------------------------------------- microkernel
@@ -161,11 +177,17 @@ INLINE void tile_rnn(const int relu, float32x4_t *q, float32x4_t *h) {
 #define LANE2(acc, b, x) vfmaq_laneq_f32(acc, b, x, 2)
 #define LANE3(acc, b, x) vfmaq_laneq_f32(acc, b, x, 3)
 
-// the multiply-adds of k + j (a[r][k + j] is lane j of av[r])
+/*
+ * The multiply-adds of k + j (a[r][k + j] is lane j of av[r]). One row takes
+ * its strips two at a time (an empty asm with a memory clobber keeps the loads
+ * of the next two after it): GCC otherwise loads all four strip rows ahead,
+ * 16 registers, and spills two accumulators of 1x4 on every pass.
+ */
 #define K_LANE(R, S, j, LANE)                                                                     \
     EACH(s, S) {                                                                                  \
         const float32x4x4_t b = vld1q_f32_x4(bs + s * sstride + (k + j) * LSTM_TILE);             \
         EACH(r, R) FMA_STRIP((acc[r] + 4 * s), b, LANE, av[r]);                                   \
+        if (R == 1 && s % 2 == 1) __asm__ volatile("" ::: "memory");                              \
     }
 
 #define DEFINE_BLOCK(R, S)                                                                        \
@@ -303,10 +325,9 @@ static void gemm_neon(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
 INLINE void tile_step(const int kind, const float *q, const float *gr, const float *ar, float *cr,
                       int64_t t, int64_t H, float *hr) {
     const int64_t unit0 = t * LSTM_TILE, units = H - unit0;
-    float32x4_t s[16], hv[4];
-    EACH(v, 4 * lstm_gates(kind)) s[v] = vld1q_f32(q + 4 * v);
+    float32x4_t hv[4];
     if (kind == LSTM_CELL_LSTM) {
-        tile_lstm(s, cr + unit0, hv);
+        tile_lstm(q, cr + unit0, hv);
     } else if (kind == LSTM_CELL_GRU) {
         const float *h_prev = ar + unit0;
         float hbuf[LSTM_TILE];
@@ -315,9 +336,9 @@ INLINE void tile_step(const int kind, const float *q, const float *gr, const flo
             memcpy(hbuf, h_prev, (size_t)units * sizeof(float));
             h_prev = hbuf;
         }
-        tile_gru(s, gr + t * 3 * LSTM_TILE, h_prev, hv);
+        tile_gru(q, gr + t * 3 * LSTM_TILE, h_prev, hv);
     } else {
-        tile_rnn(kind == LSTM_CELL_RNN_RELU, s, hv);
+        tile_rnn(kind == LSTM_CELL_RNN_RELU, q, hv);
     }
     if (units >= LSTM_TILE) {
         EACH(v, 4) vst1q_f32(hr + unit0 + 4 * v, hv[v]);
