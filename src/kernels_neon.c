@@ -178,15 +178,17 @@ INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
 #define LANE3(acc, b, x) vfmaq_laneq_f32(acc, b, x, 3)
 
 /*
- * The multiply-adds of k + j (a[r][k + j] is lane j of av[r]). One row takes
- * its strips two at a time (an empty asm with a memory clobber keeps the loads
- * of the next two after it): GCC otherwise loads all four strip rows ahead,
- * 16 registers, and spills two accumulators of 1x4 on every pass.
+ * The multiply-adds of one k: strip s's row at w[s], times a[r][k] (lane j of
+ * av[r], or a scalar). One row takes its strips two at a time (an empty asm
+ * with a memory clobber keeps the loads of the next two after it): GCC
+ * otherwise loads all four strip rows ahead, 16 registers, and spills
+ * accumulators of 1x4 on every pass.
  */
-#define K_LANE(R, S, j, LANE)                                                                     \
+#define K_STEP(R, S, MUL, X)                                                                      \
     EACH(s, S) {                                                                                  \
-        const float32x4x4_t b = vld1q_f32_x4(bs + s * sstride + (k + j) * LSTM_TILE);             \
-        EACH(r, R) FMA_STRIP((acc[r] + 4 * s), b, LANE, av[r]);                                   \
+        const float32x4x4_t b = vld1q_f32_x4(w[s]);                                               \
+        w[s] += LSTM_TILE;                                                                        \
+        EACH(r, R) FMA_STRIP((acc[r] + 4 * s), b, MUL, X);                                        \
         if (R == 1 && s % 2 == 1) __asm__ volatile("" ::: "memory");                              \
     }
 
@@ -195,6 +197,9 @@ INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
         int64_t kc, const float *const *a, const float *bs, int64_t sstride,                    \
         const float *const *init, const float *bias, float *const *out, int64_t col) {          \
         float32x4_t acc[R][4 * S];                                                                \
+        const float *w[S], *ar[R]; /* (locals: the memory clobber reloads no pointer) */          \
+        EACH(s, S) w[s] = bs + s * sstride;                                                       \
+        EACH(r, R) ar[r] = a[r];                                                                  \
         EACH(r, R) EACH(v, 4 * S)                                                                 \
             acc[r][v] = init ? vld1q_f32(init[r] + col + 4 * v)                                   \
                       : bias ? vld1q_f32(bias + 4 * v)                                            \
@@ -202,14 +207,12 @@ INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
         int64_t k = 0;                                                                            \
         for (; k + 4 <= kc; k += 4) {                                                             \
             float32x4_t av[R];                                                                    \
-            EACH(r, R) av[r] = vld1q_f32(a[r] + k);                                               \
-            K_LANE(R, S, 0, LANE0) K_LANE(R, S, 1, LANE1) K_LANE(R, S, 2, LANE2) K_LANE(R, S, 3, LANE3) \
+            EACH(r, R) av[r] = vld1q_f32(ar[r] + k);                                              \
+            K_STEP(R, S, LANE0, av[r]) K_STEP(R, S, LANE1, av[r])                                 \
+            K_STEP(R, S, LANE2, av[r]) K_STEP(R, S, LANE3, av[r])                                 \
         }                                                                                         \
         for (; k < kc; k++) /* the same fused multiply-add, one k at a time */                    \
-            EACH(s, S) {                                                                          \
-                const float32x4x4_t b = vld1q_f32_x4(bs + s * sstride + k * LSTM_TILE);           \
-                EACH(r, R) FMA_STRIP((acc[r] + 4 * s), b, vfmaq_n_f32, a[r][k]);                  \
-            }                                                                                     \
+            K_STEP(R, S, vfmaq_n_f32, ar[r][k])                                                   \
         EACH(r, R) EACH(v, 4 * S) vst1q_f32(out[r] + col + 4 * v, acc[r][v]);                     \
     }
 DEFINE_BLOCK(4, 1)
