@@ -3,10 +3,10 @@
  * aarch64 always has NEON (Advanced SIMD), so this set needs no flags and no
  * run-time check: dispatch.c picks it at build time there.
  *
- * One register-blocked microkernel serves both kernels: MR rows x NS strips
+ * One register-blocked microkernel serves both kernels: R rows x S strips
  * (16 columns, four vectors each) over a K-block, with a row's a[k .. k+4]
  * in one register and each multiply-add taking its lane (fmla by element),
- * so a strip row (one 64-byte ld1) feeds 4 MR multiply-adds. Full groups of
+ * so a strip row (one 64-byte ld1) feeds 4 R multiply-adds. Full groups of
  * 4 rows run 4x1 (16 accumulators, 24 registers with the strip row and the
  * four a vectors); the 1 to 3 rows left run 3x1 / 2x2 / 1x4 (2x1 / 1x3 /
  * 1x2 / 1x1 where fewer strips are left). A step of one row is the 1x4
@@ -30,6 +30,11 @@
 #include "kernels.h"
 
 #define INLINE static inline __attribute__((always_inline))
+#if defined(__clang__)
+#define NOIPA __attribute__((noinline))
+#else
+#define NOIPA __attribute__((noipa)) /* no inlining, cloning or specialising on the callers */
+#endif
 #define MR 4              /* rows of a full row group */
 #define KC 256            /* K-block: a strip's block (16 KB) stays in L1 while the row groups pass */
 #define GEMM_ROWS 96      /* gemm rows of A kept hot in L2 while strips stream past */
@@ -161,13 +166,6 @@ INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
 
 // ---------------------------------------------------------------- microkernel
 
-/*
- * block_RxS: out[r][col + 16s ..] for rows r < R and strips s < S over one
- * K-block, each sum (init ? init[r][col ..] : bias ? bias : 0)[16s ..] plus
- * a[r][k] * strip s row k in k order. a[r] and bs point at the block's first
- * k; strips are sstride apart. One function a shape, each with accumulators
- * of exactly its size, so that GCC keeps them in registers.
- */
 // acc[4s ..] += b (one strip row, 4 vectors) times x, by MUL(acc, b, x): by lane or by scalar
 #define FMA_STRIP(acc, b, MUL, x)                                                                 \
     acc[0] = MUL(acc[0], b.val[0], x), acc[1] = MUL(acc[1], b.val[1], x),                         \
@@ -192,8 +190,15 @@ INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
         if (R == 1 && s % 2 == 1) __asm__ volatile("" ::: "memory");                              \
     }
 
+/*
+ * block_RxS: out[r][col + 16s ..] for rows r < R and strips s < S over one
+ * K-block, each sum (init ? init[r][col ..] : bias ? bias : 0)[16s ..] plus
+ * a[r][k] * strip s row k in k order. a[r] and bs point at the block's first
+ * k; strips are sstride apart. One function a shape, each with accumulators
+ * of exactly its size, so that GCC keeps them in registers.
+ */
 #define DEFINE_BLOCK(R, S)                                                                        \
-    static __attribute__((noipa)) void block_##R##x##S(                                          \
+    static NOIPA void block_##R##x##S(                                                           \
         int64_t kc, const float *const *a, const float *bs, int64_t sstride,                    \
         const float *const *init, const float *bias, float *const *out, int64_t col) {          \
         float32x4_t acc[R][4 * S];                                                                \
@@ -259,8 +264,8 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int64
                        const lstm_rows *init, const float *bias, lstm_rows out) {
     const float *ar[MR], *ir[MR];
     float *orow[MR];
-    const int64_t full = m / MR * MR, sstride = K * LSTM_TILE, kblock = full ? KC : K;
-    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kblock) {
+    const int64_t full = m / MR * MR, sstride = K * LSTM_TILE, kblock = full ? KC : K ? K : 1;
+    for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kblock) { // (K = 0: once, the sums are their start)
         const int64_t kc = K - k0 < kblock ? K - k0 : kblock;
         for (int64_t s = 0; s < ns; s++)
             for (int64_t r0 = 0; r0 < full; r0 += MR) {
@@ -282,7 +287,6 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int64
             block_tail(mr, ns, kc, ar, bp + k0 * LSTM_TILE, sstride, k0 || init ? ir : NULL,
                        k0 ? NULL : bias, orow);
         }
-        if (K == 0) break;
     }
 }
 

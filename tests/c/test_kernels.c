@@ -14,7 +14,8 @@
  *          buffers are exactly their size and the last row of a ends at the
  *          end of its block, for ASan; a row's padding and the parts of g
  *          outside the range are NaN, which would show in the results);
- *   the activations' relative error on dense grids (sigmoid, tanh) and relu.
+ *   the activations' relative error on dense grids (sigmoid, tanh) and relu;
+ *   a row alone gets the same bits as among many rows.
  *
  * Links only the kernels and dispatch.c. Exits non-zero on any failure.
  * Built by tests/c/Makefile (`make kernels`, also under ASan+UBSan and TSan).
@@ -420,6 +421,44 @@ static void test_activation_accuracy(const lstm_kernels *k) {
     CHECK(er == 0, "%s relu: %ld points differ from max(x, 0)", k->name, (long)er);
 }
 
+/* ------------------------------------------------------------------ a row alone */
+
+/*
+ * A row alone (m = 1: a stream, or the last sequence still running) gets the
+ * same bits from gemm and cell as it does among m rows: forward.c runs a
+ * step's rows together or alone depending on the other lengths, and a
+ * sequence must not round differently for that.
+ */
+static void test_row_alone(const lstm_kernels *k, int kind, int64_t m, int64_t K, int64_t H) {
+    const int gates = lstm_gates(kind), w = gates * LSTM_TILE;
+    const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE, Hp = tiles * LSTM_TILE, N = tiles * w;
+    if (kind == LSTM_CELL_GRU) K = H;
+    operand a = operand_new(m, K, 1, -1, 1), g = operand_new(m, N, 1, -2, 2);
+    matrix wm = matrix_new(K, N, gates, -0.5f, 0.5f);
+    float *bias = floats(N, 0), *c_all = floats(m * Hp, 0), *c_one = floats(m * Hp, 0);
+    float *h_all = floats(m * Hp, 0), *h_one = floats(Hp, 0);
+    float *y_all = floats(m * N, 0), *y_one = floats(N, 0);
+    for (int64_t i = 0; i < N; i++) bias[i] = rnd_f(-1, 1);
+    for (int64_t i = 0; i < m * Hp; i++) c_all[i] = c_one[i] = rnd_f(-2, 2);
+    k->cell(kind, m, K, a.rows, wm.packed, bias, g.rows, c_all, Hp, 0, tiles, H,
+            (lstm_rows){h_all, Hp, NULL});
+    k->gemm(m, K, a.rows, wm.packed, gates, bias, 0, tiles, N, (lstm_rows){y_all, N, NULL});
+    int differ = 0;
+    for (int64_t r = 0; r < m; r++) {
+        k->cell(kind, 1, K, lstm_rows_from(a.rows, r), wm.packed, bias, lstm_rows_from(g.rows, r),
+                c_one + r * Hp, Hp, 0, tiles, H, (lstm_rows){h_one, Hp, NULL});
+        k->gemm(1, K, lstm_rows_from(a.rows, r), wm.packed, gates, bias, 0, tiles, N,
+                (lstm_rows){y_one, N, NULL});
+        differ += memcmp(h_one, h_all + r * Hp, (size_t)H * sizeof(float)) != 0;
+        differ += memcmp(c_one + r * Hp, c_all + r * Hp, (size_t)Hp * sizeof(float)) != 0;
+        differ += memcmp(y_one, y_all + r * N, (size_t)N * sizeof(float)) != 0;
+    }
+    CHECK(differ == 0, "%s %s m=%ld K=%ld H=%ld: %d results of a row alone differ from the batch's",
+          k->name, KIND_NAMES[kind], (long)m, (long)K, (long)H, differ);
+    operand_free(&a), operand_free(&g), matrix_free(&wm);
+    free(bias), free(c_all), free(c_one), free(h_all), free(h_one), free(y_all), free(y_one);
+}
+
 /* ------------------------------------------------------------------ all */
 
 static void test_kernels(const lstm_kernels *k) {
@@ -463,6 +502,10 @@ static void test_kernels(const lstm_kernels *k) {
                 test_cell(k, kind, 7, 33, 33, 1, 0, 3, use_bhh, special);
                 test_cell(k, kind, 13, 70, 70, 1, 1, 5, use_bhh, special);
             }
+    }
+    for (int kind = 0; kind < 4; kind++) { /* every row-tail shape; K past one K-block */
+        test_row_alone(k, kind, 11, 37, 50);
+        test_row_alone(k, kind, 6, 300, 20);
     }
     test_activation_accuracy(k);
 }
