@@ -4,12 +4,13 @@
  *   (a) the kernels: in test_kernels.c;
  *   (b) lstm_model_forward against a naive double-precision LSTM, GRU and
  *       RNN (tanh, relu) written from torch's equations, many configs, every
- *       ISA, 1 and 2 threads, library and caller-provided workspace, strided
- *       input/output; interrupts; scratch sized by the valid steps;
+ *       ISA (only the one LSTM_INFER_ISA names, if set), 1 and 2 threads,
+ *       library and caller-provided workspace, strided input/output;
+ *       interrupts; scratch sized by the valid steps;
  *   (c) error statuses.
  *
  * Exits non-zero on any failure. Built by tests/c/Makefile (also under
- * ASan+UBSan).
+ * ASan+UBSan) and, for aarch64 under qemu, by tests/c/aarch64.mk.
  */
 #include <float.h>
 #include <math.h>
