@@ -1,10 +1,12 @@
 """The C core on aarch64: cross-built with gcc-aarch64-linux-gnu and run under qemu-user.
 
-tests/c/aarch64.mk builds test_kernels, test_core and test_pool for aarch64 and runs
+tests/c/aarch64.mk builds the C tests for aarch64 (through tests/c/Makefile) and runs
 them under qemu-aarch64, the kernel and forward tests once with the scalar kernels and
 once with the NEON ones (LSTM_INFER_ISA), at -O2 and under ASan+UBSan. The same checks
 as on x86: every kernel against naive C, the activations' accuracy on dense grids, the
-forward pass of every cell kind against a naive double-precision reference, the pool.
+forward pass of every cell kind against a naive double-precision reference, the dense
+layer, the model-file loader, the pool (without its fork tests, which qemu-user cannot
+run).
 
 A last test reads the NEON microkernels' machine code: their multiply-add loops keep
 the accumulators in registers (GCC spills an accumulator array it cannot keep to the
@@ -48,10 +50,11 @@ def test_c_tests_under_qemu(target):
     report = proc.stdout[-4000:] + "\n" + proc.stderr[-8000:]
     assert proc.returncode == 0, f"make -f aarch64.mk {target} failed:\n{report}"
     summaries = re.findall(r"^(OK|FAILED): .*$", proc.stdout, re.M)
-    # test_kernels and test_core with each of scalar and neon, then test_pool
-    assert summaries == ["OK"] * 5, report
+    # test_kernels and test_core with each of scalar and neon, test_loader, test_pool
+    assert summaries == ["OK"] * 6, report
+    assert re.search(r"^test_dense: \d+ checks, 0 failures$", proc.stdout, re.M), report
     for isa in ("scalar", "neon"):
-        assert f"(ISAs: {isa})" in proc.stdout, report
+        assert proc.stdout.count(f"(ISAs: {isa})") == 2, report
 
 
 def _loops(disassembly):
