@@ -22,9 +22,9 @@ ASAN_ENV := ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_err
 # $(call run_all,SUFFIX,ENV): every program of one build under qemu
 run_all = set -e; \
 	for isa in scalar neon; do for p in test_kernels test_core; do \
-		echo "== $$p$(1) LSTM_INFER_ISA=$$isa (aarch64, qemu)"; \
-		LSTM_INFER_ISA=$$isa $(2) $(QEMU) $(BUILD)/$$p$(1); done; done; \
-	for p in test_dense test_loader; do echo "== $$p$(1) (aarch64, qemu)"; $(2) $(QEMU) $(BUILD)/$$p$(1); done; \
+		echo "== $${p}$(1) LSTM_INFER_ISA=$$isa (aarch64, qemu)"; \
+		LSTM_INFER_ISA=$$isa $(2) $(QEMU) $(BUILD)/$${p}$(1); done; done; \
+	for p in test_dense test_loader; do echo "== $${p}$(1) (aarch64, qemu)"; $(2) $(QEMU) $(BUILD)/$${p}$(1); done; \
 	echo "== test_pool$(1) (aarch64, qemu)"; LSTM_TEST_NO_FORK=1 $(2) $(QEMU) $(BUILD)/test_pool$(1)
 
 .PHONY: all test asan clean
