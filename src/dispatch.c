@@ -1,7 +1,9 @@
 /*
- * dispatch.c - picks the kernels for this CPU once, at first use.
- * LSTM_INFER_ISA=scalar|avx2 overrides the choice (tests use it to cover
- * every path); asking for an ISA the CPU lacks falls back to the best it has.
+ * dispatch.c - picks the kernels for this CPU once, at first use: on x86-64
+ * avx2 where the CPU has AVX2+FMA, on aarch64 neon (always there, so chosen
+ * at build time), else scalar. LSTM_INFER_ISA=scalar|avx2|neon overrides the
+ * choice (tests use it to cover every path); asking for an ISA the CPU
+ * lacks falls back to the best it has.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +17,9 @@
 
 static const lstm_kernels *active;
 
+#if defined(__x86_64__)
 static int cpu_has_avx2(void) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__GNUC__) || defined(__clang__)
     __builtin_cpu_init();
     unsigned a, b, c, d; // F16C (the half weights' conversions): CPUID 1, ECX bit 29
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -25,10 +28,13 @@ static int cpu_has_avx2(void) {
     return 0;
 #endif
 }
+#endif
 
 static const lstm_kernels *best(void) {
 #if defined(__x86_64__)
     if (cpu_has_avx2()) return &lstm_kernels_avx2;
+#elif defined(__aarch64__)
+    return &lstm_kernels_neon;
 #endif
     return &lstm_kernels_scalar;
 }
@@ -37,6 +43,8 @@ static const lstm_kernels *by_name(const char *name) {
     if (strcmp(name, "scalar") == 0) return &lstm_kernels_scalar;
 #if defined(__x86_64__)
     if (strcmp(name, "avx2") == 0 && cpu_has_avx2()) return &lstm_kernels_avx2;
+#elif defined(__aarch64__)
+    if (strcmp(name, "neon") == 0) return &lstm_kernels_neon;
 #endif
     return NULL;
 }

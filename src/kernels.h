@@ -166,6 +166,9 @@ extern const lstm_kernels lstm_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const lstm_kernels lstm_kernels_avx2;
 #endif
+#if defined(__aarch64__)
+extern const lstm_kernels lstm_kernels_neon;
+#endif
 
 /* The kernels in use (see lstm_set_isa). */
 const lstm_kernels *lstm_active_kernels(void);

@@ -10,6 +10,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static atomic_int failures;
 static atomic_int checks;
@@ -47,6 +49,16 @@ static inline int cpu_has_avx2(void) {
 #else
     return 0;
 #endif
+}
+
+/* `name` (LSTM_INFER_ISA) naming one of isas[0 .. *n) keeps only that one (aarch64.mk tests
+   each set in a run of its own under emulation); NULL or another name keeps them all */
+static inline void keep_only_isa(const char *name, const char **isas, int *n) {
+    for (int i = 0; name && i < *n; i++)
+        if (strcmp(name, isas[i]) == 0) {
+            isas[0] = isas[i], *n = 1;
+            return;
+        }
 }
 
 #endif /* LSTM_TEST_HARNESS_H */

@@ -4,12 +4,13 @@
  *   (a) the kernels: in test_kernels.c;
  *   (b) lstm_model_forward against a naive double-precision LSTM, GRU and
  *       RNN (tanh, relu) written from torch's equations, many configs, every
- *       ISA, 1 and 2 threads, library and caller-provided workspace, strided
- *       input/output; interrupts; scratch sized by the valid steps;
+ *       ISA (only the one LSTM_INFER_ISA names, if set), 1 and 2 threads,
+ *       library and caller-provided workspace, strided input/output;
+ *       interrupts; scratch sized by the valid steps;
  *   (c) error statuses.
  *
  * Exits non-zero on any failure. Built by tests/c/Makefile (also under
- * ASan+UBSan).
+ * ASan+UBSan) and, for aarch64 under qemu, by tests/c/aarch64.mk.
  */
 #include <float.h>
 #include <math.h>
@@ -930,13 +931,20 @@ int main(void) {
         CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused without CPU support");
         printf("note: CPU has no AVX2+FMA; avx2 kernels not tested\n");
     }
+#elif defined(__aarch64__)
+    isas[n_isas++] = "neon"; /* aarch64 always has it */
 #endif
+    /* LSTM_INFER_ISA (read at the first use) picks the kernels when it names a set this CPU
+       has; the test then covers that set alone */
+    keep_only_isa(getenv("LSTM_INFER_ISA"), isas, &n_isas);
+    if (n_isas == 1 && getenv("LSTM_INFER_ISA"))
+        CHECK(strcmp(lstm_get_isa(), isas[0]) == 0, "LSTM_INFER_ISA=%s gave %s", isas[0], lstm_get_isa());
     test_forward(isas, n_isas);
     test_single_sequence_output(isas, n_isas);
-    CHECK(nan_propagates("scalar"), "scalar: NaN does not propagate like PyTorch");
     /* avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo), which returns
      * lo for a NaN x (fixed by putting x second). */
-    if (n_isas > 1) CHECK(nan_propagates("avx2"), "avx2: NaN does not propagate like PyTorch");
+    for (int i = 0; i < n_isas; i++)
+        CHECK(nan_propagates(isas[i]), "%s: NaN does not propagate like PyTorch", isas[i]);
     for (int i = 0; i < n_isas; i++) test_concurrent_callers(isas[i]);
     for (int i = 0; i < n_isas; i++) test_interrupt(isas[i]);
     test_errors();

@@ -1,7 +1,8 @@
 /*
- * test_kernels.c - the kernels (src/kernels.h) of every ISA the CPU supports,
- * reached through dispatch.c, against naive double-precision C written from
- * the equations over the documented packed layout:
+ * test_kernels.c - the kernels (src/kernels.h) of every ISA the CPU supports
+ * (scalar, and avx2 on x86-64 or neon on aarch64; only the one LSTM_INFER_ISA
+ * names, if set), reached through dispatch.c, against naive double-precision
+ * C written from the equations over the documented packed layout:
  *
  *   gemm   1 to 4 strips a panel, odd widths, K small and past one K-block,
  *          m = 0 .. 7, 13, 48, 49, 101, row index tables, panel ranges,
@@ -18,6 +19,7 @@
  *   kernels.h, or the scalar ones a kernel set falls back to), int8 against a
  *   reference that quantizes each row from lstm_infer.h's definition and sums
  *   exactly; every half -> float conversion against F16C.
+ *   a row alone gets the same bits as among many rows.
  *
  * Links only the kernels and dispatch.c. Exits non-zero on any failure.
  * Built by tests/c/Makefile (`make kernels`, also under ASan+UBSan and TSan).
@@ -579,6 +581,44 @@ static void test_reduced(const lstm_kernels *k) {
     }
 }
 
+/* ------------------------------------------------------------------ a row alone */
+
+/*
+ * A row alone (m = 1: a stream, or the last sequence still running) gets the
+ * same bits from gemm and cell as it does among m rows: forward.c runs a
+ * step's rows together or alone depending on the other lengths, and a
+ * sequence must not round differently for that.
+ */
+static void test_row_alone(const lstm_kernels *k, int kind, int64_t m, int64_t K, int64_t H) {
+    const int gates = lstm_gates(kind), w = gates * LSTM_TILE;
+    const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE, Hp = tiles * LSTM_TILE, N = tiles * w;
+    if (kind == LSTM_CELL_GRU) K = H;
+    operand a = operand_new(m, K, 1, -1, 1), g = operand_new(m, N, 1, -2, 2);
+    matrix wm = matrix_new_typed(LSTM_WEIGHTS_F32, K, N, gates, -0.5f, 0.5f);
+    float *bias = floats(N, 0), *c_all = floats(m * Hp, 0), *c_one = floats(m * Hp, 0);
+    float *h_all = floats(m * Hp, 0), *h_one = floats(Hp, 0);
+    float *y_all = floats(m * N, 0), *y_one = floats(N, 0);
+    for (int64_t i = 0; i < N; i++) bias[i] = rnd_f(-1, 1);
+    for (int64_t i = 0; i < m * Hp; i++) c_all[i] = c_one[i] = rnd_f(-2, 2);
+    k->cell(kind, m, K, a.rows, wm.packed, bias, g.rows, c_all, Hp, 0, tiles, H,
+            (lstm_rows){h_all, Hp, NULL});
+    k->gemm(m, K, a.rows, wm.packed, gates, bias, 0, tiles, N, (lstm_rows){y_all, N, NULL});
+    int differ = 0;
+    for (int64_t r = 0; r < m; r++) {
+        k->cell(kind, 1, K, lstm_rows_from(a.rows, r), wm.packed, bias, lstm_rows_from(g.rows, r),
+                c_one + r * Hp, Hp, 0, tiles, H, (lstm_rows){h_one, Hp, NULL});
+        k->gemm(1, K, lstm_rows_from(a.rows, r), wm.packed, gates, bias, 0, tiles, N,
+                (lstm_rows){y_one, N, NULL});
+        differ += memcmp(h_one, h_all + r * Hp, (size_t)H * sizeof(float)) != 0;
+        differ += memcmp(c_one + r * Hp, c_all + r * Hp, (size_t)Hp * sizeof(float)) != 0;
+        differ += memcmp(y_one, y_all + r * N, (size_t)N * sizeof(float)) != 0;
+    }
+    CHECK(differ == 0, "%s %s m=%ld K=%ld H=%ld: %d results of a row alone differ from the batch's",
+          k->name, KIND_NAMES[kind], (long)m, (long)K, (long)H, differ);
+    operand_free(&a), operand_free(&g), matrix_free(&wm);
+    free(bias), free(c_all), free(c_one), free(h_all), free(h_one), free(y_all), free(y_one);
+}
+
 /* ------------------------------------------------------------------ all */
 
 static void test_kernels(const lstm_kernels *k) {
@@ -623,19 +663,25 @@ static void test_kernels(const lstm_kernels *k) {
                 test_cell(k, kind, 13, 70, 70, 1, 1, 5, use_bhh, special);
             }
     }
+    for (int kind = 0; kind < 4; kind++) { /* every row-tail shape; K past one K-block */
+        test_row_alone(k, kind, 11, 37, 50);
+        test_row_alone(k, kind, 6, 300, 20);
+    }
     test_activation_accuracy(k);
     test_reduced(k);
 }
 
 
 int main(void) {
+    const char *isas[2] = {"scalar", NULL};
+    int n_isas = 1;
+    char only[16] = ""; /* LSTM_INFER_ISA as given: the test covers only the set it names */
+    if (getenv("LSTM_INFER_ISA")) snprintf(only, sizeof only, "%s", getenv("LSTM_INFER_ISA"));
     /* LSTM_INFER_ISA is read at the first use */
     setenv("LSTM_INFER_ISA", "scalar", 1);
     CHECK(strcmp(lstm_get_isa(), "scalar") == 0, "LSTM_INFER_ISA=scalar gave %s", lstm_get_isa());
     CHECK(lstm_set_isa("bogus") == LSTM_ERR_UNKNOWN_ISA, "set_isa bogus");
     CHECK(lstm_set_isa(NULL) != LSTM_OK, "set_isa NULL");
-    const char *isas[2] = {"scalar", NULL};
-    int n_isas = 1;
 #if defined(__x86_64__)
     if (cpu_has_avx2()) {
         isas[n_isas++] = "avx2";
@@ -644,7 +690,13 @@ int main(void) {
         CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused without CPU support");
         printf("note: CPU has no AVX2+FMA; avx2 kernels not tested\n");
     }
+    CHECK(lstm_set_isa("neon") == LSTM_ERR_UNKNOWN_ISA, "neon refused on x86");
+#elif defined(__aarch64__)
+    isas[n_isas++] = "neon"; /* aarch64 always has it */
+    CHECK(lstm_set_isa("auto") == LSTM_OK && strcmp(lstm_get_isa(), "neon") == 0, "auto is not neon");
+    CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused on aarch64");
 #endif
+    keep_only_isa(*only ? only : NULL, isas, &n_isas);
     for (int i = 0; i < n_isas; i++) {
         CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa %s", isas[i]);
         const lstm_kernels *k = lstm_active_kernels();

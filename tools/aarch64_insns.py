@@ -1,0 +1,82 @@
+"""Instructions of one forward call on aarch64, NEON vs scalar, counted under qemu-user.
+
+Builds tools/edge_forward.c (bench.py's "edge" case: T 200, B 1, I 64, H 128, one
+layer; LSTM and GRU) with the core for aarch64, runs it under qemu-aarch64 with
+`-d in_asm,exec,nochain` (every translated block's instructions once, then a line
+per block executed, no chaining so none is missed) and sums the instructions
+executed. One forward call is the difference between 3 calls and 1 call, so the
+start-up and the model's creation drop out. These are guest instruction counts,
+not time: they say nothing of latency, issue width or memory.
+
+    python tools/aarch64_insns.py            # needs aarch64-linux-gnu-gcc and qemu-aarch64
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORE = ["model.c", "forward.c", "status.c", "pool.c", "dispatch.c", "kernels_scalar.c",
+        "kernels_neon.c"]
+SYSROOT = "/usr/aarch64-linux-gnu"
+BLOCK = re.compile(r"^0x([0-9a-f]+):\s")
+TRACE = re.compile(r"^Trace \d+: \S+ \[[0-9a-f]+/([0-9a-f]+)/")
+
+
+def build(out):
+    cmd = ["aarch64-linux-gnu-gcc", "-O2", "-std=gnu11", "-pthread", "-I", os.path.join(ROOT, "src"),
+           os.path.join(ROOT, "tools", "edge_forward.c")]
+    cmd += [os.path.join(ROOT, "src", f) for f in CORE] + ["-o", out, "-lm"]
+    subprocess.run(cmd, check=True)
+
+
+def count(exe, isa, cell, runs):
+    """Guest instructions executed by `exe cell runs` with LSTM_INFER_ISA=isa."""
+    env = dict(os.environ, LSTM_INFER_ISA=isa)
+    proc = subprocess.Popen(["qemu-aarch64", "-L", SYSROOT, "-d", "in_asm,exec,nochain",
+                             "-D", "/dev/stderr", exe, cell, str(runs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    size, start, total = {}, None, 0
+    for line in proc.stderr:
+        m = TRACE.match(line)
+        if m:
+            total += size[int(m.group(1), 16)]
+            continue
+        m = BLOCK.match(line)
+        if m:  # a block being translated: its first address, then one line an instruction
+            pc = int(m.group(1), 16)
+            if start is None or pc != last + 4:
+                start = pc
+                size[start] = 0
+            size[start] += 1
+            last = pc
+        elif not line.strip() or line.startswith("IN:") or line.startswith("---"):
+            start = None
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise SystemExit(f"{exe} {cell} {runs} failed under qemu")
+    if not out.startswith(isa + " "):
+        raise SystemExit(f"asked for {isa}, the driver ran {out.split()[0]}")
+    return total
+
+
+def main():
+    missing = [t for t in ("aarch64-linux-gnu-gcc", "qemu-aarch64") if shutil.which(t) is None]
+    if missing:
+        sys.exit("needs " + " and ".join(missing))
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "edge_forward")
+        build(exe)
+        print("one forward call of the edge case (T 200, B 1, I 64, H 128, 1 layer, 1 thread),")
+        print("aarch64 guest instructions counted under qemu-user (not a timing):")
+        print(f"{'cell':5} {'scalar':>12} {'neon':>12} {'ratio':>6}")
+        for cell in ("lstm", "gru"):
+            per = {isa: (count(exe, isa, cell, 3) - count(exe, isa, cell, 1)) // 2
+                   for isa in ("scalar", "neon")}
+            print(f"{cell:5} {per['scalar']:12,d} {per['neon']:12,d} {per['scalar'] / per['neon']:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
