@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import detect, modelfile, pipeline, readers
+from . import detect, modelfile, pipeline, readers, runner
 
 PROG = "lstm-infer"
 EXIT_MISMATCH, EXIT_USAGE, EXIT_NO_TORCH = 1, 2, 3
@@ -583,8 +583,8 @@ def _parser():
                    "ragged .npz (data, lengths), .jsonl (one list of feature rows per line)")
     s.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="a .npz file (data, lengths, names, skipped), or a directory mirroring .npy inputs")
-    s.add_argument("--batch-tokens", type=int, default=65536, metavar="N",
-                   help="padded time steps per batch (default 65536)")
+    s.add_argument("--batch-tokens", type=int, default=runner.DEFAULT_BATCH_TOKENS, metavar="N",
+                   help=f"padded time steps per batch (default {runner.DEFAULT_BATCH_TOKENS})")
     s.add_argument("--threads", type=int, metavar="N", help="engine threads (default: all usable cores)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (none without a terminal anyway)")
     s.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in the summary and in "

@@ -37,7 +37,10 @@ from . import fileio
 __all__ = ["predict", "predict_iter", "run", "RunStats", "BadRecordError", "DEFAULT_BATCH_TOKENS",
            "WINDOW_FACTOR", "expand_inputs", "iter_records", "output_name_for"]
 
-DEFAULT_BATCH_TOKENS = 65536
+# Padded steps per batch. Measured (tools/bench_run.py, nlp-like data, Zen 3, 2 threads):
+# 8-16k steps run 1.05x a fixed-32 loop, 64k steps 0.88x: a batch's outputs (~2 KB a
+# step at width 512) then outgrow the caches and come from fresh pages every batch.
+DEFAULT_BATCH_TOKENS = 16384
 WINDOW_FACTOR = 4
 WINDOW_MAX_SEQUENCES = 65536
 

@@ -100,7 +100,7 @@ def main():
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--batch-tokens", type=int, default=65536)
+    ap.add_argument("--batch-tokens", type=int, default=li.runner.DEFAULT_BATCH_TOKENS)
     ap.add_argument("--engines", default="naive-pad,naive,predict,dask,torch")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
