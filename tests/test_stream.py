@@ -344,20 +344,26 @@ def test_concurrent_use_is_detected():
 
     def long_call():
         started.set()
-        results.append(st(x))
+        while not results:
+            try:  # the main thread's read may hold the stream first: then start again
+                st.reset()
+                results.append(st(x))
+            except RuntimeError:
+                pass
 
     t = threading.Thread(target=long_call)
     t.start()
     started.wait()
-    seen = 0
     while t.is_alive():
-        for op in (lambda: st(x[0]), lambda: st.state, lambda: st.reset(0), st.reset,
-                   lambda: setattr(st, "state", (np.zeros((2, 8, 256)),) * 2)):
+        # only a read until the long call is seen to hold the stream (else a step
+        # of ours could come first and change the state it starts from)
+        ops = (lambda: st(x[0]), lambda: st.state, lambda: st.reset(0), st.reset,
+               lambda: setattr(st, "state", (np.zeros((2, 8, 256)),) * 2)) if errors else (lambda: st.state,)
+        for op in ops:
             try:
                 op()
             except RuntimeError as e:
                 errors.append(str(e))
-        seen += 1
     t.join()
     assert errors, "the long call ended before any concurrent use was tried"
     assert all("in use by another thread" in e for e in errors)
