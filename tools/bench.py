@@ -373,17 +373,23 @@ def export_onnx_gru(case, data):
             raise RuntimeError(f"exported GRU op {node.name} has linear_before_reset="
                                f"{attrs.get('linear_before_reset', 0)}, not torch's 1")
     if data.lengths is not None:
-        model.graph.input.append(
-            helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [case.B]))
-        for node in grus:
-            ins = list(node.input) + [""] * (5 - len(node.input))
-            if ins[4]:
-                raise RuntimeError(f"exported GRU op {node.name} already has sequence_lens")
-            ins[4] = "sequence_lens"
-            del node.input[:]
-            node.input.extend(ins)
+        wire_sequence_lens(model, grus, "sequence_lens", [case.B])
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def wire_sequence_lens(model, nodes, name, shape):
+    """Adds an int32 graph input `name` and feeds it to each recurrent op's
+    sequence_lens (its 5th input), which torch.onnx.export leaves empty."""
+    from onnx import TensorProto, helper
+    model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.INT32, shape))
+    for node in nodes:
+        ins = list(node.input) + [""] * (5 - len(node.input))
+        if ins[4]:
+            raise RuntimeError(f"exported {node.op_type} op {node.name} already has sequence_lens")
+        ins[4] = name
+        del node.input[:]
+        node.input.extend(ins)
 
 
 def _onnx_feeds(data):

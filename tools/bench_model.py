@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(TOOLS))
 sys.path.insert(0, TOOLS)
 
 import lstm_infer as li  # noqa: E402
-from bench import Timer, cpu_model, usable_cpus  # noqa: E402
+from bench import Timer, cpu_model, usable_cpus, wire_sequence_lens  # noqa: E402
 
 V, E, H, L, C = 10000, 128, 256, 2, 5
 T, B = 60, 32
@@ -107,14 +107,7 @@ def export_onnx(torch, net, ids):
     lstms = [n for n in model.graph.node if n.op_type == "LSTM"]
     if len(lstms) != L:
         raise RuntimeError(f"torch.onnx.export made {len(lstms)} LSTM ops, not {L}")
-    model.graph.input.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]))
-    for node in lstms:
-        ins = list(node.input) + [""] * (5 - len(node.input))
-        if ins[4]:
-            raise RuntimeError(f"exported LSTM op {node.name} already has sequence_lens")
-        ins[4] = "lengths"
-        del node.input[:]
-        node.input.extend(ins)
+    wire_sequence_lens(model, lstms, "lengths", ["B"])
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
