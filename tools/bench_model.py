@@ -95,7 +95,6 @@ def make_batch():
 def export_onnx(torch, net, ids):
     """The padded model as ONNX bytes, every LSTM op given the graph input ``lengths``."""
     import onnx
-    from onnx import TensorProto, helper
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
