@@ -10,6 +10,9 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,10 +45,14 @@ static inline int64_t rnd_i(int64_t lo, int64_t hi) { /* inclusive */
     return lo + (int64_t)(rnd_u64() % (uint64_t)(hi - lo + 1));
 }
 
+/* The avx2 kernel set needs AVX2, FMA and F16C (the half weights); clang 14's
+   __builtin_cpu_supports does not know "f16c", so CPUID 1 ECX bit 29 is read here. */
 static inline int cpu_has_avx2(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned a, b, c, d;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 #else
     return 0;
 #endif

@@ -347,33 +347,33 @@ static void run_case(const fcase *fc, const char *isa, int threads, int own_work
 static void test_forward(const char *const *isas, int n_isas) {
     const fcase cases[] = {
         /* I, H, L, bias, bi, P;  T, B, ragged, hx */
-        {{37, 50, 1, 1, 0, 0, LSTM_CELL_LSTM}, 7, 5, 1, 0},
-        {{37, 50, 2, 1, 1, 0, LSTM_CELL_LSTM}, 6, 4, 1, 1},
-        {{5, 16, 3, 1, 1, 0, LSTM_CELL_LSTM}, 5, 3, 1, 1},
-        {{8, 20, 2, 0, 0, 0, LSTM_CELL_LSTM}, 4, 3, 0, 1},     /* no bias */
-        {{8, 20, 2, 1, 1, 7, LSTM_CELL_LSTM}, 5, 4, 1, 1},     /* proj, bi */
-        {{3, 33, 3, 0, 1, 5, LSTM_CELL_LSTM}, 4, 6, 1, 0},     /* proj, no bias, 3 layers, bi */
-        {{1, 1, 1, 1, 0, 0, LSTM_CELL_LSTM}, 3, 1, 0, 0},      /* tiny */
-        {{9, 17, 1, 1, 1, 0, LSTM_CELL_LSTM}, 1, 1, 0, 1},     /* T 1, batch 1 */
-        {{6, 12, 2, 1, 0, 0, LSTM_CELL_LSTM}, 5, 1, 1, 1},     /* batch 1 ragged (len T) */
-        {{11, 24, 1, 1, 1, 3, LSTM_CELL_LSTM}, 6, 7, 1, 1},
+        {{37, 50, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 7, 5, 1, 0},
+        {{37, 50, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 6, 4, 1, 1},
+        {{5, 16, 3, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 5, 3, 1, 1},
+        {{8, 20, 2, 0, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 4, 3, 0, 1},     /* no bias */
+        {{8, 20, 2, 1, 1, 7, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 5, 4, 1, 1},     /* proj, bi */
+        {{3, 33, 3, 0, 1, 5, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 4, 6, 1, 0},     /* proj, no bias, 3 layers, bi */
+        {{1, 1, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 3, 1, 0, 0},      /* tiny */
+        {{9, 17, 1, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 1, 1, 0, 1},     /* T 1, batch 1 */
+        {{6, 12, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 5, 1, 1, 1},     /* batch 1 ragged (len T) */
+        {{11, 24, 1, 1, 1, 3, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 6, 7, 1, 1},
         /* big enough for the pool's threads, team split and bidirectional teams */
-        {{40, 128, 2, 1, 1, 0, LSTM_CELL_LSTM}, 12, 8, 1, 1},
-        {{40, 130, 1, 1, 0, 64, LSTM_CELL_LSTM}, 10, 9, 1, 0},
+        {{40, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 12, 8, 1, 1},
+        {{40, 130, 1, 1, 0, 64, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 10, 9, 1, 0},
         /* the other cells: GRU, RNN tanh and relu */
-        {{37, 50, 1, 1, 0, 0, LSTM_CELL_GRU}, 7, 5, 1, 0},
-        {{5, 16, 3, 1, 1, 0, LSTM_CELL_GRU}, 5, 3, 1, 1},
-        {{8, 20, 2, 0, 0, 0, LSTM_CELL_GRU}, 4, 3, 0, 1},
-        {{9, 17, 1, 1, 1, 0, LSTM_CELL_GRU}, 1, 1, 0, 1},
-        {{40, 128, 2, 1, 1, 0, LSTM_CELL_GRU}, 12, 8, 1, 1},
-        {{40, 130, 1, 0, 0, 0, LSTM_CELL_GRU}, 10, 9, 1, 0},
-        {{37, 50, 2, 1, 1, 0, LSTM_CELL_RNN_TANH}, 6, 4, 1, 1},
-        {{3, 33, 3, 0, 1, 0, LSTM_CELL_RNN_TANH}, 4, 6, 1, 0},
-        {{1, 1, 1, 1, 0, 0, LSTM_CELL_RNN_TANH}, 3, 1, 0, 0},
-        {{40, 128, 2, 1, 1, 0, LSTM_CELL_RNN_TANH}, 12, 8, 1, 1},
-        {{11, 24, 2, 1, 1, 0, LSTM_CELL_RNN_RELU}, 6, 7, 1, 1},
-        {{6, 12, 1, 0, 0, 0, LSTM_CELL_RNN_RELU}, 5, 1, 1, 1},
-        {{40, 130, 2, 1, 0, 0, LSTM_CELL_RNN_RELU}, 10, 9, 1, 0},
+        {{37, 50, 1, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 7, 5, 1, 0},
+        {{5, 16, 3, 1, 1, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 5, 3, 1, 1},
+        {{8, 20, 2, 0, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 4, 3, 0, 1},
+        {{9, 17, 1, 1, 1, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 1, 1, 0, 1},
+        {{40, 128, 2, 1, 1, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 12, 8, 1, 1},
+        {{40, 130, 1, 0, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 10, 9, 1, 0},
+        {{37, 50, 2, 1, 1, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 6, 4, 1, 1},
+        {{3, 33, 3, 0, 1, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 4, 6, 1, 0},
+        {{1, 1, 1, 1, 0, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 3, 1, 0, 0},
+        {{40, 128, 2, 1, 1, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 12, 8, 1, 1},
+        {{11, 24, 2, 1, 1, 0, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F32}, 6, 7, 1, 1},
+        {{6, 12, 1, 0, 0, 0, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F32}, 5, 1, 1, 1},
+        {{40, 130, 2, 1, 0, 0, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F32}, 10, 9, 1, 0},
     };
     const int threads[] = {1, 2};
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++)
@@ -381,7 +381,7 @@ static void test_forward(const char *const *isas, int n_isas) {
             for (int t = 0; t < 2; t++)
                 for (int ws = 0; ws < 2; ws++) run_case(&cases[c], isas[i], threads[t], ws);
     /* all sequences of length 0 */
-    fcase zero = {{4, 8, 2, 1, 1, 0, LSTM_CELL_LSTM}, 3, 4, 0, 1};
+    fcase zero = {{4, 8, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 3, 4, 0, 1};
     for (int i = 0; i < n_isas; i++) {
         CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
         weights W;
@@ -412,7 +412,7 @@ static void test_forward(const char *const *isas, int n_isas) {
  * nothing written past the output. */
 static void test_single_sequence_output(const char *const *isas, int n_isas) {
     enum { T = 9, I = 5, H = 20, PAD = 3 };
-    lstm_config cfg = {I, H, 2, 1, 0, 0, LSTM_CELL_LSTM};
+    lstm_config cfg = {I, H, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32};
     weights W;
     make_weights(&cfg, &W);
     float x[T * I], dense[T * H + PAD], padded[T * (H + PAD)];
@@ -449,7 +449,7 @@ static void test_single_sequence_output(const char *const *isas, int n_isas) {
 /* NaN in one input step must poison that sequence's outputs from there on (and
  * the reverse direction up to there), as in PyTorch; returns 1 if it does. */
 static int nan_propagates(const char *isa) {
-    lstm_config cfg = {5, 20, 1, 1, 1, 0, LSTM_CELL_LSTM};
+    lstm_config cfg = {5, 20, 1, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32};
     weights W;
     make_weights(&cfg, &W);
     lstm_model *m = NULL;
@@ -495,7 +495,7 @@ static void *caller_main(void *p) {
 
 static void test_concurrent_callers(const char *isa) {
     enum { NC = 4, TT = 20, BB = 6, II = 24, HH = 96 };
-    lstm_config cfg = {II, HH, 1, 1, 1, 0, LSTM_CELL_LSTM};
+    lstm_config cfg = {II, HH, 1, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32};
     weights W;
     make_weights(&cfg, &W);
     lstm_model *m = NULL;
@@ -538,7 +538,7 @@ static void test_concurrent_callers(const char *isa) {
 /* ------------------------------------------------------------------ (c) errors */
 
 static void test_errors(void) {
-    lstm_config cfg = {6, 10, 2, 1, 1, 0, LSTM_CELL_LSTM};
+    lstm_config cfg = {6, 10, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32};
     weights W;
     make_weights(&cfg, &W);
     const float *const *w = (const float *const *)W.w;
@@ -562,12 +562,12 @@ static void test_errors(void) {
         W.w[3] = saved;
     }
     const lstm_config bad_cfgs[] = {
-        {6, 0, 2, 1, 1, 0, LSTM_CELL_LSTM},  {6, -1, 2, 1, 1, 0, LSTM_CELL_LSTM}, {0, 10, 2, 1, 1, 0, LSTM_CELL_LSTM}, {-3, 10, 2, 1, 1, 0, LSTM_CELL_LSTM},
-        {6, 10, 0, 1, 1, 0, LSTM_CELL_LSTM}, {6, 10, -2, 1, 1, 0, LSTM_CELL_LSTM}, {6, 10, 2, 2, 1, 0, LSTM_CELL_LSTM}, {6, 10, 2, 1, 2, 0, LSTM_CELL_LSTM},
-        {6, 10, 2, 1, 1, 10, LSTM_CELL_LSTM}, {6, 10, 2, 1, 1, 11, LSTM_CELL_LSTM}, {6, 10, 2, 1, 1, -1, LSTM_CELL_LSTM}, {6, 10, 2, -1, 1, 0, LSTM_CELL_LSTM},
-        {6, 10, 2, 1, 1, 0, 4}, {6, 10, 2, 1, 1, 0, -1}, {6, 10, 2, 1, 1, 3, LSTM_CELL_GRU},
-        {6, 10, 2, 1, 1, 3, LSTM_CELL_RNN_TANH}, {6, LSTM_MAX_FEATURES + 1, 1, 1, 0, 0, LSTM_CELL_LSTM},
-        {6, 10, LSTM_MAX_LAYERS + 1, 1, 0, 0, LSTM_CELL_LSTM},
+        {6, 0, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},  {6, -1, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {0, 10, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {-3, 10, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
+        {6, 10, 0, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {6, 10, -2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {6, 10, 2, 2, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {6, 10, 2, 1, 2, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
+        {6, 10, 2, 1, 1, 10, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {6, 10, 2, 1, 1, 11, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {6, 10, 2, 1, 1, -1, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, {6, 10, 2, -1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
+        {6, 10, 2, 1, 1, 0, 4, LSTM_WEIGHTS_F32}, {6, 10, 2, 1, 1, 0, -1, LSTM_WEIGHTS_F32}, {6, 10, 2, 1, 1, 3, LSTM_CELL_GRU, LSTM_WEIGHTS_F32},
+        {6, 10, 2, 1, 1, 3, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, {6, LSTM_MAX_FEATURES + 1, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
+        {6, 10, LSTM_MAX_LAYERS + 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
     };
     for (size_t i = 0; i < sizeof bad_cfgs / sizeof *bad_cfgs; i++) {
         CHECK(lstm_weight_count(&bad_cfgs[i]) == 0, "weight_count of bad cfg %zu", i);
@@ -583,7 +583,7 @@ static void test_errors(void) {
     }
     /* sizes whose weights cannot be represented */
     {
-        lstm_config huge = {INT32_MAX, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX - 1, LSTM_CELL_LSTM};
+        lstm_config huge = {INT32_MAX, INT32_MAX, INT32_MAX, 1, 1, INT32_MAX - 1, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32};
         size_t n = lstm_weight_count(&huge);
         lstm_status s = lstm_model_create(&huge, w, n, &m);
         CHECK(s == LSTM_ERR_SIZE_OVERFLOW || s == LSTM_ERR_INVALID_ARGUMENT || s == LSTM_ERR_OUT_OF_MEMORY,
@@ -728,7 +728,7 @@ static void test_interrupt(const char *isa) {
                 const int64_t T = shapes[sh].T, B = shapes[sh].B, I = shapes[sh].I, H = shapes[sh].H;
                 const int64_t DH = (1 + shapes[sh].bi) * H, n_out = T * B * DH;
                 lstm_config cfg = {(int32_t)I, (int32_t)H, (int32_t)shapes[sh].L, 1, (int32_t)shapes[sh].bi, 0,
-                                   cell ? LSTM_CELL_GRU : LSTM_CELL_LSTM};
+                                   cell ? LSTM_CELL_GRU : LSTM_CELL_LSTM, LSTM_WEIGHTS_F32};
                 weights W;
                 make_weights(&cfg, &W);
                 lstm_model *m = NULL;
@@ -794,13 +794,13 @@ static int forward_plain(const lstm_model *m, int64_t T, int64_t B, const float 
  */
 static void test_reduced_forward(const char *const *isas, int n_isas) {
     const lstm_config cfgs[] = {
-        {.input_size = 37, .hidden_size = 50, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_LSTM},
-        {.input_size = 8, .hidden_size = 20, .num_layers = 2, .bias = 1, .bidirectional = 1, .proj_size = 7, .cell = LSTM_CELL_LSTM},
-        {.input_size = 40, .hidden_size = 130, .num_layers = 1, .bias = 1, .proj_size = 64, .cell = LSTM_CELL_LSTM},
-        {.input_size = 40, .hidden_size = 128, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_GRU},
-        {.input_size = 9, .hidden_size = 17, .num_layers = 1, .bias = 0, .cell = LSTM_CELL_GRU},
-        {.input_size = 11, .hidden_size = 24, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_RNN_RELU},
-        {.input_size = 3, .hidden_size = 33, .num_layers = 3, .bias = 0, .bidirectional = 1, .cell = LSTM_CELL_RNN_TANH},
+        {.input_size = 37, .hidden_size = 50, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
+        {.input_size = 8, .hidden_size = 20, .num_layers = 2, .bias = 1, .bidirectional = 1, .proj_size = 7, .cell = LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
+        {.input_size = 40, .hidden_size = 130, .num_layers = 1, .bias = 1, .proj_size = 64, .cell = LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
+        {.input_size = 40, .hidden_size = 128, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_GRU, LSTM_WEIGHTS_F32},
+        {.input_size = 9, .hidden_size = 17, .num_layers = 1, .bias = 0, .cell = LSTM_CELL_GRU, LSTM_WEIGHTS_F32},
+        {.input_size = 11, .hidden_size = 24, .num_layers = 2, .bias = 1, .bidirectional = 1, .cell = LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F32},
+        {.input_size = 3, .hidden_size = 33, .num_layers = 3, .bias = 0, .bidirectional = 1, .cell = LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32},
     };
     const int64_t T = 9, B = 6;
     for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++)
