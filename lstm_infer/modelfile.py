@@ -468,7 +468,7 @@ def read_stored(path=None, name: str | None = None, *, data=None):
     declared = set(weights.values()) if isinstance(weights, dict) else {weights}
     if kind == "Sequential":
         declared = {e.get("weights", "float32") for e in cfg["layers"]}
-    allowed = {"F32"} | {STORAGES[w] for w in declared}
+    allowed = {"F32"} if declared == {"float32"} else set(STORAGES.values())
     for k, (_, dtype, _, _, _) in entries.items():
         if dtype not in allowed:
             raise FormatError(f"{src}: tensor {k!r} has dtype {dtype}; a model of "
