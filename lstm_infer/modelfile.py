@@ -225,15 +225,17 @@ def _storage_by_key(keys, cfg, src, kind, weights):
 
 
 def _check_tensors(shapes, cfg, src, kind, weights):
-    """shapes: every tensor's name -> shape. They must be exactly ``kind``'s with ``cfg``
-    plus a row-scale vector after each int8 array. Returns {weight key: storage} in the
-    order written."""
-    scales = {k: s for k, s in shapes.items() if k.endswith(SCALE_SUFFIX)}
-    rest = {k: s for k, s in shapes.items() if k not in scales}
+    """shapes: every tensor's name -> shape. Those not named "*_scale" must be exactly
+    ``kind``'s with ``cfg``. Returns {weight key: storage} in the order written."""
+    rest = {k: s for k, s in shapes.items() if not k.endswith(SCALE_SUFFIX)}
     if kind == "Sequential":
-        storage = _sequential_keys(rest, cfg, src)
-    else:
-        storage = _storage_by_key(_check_shapes(rest, cfg, src, kind), cfg, src, kind, weights)
+        return _sequential_keys(rest, cfg, src)
+    return _storage_by_key(_check_shapes(rest, cfg, src, kind), cfg, src, kind, weights)
+
+
+def _check_scales(shapes, storage, src):
+    """The "*_scale" tensors are exactly one row-scale vector per int8 array."""
+    scales = {k: s for k, s in shapes.items() if k.endswith(SCALE_SUFFIX)}
     want = {k + SCALE_SUFFIX: k for k, s in storage.items() if s == "int8"}
     for k in sorted(set(scales) - set(want)):
         raise FormatError(f"{src}: unexpected tensor {k!r} (row scales go with int8 weights only)")
@@ -243,7 +245,6 @@ def _check_tensors(shapes, cfg, src, kind, weights):
         if tuple(scales[k]) != (shapes[w][0],):
             raise FormatError(f"{src}: tensor {k!r} has shape {list(scales[k])}, but {w!r} has "
                               f"{shapes[w][0]} rows: it needs [{shapes[w][0]}]")
-    return storage
 
 
 def _check_values(name, dtype, array, src):
@@ -359,10 +360,13 @@ def write_model(path, state_dict, config, kind="LSTM", weights="float32") -> Non
     else:
         _check_storage(weights, path, _REDUCED_VERSION)
         cfg = _layer_config(config, kind, path)
-    storage = _check_tensors({k: np.shape(v) for k, v in state_dict.items()}, cfg, path, kind, weights)
+    shapes = {k: np.shape(v) for k, v in state_dict.items()}
+    storage = _check_tensors(shapes, cfg, path, kind, weights)
+    stored = {k: _stored_array(state_dict, k, s, path) for k, s in storage.items()}
+    _check_scales(shapes, storage, path)
     arrays = {}
     for k, s in storage.items():
-        arrays[k] = _stored_array(state_dict, k, s, path)
+        arrays[k] = stored[k]
         if s == "int8":
             arrays[k + SCALE_SUFFIX] = _stored_array(state_dict, k + SCALE_SUFFIX, "float32", path)
     for k, a in arrays.items():
@@ -473,12 +477,15 @@ def read_stored(path=None, name: str | None = None, *, data=None):
         if dtype not in allowed:
             raise FormatError(f"{src}: tensor {k!r} has dtype {dtype}; a model of "
                               f"{' and '.join(sorted(declared))} weights holds {', '.join(sorted(allowed))} only")
-    storage = _check_tensors({k: e[2] for k, e in entries.items()}, cfg, src, kind, weights)
+    shapes = {k: e[2] for k, e in entries.items()}
+    storage = _check_tensors(shapes, cfg, src, kind, weights)
+    for k, s in storage.items():
+        if entries[k][1] != STORAGES[s]:
+            raise FormatError(f"{src}: tensor {k!r} has dtype {entries[k][1]}; {s} weights store it as {STORAGES[s]}")
+    _check_scales(shapes, storage, src)
     for k, (_, dtype, _, _, _) in entries.items():
-        want = STORAGES[storage[k]] if k in storage else "F32"
-        if dtype != want:
-            what = f"{storage[k]} weights store it as {want}" if k in storage else "row scales are F32"
-            raise FormatError(f"{src}: tensor {k!r} has dtype {dtype}; {what}")
+        if k not in storage and dtype != "F32":
+            raise FormatError(f"{src}: tensor {k!r} has dtype {dtype}; row scales are F32")
     tensors = {}
     for k, (code, dtype, shape, b, e) in entries.items():
         view = np.frombuffer(data, dtype=code, count=(e - b) // np.dtype(code).itemsize, offset=b)
