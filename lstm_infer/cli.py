@@ -48,17 +48,7 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
-def _model_file_kind(data: bytes):
-    """The kind our model file records (checked when read), or None for any other file."""
-    if readers.sniff(data) != "safetensors":
-        return None
-    try:
-        _, meta = readers.parse_safetensors(data)
-    except ValueError:
-        return None
-    if not meta or meta.get("format") != modelfile.FORMAT:
-        return None
-    return meta.get("kind", "")
+_model_file_kind = modelfile.file_kind  # the kind our model file records, None for other files
 
 
 def _is_model_file(data: bytes) -> bool:
@@ -275,12 +265,12 @@ def cmd_convert(args) -> int:
 
 def _convert_pipeline(args) -> int:
     """A whole model: the pipeline's layers over the file's state dict, in one model file."""
-    from .sequential import Sequential
+    from .sequential import Sequential, read_state_dict
 
     if args.prefix:
         raise UserError("--prefix selects one module; with --pipeline name the modules in the pipeline "
                         "(e.g. --pipeline \"encoder.embedding > encoder.lstm > final > fc\")")
-    tensors = readers.read_tensors(_read(args.file), args.file)
+    tensors = read_state_dict(_read(args.file), args.file)
     weights = args.weights or "float32"
     try:
         model = Sequential.from_state_dict(tensors, args.pipeline, batch_first=args.batch_first,

@@ -59,7 +59,7 @@ from . import detect, fileio, pipeline, readers
 from .errors import FormatError
 from .readers import _no_duplicates, parse_safetensors
 
-__all__ = ["write_model", "read_model", "read_stored", "dequantize", "FORMAT", "FORMAT_VERSION",
+__all__ = ["write_model", "read_model", "read_stored", "dequantize", "file_kind", "FORMAT", "FORMAT_VERSION",
            "FORMAT_VERSIONS", "KINDS", "CONFIG_KEYS_BY_KIND", "STORAGES", "SCALE_SUFFIX"]
 
 FORMAT = "lstm_infer"
@@ -407,6 +407,20 @@ def _check_head(fh, size, src):
             raise FormatError(f"{src}: header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes")
         if 8 + n > size:
             raise FormatError(f"{src}: header length {n} runs past the end of the {size}-byte file")
+
+
+def file_kind(data):
+    """The kind our model file ``data`` (bytes-like) records, checked only as far as its
+    metadata (read_model checks the rest), or None for any other file."""
+    if readers.sniff(data) != "safetensors":
+        return None
+    try:
+        _, meta = parse_safetensors(data)
+    except ValueError:
+        return None
+    if not meta or meta.get("format") != FORMAT:
+        return None
+    return meta.get("kind", "")
 
 
 def dequantize(tensors):

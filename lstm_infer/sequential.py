@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import layers as _layers, modelfile, pipeline as _pipeline, readers
+from . import fileio, layers as _layers, modelfile, pipeline as _pipeline, readers
 from .model import MODULES, _check_mapping, _float_array, _Layer, _to_numpy, _weight_type, build
 
 __all__ = ["Sequential", "read_state_dict"]
@@ -23,11 +23,18 @@ _RECURRENT = _pipeline.RECURRENT_KINDS
 _RERAISED = (ValueError, TypeError, IndexError)  # re-raised naming the layer
 
 
-def read_state_dict(path):
+def read_state_dict(path, name=None):
     """{name: array} from any file the converter reads (torch.save zip or legacy
     file, full checkpoint, safetensors, .npz, an lstm_infer model file), without
-    torch: floating-point tensors as float32, integer ones as they are stored."""
-    sd = readers.read_tensors(path)
+    torch: floating-point tensors as float32, integer ones as they are stored (an
+    lstm_infer model file with reduced weights: the float32 values its model computes
+    with). ``path``: a path, or the file's contents as for readers.read_tensors."""
+    if isinstance(path, (str, os.PathLike)):
+        name = name or fileio.display_name(path)
+        path = memoryview(fileio.read_file(path))
+    if modelfile.file_kind(path) is not None:
+        return modelfile.read_model(path, name)[2]
+    sd = readers.read_tensors(path, name)
     return {k: v.astype(np.float32) if v.dtype.kind == "f" and v.dtype != np.float32 else v
             for k, v in sd.items()}
 

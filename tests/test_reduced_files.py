@@ -135,6 +135,10 @@ def test_pickle_and_sequential_keep_the_stored_weights(tmp_path):
             assert np.array_equal(back(z["x"], lengths=z["lengths"]), y)
         # float32 torch's outputs within the storage's tolerance
         assert np.max(np.abs(y - z["output"])) <= cli.TOLERANCES[want_storage]
+    # read_state_dict of a reduced file: the float32 values the model computes with
+    sd = li.read_state_dict(str(tmp_path / "s.lstm"))
+    assert all(v.dtype == np.float32 for v in sd.values()) and sd.keys() == model.state_dict().keys()
+    assert all(np.array_equal(sd[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="not recurrent layers"):
         li.Sequential.from_state_dict(pt, meta["pipeline"], weights={"nope": "int8"}, **kw)
 
