@@ -248,7 +248,7 @@ def cmd_convert(args) -> int:
     if args.pipeline is not None:
         return _convert_pipeline(args)
     w = load_weights(args.file, args.prefix, args.nonlinearity, args.batch_first)
-    weights = args.weights or "float32"
+    weights = args.weights or w.weights  # a reduced model file stays reduced unless told
     if weights == "float32":
         modelfile.write_model(args.output, w.state_dict, w.config, w.kind)
     else:

@@ -194,6 +194,12 @@ def test_cli_convert_inspect(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "format_version 2" in text and "weights='int8'" in text
     assert "int8 x6 (with float32 row scales)" in text and "float16 x12" in text
+    # a reduced model file converted again keeps its stored weights unless --weights says otherwise
+    again = tmp_path / "again.lstm"
+    assert cli.main(["convert", str(out), "-o", str(again)]) == 0
+    _same_stored(li.load(str(out)), li.load(str(again)))
+    assert cli.main(["convert", str(out), "-o", str(again), "--weights", "float32"]) == 0
+    assert li.load(str(again)).weights == "float32"
     _convert("family/lstmcell_hx", out, "float16")
     capsys.readouterr()
     assert cli.main(["inspect", str(out)]) == 0
