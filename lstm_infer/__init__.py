@@ -27,9 +27,6 @@ def load(path):
     """Reads a model file written by save() or `lstm-infer convert`; returns a
     module of the kind the file records (LSTM, GRU, RNN or a cell), or a Sequential,
     with the weights as the file stores them (float32, or reduced: float16 / int8)."""
-    from .model import build
     from .modelfile import read_stored
-    kind, config, tensors, weights = read_stored(path)
-    if kind == "Sequential":
-        return Sequential.from_config(config, tensors)
-    return build(kind, config, tensors, weights)
+    from .sequential import build_model
+    return build_model(*read_stored(path))

@@ -1,8 +1,9 @@
 """Our model file: a safetensors file any safetensors reader can open.
 
 Layout: 8-byte little-endian header length N, N bytes of JSON (padded with
-spaces so the data starts 8-byte aligned), then the float32 little-endian
-tensors back to back under the torch module's own key names. The header's
+spaces so the data starts 8-byte aligned), then the little-endian tensors
+(float32; see reduced weights below) back to back under the torch module's own
+key names. The header's
 ``__metadata__`` holds::
 
     {"format": "lstm_infer", "format_version": "1", "kind": "<KIND>",

@@ -410,6 +410,14 @@ def _rebuild(config, state_dict):
     return Sequential.from_config(config, state_dict)
 
 
+def build_model(kind, config, tensors, weights):
+    """The model a model file describes (modelfile.read_stored's result): a Sequential,
+    or a module of its kind with its weights as stored."""
+    if kind == "Sequential":
+        return Sequential.from_config(config, tensors)
+    return build(kind, config, tensors, weights)
+
+
 def _storage_by_layer(weights, names):
     """{recurrent layer name: storage} from from_state_dict's weights argument."""
     if isinstance(weights, Mapping):

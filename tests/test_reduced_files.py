@@ -103,6 +103,17 @@ def test_round_trip_is_bit_identical(tmp_path, kind, args, weights):
     assert set(sd) == set(m.state_dict())
 
 
+@pytest.mark.parametrize("weights", STORAGES)
+def test_shipped_bytes_load_as_stored(tmp_path, weights):
+    """lstm_infer.dask ships a model file's bytes to its workers: they build the same model."""
+    from lstm_infer import dask as li_dask
+    m = li.RNN(4, 6, num_layers=2, weights=weights)
+    m.save(tmp_path / "m.lstm")
+    back = li_dask._from_bytes((tmp_path / "m.lstm").read_bytes(), "m.lstm")
+    assert back.weights == weights
+    _same_stored(m, back)
+
+
 def test_float32_files_stay_version_1(tmp_path):
     """An older reader reads what it always read: float32 models keep format_version 1
     and no "weights"; only reduced ones say 2, which it refuses as a newer format."""
