@@ -484,9 +484,7 @@ def read_stored(path=None, name: str | None = None, *, data=None):
         weights = meta["weights"]
     # every dtype, shape and scale length is checked before any array is made; first
     # the dtypes no storage of this file has (all but F32 for a float32 model)
-    declared = set(weights.values()) if isinstance(weights, dict) else {weights}
-    if kind == "Sequential":
-        declared = {e.get("weights", "float32") for e in cfg["layers"]}
+    declared = {e.get("weights", "float32") for e in cfg["layers"]} if kind == "Sequential" else {weights}
     allowed = {"F32"} if declared == {"float32"} else set(STORAGES.values())
     for k, (_, dtype, _, _, _) in entries.items():
         if dtype not in allowed:
