@@ -25,12 +25,8 @@ __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "load", "set_
 
 def load(path):
     """Reads a model file written by save() or `lstm-infer convert`; returns a
-    module of the kind the file records (LSTM, GRU, RNN or a cell), or a Sequential."""
-    from .model import MODULES
-    from .modelfile import read_model
-    kind, config, state_dict = read_model(path)
-    if kind == "Sequential":
-        return Sequential.from_config(config, state_dict)
-    model = MODULES[kind](**config)
-    model.load_state_dict(state_dict, strict=True)
-    return model
+    module of the kind the file records (LSTM, GRU, RNN or a cell), or a Sequential,
+    with the weights as the file stores them (float32, or reduced: float16 / int8)."""
+    from .modelfile import read_stored
+    from .sequential import build_model
+    return build_model(*read_stored(path))

@@ -6,6 +6,14 @@ readouts around the recurrent layers; see lstm_infer.pipeline). Exit codes: 0 su
 1 verification above tolerance, 2 user error (bad file, bad option), 3 torch not
 installed for ``verify``. Torch is imported only by ``verify`` (and lstm_infer.torchref).
 
+Reduced weights: ``convert --weights float16|int8`` stores the recurrent layers'
+weights reduced (see lstm_infer.LSTM); ``verify`` of such a model (or ``verify FILE
+--weights ...``, which reduces in memory) compares it with torch on the float32
+weights (for a reduced model file, the dequantized ones it holds: the float32
+originals are not in it; ``convert --verify`` uses the source file's), reports max
+and mean absolute error per output, and passes below the storage's tolerance
+(``TOLERANCES``) unless ``--tol`` is given.
+
 ``verify --inputs X.npz --outputs Y.npz`` compares with outputs saved from the user's
 own torch model: X.npz holds ``x``, the padded batch in the model's layout (token ids
 (T, B), or floats (T, B, features); (B, T, ...) for a batch_first model) and optionally
@@ -29,6 +37,9 @@ from . import detect, modelfile, pipeline, readers, runner
 
 PROG = "lstm-infer"
 EXIT_MISMATCH, EXIT_USAGE, EXIT_NO_TORCH = 1, 2, 3
+# verify's default max abs error by weight storage: float32 parity; the reduced
+# storages' accuracy targets (issue 17: float16 <= 2e-3, int8 <= 1e-2 on trained weights)
+TOLERANCES = {"float32": 1e-5, "float16": 2e-3, "int8": 1e-2}
 # How many unrecognised tensors inspect names before "... and N more".
 OTHER_TENSORS_SHOWN = 8
 
@@ -37,17 +48,7 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, exit code 2."""
 
 
-def _model_file_kind(data: bytes):
-    """The kind our model file records (checked when read), or None for any other file."""
-    if readers.sniff(data) != "safetensors":
-        return None
-    try:
-        _, meta = readers.parse_safetensors(data)
-    except ValueError:
-        return None
-    if not meta or meta.get("format") != modelfile.FORMAT:
-        return None
-    return meta.get("kind", "")
+_model_file_kind = modelfile.file_kind  # the kind our model file records, None for other files
 
 
 def _is_model_file(data: bytes) -> bool:
@@ -68,6 +69,23 @@ class Weights(NamedTuple):
     state_dict: dict    # float32 arrays under the module's torch key names
     desc: str           # where they came from, for messages
     assumed: tuple      # config keys not in the file but assumed (nonlinearity of a state-dict RNN)
+    weights: str = "float32"  # the storage in the file ("float16"/"int8": a reduced model file)
+    stored: dict = None       # the arrays as the file stores them (reduced model files)
+
+    def module(self, weights=None):
+        """Our module of these weights: as the file stores them, or with storage ``weights``."""
+        import lstm_infer
+        from .model import build
+
+        weights = weights or self.weights
+        if weights == self.weights != "float32":
+            return build(self.kind, self.config, self.stored, weights)
+        model = getattr(lstm_infer, self.kind)(**self.config)  # (by name: tests stand in for a class)
+        if weights == "float32":
+            model.load_state_dict(self.state_dict, strict=True)
+        else:
+            model.load_state_dict(self.state_dict, strict=True, weights=weights)
+        return model
 
 
 def _option_checks(kind, where, nonlinearity, batch_first):
@@ -90,11 +108,12 @@ def load_weights(path, prefix=None, nonlinearity=None, batch_first=False) -> Wei
     """The module at ``prefix`` in any supported file (or our model file), with the options applied."""
     data = _read(path)
     if _is_model_file(data):
-        kind, cfg, sd = modelfile.read_model(data, path)
+        kind, cfg, stored, weights = modelfile.read_stored(data, path)
         if prefix:
             raise UserError(f"{path} is an lstm_infer model file; it holds one {kind}, --prefix does not apply")
         cfg = dict(cfg, **_option_checks(kind, f"{path} (lstm_infer model file)", nonlinearity, batch_first))
-        return Weights(kind, cfg, sd, f"{path} (lstm_infer model file)", ())
+        return Weights(kind, cfg, modelfile.dequantize(stored), f"{path} (lstm_infer model file)", (),
+                       weights, stored)
     tensors = readers.read_tensors(data, path)
     try:
         spec = detect.find_one(tensors, prefix)
@@ -126,24 +145,46 @@ def _where(name):
     return repr(name + ".") if name else "(top level)"
 
 
-def _inspect_model_file(path, kind, cfg, sd):
-    n = sum(v.size for v in sd.values())
-    print(f"{path}: lstm_infer model file (format_version {modelfile.FORMAT_VERSION})")
+def _storage_desc(tensors):
+    """How a model file stores its tensors: "float32", or e.g. "int8 x4 (with row scales),
+    float16 x8, float32 x8" for reduced weights."""
+    counts = {}
+    for k, v in tensors.items():
+        if not k.endswith(modelfile.SCALE_SUFFIX):
+            counts[v.dtype.name] = counts.get(v.dtype.name, 0) + 1
+    if list(counts) == ["float32"]:
+        return "float32"
+    return ", ".join(f"{d} x{n}" + (" (with float32 row scales)" if d == "int8" else "")
+                     for d, n in sorted(counts.items(), key=lambda kv: kv[0] != "int8"))
+
+
+def _recurrent_desc(m):
+    """A recurrent layer as inspect prints it: its config, and weights= when reduced."""
+    extra = f", weights={m.weights!r}" if m.weights != "float32" else ""
+    return f"{m.kind}({_fmt_config(m.config, m.kind)}{extra})"
+
+
+def _inspect_model_file(path, data):
+    kind, cfg, tensors, weights = modelfile.read_stored(data, path)
+    version = readers.parse_safetensors(data)[1]["format_version"]
+    n = sum(v.size for k, v in tensors.items() if not k.endswith(modelfile.SCALE_SUFFIX))
+    print(f"{path}: lstm_infer model file (format_version {version})")
     if kind != "Sequential":
-        print(f"  {kind}({_fmt_config(cfg, kind)})")
+        extra = f", weights={weights!r}" if weights != "float32" else ""
+        print(f"  {kind}({_fmt_config(cfg, kind)}{extra})")
     else:
         from .sequential import Sequential
 
-        model = Sequential.from_config(cfg, sd)
+        model = Sequential.from_config(cfg, tensors)
         print(f"  Sequential, batch_first={model.batch_first}: {model.pipeline}")
         width = max(len(name) for name, _ in model.layers)
         for name, m in model.layers:
             desc = pipeline.describe(m.kind, m.config)
             if m.kind in pipeline.RECURRENT_KINDS:
-                desc = f"{m.kind}({_fmt_config(m.config, m.kind)})"
+                desc = _recurrent_desc(m)
             print(f"    {name:<{width}}  {desc}")
         print(f"  input: {_input_desc(model)}; output: {_output_desc(model)}")
-    print(f"  {len(sd)} tensors, {n} parameters, float32")
+    print(f"  {len(tensors)} tensors, {n} parameters, {_storage_desc(tensors)}")
     return 0
 
 
@@ -167,7 +208,7 @@ def _output_desc(model):
 def cmd_inspect(args) -> int:
     data = _read(args.file)
     if _is_model_file(data):
-        return _inspect_model_file(args.file, *modelfile.read_model(data, args.file))
+        return _inspect_model_file(args.file, data)
     fmt = readers.sniff(data)
     stored = {}
     tensors = readers.read_tensors(data, args.file, stored)
@@ -207,39 +248,71 @@ def cmd_convert(args) -> int:
     if args.pipeline is not None:
         return _convert_pipeline(args)
     w = load_weights(args.file, args.prefix, args.nonlinearity, args.batch_first)
-    modelfile.write_model(args.output, w.state_dict, w.config, w.kind)
-    print(f"wrote {args.output}: {w.kind}({_fmt_config(w.config, w.kind)}) from {w.desc}")
+    weights = args.weights or w.weights  # a reduced model file stays reduced unless told
+    if weights == "float32":
+        modelfile.write_model(args.output, w.state_dict, w.config, w.kind)
+    else:
+        w.module(weights).save(args.output)
+    extra = f" with {weights} weights" if weights != "float32" else ""
+    print(f"wrote {args.output}: {w.kind}({_fmt_config(w.config, w.kind)}){extra} from {w.desc}")
     if "nonlinearity" in w.assumed:
         print(f"note: {_assumed_note(w.kind)}")
-    if args.verify:
-        return _verify(args.output, None, args.tol, args.seed)
+    if args.verify:  # the written model against torch on the source's float32 weights
+        return _verify_module(load_weights(args.output).module(), w, _tol(args.tol, weights), args.seed,
+                              desc=args.output)
     return 0
 
 
 def _convert_pipeline(args) -> int:
     """A whole model: the pipeline's layers over the file's state dict, in one model file."""
-    from .sequential import Sequential
+    from .sequential import Sequential, read_state_dict
 
     if args.prefix:
         raise UserError("--prefix selects one module; with --pipeline name the modules in the pipeline "
                         "(e.g. --pipeline \"encoder.embedding > encoder.lstm > final > fc\")")
-    tensors = readers.read_tensors(_read(args.file), args.file)
+    tensors = read_state_dict(_read(args.file), args.file)
+    weights = args.weights or "float32"
     try:
         model = Sequential.from_state_dict(tensors, args.pipeline, batch_first=args.batch_first,
                                            nonlinearity=args.nonlinearity)
+        reduced = _with_weights(model, weights)
     except (ValueError, KeyError, TypeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise UserError(f"{args.file}: {msg}") from None
-    model.save(args.output)
+    reduced.save(args.output)
     print(f"wrote {args.output}: Sequential({model.pipeline}) from {args.file}")
-    for name, m in model.layers:
+    for name, m in reduced.layers:
         print(f"  {name}: {m!r}")
     rnns = [name for name, m in model.layers if m.kind == "RNN"]
     if rnns and args.nonlinearity is None:
         print(f"note: {', '.join(rnns)}: {_assumed_note('RNN')}")
-    if args.verify:
-        return _verify(args.output, None, args.tol, args.seed)
+    if args.verify:  # the written model against torch on the source's float32 weights
+        return _verify_sequential(args.output, _load_model(args.output, None, None), _tol(args.tol, weights),
+                                  args.seed, reference=model)
     return 0
+
+
+def _with_weights(model, weights):
+    """The Sequential ``model`` with its recurrent layers' weights stored as ``weights``
+    (the model itself when that changes nothing)."""
+    from .sequential import Sequential
+
+    rec = [m for m in model if m.kind in pipeline.RECURRENT_KINDS]
+    if all(m.weights == weights for m in rec):
+        return model
+    layers = {}
+    for name, m in model.layers:
+        if m.kind in pipeline.RECURRENT_KINDS:
+            other = type(m)(**m.config)
+            other.load_state_dict(m.state_dict(), weights=weights)
+            m = other
+        layers[name] = m
+    return Sequential(layers)
+
+
+def _tol(tol, weights):
+    """verify's tolerance: --tol, else the target of the weight storage checked."""
+    return TOLERANCES[weights] if tol is None else tol
 
 
 # ------------------------------------------------------------------- verify
@@ -322,7 +395,7 @@ def _load_model(path, prefix, nonlinearity, data=None):
     if not _is_model_file(data):
         raise UserError(f"{path} is not an lstm_infer model file; --inputs/--outputs compare a converted "
                         f"model (lstm-infer convert it first)")
-    kind, cfg, sd = modelfile.read_model(data, path)
+    kind, cfg, tensors, weights = modelfile.read_stored(data, path)
     if prefix:
         raise UserError(f"{path} is an lstm_infer model file; it holds one {kind}, --prefix does not apply")
     if nonlinearity is not None:
@@ -330,14 +403,12 @@ def _load_model(path, prefix, nonlinearity, data=None):
                         f"--nonlinearity does not apply")
     if kind == "Sequential":
         from .sequential import Sequential
-        return Sequential.from_config(cfg, sd)
-    from .model import MODULES
+        return Sequential.from_config(cfg, tensors)
+    from .model import build
     if kind in detect.CELL_KINDS:
         raise UserError(f"{path} holds {detect.article(kind)} {kind}; --inputs/--outputs compare sequence "
                         f"models (a Sequential, LSTM, GRU or RNN)")
-    model = MODULES[kind](**cfg)
-    model.load_state_dict(sd, strict=True)
-    return model
+    return build(kind, cfg, tensors, weights)
 
 
 def _npz_arrays(path, keys, required):
@@ -357,21 +428,40 @@ def _npz_arrays(path, keys, required):
 
 
 def _compare(a, b):
-    """(max abs err, max rel err) of ours ``a`` against the reference ``b`` (same shape)."""
-    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    """(max abs err, mean abs err, max rel err) of ours ``a`` against the reference ``b`` (same shape)."""
+    diff = np.abs(a - b)
+    err = float(np.max(diff)) if a.size else 0.0
+    mean = float(np.mean(diff)) if a.size else 0.0
     rel = err / max(float(np.max(np.abs(b))) if b.size else 0.0, np.finfo(np.float32).tiny)
-    return (err if np.isfinite(err) else np.inf), rel
+    return (err if np.isfinite(err) else np.inf), mean, rel
 
 
-def _report_row(case, label, a, b):
-    """Prints one row of verify's table; returns its max abs error (inf when the shapes differ)."""
-    a = np.asarray(a)
-    if a.shape != b.shape:
-        print(f"  {case:<12} {label}shape {a.shape} != torch {b.shape}")
-        return np.inf
-    err, rel = _compare(a, b)
-    print(f"  {case:<12} {label}{err:12.3e} {rel:12.3e}")
-    return err
+class _Report:
+    """verify's table: one row per case and output, then per output the max and mean
+    absolute error over all cases; the worst max decides."""
+
+    def __init__(self, labels):
+        self.labels = labels
+        self.totals = {}  # output -> [max, sum of abs errors, count]
+        label = f"{'tensor':<7} " if labels else ""
+        print(f"  {'case':<12} {label}{'max abs err':>12} {'mean abs err':>12} {'max rel err':>12}")
+
+    def row(self, case, label, a, b):
+        a = np.asarray(a)
+        head = f"{label:<7} " if self.labels else ""
+        if a.shape != b.shape:
+            print(f"  {case:<12} {head}shape {a.shape} != torch {b.shape}")
+            err, mean = np.inf, np.inf
+        else:
+            err, mean, rel = _compare(a, b)
+            print(f"  {case:<12} {head}{err:12.3e} {mean:12.3e} {rel:12.3e}")
+        t = self.totals.setdefault(label or "output", [0.0, 0.0, 0])
+        t[0], t[1], t[2] = max(t[0], err), t[1] + mean * max(a.size, 1), t[2] + max(a.size, 1)
+
+    def verdict(self, tol):
+        for label, (err, total, count) in self.totals.items():
+            print(f"  {label}: max abs err {err:.3e}, mean abs err {total / count:.3e} over all cases")
+        return _verdict(max(t[0] for t in self.totals.values()), tol)
 
 
 def _verdict(worst, tol):
@@ -381,9 +471,35 @@ def _verdict(worst, tol):
     return 0 if ok else EXIT_MISMATCH
 
 
-def _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity) -> int:
+def _storage_of(model):
+    """The weight storage verify checks: the module's, or for a Sequential the least
+    precise of its recurrent layers' (float32 when it has none)."""
+    modules = list(model) if hasattr(model, "layers") else [model]
+    found = [m.weights for m in modules if m.kind in detect.KINDS]
+    return max(found, key=list(TOLERANCES).index, default="float32")
+
+
+def _with_storage(model, weights):
+    """``model`` (a module or a Sequential) with its recurrent weights stored as ``weights``."""
+    if weights is None:
+        return model
+    if hasattr(model, "layers"):
+        return _with_weights(model, weights)
+    other = type(model)(**model.config)
+    other.load_state_dict(model.state_dict(), weights=weights)
+    return other
+
+
+def _reduced_note(path, weights):
+    return (f"{path} stores {weights} weights and not the float32 originals: torch runs on the dequantized "
+            f"weights, so this shows the engine's error without the rounding of the weights; verify the "
+            f"float32 source with --weights {weights} for the whole error")
+
+
+def _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity, weights=None) -> int:
     """Our model on the user's saved inputs against the outputs they saved from torch."""
-    model = _load_model(path, prefix, nonlinearity)
+    model = _with_storage(_load_model(path, prefix, nonlinearity), weights)
+    tol = _tol(tol, _storage_of(model))
     xs = _npz_arrays(inputs, ("x", "lengths"), ("x",))
     y_ref = np.asarray(_npz_arrays(outputs, ("y",), ("y",))["y"], np.float32)
     x, lengths = xs["x"], xs.get("lengths")
@@ -406,9 +522,11 @@ def _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity) -> int:
         valid = np.arange(T)[:, None] < np.asarray(lengths)[None, :]  # (T, B)
         mask = valid.T if bf else valid
         y, y_ref = y[mask], y_ref[mask]
-    err, rel = _compare(y, y_ref)
-    print(f"verify {path} on {inputs} against the outputs in {outputs}, tolerance {tol:g}")
-    print(f"  {y.size} values compared: max abs err {err:.3e}, max rel err {rel:.3e}")
+    err, mean, rel = _compare(y, y_ref)
+    storage = _storage_of(model)
+    print(f"verify {path}" + (f" ({storage} weights)" if storage != "float32" else "")
+          + f" on {inputs} against the outputs in {outputs}, tolerance {tol:g}")
+    print(f"  {y.size} values compared: max abs err {err:.3e}, mean abs err {mean:.3e}, max rel err {rel:.3e}")
     return _verdict(err, tol)
 
 
@@ -427,75 +545,98 @@ def _sequential_cases(model, rng):
         yield name, x, lens
 
 
-def _verify_sequential(path, model, tol, seed) -> int:
+def _import_torch():
     try:
         import torch
     except ImportError:
         print(f"{PROG}: verify needs PyTorch, which is not installed (pip install torch); nothing was compared",
               file=sys.stderr)
+        return None
+    return torch
+
+
+def _verify_sequential(path, model, tol, seed, reference=None, note=None) -> int:
+    """The Sequential ``model`` against the same pipeline of torch.nn modules holding the
+    float32 weights of ``reference`` (another Sequential; default: ``model``'s own)."""
+    torch = _import_torch()
+    if torch is None:
         return EXIT_NO_TORCH
     from .torchref import TorchPipeline
 
-    ref = TorchPipeline(torch, model)
-    print(f"verify {path}: Sequential({model.pipeline}) against the same pipeline of torch.nn modules "
-          f"(torch {torch.__version__}; recurrent layers on pack_padded_sequence), tolerance {tol:g}")
-    print(f"  {'case':<12} {'max abs err':>12} {'max rel err':>12}")
-    worst = 0.0
+    storage = _storage_of(model)
+    ref = TorchPipeline(torch, model if reference is None else reference)
+    with_weights = f" with {storage} weights" if storage != "float32" else ""
+    print(f"verify {path}: Sequential({model.pipeline}){with_weights} against the same pipeline of torch.nn "
+          f"modules on float32 weights (torch {torch.__version__}; recurrent layers on pack_padded_sequence), "
+          f"tolerance {tol:g}")
+    if note:
+        print(f"  note: {note}")
+    report = _Report(False)
     rng = np.random.default_rng(seed)
     for name, x, lengths in _sequential_cases(model, rng):
-        worst = max(worst, _report_row(name, "", model(x, lengths=lengths), ref(x, lengths)))
-    return _verdict(worst, tol)
+        report.row(name, "", model(x, lengths=lengths), ref(x, lengths))
+    return report.verdict(tol)
 
 
-def _verify(path, prefix, tol, seed, nonlinearity=None, inputs=None, outputs=None) -> int:
-    if (inputs is None) != (outputs is None):
-        raise UserError("--inputs and --outputs go together: the inputs you gave your torch model and "
-                        "what it returned")
-    if inputs is not None:
-        return _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity)
-    data = _read(path)
-    if _model_file_kind(data) == "Sequential":
-        return _verify_sequential(path, _load_model(path, prefix, nonlinearity, data), tol, seed)
-    w = load_weights(path, prefix, nonlinearity)
-    try:
-        import torch
-    except ImportError:
-        print(f"{PROG}: verify needs PyTorch, which is not installed (pip install torch); nothing was compared",
-              file=sys.stderr)
+def _verify_module(ours, ref, tol, seed, desc=None, note=None) -> int:
+    """Our module ``ours`` against torch.nn.<kind> holding ``ref``'s float32 weights (a Weights)."""
+    torch = _import_torch()
+    if torch is None:
         return EXIT_NO_TORCH
-    import lstm_infer
-
-    kind, cfg = w.kind, w.config
-    cls = getattr(lstm_infer, kind, None)
-    if cls is None:
-        raise UserError(f"this lstm_infer ({lstm_infer.__version__}) has no {kind} class to verify")
-    ours = cls(**cfg)
-    ours.load_state_dict(w.state_dict, strict=True)
+    kind, cfg = ref.kind, ref.config
     with warnings.catch_warnings():  # torch warns about dropout with one layer; it is inert in eval()
         warnings.simplefilter("ignore")
         net = getattr(torch.nn, kind)(**cfg).eval()
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in w.state_dict.items()}, strict=True)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in ref.state_dict.items()}, strict=True)
 
-    print(f"verify {w.desc}: {kind}({_fmt_config(cfg, kind)}) against torch.nn.{kind} "
-          f"(torch {torch.__version__}), tolerance {tol:g}")
-    if "nonlinearity" in w.assumed:
+    storage = getattr(ours, "weights", "float32")
+    with_weights = f" with {storage} weights" if storage != "float32" else ""
+    source = f" on the float32 weights of {ref.desc}" if desc else ""
+    print(f"verify {desc or ref.desc}: {kind}({_fmt_config(cfg, kind)}){with_weights} against torch.nn.{kind} "
+          f"(torch {torch.__version__}){source}, tolerance {tol:g}")
+    if note:
+        print(f"  note: {note}")
+    if "nonlinearity" in ref.assumed:
         print(f"  note: {_assumed_note(kind)}")
-    print(f"  {'case':<12} {'tensor':<7} {'max abs err':>12} {'max rel err':>12}")
-    worst = 0.0
+    report = _Report(True)
     rng = np.random.default_rng(seed)
     for name, x, lengths, hx in _cases(kind, cfg, rng):
         if kind in detect.CELL_KINDS:
             mine = _flat(kind, ours(x, hx=hx))
         else:
             mine = _flat(kind, ours(x, hx=hx, lengths=lengths))
-        ref = _torch_forward(torch, kind, net, x, lengths, hx, cfg.get("batch_first", False))
-        for label, a, b in zip(_OUTPUTS[kind], mine, ref):
-            worst = max(worst, _report_row(name, f"{label:<7} ", a, b))
-    return _verdict(worst, tol)
+        want = _torch_forward(torch, kind, net, x, lengths, hx, cfg.get("batch_first", False))
+        for label, a, b in zip(_OUTPUTS[kind], mine, want):
+            report.row(name, label, a, b)
+    return report.verdict(tol)
+
+
+def _verify(path, prefix, tol, seed, nonlinearity=None, inputs=None, outputs=None, weights=None) -> int:
+    if (inputs is None) != (outputs is None):
+        raise UserError("--inputs and --outputs go together: the inputs you gave your torch model and "
+                        "what it returned")
+    if inputs is not None:
+        return _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity, weights)
+    data = _read(path)
+    if _model_file_kind(data) == "Sequential":
+        model = _load_model(path, prefix, nonlinearity, data)
+        stored = _storage_of(model)
+        ours = _with_storage(model, weights)
+        note = _reduced_note(path, stored) if stored != "float32" else None
+        return _verify_sequential(path, ours, _tol(tol, _storage_of(ours)), seed, reference=model, note=note)
+    w = load_weights(path, prefix, nonlinearity)
+    import lstm_infer
+
+    if not hasattr(lstm_infer, w.kind):
+        raise UserError(f"this lstm_infer ({lstm_infer.__version__}) has no {w.kind} class to verify")
+    ours = w.module(weights)
+    note = _reduced_note(path, w.weights) if w.weights != "float32" else None
+    return _verify_module(ours, w, _tol(tol, weights or w.weights), seed, note=note)
 
 
 def cmd_verify(args) -> int:
-    return _verify(args.file, args.prefix, args.tol, args.seed, args.nonlinearity, args.inputs, args.outputs)
+    return _verify(args.file, args.prefix, args.tol, args.seed, args.nonlinearity, args.inputs, args.outputs,
+                   args.weights)
 
 
 # ---------------------------------------------------------------------- run
@@ -541,8 +682,13 @@ def _parser():
                        help="for RNN/RNNCell: the nonlinearity, which a state dict does not store (default tanh)")
 
     def verify_opts(s):
-        s.add_argument("--tol", type=float, default=1e-5, help="max abs error allowed (default 1e-5)")
+        s.add_argument("--tol", "--atol", dest="tol", type=float, default=None,
+                       help="max abs error allowed (default: by weight storage, " +
+                       ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items()) + ")")
         s.add_argument("--seed", type=int, default=0, help="random seed for the test inputs (default 0)")
+
+    def weights_opt(s, help):
+        s.add_argument("--weights", choices=list(TOLERANCES), help=help)
 
     s = sub.add_parser("convert", help="write an lstm_infer model file")
     s.add_argument("file", metavar="FILE")
@@ -554,7 +700,10 @@ def _parser():
                    "see lstm-infer inspect FILE for a suggestion")
     s.add_argument("--batch-first", action="store_true", help="store batch_first=True in the model (layers and "
                    "pipelines: input (B, T, ...))")
-    s.add_argument("--verify", action="store_true", help="then compare the written model with torch")
+    weights_opt(s, "how the recurrent layers store their weights (default float32): float16 or int8 are "
+                "smaller and faster at batch 1, at a small loss of accuracy (see lstm_infer.LSTM)")
+    s.add_argument("--verify", action="store_true", help="then compare the written model with torch on the "
+                   "source's float32 weights")
     verify_opts(s)
     s.set_defaults(func=cmd_convert)
 
@@ -574,6 +723,8 @@ def _parser():
     verify_opts(s)
     s.add_argument("--inputs", metavar="X.npz", help="inputs you gave your torch model: x [, lengths]")
     s.add_argument("--outputs", metavar="Y.npz", help="what your torch model returned for them: y")
+    weights_opt(s, "check the model with its recurrent weights stored this way (reduced in memory from the "
+                "file's float32 weights); default: as the file stores them")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("run", help="run a model over a dataset (.npy files, ragged .npz, .jsonl) into a ragged "

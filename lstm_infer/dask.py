@@ -57,15 +57,9 @@ def _worker_threads():
 
 
 def _from_bytes(data, name):
-    from .model import MODULES
-    from .modelfile import read_model
-    kind, config, state_dict = read_model(name=name, data=data)
-    if kind == "Sequential":
-        from .sequential import Sequential
-        return Sequential.from_config(config, state_dict)
-    model = MODULES[kind](**config)
-    model.load_state_dict(state_dict, strict=True)
-    return model
+    from .modelfile import read_stored
+    from .sequential import build_model
+    return build_model(*read_stored(name=name, data=data))  # reduced weights as stored
 
 
 def worker_model(model_path, digest=None, data=None):

@@ -75,6 +75,31 @@ def _weight_type(value):
     return value
 
 
+def _core_args_of(kind, config):
+    """The C core's shape arguments (cell, input_size, hidden_size, num_layers, bias,
+    bidirectional, proj_size) of the module kind(**config)."""
+    base = kind[:-4] if kind.endswith("Cell") else kind
+    cell = {"LSTM": _core.CELL_LSTM, "GRU": _core.CELL_GRU}.get(base)
+    if cell is None:
+        cell = _NONLINEARITIES[config.get("nonlinearity", "tanh")]
+    return (cell, config["input_size"], config["hidden_size"], config.get("num_layers", 1),
+            config.get("bias", True), config.get("bidirectional", False), config.get("proj_size", 0))
+
+
+_STORAGE_NAMES = {t: name for name, t in WEIGHT_TYPES.items()}
+
+
+def weight_storage(kind, config, weights):
+    """How the C core stores each weight array of kind(**config, weights=weights):
+    "float32", "float16" or "int8" per array, in state_dict order
+    (lstm_weight_storage). ValueError when the storage does not apply."""
+    types = _core.weight_storage(*_core_args_of(kind, config), WEIGHT_TYPES[_weight_type(weights)])
+    return [_STORAGE_NAMES[t] for t in types]
+
+
+modelfile.storage_rule = weight_storage  # model files check reduced weights against it
+
+
 def _rebuild(cls, config, weights, weight_type="float32", scales=None):
     """A module from what __reduce__ gives (for pickle and copy): the stored
     arrays, reduced ones as they are (no second rounding)."""
@@ -126,6 +151,9 @@ class _Weights:
         """Each weight array's storage type (the C core's choice) by key."""
         types = _core.weight_storage(*self._core_args(), WEIGHT_TYPES[weight_type])
         return dict(zip(self._expected_shapes(), types))
+
+    def _core_args(self):
+        return _core_args_of(self.kind, self.config)
 
     def _reduce(self, arrays, weight_type):
         """float32 arrays (some or all keys) -> (stored arrays, int8 scales by key)
@@ -179,12 +207,6 @@ class _Weights:
         scales = {k: np.asarray(reduced[k + "_scale"]) for k in int8}
         model._set_weights(stored, scales, weight_type)
         return model
-
-    @property
-    def _cell_kind(self):
-        if self._gates == 1:
-            return _NONLINEARITIES[self.nonlinearity]
-        return _core.CELL_LSTM if self._gates == 4 else _core.CELL_GRU
 
     def __repr__(self):
         defaults = self.__init__.__defaults__
@@ -294,11 +316,11 @@ class _Weights:
         return code.co_varnames[1:code.co_argcount]
 
     def save(self, path):
-        """Writes this module to one self-describing file (see lstm_infer.load)."""
-        if self.weights != "float32":
-            raise ValueError(f"saving weights={self.weights!r} is not supported by the model "
-                             f"file yet: save a float32 model")
-        modelfile.write_model(path, self.state_dict(), self.config, self.kind)
+        """Writes this module to one self-describing file (see lstm_infer.load); a
+        reduced model's file holds its weights as stored (reduced_state_dict), so
+        the model loaded from it computes the same bits."""
+        modelfile.write_model(path, self.reduced_state_dict(), self.config, self.kind,
+                              self.weights)
 
     def release_memory(self):
         """Frees the scratch memory kept between calls (it is kept so that
@@ -365,10 +387,6 @@ class _Layer(_Weights, _core.Module):
                 if self.proj_size:
                     shapes["weight_hr" + s] = (self.proj_size, self.hidden_size)
         return shapes
-
-    def _core_args(self):
-        return (self._cell_kind, self.input_size, self.hidden_size, self.num_layers, self.bias,
-                self.bidirectional, self.proj_size)
 
     # ------------------------------------------------------------ forward
     # __call__ (in _core.Module, documented there) takes the common call to C
@@ -597,9 +615,6 @@ class _Cell(_Weights):
             shapes.update(bias_ih=(GH,), bias_hh=(GH,))
         return shapes
 
-    def _core_args(self):
-        return self._cell_kind, self.input_size, self.hidden_size, 1, self.bias, False, 0
-
     def __call__(self, input, hx=None):
         """One step. input: (B, input_size) or unbatched (input_size,). hx: the
         state with torch's shapes, (B, hidden_size) or (hidden_size,) — for
@@ -689,3 +704,13 @@ class RNNCell(_Cell):
 
 # every module class by the kind a model file records
 MODULES = {cls.kind: cls for cls in (LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell)}
+
+
+def build(kind, config, tensors, weights="float32"):
+    """The module kind(**config) with weights as stored: float32 tensors
+    (load_state_dict), or a reduced_state_dict for weights "float16" / "int8"."""
+    if weights == "float32":
+        model = MODULES[kind](**config)
+        model.load_state_dict(tensors, strict=True)
+        return model
+    return MODULES[kind].from_reduced_state_dict(config, tensors, weights)

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import layers as _layers, modelfile, pipeline as _pipeline, readers
-from .model import MODULES, _check_mapping, _float_array, _Layer, _to_numpy
+from . import fileio, layers as _layers, modelfile, pipeline as _pipeline, readers
+from .model import MODULES, _check_mapping, _float_array, _Layer, _to_numpy, _weight_type, build
 
 __all__ = ["Sequential", "read_state_dict"]
 
@@ -23,11 +23,18 @@ _RECURRENT = _pipeline.RECURRENT_KINDS
 _RERAISED = (ValueError, TypeError, IndexError)  # re-raised naming the layer
 
 
-def read_state_dict(path):
+def read_state_dict(path, name=None):
     """{name: array} from any file the converter reads (torch.save zip or legacy
     file, full checkpoint, safetensors, .npz, an lstm_infer model file), without
-    torch: floating-point tensors as float32, integer ones as they are stored."""
-    sd = readers.read_tensors(path)
+    torch: floating-point tensors as float32, integer ones as they are stored (an
+    lstm_infer model file with reduced weights: the float32 values its model computes
+    with). ``path``: a path, or the file's contents as for readers.read_tensors."""
+    if isinstance(path, (str, os.PathLike)):
+        name = name or fileio.display_name(path)
+        path = memoryview(fileio.read_file(path))
+    if modelfile.file_kind(path) is not None:
+        return modelfile.read_model(path, name)[2]
+    sd = readers.read_tensors(path, name)
     return {k: v.astype(np.float32) if v.dtype.kind == "f" and v.dtype != np.float32 else v
             for k, v in sd.items()}
 
@@ -162,9 +169,13 @@ class Sequential:
     @property
     def config(self):
         """What a model file records: batch_first and each layer's name, kind and
-        constructor arguments."""
-        return {"batch_first": self.batch_first,
-                "layers": [{"name": name, "kind": m.kind, "config": m.config} for name, m in self._layers]}
+        constructor arguments, and "weights" for a recurrent layer with reduced ones."""
+        entries = []
+        for name, m in self._layers:
+            entries.append({"name": name, "kind": m.kind, "config": m.config})
+            if getattr(m, "weights", "float32") != "float32":
+                entries[-1]["weights"] = m.weights
+        return {"batch_first": self.batch_first, "layers": entries}
 
     def __len__(self):
         return len(self._layers)
@@ -187,8 +198,16 @@ class Sequential:
 
     # ------------------------------------------------------------ weights
     def state_dict(self):
-        """Every layer's weights under torch's names, "<layer name>.<key>" (copies)."""
+        """Every layer's weights under torch's names, "<layer name>.<key>" (copies);
+        float32, also for recurrent layers with reduced weights (what they compute with)."""
         return {f"{name}.{k}": v for name, m in self._layers for k, v in m.state_dict().items()}
+
+    def reduced_state_dict(self):
+        """Every layer's weights as stored, "<layer name>.<key>" (copies): the recurrent
+        layers' reduced_state_dict(), the other layers' state_dict(). from_config(config,
+        reduced_state_dict()) rebuilds the model bit for bit."""
+        return {f"{name}.{k}": v for name, m in self._layers
+                for k, v in (m.reduced_state_dict() if m.kind in _RECURRENT else m.state_dict()).items()}
 
     def load_state_dict(self, state_dict, strict=True):
         """Loads every layer's weights from "<layer name>.<key>" entries; as torch:
@@ -223,42 +242,57 @@ class Sequential:
         return missing, unexpected
 
     @classmethod
-    def from_state_dict(cls, state_dict, pipeline, batch_first=False, nonlinearity=None):
+    def from_state_dict(cls, state_dict, pipeline, batch_first=False, nonlinearity=None, weights="float32"):
         """The model a pipeline text names over a state dict (see lstm_infer.pipeline).
 
         state_dict: a mapping of names to tensors (NumPy or torch), a full checkpoint
         ({"model": state_dict, "epoch": ...}), or the path of any file the converter
         reads. batch_first: the layout of the input and of per-step outputs.
         nonlinearity: "relu" or "tanh" for every RNN layer, or {name: value}; a state
-        dict does not record it (default "tanh", torch's)."""
+        dict does not record it (default "tanh", torch's). weights: the storage of the
+        recurrent layers ("float32", "float16" or "int8"; see lstm_infer.LSTM), for
+        all of them or {name: value} (others float32)."""
         if not isinstance(batch_first, bool):
             raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
         sd = _state_dict_of(state_dict)
+        resolved = _pipeline.resolve(sd, pipeline, nonlinearity)
+        storage = _storage_by_layer(weights, [layer.name for layer, _ in resolved if layer.kind in _RECURRENT])
         built = []
-        for layer, weights in _pipeline.resolve(sd, pipeline, nonlinearity):
+        for layer, tensors in resolved:
             if layer.kind in _RECURRENT:
                 m = MODULES[layer.kind](**layer.config, batch_first=batch_first)
+                m.load_state_dict(tensors, strict=True, weights=storage[layer.name])
             else:
                 m = _layers.LAYERS[layer.kind](**layer.config)
-            m.load_state_dict(weights, strict=True)
+                m.load_state_dict(tensors, strict=True)
             built.append((layer.name, m))
         return cls(dict(built))
 
     @classmethod
     def from_config(cls, config, state_dict):
-        """The model a model file's (config, state_dict) describe (see read_model)."""
+        """The model a model file's (config, tensors) describe (see modelfile.read_stored):
+        the tensors as stored, reduced for a recurrent layer whose entry has "weights"."""
+        owned = {e["name"]: {} for e in config["layers"]}
+        for key in state_dict.keys():
+            name = _pipeline.owner(key, owned)
+            if name is None:
+                raise KeyError(f"state_dict does not match the Sequential: unexpected key {key!r}")
+            owned[name][key[len(name) + 1:]] = state_dict[key]
         built = []
         for entry in config["layers"]:
-            kind = entry["kind"]
-            build = MODULES[kind] if kind in _RECURRENT else _layers.LAYERS[kind]
-            built.append((entry["name"], build(**entry["config"])))
-        model = cls(dict(built))
-        model.load_state_dict(state_dict, strict=True)
-        return model
+            name, kind = entry["name"], entry["kind"]
+            if kind in _RECURRENT:
+                m = build(kind, entry["config"], owned[name], entry.get("weights", "float32"))
+            else:
+                m = _layers.LAYERS[kind](**entry["config"])
+                m.load_state_dict(owned[name], strict=True)
+            built.append((name, m))
+        return cls(dict(built))
 
     def save(self, path):
-        """Writes the whole model to one self-describing file (see lstm_infer.load)."""
-        modelfile.write_model(path, self.state_dict(), self.config, "Sequential")
+        """Writes the whole model to one self-describing file (see lstm_infer.load), the
+        recurrent layers' weights as they store them."""
+        modelfile.write_model(path, self.reduced_state_dict(), self.config, "Sequential")
 
     def release_memory(self):
         """Frees the scratch memory the recurrent layers keep between calls."""
@@ -267,7 +301,7 @@ class Sequential:
                 m.release_memory()
 
     def __reduce__(self):
-        return _rebuild, (self.config, self.state_dict())
+        return _rebuild, (self.config, self.reduced_state_dict())
 
     def stream(self, batch_size=1):
         """A stream over batch_size live sequences (see lstm_infer.stream)."""
@@ -374,3 +408,22 @@ class Sequential:
 
 def _rebuild(config, state_dict):
     return Sequential.from_config(config, state_dict)
+
+
+def build_model(kind, config, tensors, weights):
+    """The model a model file describes (modelfile.read_stored's result): a Sequential,
+    or a module of its kind with its weights as stored."""
+    if kind == "Sequential":
+        return Sequential.from_config(config, tensors)
+    return build(kind, config, tensors, weights)
+
+
+def _storage_by_layer(weights, names):
+    """{recurrent layer name: storage} from from_state_dict's weights argument."""
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"weights names {unknown}, which are not recurrent layers of the pipeline "
+                             f"(those are {names})")
+        return {n: _weight_type(weights.get(n, "float32")) for n in names}
+    return {n: _weight_type(weights) for n in names}

@@ -5,7 +5,10 @@
  * to back. The header's "__metadata__" holds format "lstm_infer",
  * format_version "1", the kind (torch class name) and the config (the class's
  * constructor arguments as a JSON string); the tensors are float32 under the
- * torch module's key names.
+ * torch module's key names. Format_version "2" adds "weights" ("float16" or
+ * "int8"): each tensor then has the dtype of its lstm_weight_storage (F32, F16
+ * or I8) and an I8 tensor K its F32 row scales K_scale, read through
+ * lstm_model_create_reduced.
  *
  * It accepts exactly the files the Python reader (lstm_infer.load) accepts;
  * tests/test_loader_agreement.py holds the two to that. The JSON reader below
@@ -29,7 +32,9 @@
 
 #define MAX_HEADER_BYTES (1 << 20) /* modelfile.MAX_HEADER_BYTES */
 #define MAX_NDIM 64                /* NumPy's limit, which the Python reader applies */
-#define FORMAT_VERSION "1"
+/* format_version "1": float32 weights; "2" adds "weights" (modelfile.FORMAT_VERSIONS) */
+static const char *const VERSIONS[] = {"1", "2"};
+#define SCALE_SUFFIX "_scale"
 
 /* ------------------------------------------------------------ JSON reader */
 
@@ -257,6 +262,8 @@ static const struct { const char *name; int size, check_size; } DTYPES[] = {
     {"BOOL", 1, 1},
 };
 #define DTYPE_F32 1
+#define DTYPE_F16 2
+#define DTYPE_I8 7
 
 typedef struct {
     str_view name;
@@ -272,8 +279,8 @@ typedef struct {
     str_view *meta_keys;
     size_t n_meta, cap_meta;
     int has_meta;
-    str_view format, version, kind, config;
-    int has_format, has_version, has_kind, has_config;
+    str_view format, version, kind, config, weights;
+    int has_format, has_version, has_kind, has_config, has_weights;
 } header;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -357,6 +364,7 @@ static lstm_status read_metadata(jreader *r, header *h) {
         else if (str_is(key, "format_version")) h->version = value, h->has_version = 1;
         else if (str_is(key, "kind")) h->kind = value, h->has_kind = 1;
         else if (str_is(key, "config")) h->config = value, h->has_config = 1;
+        else if (str_is(key, "weights")) h->weights = value, h->has_weights = 1;
     }
     h->has_meta = 1;
     return more < 0 ? LSTM_ERR_BAD_FILE : LSTM_OK;
@@ -500,48 +508,88 @@ static int little_endian(void) {
     return *(const unsigned char *)&one == 1;
 }
 
-/* Builds the model from the checked tensors (in lstm_weight_count's order). */
+/* The tensor named name, or NULL. */
+static const tensor_entry *find(const header *h, const char *name) {
+    tensor_entry key = {.name = {name, strlen(name)}};
+    return bsearch(&key, h->t, h->n, sizeof *h->t, cmp_name);
+}
+
+/* Tensor t's data as its dtype's C type: in place when the file's little-endian
+ * bytes are that already (aligned, on a little-endian CPU), else a copy in *copy. */
+static lstm_status tensor_data(const tensor_entry *t, const unsigned char *data, const void **p, void **copy) {
+    const unsigned char *src = data + t->begin;
+    size_t size = (size_t)DTYPES[t->dtype].size, count = (size_t)(t->end - t->begin) / size;
+    if (size == 1 || (little_endian() && (uintptr_t)src % size == 0)) {
+        *p = src;
+        return LSTM_OK;
+    }
+    /* misaligned or big-endian: a copy, read byte by byte */
+    unsigned char *out = malloc(count ? count * size : 1);
+    if (!out) return LSTM_ERR_OUT_OF_MEMORY;
+    for (size_t k = 0; k < count; k++) {
+        uint32_t bits = 0;
+        for (size_t b = 0; b < size; b++) bits |= (uint32_t)src[size * k + b] << (8 * b);
+        if (size == 4) {
+            memcpy(out + 4 * k, &bits, 4);
+        } else {
+            uint16_t half = (uint16_t)bits;
+            memcpy(out + 2 * k, &half, 2);
+        }
+    }
+    *p = out;
+    *copy = out;
+    return LSTM_OK;
+}
+
+/* Builds the model from the checked tensors (in lstm_weight_count's order): each in
+ * the dtype of its lstm_weight_storage, an int8 one with its row scales. */
 static lstm_status build(const lstm_config *cfg, int is_cell, const header *h, const unsigned char *data,
                          lstm_model **out) {
-    size_t n = lstm_weight_count(cfg);
-    if (n == 0 || n != h->n) return LSTM_ERR_BAD_FILE;
-    const float **w = calloc(n, sizeof *w);
-    float **copies = calloc(n, sizeof *copies);
-    lstm_status s = w && copies ? LSTM_OK : LSTM_ERR_OUT_OF_MEMORY;
-    char name[64];
+    static const int dtype_of[] = {[LSTM_WEIGHTS_F32] = DTYPE_F32, [LSTM_WEIGHTS_F16] = DTYPE_F16,
+                                   [LSTM_WEIGHTS_I8] = DTYPE_I8};
+    size_t n = lstm_weight_count(cfg), n_scales = 0;
+    if (n == 0) return LSTM_ERR_BAD_FILE;
+    const void **w = calloc(n, sizeof *w);
+    const float **scales = calloc(n, sizeof *scales);
+    void **copies = calloc(2 * n, sizeof *copies); /* a weight's, then its scales' */
+    lstm_status s = w && scales && copies ? LSTM_OK : LSTM_ERR_OUT_OF_MEMORY;
+    char name[64 + sizeof SCALE_SUFFIX];
     for (size_t i = 0; i < n && s == LSTM_OK; i++) {
         int64_t shape[2];
-        weight_name(cfg, is_cell, i, name, sizeof name);
-        tensor_entry key = {.name = {name, strlen(name)}};
-        const tensor_entry *t = bsearch(&key, h->t, h->n, sizeof *h->t, cmp_name);
-        if ((s = lstm_weight_shape(cfg, i, shape)) != LSTM_OK) break;
-        if (!t || t->dtype != DTYPE_F32 || t->ndim != (shape[1] ? 2 : 1) || t->dims[0] != shape[0] ||
+        int32_t storage = lstm_weight_storage(cfg, i);
+        weight_name(cfg, is_cell, i, name, 64);
+        const tensor_entry *t = find(h, name);
+        if ((s = lstm_weight_shape(cfg, i, shape)) != LSTM_OK || storage < 0) {
+            s = LSTM_ERR_BAD_FILE;
+            break;
+        }
+        if (!t || t->dtype != dtype_of[storage] || t->ndim != (shape[1] ? 2 : 1) || t->dims[0] != shape[0] ||
             (shape[1] && t->dims[1] != shape[1])) {
             s = LSTM_ERR_BAD_FILE;
             break;
         }
-        const unsigned char *src = data + t->begin;
-        size_t count = (size_t)(t->end - t->begin) / 4;
-        if (little_endian() && (uintptr_t)src % _Alignof(float) == 0) {
-            w[i] = (const float *)(const void *)src;
-            continue;
-        }
-        /* misaligned or big-endian: a copy, read byte by byte */
-        if (!(copies[i] = malloc(count ? count * sizeof(float) : 1))) {
-            s = LSTM_ERR_OUT_OF_MEMORY;
+        if ((s = tensor_data(t, data, &w[i], &copies[2 * i])) != LSTM_OK) break;
+        if (storage != LSTM_WEIGHTS_I8) continue;
+        strcat(name, SCALE_SUFFIX);
+        const tensor_entry *sc = find(h, name);
+        if (!sc || sc->dtype != DTYPE_F32 || sc->ndim != 1 || sc->dims[0] != shape[0]) {
+            s = LSTM_ERR_BAD_FILE;
             break;
         }
-        for (size_t k = 0; k < count; k++) {
-            const unsigned char *b = src + 4 * k;
-            uint32_t bits = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-            memcpy(&copies[i][k], &bits, sizeof bits);
-        }
-        w[i] = copies[i];
+        const void *p;
+        if ((s = tensor_data(sc, data, &p, &copies[2 * i + 1])) != LSTM_OK) break;
+        scales[i] = p;
+        n_scales++;
     }
-    if (s == LSTM_OK) s = lstm_model_create(cfg, w, n, out);
-    if (s == LSTM_ERR_INVALID_ARGUMENT) s = LSTM_ERR_BAD_FILE; /* a config the library refuses */
-    for (size_t i = 0; copies && i < n; i++) free(copies[i]);
+    if (s == LSTM_OK && h->n != n + n_scales) s = LSTM_ERR_BAD_FILE; /* tensors of no weight */
+    if (s == LSTM_OK)
+        s = cfg->weights == LSTM_WEIGHTS_F32 ? lstm_model_create(cfg, (const float *const *)w, n, out)
+                                             : lstm_model_create_reduced(cfg, w, scales, n, out);
+    /* a config, int8 value or scale the library refuses */
+    if (s == LSTM_ERR_INVALID_ARGUMENT) s = LSTM_ERR_BAD_FILE;
+    for (size_t i = 0; copies && i < 2 * n; i++) free(copies[i]);
     free(copies);
+    free((void *)scales);
     free((void *)w);
     return s;
 }
@@ -567,8 +615,10 @@ static lstm_status load(const unsigned char *data, size_t size, lstm_model **out
         s = LSTM_ERR_BAD_FILE;
     int kind = -1;
     if (s == LSTM_OK) {
+        int known = 0;
+        for (int i = 0; i < (int)(sizeof VERSIONS / sizeof VERSIONS[0]); i++) known |= str_is(h.version, VERSIONS[i]);
         if (!h.has_version) s = LSTM_ERR_BAD_FILE;
-        else if (!str_is(h.version, FORMAT_VERSION)) s = LSTM_ERR_UNSUPPORTED;
+        else if (!known) s = LSTM_ERR_UNSUPPORTED;
         else if (!h.has_kind) s = LSTM_ERR_BAD_FILE;
         else {
             for (int i = 0; i < (int)(sizeof KINDS / sizeof KINDS[0]); i++)
@@ -585,6 +635,14 @@ static lstm_status load(const unsigned char *data, size_t size, lstm_model **out
                      r.out};
         cfg.cell = KINDS[kind].cell;
         s = read_config(&c, KINDS[kind].keys, &cfg, &batch_first);
+    }
+    if (s == LSTM_OK && h.has_weights) { /* "weights" needs format_version "2" */
+        static const char *const names[] = {[LSTM_WEIGHTS_F32] = "float32", [LSTM_WEIGHTS_F16] = "float16",
+                                            [LSTM_WEIGHTS_I8] = "int8"};
+        cfg.weights = -1;
+        for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
+            if (str_is(h.weights, names[i])) cfg.weights = i;
+        if (str_is(h.version, VERSIONS[0]) || cfg.weights < 0) s = LSTM_ERR_BAD_FILE;
     }
     if (s == LSTM_OK) s = build(&cfg, KINDS[kind].is_cell, &h, tensors, out);
     if (s == LSTM_OK && info) {

@@ -94,6 +94,40 @@ def test_example_matches_python_and_torch(tmp_path, name, unbatched):
         np.testing.assert_allclose(got, want_torch[key], rtol=0, atol=TOL, err_msg=key)
 
 
+@pytest.mark.parametrize("weights", ["float16", "int8"])
+@pytest.mark.parametrize("name", ["stack3_bi_proj", "family/gru_bi_ragged_hx", "family/rnn_tanh_stack2_nobias_bf",
+                                  "family/lstmcell_hx"])
+def test_example_runs_reduced_files(tmp_path, name, weights):
+    """A file converted with --weights: lstm_run agrees with the Python API on it (the
+    same stored weights, the same kernels), and with float32 torch within the storage's
+    tolerance."""
+    pt = os.path.join(FIX, name + ".pt")
+    ref = np.load(os.path.join(FIX, name + ".npz"))
+    cfg = json.loads(str(ref["config"]))
+    kind = cfg.pop("kind", "LSTM")
+    argv = ["convert", pt, "-o", str(tmp_path / "model.lstm"), "--weights", weights]
+    if cfg.get("batch_first"):
+        argv.append("--batch-first")
+    assert cli.main(argv) == 0
+    x, lengths = ref["x"], ref["lengths"] if "lengths" in ref else None
+    np.save(tmp_path / "x.npy", x)
+    cmd = [os.path.join(build_dir(), "lstm_run"), str(tmp_path / "model.lstm"), str(tmp_path / "x.npy"),
+           str(tmp_path)]
+    if lengths is not None:
+        np.save(tmp_path / "lengths.npy", lengths.astype(np.int64))
+        cmd.append(str(tmp_path / "lengths.npy"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    model = lstm_infer.load(str(tmp_path / "model.lstm"))
+    assert model.weights == weights
+    want_py = python_outputs(kind, model, x, lengths)
+    want_torch = torch_outputs(kind, dict(model.config), torch.load(pt, weights_only=True), x, lengths)
+    for key in want_py:
+        got = np.load(tmp_path / f"{key}.npy")
+        assert np.array_equal(got, want_py[key]), key
+        np.testing.assert_allclose(got, want_torch[key], rtol=0, atol=cli.TOLERANCES[weights], err_msg=key)
+
+
 def test_example_refuses_bad_input(tmp_path):
     model = os.path.join(ROOT, "tests", "fuzz", "corpus", "valid-lstm")  # LSTM, input_size 3
     run = os.path.join(build_dir(), "lstm_run")

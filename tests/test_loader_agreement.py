@@ -1,9 +1,10 @@
 """The C loader (src/loader.c, through ctypes on the library `make` builds) and the
 Python reader (lstm_infer.load) accept and refuse the same model files: every
-model converted with the CLI from the torch.save fixtures, the loader's seed
-corpus, and thousands of seeded mutants of them (truncations, byte flips, and
-edits of the header's JSON: shapes, offsets, dtypes, names, config values,
-metadata, spelling). The C side also answers LSTM_ERR_UNSUPPORTED exactly where
+model converted with the CLI from the torch.save fixtures (float32, and some
+with --weights float16 / int8), the loader's seed corpus, and thousands of
+seeded mutants of them (truncations, byte flips, and edits of the header's
+JSON: shapes, offsets, dtypes, names, config values, metadata, spelling; for
+reduced files also the row scales, the storage and the int8 values). The C side also answers LSTM_ERR_UNSUPPORTED exactly where
 Python names an unsupported format_version or kind.
 """
 import glob
@@ -31,12 +32,15 @@ FIXTURES = sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "*.pt"))
 # whole models (kind Sequential), which only the Python reader reads
 SEQUENTIAL = sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "seq", "*.pt")))[:2]
 UNSUPPORTED = re.compile(r"unsupported (format_version|model kind) '")
+# fixtures also converted with reduced weights
+REDUCED = ["bi_proj_bf_ragged", "stack3_bi_proj", "family/gru_bi_ragged_hx", "family/rnn_relu_stack3_bi_ragged_hx",
+           "family/lstmcell_hx", "family/grucell_nobias_unbatched_hx"]
 
 
-def convert(pt, out):
+def convert(pt, out, weights=None):
     """`lstm-infer convert` of a fixture, with the options its .npz config records."""
     cfg = json.loads(str(np.load(pt[:-3] + ".npz")["config"]))
-    argv = ["convert", pt, "-o", out]
+    argv = ["convert", pt, "-o", out] + (["--weights", weights] if weights else [])
     if cfg.get("nonlinearity"):
         argv += ["--nonlinearity", cfg["nonlinearity"]]
     if cfg.get("batch_first"):
@@ -50,6 +54,10 @@ def convert(pt, out):
 def valid_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     files = {os.path.basename(pt): convert(pt, str(d / (os.path.basename(pt) + ".lstm"))) for pt in FIXTURES}
+    for i, name in enumerate(REDUCED):
+        weights = ("float16", "int8")[i % 2]
+        pt = os.path.join(ROOT, "tests", "fixtures", name + ".pt")
+        files[f"{weights}-{name}"] = convert(pt, str(d / f"{weights}-{os.path.basename(name)}.lstm"), weights)
     for pt in SEQUENTIAL:
         meta = json.loads(str(np.load(pt[:-3] + ".npz")["meta"]))
         model = lstm_infer.Sequential.from_state_dict(pt, meta["pipeline"], batch_first=meta["batch_first"],
@@ -82,7 +90,7 @@ def sequential_per_python(data):
     except (FormatError, ValueError):
         return False
     return bool(meta) and meta.get("format") == modelfile.FORMAT and \
-        meta.get("format_version") == modelfile.FORMAT_VERSION and meta.get("kind") == "Sequential"
+        meta.get("format_version") in modelfile.FORMAT_VERSIONS and meta.get("kind") == "Sequential"
 
 
 def check_agree(data, what):
@@ -154,11 +162,29 @@ def _rename(h, r):
 
 
 def _meta_value(h, r):
-    key = r.choice(["format", "format_version", "kind", "config", "extra"])
+    key = r.choice(["format", "format_version", "kind", "config", "extra", "weights"])
     h["__metadata__"][key] = r.choice({"format": ["lstm_infer", "safetensors", ""],
-                                       "format_version": ["1", "2", "0", "1.0", ""],
+                                       "format_version": ["1", "2", "3", "0", "1.0", ""],
                                        "kind": KINDS, "config": ["{}", "[]", "", "{", "5"],
-                                       "extra": ["x", 1, None]}[key])
+                                       "extra": ["x", 1, None],
+                                       "weights": ["float16", "int8", "float32", "int4", "", 8]}[key])
+
+
+def _scale(h, r):
+    """A row-scale tensor (or, in a float32 file, any tensor) given another shape, dtype or name."""
+    scales = sorted(k for k in h if k.endswith("_scale")) or [_tensor(h, r)]
+    k = r.choice(scales)
+    t = h[k]
+    choice = r.randrange(4)
+    if choice == 0:
+        t["shape"] = [max(0, t["shape"][0] + r.choice([-1, 1]))] + t["shape"][1:]
+    elif choice == 1:
+        t["shape"] = t["shape"] + [1]
+    elif choice == 2:
+        h[k.replace("_scale", "") + r.choice(["_reverse_scale", "x_scale"]) if k.endswith("_scale")
+          else k + "_scale"] = h.pop(k)
+    else:
+        h.pop(k)
 
 
 HEADER_EDITS = [
@@ -166,7 +192,9 @@ HEADER_EDITS = [
     _swap_offsets,
     _rename,
     _meta_value,
-    lambda h, r: h[_tensor(h, r)].__setitem__("dtype", r.choice(["F16", "BF16", "F64", "I32", "f32", "X"])),
+    lambda h, r: h[_tensor(h, r)].__setitem__("dtype", r.choice(["F16", "BF16", "F64", "I32", "f32", "X", "I8",
+                                                                 "F32", "U8"])),
+    _scale,
     lambda h, r: h.pop(_tensor(h, r)),
     lambda h, r: h[_tensor(h, r)].pop(r.choice(["dtype", "shape", "data_offsets"])),
     lambda h, r: h[_tensor(h, r)].__setitem__("extra", 1),
@@ -190,8 +218,23 @@ def mutants(data, rng, count):
     """(description, bytes) pairs: seeded mutants of one valid file."""
     raw, tensors = split(data)
     for i in range(count):
-        op = rng.randrange(8)
-        if op == 0:
+        op = rng.randrange(9)
+        if op == 8:  # a value the C core refuses in reduced weights (-128, a bad scale), or a fine one
+            spans = [(k, e) for k, e in json.loads(raw).items() if k != "__metadata__" and e["dtype"] != "F16"
+                     and (e["dtype"] == "I8" or k.endswith("_scale")) and e["data_offsets"][1] > e["data_offsets"][0]]
+            if not spans:
+                continue
+            k, e = rng.choice(spans)
+            b = bytearray(data)
+            start = 8 + len(raw) + e["data_offsets"][0]
+            if e["dtype"] == "I8":
+                at = start + rng.randrange(e["data_offsets"][1] - e["data_offsets"][0])
+                b[at] = rng.choice([0x80, 0x81, 0x7F, 0x00])
+            else:
+                at = start + 4 * rng.randrange((e["data_offsets"][1] - e["data_offsets"][0]) // 4)
+                b[at:at + 4] = struct.pack("<f", rng.choice([-1.0, -0.0, 0.0, float("nan"), float("inf"), 3e38]))
+            yield f"value of {k} at {at} changed", bytes(b)
+        elif op == 0:
             n = rng.randrange(len(data))
             yield f"truncated to {n}", data[:n]
         elif op == 1:
@@ -243,7 +286,8 @@ def mutants(data, rng, count):
 # ------------------------------------------------------------------ tests
 
 def test_every_valid_file_loads_in_both(valid_files):
-    assert len(valid_files) >= 25
+    assert len(valid_files) >= 35
+    assert sum(1 for d in valid_files.values() if b'"format_version":"2"' in d) >= 10  # reduced ones
     for name, data in valid_files.items():
         want = LSTM_ERR_UNSUPPORTED if name.startswith("sequential-") else LSTM_OK
         assert library().load_status(data) == want, name

@@ -194,7 +194,7 @@ BAD_HEADERS = [
     ("foreign tensor", _rename("bias_hh_l0", "fc.bias"), "bias_hh_l0: missing"),
     ("no metadata", _edit_meta(format=None, kind=None, config=None, format_version=None), "not an lstm_infer model"),
     ("other format", _edit_meta(format="other"), "not an lstm_infer model"),
-    ("future version", _edit_meta(format_version="2"), "unsupported format_version '2'"),
+    ("future version", _edit_meta(format_version="3"), "unsupported format_version '3'"),
     ("kind", _edit_meta(kind="Transformer"), "unsupported model kind 'Transformer'"),
     ("no kind", _edit_meta(kind=None), "unsupported model kind None"),
     ("kind GRU, LSTM config", _edit_meta(kind="GRU"), r"config keys wrong for GRU \(missing \[\], unexpected \['proj_size'\]\)"),

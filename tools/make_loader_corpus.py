@@ -3,7 +3,8 @@
 fuzzer's seed corpus, named by what the C loader must answer:
 
   valid-*        model files of every kind (written by lstm_infer's own writer,
-                 which tests/test_modelfile.py checks against torch)
+                 which tests/test_modelfile.py checks against torch), float32 and
+                 reduced (float16, int8: format_version 2)
   bad-*          malformed files: LSTM_ERR_BAD_FILE
   unsupported-*  well-formed files of another kind (a Sequential from a torch.save
                  fixture) or format version: LSTM_ERR_UNSUPPORTED
@@ -20,6 +21,7 @@ import struct
 import numpy as np
 
 from lstm_infer import Sequential, detect
+from lstm_infer.model import MODULES
 from lstm_infer.modelfile import write_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +41,15 @@ VALID = {
     "lstmcell": ("LSTMCell", dict(input_size=3, hidden_size=2)),
     "grucell-nobias": ("GRUCell", dict(input_size=2, hidden_size=3, bias=False)),
     "rnncell-relu": ("RNNCell", dict(input_size=2, hidden_size=2, nonlinearity="relu")),
+}
+# reduced weights: name: (kind, config, weights)
+REDUCED = {
+    "lstm-bi-proj-stack2-int8": ("LSTM", dict(input_size=2, hidden_size=3, num_layers=2, bidirectional=True,
+                                              proj_size=2), "int8"),
+    "gru-nobias-bf-float16": ("GRU", dict(input_size=3, hidden_size=2, bias=False, batch_first=True), "float16"),
+    "rnn-relu-bi-int8": ("RNN", dict(input_size=2, hidden_size=3, nonlinearity="relu", bidirectional=True), "int8"),
+    "lstmcell-float16": ("LSTMCell", dict(input_size=3, hidden_size=2), "float16"),
+    "grucell-int8": ("GRUCell", dict(input_size=2, hidden_size=3), "int8"),
 }
 
 
@@ -83,6 +94,33 @@ def edit(data, fn):
     return join(header, tensors)
 
 
+def arrays_of(data):
+    """(metadata, {name: array}) of a model file, the arrays in file order."""
+    header, tensors = split(data)
+    meta = header.pop("__metadata__")
+    codes = {"F32": "<f4", "F16": "<f2", "I8": "i1"}
+    out = {}
+    for k, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]):
+        b, end = e["data_offsets"]
+        out[k] = np.frombuffer(tensors[b:end], codes[e["dtype"]]).reshape(e["shape"])
+    return meta, out
+
+
+def rewrite(data, fn):
+    """A model file with its arrays changed by fn(arrays) (any shapes and dtypes), laid out anew."""
+    meta, arrays = arrays_of(data)
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    fn(arrays)
+    header, pos, body = {"__metadata__": meta}, 0, b""
+    names = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("i1"): "I8"}
+    for k, a in arrays.items():
+        raw = np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()
+        header[k] = {"dtype": names[a.dtype.newbyteorder("<")], "shape": list(a.shape),
+                     "data_offsets": [pos, pos + len(raw)]}
+        pos, body = pos + len(raw), body + raw
+    return join(header, body)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     for f in os.listdir(OUT):
@@ -94,7 +132,15 @@ def main():
         write_model(path, state_dict(kind, config, rng), detect.constructor_config(kind, config), kind=kind)
         with open(path, "rb") as fh:
             valid[name] = fh.read()
+    for name, (kind, config, weights) in REDUCED.items():
+        model = MODULES[kind](**config, weights=weights)
+        model.load_state_dict(state_dict(kind, config, rng))
+        path = os.path.join(OUT, "valid-" + name)
+        model.save(path)
+        with open(path, "rb") as fh:
+            valid[name] = fh.read()
     base = valid["lstm"]
+    int8 = valid["lstm-bi-proj-stack2-int8"]
     meta = lambda k, v: lambda h: h["__metadata__"].__setitem__(k, v)  # noqa: E731
     cfg = lambda k, v: lambda h: h["__metadata__"].__setitem__(  # noqa: E731
         "config", json.dumps({**json.loads(h["__metadata__"]["config"]), k: v}))
@@ -114,6 +160,21 @@ def main():
         "missing-tensor": edit(valid["gru-bi"], lambda h: h.pop("bias_hh_l0_reverse")),
         "kind-mismatch": edit(valid["gru-bi"], meta("kind", "LSTM")),
         "duplicate-name": base.replace(b'"dtype":"F32","shape":[16,3]', b'"dtype":"F32","dtype":"F32","shape":[16,3]', 1),
+        # reduced weights
+        "int8-scale-short": rewrite(int8, lambda a: a.__setitem__("weight_hh_l0_scale", a["weight_hh_l0_scale"][:-1])),
+        "int8-scale-missing": rewrite(int8, lambda a: a.pop("weight_hh_l1_reverse_scale")),
+        "int8-scale-f16": rewrite(int8, lambda a: a.__setitem__("weight_hh_l0_scale",
+                                                                a["weight_hh_l0_scale"].astype("<f2"))),
+        "int8-scale-negative": rewrite(int8, lambda a: a["weight_hh_l0_scale"].__setitem__(0, -1.0)),
+        "int8-scale-nan": rewrite(int8, lambda a: a["weight_hh_l0_scale"].__setitem__(1, np.nan)),
+        "int8-minus-128": rewrite(int8, lambda a: a["weight_hh_l1"].__setitem__((0, 0), -128)),
+        "int8-as-f32": rewrite(int8, lambda a: a.__setitem__("weight_hh_l0", a["weight_hh_l0"].astype("<f4"))),
+        "int8-scale-on-bias": rewrite(int8, lambda a: a.__setitem__("bias_ih_l0_scale", np.ones(12, "<f4"))),
+        "f16-as-f32": rewrite(valid["lstmcell-float16"],
+                              lambda a: a.__setitem__("weight_ih", a["weight_ih"].astype("<f4"))),
+        "f16-in-version-1": edit(valid["lstmcell-float16"], meta("format_version", "1")),
+        "weights-unknown": edit(valid["lstmcell-float16"], meta("weights", "int4")),
+        "weights-float32-f16-tensors": edit(valid["lstmcell-float16"], meta("weights", "float32")),
     }
     # a whole model (kind Sequential, which the C loader does not read) from a torch.save fixture
     pt = os.path.join(ROOT, "tests", "fixtures", "seq", "scorer.pt")
@@ -123,7 +184,8 @@ def main():
                                nonlinearity=seq["nonlinearity"]).save(path)
     unsupported = {
         "kind-sequential": edit(base, meta("kind", "Sequential")),
-        "format-version-2": edit(base, meta("format_version", "2")),
+        "format-version-3": edit(base, meta("format_version", "3")),
+        "format-version-3-int8": edit(int8, meta("format_version", "3")),
     }
     # fix the header length of the one edited by hand
     h = bad["duplicate-name"]

@@ -10,7 +10,8 @@
  * pack_padded_sequence(enforce_sorted=False)); steps past a length give zeros.
  * Writes OUT_DIR/output.npy, h_n.npy (and c_n.npy for LSTM) shaped as torch
  * returns them; for the cells h_1.npy (and c_1.npy for LSTMCell). Initial
- * states are zeros.
+ * states are zeros. A model converted with --weights float16 or int8 runs the
+ * same way: the file holds the reduced weights and the library reads them.
  *
  * Build: make example (in the repository), or against an installed library:
  *     cc -std=c11 lstm_run.c $(pkg-config --cflags --libs lstm_infer) -o lstm_run

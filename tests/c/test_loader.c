@@ -5,7 +5,9 @@
  * must load as the config their name says and run; every truncation and many
  * byte flips of them must give a status (under ASan: without reading past the
  * buffer, which is always exactly the file's size); paths that are not
- * regular files must give LSTM_ERR_IO.
+ * regular files must give LSTM_ERR_IO. Reduced weights (format_version 2):
+ * a file built from lstm_reduce_weight's arrays loads as the model
+ * lstm_model_create_reduced builds from them, bit for bit.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
@@ -68,16 +70,21 @@ static const struct {
     lstm_config cfg;
     int batch_first;
 } VALID[] = {
-    {"lstm", "LSTM", {3, 4, 1, 1, 0, 0, LSTM_CELL_LSTM}, 0},
-    {"lstm-bi-proj-stack2", "LSTM", {2, 3, 2, 1, 1, 2, LSTM_CELL_LSTM}, 0},
-    {"lstm-nobias-bf", "LSTM", {2, 2, 1, 0, 0, 0, LSTM_CELL_LSTM}, 1},
-    {"gru-bi", "GRU", {3, 2, 1, 1, 1, 0, LSTM_CELL_GRU}, 0},
-    {"gru-stack2-nobias", "GRU", {2, 3, 2, 0, 0, 0, LSTM_CELL_GRU}, 0},
-    {"rnn-tanh-stack2", "RNN", {3, 2, 2, 1, 0, 0, LSTM_CELL_RNN_TANH}, 0},
-    {"rnn-relu-bi-bf", "RNN", {2, 3, 1, 1, 1, 0, LSTM_CELL_RNN_RELU}, 1},
-    {"lstmcell", "LSTMCell", {3, 2, 1, 1, 0, 0, LSTM_CELL_LSTM}, 0},
-    {"grucell-nobias", "GRUCell", {2, 3, 1, 0, 0, 0, LSTM_CELL_GRU}, 0},
-    {"rnncell-relu", "RNNCell", {2, 2, 1, 1, 0, 0, LSTM_CELL_RNN_RELU}, 0},
+    {"lstm", "LSTM", {3, 4, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 0},
+    {"lstm-bi-proj-stack2", "LSTM", {2, 3, 2, 1, 1, 2, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 0},
+    {"lstm-nobias-bf", "LSTM", {2, 2, 1, 0, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 1},
+    {"gru-bi", "GRU", {3, 2, 1, 1, 1, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 0},
+    {"gru-stack2-nobias", "GRU", {2, 3, 2, 0, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 0},
+    {"rnn-tanh-stack2", "RNN", {3, 2, 2, 1, 0, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 0},
+    {"rnn-relu-bi-bf", "RNN", {2, 3, 1, 1, 1, 0, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F32}, 1},
+    {"lstmcell", "LSTMCell", {3, 2, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 0},
+    {"grucell-nobias", "GRUCell", {2, 3, 1, 0, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 0},
+    {"rnncell-relu", "RNNCell", {2, 2, 1, 1, 0, 0, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F32}, 0},
+    {"lstm-bi-proj-stack2-int8", "LSTM", {2, 3, 2, 1, 1, 2, LSTM_CELL_LSTM, LSTM_WEIGHTS_I8}, 0},
+    {"gru-nobias-bf-float16", "GRU", {3, 2, 1, 0, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F16}, 1},
+    {"rnn-relu-bi-int8", "RNN", {2, 3, 1, 1, 1, 0, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_I8}, 0},
+    {"lstmcell-float16", "LSTMCell", {3, 2, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F16}, 0},
+    {"grucell-int8", "GRUCell", {2, 3, 1, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_I8}, 0},
 };
 #define N_VALID (sizeof VALID / sizeof VALID[0])
 
@@ -229,6 +236,116 @@ static void test_headers(void) {
     CHECK(load_copy(big, sizeof big, NULL) == LSTM_ERR_BAD_FILE, "huge header length");
 }
 
+/* ------------------------------------------------------------ reduced weights */
+
+/* A GRUCell (input 2, hidden 3) file with `weights` storage, written here from
+ * lstm_reduce_weight's arrays: each tensor in the dtype lstm_weight_storage gives
+ * it, an int8 one followed by its row scales. version, weights and edit (a change
+ * to make: 0 none, 1 a scale short, 2 q = -128 in the first int8 array, 3 a scale
+ * < 0) make the hostile variants. On return ref holds the model
+ * lstm_model_create_reduced builds from the same arrays (NULL for edit != 0). */
+static size_t reduced_file(unsigned char *buf, size_t cap, const char *version, const char *weights,
+                           int32_t type, int edit, lstm_model **ref) {
+    lstm_config cfg = {.input_size = 2, .hidden_size = 3, .num_layers = 1, .bias = 1,
+                       .cell = LSTM_CELL_GRU, .weights = type};
+    static const char *const names[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+    static const char *const dtypes[] = {"F32", "F16", "I8"};
+    static const int sizes[] = {4, 2, 1};
+    unsigned char data[1024], stored[4][64];
+    float w[4][9 * 3], scales[4][9];
+    const void *ptrs[4];
+    const float *sptrs[4] = {0};
+    char json[2048];
+    size_t pos = 0, n = 0;
+    int first_i8 = 1;
+    n += (size_t)snprintf(json + n, sizeof json - n,
+                          "{\"__metadata__\":{\"format\":\"lstm_infer\",\"format_version\":\"%s\","
+                          "\"kind\":\"GRUCell\",\"weights\":\"%s\",\"config\":\"{\\\"input_size\\\":2,"
+                          "\\\"hidden_size\\\":3,\\\"bias\\\":true}\"}", version, weights);
+    for (size_t i = 0; i < 4; i++) {
+        int64_t shape[2];
+        lstm_weight_shape(&cfg, i, shape);
+        int32_t st = lstm_weight_storage(&cfg, i);
+        int64_t count = shape[0] * (shape[1] ? shape[1] : 1);
+        for (int64_t k = 0; k < count; k++) w[i][k] = rnd_f(-1, 1);
+        if (st == LSTM_WEIGHTS_F32) memcpy(stored[i], w[i], (size_t)count * 4);
+        else CHECK(lstm_reduce_weight(st, w[i], shape[0], shape[1], stored[i], scales[i]) == LSTM_OK, "reduce");
+        if (st == LSTM_WEIGHTS_I8 && edit == 2 && first_i8) ((int8_t *)stored[i])[0] = -128;
+        ptrs[i] = stored[i];
+        size_t bytes = (size_t)count * (size_t)sizes[st];
+        memcpy(data + pos, stored[i], bytes);
+        n += (size_t)snprintf(json + n, sizeof json - n, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld%s%.0lld],"
+                              "\"data_offsets\":[%zu,%zu]}", names[i], dtypes[st], (long long)shape[0],
+                              shape[1] ? "," : "", (long long)shape[1], pos, pos + bytes);
+        pos += bytes;
+        if (st != LSTM_WEIGHTS_I8) continue;
+        sptrs[i] = scales[i];
+        int64_t rows = shape[0] - (edit == 1 && first_i8);
+        if (edit == 3 && first_i8) scales[i][0] = -1.0f;
+        memcpy(data + pos, scales[i], (size_t)rows * 4);
+        n += (size_t)snprintf(json + n, sizeof json - n, ",\"%s_scale\":{\"dtype\":\"F32\",\"shape\":[%lld],"
+                              "\"data_offsets\":[%zu,%zu]}", names[i], (long long)rows, pos, pos + (size_t)rows * 4);
+        pos += (size_t)rows * 4;
+        first_i8 = 0;
+    }
+    n += (size_t)snprintf(json + n, sizeof json - n, "}");
+    *ref = NULL;
+    if (edit == 0 && type != LSTM_WEIGHTS_F32)
+        CHECK(lstm_model_create_reduced(&cfg, ptrs, sptrs, 4, ref) == LSTM_OK, "create_reduced");
+    CHECK(8 + n + pos <= cap, "buffer");
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)n >> (8 * i));
+    memcpy(buf + 8, json, n);
+    memcpy(buf + 8 + n, data, pos);
+    return 8 + n + pos;
+}
+
+/* out = h_1 of a GRUCell step on x from zero state. */
+static void cell_step(const lstm_model *m, const float *x, float *h) {
+    lstm_forward_args a = {.seq_len = 1, .batch = 1, .input = x, .input_stride_t = 2, .input_stride_b = 2,
+                           .output = h, .output_stride_t = 3, .output_stride_b = 3};
+    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "forward");
+}
+
+static void test_reduced(void) {
+    static unsigned char buf[4096];
+    const float x[2] = {0.5f, -1.25f};
+    struct { int32_t type; const char *name; } types[] = {{LSTM_WEIGHTS_F16, "float16"}, {LSTM_WEIGHTS_I8, "int8"}};
+    for (int t = 0; t < 2; t++) {
+        lstm_model *ref, *m = NULL;
+        size_t size = reduced_file(buf, sizeof buf, "2", types[t].name, types[t].type, 0, &ref);
+        lstm_status s = lstm_model_load_buffer(buf, size, &m);
+        CHECK(s == LSTM_OK, "%s: %s", types[t].name, lstm_status_string(s));
+        if (s == LSTM_OK && ref) {
+            float h[3], h_ref[3];
+            CHECK(lstm_model_config(m)->weights == types[t].type, "%s: weights", types[t].name);
+            cell_step(m, x, h);
+            cell_step(ref, x, h_ref);
+            CHECK(memcmp(h, h_ref, sizeof h) == 0, "%s: the loaded model computes other bits", types[t].name);
+        }
+        lstm_model_free(m);
+        lstm_model_free(ref);
+        /* misaligned: the weights are copied, same result */
+        CHECK(load_copy(buf, size, NULL) == LSTM_OK, "%s: copy", types[t].name);
+        struct { const char *version, *weights; int edit; lstm_status want; } bad[] = {
+            {"1", types[t].name, 0, LSTM_ERR_BAD_FILE},       /* "weights" needs version 2 */
+            {"3", types[t].name, 0, LSTM_ERR_UNSUPPORTED},    /* a newer format */
+            {"2", "int4", 0, LSTM_ERR_BAD_FILE},
+            {"2", "float32", 0, LSTM_ERR_BAD_FILE},           /* reduced dtypes in a float32 model */
+            {"2", types[1 - t].name, 0, LSTM_ERR_BAD_FILE},   /* the other storage's dtypes or scales */
+            {"2", types[t].name, 1, LSTM_ERR_BAD_FILE},       /* a scale short */
+            {"2", types[t].name, 2, LSTM_ERR_BAD_FILE},       /* -128 */
+            {"2", types[t].name, 3, LSTM_ERR_BAD_FILE},       /* a negative scale */
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            if (bad[i].edit && types[t].type != LSTM_WEIGHTS_I8) continue; /* float16 has no scales */
+            size = reduced_file(buf, sizeof buf, bad[i].version, bad[i].weights, types[t].type, bad[i].edit, &ref);
+            lstm_model_free(ref);
+            s = load_copy(buf, size, NULL);
+            CHECK(s == bad[i].want, "%s: case %zu: status %d", types[t].name, i, (int)s);
+        }
+    }
+}
+
 static void test_arguments(void) {
     lstm_model *m = NULL;
     CHECK(lstm_model_load(NULL, &m) == LSTM_ERR_INVALID_ARGUMENT, "NULL path");
@@ -267,6 +384,7 @@ int main(void) {
     lstm_set_num_threads(2);
     test_arguments();
     test_headers();
+    test_reduced();
     test_corpus();
     test_threads();
     printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "OK", (int)checks, (int)failures);
