@@ -177,8 +177,10 @@ LSTM_API const lstm_config *lstm_model_config(const lstm_model *model);
 
 /*
  * Reads a model file written by `lstm-infer convert` or lstm_infer's save()
- * (kinds LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell) and builds its model; on
- * success *out must be freed with lstm_model_free. Every header field, offset,
+ * (kinds LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell; float32 weights, or
+ * float16/int8 as `convert --weights` stores them, built as by
+ * lstm_model_create_reduced) and builds its model; on success *out must be
+ * freed with lstm_model_free. Every header field, offset,
  * size and dtype is checked against the file first: a malformed file gives
  * LSTM_ERR_BAD_FILE, a valid file of another kind or a newer format version
  * LSTM_ERR_UNSUPPORTED, an unreadable path LSTM_ERR_IO (errno says why; only
