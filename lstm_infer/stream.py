@@ -22,6 +22,7 @@ layer (an Embedding, say) and after it act on each step, each recurrent layer
 carries its own state, and ``st.state`` is a tuple with one state per recurrent
 layer in pipeline order.
 """
+import math
 import threading
 
 import numpy as np
@@ -31,8 +32,7 @@ from .model import _as_int, _float_array, _to_numpy
 
 __all__ = ["Stream", "SequentialStream", "sequential_stream"]
 
-_IN_USE = ("this stream is in use by another thread: a stream must not be shared between threads "
-           "(make one stream per thread with model.stream(); they may share the model)")
+_IN_USE = _core.STREAM_IN_USE
 
 
 class Stream(_core.StreamBase):
@@ -61,7 +61,10 @@ class Stream(_core.StreamBase):
                              f"direction reads each sequence from its end, which a stream "
                              f"has not seen yet (call the model on whole sequences instead)")
         batch_size = _as_int(batch_size, "batch_size", 1)
-        self._setup(model, batch_size)  # sets the read-only attribute model
+        # each weight matrix entry is one multiply-add per step of each slot
+        macs = sum(math.prod(shape) for shape in model._expected_shapes().values()
+                   if len(shape) == 2)
+        self._setup(model, batch_size, 2.0 * macs * batch_size)  # sets the read-only attribute model
 
     def __repr__(self):
         return f"<Stream of {self.model!r}, batch_size={self.batch_size}>"
