@@ -520,10 +520,10 @@ def _hold_gil_flops(value=None):
         HOLD_GIL_FLOPS = value
     return before
 
-# A call in progress marks its stream with the current generation; a forked
-# child starts a new one, so a call that another thread of the parent was
-# running at fork time (that thread does not exist in the child) does not
-# leave the child's copy of the stream in use forever.
+# The in-use mark of a stream holds the generation it was set in; a forked child
+# starts a new generation, so a call that another thread of the parent was
+# running at fork time (that thread does not exist in the child) does not leave
+# the child's copy of the stream in use forever.
 cdef unsigned int _generation = 1
 
 
@@ -533,6 +533,34 @@ def _new_generation():
 
 
 os.register_at_fork(after_in_child=_new_generation)
+
+
+cdef class InUse:
+    """The mark of an object (a stream) that one thread at a time may use:
+    `with mark:` around each use; a use from another thread meanwhile raises
+    RuntimeError. It is checked and set with the GIL held, in C (no bytecode
+    boundary between the check and the set), so it needs no lock."""
+    cdef unsigned int _mark  # _generation while in use, else 0
+
+    cdef inline bint busy(self):
+        return self._mark == _generation
+
+    cdef int enter(self) except -1:
+        if self._mark == _generation:
+            raise RuntimeError(STREAM_IN_USE)
+        self._mark = _generation
+        return 0
+
+    cdef inline void exit(self):
+        self._mark = 0
+
+    def __enter__(self):
+        self.enter()
+        return self
+
+    def __exit__(self, *exc):
+        self.exit()
+        return False
 
 
 cdef class StreamBase:
@@ -545,11 +573,10 @@ cdef class StreamBase:
     was). A slot with length 0 gets its h_0/c_0 copied to h_n/c_n by the C
     core, so it keeps its state bit for bit.
 
-    A stream is used by one thread at a time. Every check and change of the
-    in-use mark happens with the GIL held, so the mark needs no lock: a call
-    sets it before it releases the GIL (a long call) and clears it after; a
-    call that holds the GIL throughout (a short one) cannot be entered
-    meanwhile at all."""
+    A stream is used by one thread at a time (an InUse mark): a call that
+    releases the GIL (a long one) sets the mark before and clears it after; a
+    call that holds the GIL throughout (a short one) only checks it, as no
+    other thread can run meanwhile."""
     cdef readonly Module model
     cdef readonly int batch_size
     cdef readonly bint batch_first
@@ -559,11 +586,14 @@ cdef class StreamBase:
     cdef cnp.ndarray _h0, _h1, _c0, _c1
     cdef float *_h[2]           # data of _h0, _h1 (fixed: the state is copied into them)
     cdef float *_c[2]           # data of _c0, _c1; NULL unless LSTM
-    cdef unsigned int _busy     # _generation while a call or state access runs, else 0
+    cdef InUse _in_use          # set while a call or state access runs
     cdef double _step_flops     # of one step of every slot
     cdef int _ws_wtype          # the weight type _ws was sized for (a reload may change it)
     cdef void *_ws              # this stream's scratch for one-step calls
     cdef size_t _ws_size
+
+    def __cinit__(self, *args, **kwargs):
+        self._in_use = InUse()
 
     def __dealloc__(self):
         free(self._ws)
@@ -614,15 +644,6 @@ cdef class StreamBase:
         self._ws_wtype = core.wtype
         return 0
 
-    cdef int _enter(self) except -1:
-        if self._busy == _generation:
-            raise RuntimeError(STREAM_IN_USE)
-        self._busy = _generation
-        return 0
-
-    cdef inline void _exit(self):
-        self._busy = 0
-
     cdef int _go(self, lstm_forward_args *args) except -1:
         """Runs args (input, output and lengths filled in) on the current state;
         the state advances when the call succeeds. Nothing in here runs Python
@@ -633,7 +654,7 @@ cdef class StreamBase:
         cdef int cur = self._cur
         cdef void *ws = NULL
         cdef size_t ws_size = 0
-        if self._busy == _generation:
+        if self._in_use.busy():
             raise RuntimeError(STREAM_IN_USE)
         if core.wtype != self._ws_wtype:  # weights reloaded to another storage
             self._size_scratch(core)
@@ -649,10 +670,10 @@ cdef class StreamBase:
         else:
             if args.seq_len > 1 and PyThread_get_thread_ident() == _main_thread:
                 args.interrupt = _poll_signals
-            self._busy = _generation
+            self._in_use.enter()
             with nogil:
                 s = lstm_model_forward(core.model, args, ws, ws_size)
-            self._busy = 0
+            self._in_use.exit()
         if s != LSTM_OK:
             _check(s, "stream")
         self._cur = 1 - cur
@@ -717,8 +738,7 @@ cdef class StreamBase:
     # stream in use too
     def _reset_slot(self, int slot):
         """Zeros slot `slot` of the state, every slot when slot < 0."""
-        self._enter()
-        try:
+        with self._in_use:
             h = self._h0 if self._cur == 0 else self._h1
             c = (self._c0 if self._cur == 0 else self._c1) if self._has_c else None
             if slot < 0:
@@ -729,30 +749,22 @@ cdef class StreamBase:
                 h[:, slot] = 0
                 if c is not None:
                     c[:, slot] = 0
-        finally:
-            self._exit()
 
     def _get_state(self):
         """Copies of the current (h, c), c None unless LSTM."""
-        self._enter()
-        try:
+        with self._in_use:
             h = (self._h0 if self._cur == 0 else self._h1).copy()
             c = None
             if self._has_c:
                 c = (self._c0 if self._cur == 0 else self._c1).copy()
             return h, c
-        finally:
-            self._exit()
 
     def _set_state(self, h, c):
         """Copies checked float32 arrays of the state's shapes into the state."""
-        self._enter()
-        try:
+        with self._in_use:
             (self._h0 if self._cur == 0 else self._h1)[...] = h
             if self._has_c:
                 (self._c0 if self._cur == 0 else self._c1)[...] = c
-        finally:
-            self._exit()
 
     def _time_c_step(self, x, int64_t n):
         """Seconds per bare C call of one step on x (batch_size, input) float32

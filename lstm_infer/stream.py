@@ -23,7 +23,6 @@ carries its own state, and ``st.state`` is a tuple with one state per recurrent
 layer in pipeline order.
 """
 import math
-import threading
 
 import numpy as np
 
@@ -32,7 +31,6 @@ from .model import _as_int, _float_array, _to_numpy
 
 __all__ = ["Stream", "SequentialStream", "sequential_stream"]
 
-_IN_USE = _core.STREAM_IN_USE
 
 
 class Stream(_core.StreamBase):
@@ -252,7 +250,7 @@ class SequentialStream:
         last = max(i for i, (_, m) in enumerate(layers) if m.kind in _RECURRENT)
         # a layer after the last recurrent one may change padded steps: zero them again
         self._remask = any(m.kind not in ("Readout", "Dropout") for _, m in layers[last + 1:])
-        self._lock = threading.Lock()
+        self._in_use = _core.InUse()
 
     model = property(lambda self: self._model, doc="The model the stream runs.")
     batch_size = property(lambda self: self._batch_size)
@@ -268,12 +266,8 @@ class SequentialStream:
     # ------------------------------------------------------------ calls
     def _exclusive(self, fn, *args):
         """fn(*args) with the stream to itself: another thread meanwhile gets RuntimeError."""
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError(_IN_USE)
-        try:
+        with self._in_use:
             return fn(*args)
-        finally:
-            self._lock.release()
 
     def __call__(self, x, lengths=None):
         """One step or a chunk of steps (see the class docstring)."""
