@@ -497,17 +497,18 @@ import time
 STREAM_IN_USE = ("this stream is in use by another thread: a stream must not be shared between "
                  "threads (make one stream per thread with model.stream(); they may share the model)")
 
-# A stream call of fewer flops than this runs with the GIL held (measured with
-# tools/bench_stream.py and the notes there, 1 thread): releasing and taking
-# back the GIL costs ~0.1 us when no other thread wants it, ~4% of a 64->64 LSTM
-# step; when another thread is running Python, taking it back waits for that
-# thread's switch interval (5 ms by default), so a released 2 us step takes
-# milliseconds. Held, a call delays other threads by its own length only:
-# under 4e5 flops that is ~13 us with AVX2 (~30 GFLOP/s at batch 1) and ~120 us
-# with the scalar kernels, far below the switch interval. Longer calls release
-# the GIL, so other threads run meanwhile. It stays below the C core's
-# threshold for using its thread pool (1.5e6 flops), so a call holding the
-# GIL never waits for worker threads.
+# A stream call of fewer flops than this runs with the GIL held; longer calls
+# release it, so other threads run meanwhile. Releasing costs ~0.1 us when no
+# other thread wants the GIL (~4% of a 64->64 LSTM step), and when another
+# thread is running Python it hands that thread the GIL at every call, to be
+# taken back only after a wait: the stream then shares the GIL unevenly, a 2 us
+# step taking several times longer on average than with the GIL held, where
+# both threads take turns by the switch interval (5 ms) as any two Python
+# threads do (tools/bench_stream.py, GIL table). Held, a call delays other
+# threads by its own length only: under 4e5 flops ~13 us with AVX2 (~30
+# GFLOP/s at batch 1), ~120 us with the scalar kernels, well below the switch
+# interval. It stays below the C core's threshold for using its thread pool
+# (1.5e6 flops), so a call holding the GIL never waits for worker threads.
 cdef double HOLD_GIL_FLOPS = 4e5
 
 
