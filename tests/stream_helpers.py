@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as hst
 
 import lstm_infer as li
 from isa_helpers import available_isas
@@ -29,6 +30,21 @@ def one_thread():
     yield
     li.set_num_threads(n)
     li.set_isa("auto")
+
+
+def stream_random_split(st, x, data):
+    """x (T, ...) through st in chunks cut at places hypothesis draws (empty
+    chunks too; a chunk of one step is sometimes a one-step call); the outputs
+    of every call, concatenated."""
+    T = len(x)
+    bounds = [0] + sorted(data.draw(hst.lists(hst.integers(0, T), max_size=6))) + [T]
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a == 1 and data.draw(hst.booleans()):
+            parts.append(st(x[a])[None])  # a one-step call
+        else:
+            parts.append(st(x[a:b]))      # a chunk (possibly empty)
+    return np.concatenate(parts)
 
 
 def assert_concurrent_use_detected(st, x, want):

@@ -17,7 +17,7 @@ import lstm_infer as li
 from lstm_infer import _core
 from stream_helpers import one_thread  # noqa: F401 (autouse: each test on one C thread)
 from stream_helpers import (ISAS, assert_concurrent_use_detected, hypothesis_settings,
-                            stream_each_in_a_thread)
+                            stream_each_in_a_thread, stream_random_split)
 
 KINDS = {
     "lstm": lambda **kw: li.LSTM(5, 7, **kw),
@@ -48,6 +48,15 @@ def whole(model, x, lengths=None):
 def stream_state(st):
     s = st.state
     return s if isinstance(s, tuple) else (s, None)
+
+
+def stepped_stream(kind, batch_size, seed):
+    """rng, a 2-layer model of kind, and a stream of it that has taken 3 steps."""
+    rng = np.random.default_rng(seed)
+    m = KINDS[kind](num_layers=2)
+    st = m.stream(batch_size=batch_size)
+    st(rng.standard_normal((3, batch_size, 5), dtype=np.float32))
+    return rng, m, st
 
 
 def assert_same_state(a, b):
@@ -114,16 +123,8 @@ def test_random_chunk_splits(kind, data):
     m = KINDS[kind](num_layers=layers)
     x = rng.standard_normal((T, B, 5), dtype=np.float32)
     out, state = whole(m, x)
-    cuts = sorted(data.draw(hst.lists(hst.integers(0, T), max_size=6)))
-    bounds = [0] + cuts + [T]
     st = m.stream(batch_size=B)
-    parts = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a == 1 and data.draw(hst.booleans()):
-            parts.append(st(x[a])[None])         # a one-step call
-        else:
-            parts.append(st(x[a:b]))             # a chunk (possibly empty)
-    np.testing.assert_array_equal(np.concatenate(parts), out)
+    np.testing.assert_array_equal(stream_random_split(st, x, data), out)
     assert_same_state(stream_state(st), state)
 
 
@@ -167,10 +168,7 @@ def test_ragged_streams_equal_each_sequence_alone(kind, data):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_idle_slots_keep_state_bit_for_bit(kind):
-    rng = np.random.default_rng(2)
-    m = KINDS[kind](num_layers=2)
-    st = m.stream(batch_size=4)
-    st(rng.standard_normal((3, 4, 5), dtype=np.float32))
+    rng, m, st = stepped_stream(kind, 4, 2)
     # NaN payloads and -0.0 survive an idle step too
     h, c = stream_state(st)
     h[0, 1, 0], h[1, 1, 1] = np.nan, -0.0
@@ -191,10 +189,7 @@ def test_idle_slots_keep_state_bit_for_bit(kind):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_reset_one_slot_and_all(kind):
-    rng = np.random.default_rng(3)
-    m = KINDS[kind](num_layers=2)
-    st = m.stream(batch_size=3)
-    st(rng.standard_normal((4, 3, 5), dtype=np.float32))
+    rng, m, st = stepped_stream(kind, 3, 3)
     before = stream_state(st)
     st.reset(1)
     after = stream_state(st)
@@ -223,10 +218,7 @@ def test_reset_one_slot_and_all(kind):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_state_round_trips(kind):
-    rng = np.random.default_rng(4)
-    m = KINDS[kind](num_layers=2)
-    st = m.stream(batch_size=2)
-    st(rng.standard_normal((3, 2, 5), dtype=np.float32))
+    rng, m, st = stepped_stream(kind, 2, 4)
     saved = st.state
     x = rng.standard_normal((4, 2, 5), dtype=np.float32)
     y1 = st(x)

@@ -13,7 +13,7 @@ from hypothesis import strategies as hst
 import lstm_infer as li
 from stream_helpers import one_thread  # noqa: F401 (autouse: each test on one C thread)
 from stream_helpers import (ISAS, assert_concurrent_use_detected, hypothesis_settings,
-                            stream_each_in_a_thread)
+                            stream_each_in_a_thread, stream_random_split)
 
 SETTINGS = hypothesis_settings(30)
 
@@ -180,16 +180,7 @@ def test_random_chunk_splits(name, data):
     rng = np.random.default_rng(data.draw(hst.integers(0, 2**31)))
     m = build(name)
     x = inputs(name, (T, B), rng)
-    whole = m(x)
-    bounds = [0] + sorted(data.draw(hst.lists(hst.integers(0, T), max_size=6))) + [T]
-    st = m.stream(batch_size=B)
-    parts = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a == 1 and data.draw(hst.booleans()):
-            parts.append(st(x[a])[None])  # a one-step call
-        else:
-            parts.append(st(x[a:b]))      # a chunk (possibly empty)
-    same(name, np.concatenate(parts), whole)
+    same(name, stream_random_split(m.stream(batch_size=B), x, data), m(x))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
