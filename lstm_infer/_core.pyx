@@ -650,6 +650,8 @@ cdef class StreamBase:
         the state advances when the call succeeds. Nothing in here runs Python
         code before the C call (no allocation), so with the GIL held no other
         use of the stream can come between."""
+        if self.model is None:
+            raise TypeError("this stream was not set up: make streams with model.stream()")
         cdef Core core = self.model._core  # a concurrent weight reload cannot free it
         cdef lstm_status s
         cdef int cur = self._cur
@@ -773,6 +775,8 @@ cdef class StreamBase:
         call to call through two buffers as st(x) carries it (starting from a
         copy of this stream's state, which stays as it was): a benchmark's
         floor, what the C core costs without Python and the binding."""
+        if self.model is None:
+            raise TypeError("this stream was not set up: make streams with model.stream()")
         cdef cnp.ndarray xa = np.ascontiguousarray(x, dtype=np.float32).reshape(
             self.batch_size, self._input_size)
         cdef cnp.ndarray out = np.empty((self.batch_size, self._out_size), np.float32)

@@ -13,7 +13,8 @@ Any split of a sequence into chunks gives what one call over the whole
 sequence gives (bit for bit on one thread: the same C kernels run).
 A stream belongs to one thread at a time: using it from a second thread while
 a call runs raises RuntimeError. Many streams may share one model in many
-threads.
+threads. A call under 4e5 flops (_core.HOLD_GIL_FLOPS: a 64->128 LSTM step at
+batch 1) keeps the GIL; longer calls release it, so other threads run meanwhile.
 
 A li.Sequential streams too (SequentialStream, from model.stream()) when its
 recurrent layers are uni-directional and it keeps every step (readout ``steps``,
