@@ -491,43 +491,117 @@ cdef class Module:
 
 
 # ---------------------------------------------------------------- streaming
-from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
-                               PyThread_acquire_lock, PyThread_release_lock, NOWAIT_LOCK)
+import os
 import time
+
+STREAM_IN_USE = ("this stream is in use by another thread: a stream must not be shared between "
+                 "threads (make one stream per thread with model.stream(); they may share the model)")
+
+# A stream call of fewer flops than this runs with the GIL held; longer calls
+# release it, so other threads run meanwhile. Releasing costs ~0.1 us when no
+# other thread wants the GIL (~4% of a 64->64 LSTM step), and when another
+# thread is running Python it hands that thread the GIL at every call, to be
+# taken back only after a wait: the stream then shares the GIL unevenly, a 2 us
+# step taking several times longer on average than with the GIL held, where
+# both threads take turns by the switch interval (5 ms) as any two Python
+# threads do (tools/bench_stream.py, GIL table). Held, a call delays other
+# threads by its own length only: under 4e5 flops ~13 us with AVX2 (~30
+# GFLOP/s at batch 1), ~120 us with the scalar kernels, well below the switch
+# interval. It stays below the C core's threshold for using its thread pool
+# (1.5e6 flops), so a call holding the GIL never waits for worker threads.
+cdef double HOLD_GIL_FLOPS = 4e5
+
+
+def _hold_gil_flops(value=None):
+    """HOLD_GIL_FLOPS; set to value when given (a benchmark or test runs both
+    paths with it). Returns the value before."""
+    global HOLD_GIL_FLOPS
+    before = HOLD_GIL_FLOPS
+    if value is not None:
+        HOLD_GIL_FLOPS = value
+    return before
+
+# The in-use mark of a stream holds the generation it was set in; a forked child
+# starts a new generation, so a call that another thread of the parent was
+# running at fork time (that thread does not exist in the child) does not leave
+# the child's copy of the stream in use forever.
+cdef unsigned int _generation = 1
+
+
+def _new_generation():
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_new_generation)
+
+
+cdef class InUse:
+    """The mark of an object (a stream) that one thread at a time may use:
+    `with mark:` around each use; a use from another thread meanwhile raises
+    RuntimeError. It is checked and set with the GIL held, in C (no bytecode
+    boundary between the check and the set), so it needs no lock."""
+    cdef unsigned int _mark  # _generation while in use, else 0
+
+    cdef inline bint busy(self):
+        return self._mark == _generation
+
+    cdef int enter(self) except -1:
+        if self._mark == _generation:
+            raise RuntimeError(STREAM_IN_USE)
+        self._mark = _generation
+        return 0
+
+    cdef inline void exit(self):
+        self._mark = 0
+
+    def __enter__(self):
+        self.enter()
+        return self
+
+    def __exit__(self, *exc):
+        self.exit()
+        return False
 
 
 cdef class StreamBase:
-    """Base of lstm_infer.stream.Stream: the carried state, the in-use lock and
+    """Base of lstm_infer.stream.Stream: the carried state, the in-use mark and
     the one-step fast path. Every friendly check lives in stream.py.
 
     The state is double-buffered: a call reads h_0/c_0 from the current
     buffers and writes h_n/c_n into the other pair, which becomes current
     only when the call succeeded (an interrupted chunk leaves the state as it
     was). A slot with length 0 gets its h_0/c_0 copied to h_n/c_n by the C
-    core, so it keeps its state bit for bit."""
+    core, so it keeps its state bit for bit.
+
+    A stream is used by one thread at a time (an InUse mark): a call that
+    releases the GIL (a long one) sets the mark before and clears it after; a
+    call that holds the GIL throughout (a short one) only checks it, as no
+    other thread can run meanwhile."""
     cdef readonly Module model
     cdef readonly int batch_size
     cdef readonly bint batch_first
     cdef int _input_size, _out_size, _hidden_size, _slots
     cdef bint _has_c
-    cdef int _cur
+    cdef int _cur               # which buffer pair holds the state: 0 or 1
     cdef cnp.ndarray _h0, _h1, _c0, _c1
-    cdef PyThread_type_lock _lock
-    cdef void *_ws           # this stream's scratch for one-step calls
+    cdef float *_h[2]           # data of _h0, _h1 (fixed: the state is copied into them)
+    cdef float *_c[2]           # data of _c0, _c1; NULL unless LSTM
+    cdef InUse _in_use          # set while a call or state access runs
+    cdef double _step_flops     # of one step of every slot
+    cdef int _ws_wtype          # the weight type _ws was sized for (a reload may change it)
+    cdef void *_ws              # this stream's scratch for one-step calls
     cdef size_t _ws_size
 
     def __cinit__(self, *args, **kwargs):
-        self._lock = PyThread_allocate_lock()
-        if self._lock == NULL:
-            raise MemoryError()
+        self._in_use = InUse()
 
     def __dealloc__(self):
-        if self._lock != NULL:
-            PyThread_free_lock(self._lock)
         free(self._ws)
 
-    def _setup(self, Module model, int batch_size):
-        """Buffers for batch_size slots of a checked uni-directional model."""
+    def _setup(self, Module model, int batch_size, double step_flops):
+        """Buffers for batch_size slots of a checked uni-directional model whose
+        step of every slot costs step_flops."""
         cdef Core core = model._core
         if core.directions != 1 or batch_size < 1:
             raise ValueError("a stream needs a uni-directional model and batch_size >= 1")
@@ -539,63 +613,74 @@ cdef class StreamBase:
         self._hidden_size = core.hidden_size
         self._slots = core.num_layers
         self._has_c = core.has_c
+        self._step_flops = step_flops
         self._h0 = np.zeros((self._slots, batch_size, self._out_size), np.float32)
         self._h1 = np.zeros((self._slots, batch_size, self._out_size), np.float32)
+        self._h[0] = <float *>cnp.PyArray_DATA(self._h0)
+        self._h[1] = <float *>cnp.PyArray_DATA(self._h1)
+        self._c[0] = self._c[1] = NULL
         if self._has_c:
             self._c0 = np.zeros((self._slots, batch_size, self._hidden_size), np.float32)
             self._c1 = np.zeros((self._slots, batch_size, self._hidden_size), np.float32)
-        cdef size_t need = 0
-        _check(lstm_workspace_size(core.model, 1, batch_size, NULL, &need), "stream scratch")
-        need += 64  # the core aligns the block itself
-        free(self._ws)
-        self._ws = malloc(need)
-        if self._ws == NULL:
-            raise MemoryError()
-        self._ws_size = need
+            self._c[0] = <float *>cnp.PyArray_DATA(self._c0)
+            self._c[1] = <float *>cnp.PyArray_DATA(self._c1)
+        self._size_scratch(core)
         self._cur = 0
 
-    cdef int _enter(self) except -1:
-        if not PyThread_acquire_lock(self._lock, NOWAIT_LOCK):
-            raise RuntimeError("this stream is in use by another thread: a stream must not be "
-                               "shared between threads (make one stream per thread with "
-                               "model.stream(); they may share the model)")
+    cdef int _size_scratch(self, Core core) except -1:
+        """Scratch for one step of core, whose shapes must be the stream's."""
+        if (core.input_size != self._input_size or core.hidden_size != self._hidden_size
+                or core.out_size != self._out_size or core.num_layers != self._slots
+                or core.directions != 1 or core.has_c != self._has_c):
+            raise ValueError("the model's shapes changed since this stream was made")
+        cdef size_t need = 0
+        _check(lstm_workspace_size(core.model, 1, self.batch_size, NULL, &need), "stream scratch")
+        need += 64  # the core aligns the block itself
+        cdef void *ws = malloc(need)
+        if ws == NULL:
+            raise MemoryError()
+        free(self._ws)
+        self._ws = ws
+        self._ws_size = need
+        self._ws_wtype = core.wtype
         return 0
 
-    cdef inline void _exit(self):
-        PyThread_release_lock(self._lock)
-
-    cdef _go(self, lstm_forward_args *args, bint one_step):
-        """Runs args (input, output and lengths filled in) on the current state."""
+    cdef int _go(self, lstm_forward_args *args) except -1:
+        """Runs args (input, output and lengths filled in) on the current state;
+        the state advances when the call succeeds. Nothing in here runs Python
+        code before the C call (no allocation), so with the GIL held no other
+        use of the stream can come between."""
+        if self.model is None:
+            raise TypeError("this stream was not set up: make streams with model.stream()")
         cdef Core core = self.model._core  # a concurrent weight reload cannot free it
         cdef lstm_status s
+        cdef int cur = self._cur
         cdef void *ws = NULL
         cdef size_t ws_size = 0
-        self._enter()
-        try:
-            if self._cur == 0:
-                args.h_0 = <const float *>cnp.PyArray_DATA(self._h0)
-                args.h_n = <float *>cnp.PyArray_DATA(self._h1)
-                if self._has_c:
-                    args.c_0 = <const float *>cnp.PyArray_DATA(self._c0)
-                    args.c_n = <float *>cnp.PyArray_DATA(self._c1)
-            else:
-                args.h_0 = <const float *>cnp.PyArray_DATA(self._h1)
-                args.h_n = <float *>cnp.PyArray_DATA(self._h0)
-                if self._has_c:
-                    args.c_0 = <const float *>cnp.PyArray_DATA(self._c1)
-                    args.c_n = <float *>cnp.PyArray_DATA(self._c0)
-            if one_step:
-                ws = self._ws
-                ws_size = self._ws_size
-            elif PyThread_get_thread_ident() == _main_thread:
+        if self._in_use.busy():
+            raise RuntimeError(STREAM_IN_USE)
+        if core.wtype != self._ws_wtype:  # weights reloaded to another storage
+            self._size_scratch(core)
+        if args.seq_len == 1:
+            ws = self._ws
+            ws_size = self._ws_size
+        args.h_0 = self._h[cur]
+        args.h_n = self._h[1 - cur]
+        args.c_0 = self._c[cur]
+        args.c_n = self._c[1 - cur]
+        if <double>args.seq_len * self._step_flops < HOLD_GIL_FLOPS:
+            s = lstm_model_forward(core.model, args, ws, ws_size)
+        else:
+            if args.seq_len > 1 and PyThread_get_thread_ident() == _main_thread:
                 args.interrupt = _poll_signals
+            self._in_use.enter()
             with nogil:
                 s = lstm_model_forward(core.model, args, ws, ws_size)
-            if s == LSTM_OK:
-                self._cur = 1 - self._cur
-        finally:
-            self._exit()
-        _check(s, "stream")
+            self._in_use.exit()
+        if s != LSTM_OK:
+            _check(s, "stream")
+        self._cur = 1 - cur
+        return 0
 
     def __call__(self, x, lengths=None):
         """One step or a chunk of steps; see lstm_infer.stream.Stream."""
@@ -604,34 +689,31 @@ cdef class StreamBase:
         cdef cnp.ndarray xa, out
         cdef int nd
         cdef cnp.npy_intp dims[2]
+        cdef cnp.npy_intp *shape
         cdef lstm_forward_args args
-        if lengths is None and type(x) is np.ndarray:
-            xa = x
+        if lengths is None and cnp.PyArray_CheckExact(x):
+            xa = <cnp.ndarray>x
             nd = cnp.PyArray_NDIM(xa)
-            if (1 <= nd <= 2 and _c_ready(xa)
-                    and cnp.PyArray_DIMS(xa)[nd - 1] == self._input_size
+            shape = cnp.PyArray_DIMS(xa)
+            if (shape[nd - 1] == self._input_size and _c_ready(xa)
                     and (cnp.PyArray_STRIDES(xa)[nd - 1] == 4 or self._input_size == 1)
                     and (nd == 1 and self.batch_size == 1
-                         or nd == 2 and cnp.PyArray_DIMS(xa)[0] == self.batch_size
+                         or nd == 2 and shape[0] == self.batch_size
                          and cnp.PyArray_STRIDES(xa)[0] % 4 == 0)):
+                dims[0] = self.batch_size
+                dims[1] = self._out_size
+                out = cnp.PyArray_EMPTY(nd, &dims[2 - nd], cnp.NPY_FLOAT, 0)  # (B, out) or (out,)
                 memset(&args, 0, sizeof(args))
-                if nd == 1:
-                    dims[0] = self._out_size
-                    out = cnp.PyArray_EMPTY(1, dims, cnp.NPY_FLOAT, 0)
-                    args.input_stride_b = self._input_size
-                else:
-                    dims[0] = self.batch_size
-                    dims[1] = self._out_size
-                    out = cnp.PyArray_EMPTY(2, dims, cnp.NPY_FLOAT, 0)
-                    args.input_stride_b = cnp.PyArray_STRIDES(xa)[0] // 4
                 args.seq_len = 1
                 args.batch = self.batch_size
                 args.input = <const float *>cnp.PyArray_DATA(xa)
+                args.input_stride_b = (cnp.PyArray_STRIDES(xa)[0] // 4 if nd == 2
+                                       else self._input_size)
                 args.input_stride_t = args.input_stride_b * self.batch_size
                 args.output = <float *>cnp.PyArray_DATA(out)
                 args.output_stride_b = self._out_size
                 args.output_stride_t = self._out_size * self.batch_size
-                self._go(&args, True)
+                self._go(&args)
                 return out
         return self._call(x, lengths)
 
@@ -648,12 +730,18 @@ cdef class StreamBase:
         memset(&args, 0, sizeof(args))
         args.lengths = _lengths_ptr(lengths, B)
         _set_buffers(&args, xa, oa)
-        self._go(&args, T == 1)
+        self._go(&args)
 
+    @property
+    def _holds_gil(self):
+        """Whether a one-step call runs with the GIL held (see HOLD_GIL_FLOPS)."""
+        return self._step_flops < HOLD_GIL_FLOPS
+
+    # state access: NumPy may release the GIL while it copies, so these mark the
+    # stream in use too
     def _reset_slot(self, int slot):
         """Zeros slot `slot` of the state, every slot when slot < 0."""
-        self._enter()
-        try:
+        with self._in_use:
             h = self._h0 if self._cur == 0 else self._h1
             c = (self._c0 if self._cur == 0 else self._c1) if self._has_c else None
             if slot < 0:
@@ -664,41 +752,40 @@ cdef class StreamBase:
                 h[:, slot] = 0
                 if c is not None:
                     c[:, slot] = 0
-        finally:
-            self._exit()
 
     def _get_state(self):
         """Copies of the current (h, c), c None unless LSTM."""
-        self._enter()
-        try:
+        with self._in_use:
             h = (self._h0 if self._cur == 0 else self._h1).copy()
             c = None
             if self._has_c:
                 c = (self._c0 if self._cur == 0 else self._c1).copy()
             return h, c
-        finally:
-            self._exit()
 
     def _set_state(self, h, c):
         """Copies checked float32 arrays of the state's shapes into the state."""
-        self._enter()
-        try:
+        with self._in_use:
             (self._h0 if self._cur == 0 else self._h1)[...] = h
             if self._has_c:
                 (self._c0 if self._cur == 0 else self._c1)[...] = c
-        finally:
-            self._exit()
 
     def _time_c_step(self, x, int64_t n):
         """Seconds per bare C call of one step on x (batch_size, input) float32
-        C-contiguous, n calls in a row without the GIL (a benchmark baseline:
-        what the C core costs, without Python and the binding)."""
+        C-contiguous, n calls in a row without the GIL, the state carried from
+        call to call through two buffers as st(x) carries it (starting from a
+        copy of this stream's state, which stays as it was): a benchmark's
+        floor, what the C core costs without Python and the binding."""
+        if self.model is None:
+            raise TypeError("this stream was not set up: make streams with model.stream()")
         cdef cnp.ndarray xa = np.ascontiguousarray(x, dtype=np.float32).reshape(
             self.batch_size, self._input_size)
         cdef cnp.ndarray out = np.empty((self.batch_size, self._out_size), np.float32)
-        cdef cnp.ndarray h = self._h0.copy(), hn = self._h0.copy()
-        cdef cnp.ndarray c = self._c0.copy() if self._has_c else None
-        cdef cnp.ndarray cn = self._c0.copy() if self._has_c else None
+        h_now, c_now = self._get_state()
+        cdef cnp.ndarray h = np.stack([h_now, h_now])
+        cdef cnp.ndarray c = np.stack([c_now, c_now]) if self._has_c else None
+        cdef float *hp = <float *>cnp.PyArray_DATA(h)
+        cdef float *cp = <float *>cnp.PyArray_DATA(c) if self._has_c else NULL
+        cdef int64_t h_size = h_now.size, c_size = c_now.size if self._has_c else 0
         cdef lstm_forward_args args
         memset(&args, 0, sizeof(args))
         args.seq_len = 1
@@ -709,20 +796,25 @@ cdef class StreamBase:
         args.output = <float *>cnp.PyArray_DATA(out)
         args.output_stride_b = self._out_size
         args.output_stride_t = self._out_size * self.batch_size
-        args.h_0 = <const float *>cnp.PyArray_DATA(h)
-        args.h_n = <float *>cnp.PyArray_DATA(hn)
-        if self._has_c:
-            args.c_0 = <const float *>cnp.PyArray_DATA(c)
-            args.c_n = <float *>cnp.PyArray_DATA(cn)
         cdef Core core = self.model._core
+        if core.wtype != self._ws_wtype:
+            self._size_scratch(core)
         cdef lstm_status s = LSTM_OK
         cdef int64_t i
+        cdef int cur
         t0 = time.perf_counter()
         with nogil:
             for i in range(n):
+                cur = i & 1
+                args.h_0 = hp + cur * h_size
+                args.h_n = hp + (1 - cur) * h_size
+                if cp != NULL:
+                    args.c_0 = cp + cur * c_size
+                    args.c_n = cp + (1 - cur) * c_size
                 s = lstm_model_forward(core.model, &args, self._ws, self._ws_size)
                 if s != LSTM_OK:
                     break
         t1 = time.perf_counter()
         _check(s, "stream")
         return (t1 - t0) / n
+

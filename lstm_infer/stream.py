@@ -13,7 +13,8 @@ Any split of a sequence into chunks gives what one call over the whole
 sequence gives (bit for bit on one thread: the same C kernels run).
 A stream belongs to one thread at a time: using it from a second thread while
 a call runs raises RuntimeError. Many streams may share one model in many
-threads.
+threads. A call under 4e5 flops (_core.HOLD_GIL_FLOPS: a 64->128 LSTM step at
+batch 1) keeps the GIL; longer calls release it, so other threads run meanwhile.
 
 A li.Sequential streams too (SequentialStream, from model.stream()) when its
 recurrent layers are uni-directional and it keeps every step (readout ``steps``,
@@ -22,7 +23,7 @@ layer (an Embedding, say) and after it act on each step, each recurrent layer
 carries its own state, and ``st.state`` is a tuple with one state per recurrent
 layer in pipeline order.
 """
-import threading
+import math
 
 import numpy as np
 
@@ -31,8 +32,6 @@ from .model import _as_int, _float_array, _to_numpy
 
 __all__ = ["Stream", "SequentialStream", "sequential_stream"]
 
-_IN_USE = ("this stream is in use by another thread: a stream must not be shared between threads "
-           "(make one stream per thread with model.stream(); they may share the model)")
 
 
 class Stream(_core.StreamBase):
@@ -61,7 +60,10 @@ class Stream(_core.StreamBase):
                              f"direction reads each sequence from its end, which a stream "
                              f"has not seen yet (call the model on whole sequences instead)")
         batch_size = _as_int(batch_size, "batch_size", 1)
-        self._setup(model, batch_size)  # sets the read-only attribute model
+        # each weight matrix entry is one multiply-add per step of each slot
+        macs = sum(math.prod(shape) for shape in model._expected_shapes().values()
+                   if len(shape) == 2)
+        self._setup(model, batch_size, 2.0 * macs * batch_size)  # sets the read-only attribute model
 
     def __repr__(self):
         return f"<Stream of {self.model!r}, batch_size={self.batch_size}>"
@@ -249,7 +251,7 @@ class SequentialStream:
         last = max(i for i, (_, m) in enumerate(layers) if m.kind in _RECURRENT)
         # a layer after the last recurrent one may change padded steps: zero them again
         self._remask = any(m.kind not in ("Readout", "Dropout") for _, m in layers[last + 1:])
-        self._lock = threading.Lock()
+        self._in_use = _core.InUse()
 
     model = property(lambda self: self._model, doc="The model the stream runs.")
     batch_size = property(lambda self: self._batch_size)
@@ -265,12 +267,8 @@ class SequentialStream:
     # ------------------------------------------------------------ calls
     def _exclusive(self, fn, *args):
         """fn(*args) with the stream to itself: another thread meanwhile gets RuntimeError."""
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError(_IN_USE)
-        try:
+        with self._in_use:
             return fn(*args)
-        finally:
-            self._lock.release()
 
     def __call__(self, x, lengths=None):
         """One step or a chunk of steps (see the class docstring)."""

@@ -1,17 +1,24 @@
 """Streams (model.stream()): chunked streaming equals one call over the whole
 sequence, bit for bit on one thread, for every cell kind and kernel set; idle
 slots, reset, state, errors and concurrent-use detection."""
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as hst
 
 import lstm_infer as li
-from isa_helpers import available_isas
+from lstm_infer import _core
+from stream_helpers import one_thread  # noqa: F401 (autouse: each test on one C thread)
+from stream_helpers import (ISAS, assert_concurrent_use_detected, hypothesis_settings,
+                            stream_each_in_a_thread, stream_random_split)
 
-ISAS = available_isas()
 KINDS = {
     "lstm": lambda **kw: li.LSTM(5, 7, **kw),
     "lstm-proj": lambda **kw: li.LSTM(5, 7, proj_size=3, **kw),
@@ -19,18 +26,17 @@ KINDS = {
     "rnn-tanh": lambda **kw: li.RNN(5, 7, **kw),
     "rnn-relu": lambda **kw: li.RNN(5, 7, nonlinearity="relu", **kw),
 }
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture])
+SETTINGS = hypothesis_settings(40)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = li.get_num_threads()
-    li.set_num_threads(1)
-    yield
-    li.set_num_threads(n)
-    li.set_isa("auto")
+@pytest.fixture(params=["held", "released"])
+def gil(request):
+    """Every call of the test with the GIL held throughout, or released around C
+    (short calls hold it, long ones release it: _core.HOLD_GIL_FLOPS)."""
+    before = _core._hold_gil_flops(float("inf") if request.param == "held" else 0.0)
+    yield request.param
+    _core._hold_gil_flops(before)
 
 
 def whole(model, x, lengths=None):
@@ -44,6 +50,15 @@ def stream_state(st):
     return s if isinstance(s, tuple) else (s, None)
 
 
+def stepped_stream(kind, batch_size, seed):
+    """rng, a 2-layer model of kind, and a stream of it that has taken 3 steps."""
+    rng = np.random.default_rng(seed)
+    m = KINDS[kind](num_layers=2)
+    st = m.stream(batch_size=batch_size)
+    st(rng.standard_normal((3, batch_size, 5), dtype=np.float32))
+    return rng, m, st
+
+
 def assert_same_state(a, b):
     np.testing.assert_array_equal(a[0], b[0])
     if a[1] is not None or b[1] is not None:
@@ -53,7 +68,7 @@ def assert_same_state(a, b):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("layers", [1, 2])
-def test_steps_and_chunks_equal_whole(isa, kind, layers):
+def test_steps_and_chunks_equal_whole(isa, kind, layers, gil):
     li.set_isa(isa)
     rng = np.random.default_rng(0)
     m = KINDS[kind](num_layers=layers)
@@ -108,16 +123,8 @@ def test_random_chunk_splits(kind, data):
     m = KINDS[kind](num_layers=layers)
     x = rng.standard_normal((T, B, 5), dtype=np.float32)
     out, state = whole(m, x)
-    cuts = sorted(data.draw(hst.lists(hst.integers(0, T), max_size=6)))
-    bounds = [0] + cuts + [T]
     st = m.stream(batch_size=B)
-    parts = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a == 1 and data.draw(hst.booleans()):
-            parts.append(st(x[a])[None])         # a one-step call
-        else:
-            parts.append(st(x[a:b]))             # a chunk (possibly empty)
-    np.testing.assert_array_equal(np.concatenate(parts), out)
+    np.testing.assert_array_equal(stream_random_split(st, x, data), out)
     assert_same_state(stream_state(st), state)
 
 
@@ -161,10 +168,7 @@ def test_ragged_streams_equal_each_sequence_alone(kind, data):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_idle_slots_keep_state_bit_for_bit(kind):
-    rng = np.random.default_rng(2)
-    m = KINDS[kind](num_layers=2)
-    st = m.stream(batch_size=4)
-    st(rng.standard_normal((3, 4, 5), dtype=np.float32))
+    rng, m, st = stepped_stream(kind, 4, 2)
     # NaN payloads and -0.0 survive an idle step too
     h, c = stream_state(st)
     h[0, 1, 0], h[1, 1, 1] = np.nan, -0.0
@@ -185,10 +189,7 @@ def test_idle_slots_keep_state_bit_for_bit(kind):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_reset_one_slot_and_all(kind):
-    rng = np.random.default_rng(3)
-    m = KINDS[kind](num_layers=2)
-    st = m.stream(batch_size=3)
-    st(rng.standard_normal((4, 3, 5), dtype=np.float32))
+    rng, m, st = stepped_stream(kind, 3, 3)
     before = stream_state(st)
     st.reset(1)
     after = stream_state(st)
@@ -217,10 +218,7 @@ def test_reset_one_slot_and_all(kind):
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_state_round_trips(kind):
-    rng = np.random.default_rng(4)
-    m = KINDS[kind](num_layers=2)
-    st = m.stream(batch_size=2)
-    st(rng.standard_normal((3, 2, 5), dtype=np.float32))
+    rng, m, st = stepped_stream(kind, 2, 4)
     saved = st.state
     x = rng.standard_normal((4, 2, 5), dtype=np.float32)
     y1 = st(x)
@@ -255,6 +253,22 @@ def test_reload_weights_takes_effect():
     sd = {k: np.zeros_like(v) for k, v in m.state_dict().items()}
     m.load_state_dict(sd)
     np.testing.assert_array_equal(st(x), np.zeros(7, np.float32))
+
+
+@pytest.mark.parametrize("weights", ["float16", "int8"])
+def test_reload_to_reduced_weights_mid_stream(weights):
+    """A reload that changes how the weights are stored (and the scratch a step
+    needs) takes effect at the next step; the state carries over."""
+    rng = np.random.default_rng(8)
+    m = li.LSTM(5, 7, num_layers=2)
+    st = m.stream(batch_size=2)
+    st(rng.standard_normal((3, 2, 5), dtype=np.float32))
+    state = st.state
+    m.load_state_dict(m.state_dict(), weights=weights)
+    x = rng.standard_normal((2, 5), dtype=np.float32)
+    out, _ = m(x[None], state)
+    np.testing.assert_array_equal(st(x), out[0])
+    np.testing.assert_array_equal(st(x[None]), m(x[None], m(x[None], state)[1])[0])
 
 
 def test_input_forms_and_dtypes():
@@ -336,68 +350,96 @@ def test_concurrent_use_is_detected():
     """A second thread using a stream while a call runs gets RuntimeError; the
     running call is unaffected."""
     m = li.LSTM(64, 256, num_layers=2)
-    st = m.stream(batch_size=8)
     x = np.random.default_rng(6).standard_normal((4000, 8, 64), dtype=np.float32)
-    ref = m(x)[0]
-    errors, results = [], []
-    started = threading.Event()
+    assert_concurrent_use_detected(m.stream(batch_size=8), x, m(x)[0])
 
-    def long_call():
-        started.set()
-        while not results:
-            try:  # the main thread's read may hold the stream first: then start again
-                st.reset()
-                results.append(st(x))
-            except RuntimeError:
-                pass
 
-    t = threading.Thread(target=long_call)
+def test_short_calls_hold_the_gil_long_ones_release_it():
+    assert li.LSTM(64, 128).stream()._holds_gil          # ~7 us a step
+    assert not li.LSTM(64, 128).stream(batch_size=8)._holds_gil
+    assert not li.GRU(64, 512).stream()._holds_gil
+
+
+def test_other_threads_run_during_a_long_step():
+    """One step of a big model releases the GIL: a Python thread keeps running
+    through the middle of the call."""
+    m = li.LSTM(512, 1024)
+    st = m.stream(batch_size=256)  # one step: 3.2 GFLOP
+    x = np.ones((256, 512), np.float32)
+    stamps, stop = [], threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    t = threading.Thread(target=ticker)
     t.start()
-    started.wait()
-    while t.is_alive():
-        # only a read until the long call is seen to hold the stream (else a step
-        # of ours could come first and change the state it starts from)
-        ops = (lambda: st(x[0]), lambda: st.state, lambda: st.reset(0), st.reset,
-               lambda: setattr(st, "state", (np.zeros((2, 8, 256)),) * 2)) if errors else (lambda: st.state,)
-        for op in ops:
+    try:
+        while len(stamps) < 100:  # the ticker runs
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        st(x)
+        t1 = time.perf_counter()
+    finally:
+        stop.set()
+        t.join()
+    quarter = (t1 - t0) / 4
+    inside = [s for s in stamps if t0 + quarter < s < t1 - quarter]
+    assert len(inside) > 10, f"{len(inside)} ticks in the middle of a {t1 - t0:.3f} s step"
+
+
+@pytest.mark.parametrize("model", [
+    "li.LSTM(64, 256, num_layers=2)",
+    "li.Sequential(li.LSTM(64, 256, num_layers=2), li.Readout('steps'), li.Linear(256, 3))"])
+def test_a_call_running_at_fork_does_not_hold_the_childs_stream(model):
+    """fork while another thread is inside a long stream call: in the child that
+    thread and its call are gone; the child's copy of the stream is free and
+    has the state from before the call."""
+    code = textwrap.dedent("""
+        import os, threading, numpy as np, lstm_infer as li
+        li.set_num_threads(1)
+        m = MODEL
+        st = m.stream(batch_size=8)
+        x = np.random.default_rng(0).standard_normal((1000, 8, 64), dtype=np.float32)
+        y = m(x[:1])
+        want = (y if isinstance(m, li.Sequential) else y[0])[0]  # one step from zeros
+        t = threading.Thread(target=st, args=(x,))
+        t.start()
+        inside = False
+        while t.is_alive() and not inside:  # until the call holds the stream
             try:
-                op()
-            except RuntimeError as e:
-                errors.append(str(e))
-    t.join()
-    assert errors, "the long call ended before any concurrent use was tried"
-    assert all("in use by another thread" in e for e in errors)
-    np.testing.assert_array_equal(results[0], ref)
+                st.state
+            except RuntimeError:
+                inside = True
+        if not inside:
+            print("missed"); raise SystemExit(0)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if np.array_equal(st(x[0]), want) else 3)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        t.join()
+        print("child", status)
+    """).replace("MODEL", model)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["child", "0"], res.stdout
 
 
 def test_many_streams_one_model_many_threads():
     m = li.GRU(16, 32, num_layers=2)
     rng = np.random.default_rng(7)
     xs = [rng.standard_normal((50, 1, 16), dtype=np.float32) for _ in range(8)]
-    refs = [m(x)[0] for x in xs]
-    got = [None] * 8
-
-    def run(i):
-        st = m.stream()
-        got[i] = np.stack([st(xs[i][t, 0]) for t in range(50)])
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    for g, r in zip(got, refs):
-        np.testing.assert_array_equal(g, r[:, 0])
+    got = stream_each_in_a_thread(m, [x[:, 0] for x in xs])
+    for g, x in zip(got, xs):
+        np.testing.assert_array_equal(g, m(x)[0][:, 0])
 
 
 def test_stream_detector_example_runs():
     """examples/stream_detector.py on 3 s of signal, from its bundled torch.save file."""
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, os.path.join(root, "examples", "stream_detector.py"),
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "stream_detector.py"),
                           "3"], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert "burst START" in res.stdout and "burst END" in res.stdout

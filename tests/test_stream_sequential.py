@@ -4,28 +4,18 @@ layer computes each row on its own, a Linear too) for every kernel set; the whol
 state, errors and concurrent-use detection as for the layers' streams."""
 
 import pickle
-import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as hst
 
 import lstm_infer as li
-from isa_helpers import available_isas
+from stream_helpers import one_thread  # noqa: F401 (autouse: each test on one C thread)
+from stream_helpers import (ISAS, assert_concurrent_use_detected, hypothesis_settings,
+                            stream_each_in_a_thread, stream_random_split)
 
-ISAS = available_isas()
-SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = li.get_num_threads()
-    li.set_num_threads(1)
-    yield
-    li.set_num_threads(n)
-    li.set_isa("auto")
+SETTINGS = hypothesis_settings(30)
 
 
 def _weights(shapes, seed):
@@ -190,16 +180,7 @@ def test_random_chunk_splits(name, data):
     rng = np.random.default_rng(data.draw(hst.integers(0, 2**31)))
     m = build(name)
     x = inputs(name, (T, B), rng)
-    whole = m(x)
-    bounds = [0] + sorted(data.draw(hst.lists(hst.integers(0, T), max_size=6))) + [T]
-    st = m.stream(batch_size=B)
-    parts = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - a == 1 and data.draw(hst.booleans()):
-            parts.append(st(x[a])[None])  # a one-step call
-        else:
-            parts.append(st(x[a:b]))      # a chunk (possibly empty)
-    same(name, np.concatenate(parts), whole)
+    same(name, stream_random_split(m.stream(batch_size=B), x, data), m(x))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -318,48 +299,14 @@ def test_errors():
 
 def test_concurrent_use_is_detected():
     """A second thread using a whole-model stream while a call runs gets RuntimeError."""
-    shapes, text = MODELS["frames"][:2]
-    m = li.Sequential.from_state_dict(_weights({**shapes}, 0), text)
-    st = m.stream(batch_size=8)
+    m = build("frames")
     x = np.random.default_rng(6).standard_normal((20000, 8, 5)).astype(np.float32)
-    ref = m(x)
-    errors, results = [], []
-    started = threading.Event()
-
-    def long_call():
-        started.set()
-        results.append(st(x))
-
-    t = threading.Thread(target=long_call)
-    t.start()
-    started.wait()
-    while t.is_alive():
-        for op in (lambda: st(x[0]), lambda: st.state, lambda: st.reset(0), st.reset):
-            try:
-                op()
-            except RuntimeError as e:
-                errors.append(str(e))
-    t.join()
-    assert errors, "the long call ended before any concurrent use was tried"
-    assert all("in use by another thread" in e for e in errors)
-    same("frames", results[0], ref)
+    assert_concurrent_use_detected(m.stream(batch_size=8), x, m(x))
 
 
 def test_many_streams_one_model_many_threads():
     m = build("embedded")
     rng = np.random.default_rng(7)
     xs = [rng.integers(0, 30, 40) for _ in range(8)]
-    refs = [m([x])[0] for x in xs]
-    got = [None] * 8
-
-    def run(i):
-        st = m.stream()
-        got[i] = np.stack([st(xs[i][t]) for t in range(40)])
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    for g, r in zip(got, refs):
-        np.testing.assert_array_equal(g, r)
+    for got, x in zip(stream_each_in_a_thread(m, xs), xs):
+        np.testing.assert_array_equal(got, m([x])[0])

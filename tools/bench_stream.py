@@ -4,9 +4,11 @@
 For LSTM and GRU, input 64, hidden 64/128/256, batch 1 and 64, each timed
 engine does one step per call and carries the state to the next call:
 
-  li        st(x), x (input,) at batch 1 or (64, input) at batch 64
-  li-C      the bare C call of that step (no Python, no binding): the floor
-            st(x) is measured against (its overhead = li - li-C)
+  li        st(x), x (input,) at batch 1 or (64, input) at batch 64, called in
+            a plain Python loop as a user calls it
+  li-C      the bare C call of that step in a C loop (no Python, no binding,
+            the state carried through two buffers as st(x) carries it): the
+            floor st(x) is measured against; overhead = li - li-C
   ort       ONNX Runtime running an nn.LSTM/nn.GRU exported with
             torch.onnx.export(dynamo=False) for one step, state fed in and
             read back each call
@@ -16,15 +18,23 @@ engine does one step per call and carries the state to the next call:
 
 A second table times the module call of one step with the state passed by the
 caller, batched m(x (1, 1, input), hx (L, 1, H)) against unbatched
-m(x (1, input), hx (L, H)), which must cost no more.
+m(x (1, input), hx (L, H)), which must cost no more. A third shows why short
+stream calls keep the GIL (lstm_infer._core.HOLD_GIL_FLOPS): an LSTM 64->64
+step with the GIL held and with it released, alone and with another thread
+running Python meanwhile.
 
-Engines are timed round by round (--rounds, rotated order): each round gives
-every engine --min-time/--rounds seconds; a sample is the mean of a batch of
-back-to-back calls lasting >= 2 ms; the result is the median sample. Before
-timing, every engine's first 20 steps are checked against torch's nn module.
+Every engine is timed the same way: a sample is the mean time per call of a
+run of back-to-back calls lasting >= 2 ms (the run's length fixed once per
+engine); engines take turns round by round (--rounds, rotated order), each
+taking samples for --min-time/--rounds seconds per round. Reported: the
+median sample (or with --stat min the fastest, steadier when other programs
+load the machine), and for the overhead its range over the rounds (each
+round's li median minus its li-C median). Before timing, every engine's first
+20 steps are checked against torch's nn module.
 
-    python tools/bench_stream.py               # the full table (about 2 minutes)
+    python tools/bench_stream.py               # the full table (a few minutes)
     python tools/bench_stream.py --quick       # a smoke run
+    python tools/bench_stream.py --stat min    # fastest samples instead of medians
 """
 import argparse
 import functools
@@ -33,6 +43,7 @@ import io
 import math
 import statistics
 import sys
+import threading
 import time
 import warnings
 
@@ -43,37 +54,62 @@ SEED = 1234
 
 
 class Timer:
-    BATCH_SECONDS = 2e-3
+    """The samples of one engine. run(n) makes n back-to-back calls and returns
+    the seconds per call."""
+    SAMPLE_SECONDS = 2e-3
 
-    def __init__(self, fn):
-        self.fn, self.batch, self.samples = fn, 1, []
+    def __init__(self, run):
+        self.run, self.n, self.rounds = run, 1, []
 
     def calibrate(self, warmup):
-        t = time.perf_counter()
-        self.fn()
-        dt = time.perf_counter() - t
-        self.batch = max(1, min(100_000, int(self.BATCH_SECONDS / max(dt, 1e-9))))
+        per = self.run(1)
         t_end = time.perf_counter() + warmup
         while time.perf_counter() < t_end:
-            self.fn()
+            per = min(per, self.run(max(1, int(self.SAMPLE_SECONDS / 10 / max(per, 1e-9)))))
+        self.n = max(1, min(1_000_000, int(self.SAMPLE_SECONDS / max(per, 1e-9))))
 
-    def sample(self, seconds, min_samples=3):
-        fn, batch, out = self.fn, self.batch, []
+    def sample_round(self, seconds, min_samples=3):
+        run, n, out = self.run, self.n, []
         gc.collect()
         gc.disable()
         try:
             t_end = time.perf_counter() + seconds
             while len(out) < min_samples or time.perf_counter() < t_end:
-                t = time.perf_counter()
-                for _ in range(batch):
-                    fn()
-                out.append((time.perf_counter() - t) / batch)
+                out.append(run(n))
         finally:
             gc.enable()
-        self.samples += out
+        self.rounds.append(out)
 
-    def median(self):
-        return statistics.median(self.samples) if self.samples else math.nan
+    def samples(self):
+        return [x for r in self.rounds for x in r]
+
+    def stat(self, which, samples=None):
+        samples = self.samples() if samples is None else samples
+        if not samples:
+            return math.nan
+        return min(samples) if which == "min" else statistics.median(samples)
+
+
+def run_rounds(timers, args):
+    """Calibrates every timer, then samples them round by round, order rotated."""
+    for t in timers.values():
+        t.calibrate(0.05 * args.min_time)
+    names = list(timers)
+    for rnd in range(args.rounds):
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(0.01)
+            timers[name].sample_round(args.min_time / args.rounds)
+
+
+def calls(step, arg):
+    """run(n) for step(arg), called the way a user's loop calls it."""
+    def run(n):
+        t = time.perf_counter()
+        for _ in range(n):
+            step(arg)
+        return (time.perf_counter() - t) / n
+    return run
 
 
 def step_flops(kind, H, B):
@@ -82,7 +118,8 @@ def step_flops(kind, H, B):
 
 
 def make_engines(kind, H, B, torch, ort, li):
-    """name -> (zero-arg step fn, fn(xs) -> outputs of len(xs) steps for the check)."""
+    """name -> (run(n) for its Timer, fn(xs) -> outputs of len(xs) steps for the
+    check or None); the torch module's outputs over xs; the stream timed."""
     torch.manual_seed(SEED)
     mod = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(INPUT, H).eval()
     sd = {k: v.detach().numpy().copy() for k, v in mod.state_dict().items()}
@@ -90,37 +127,36 @@ def make_engines(kind, H, B, torch, ort, li):
     x1 = rng.standard_normal((B, INPUT), dtype=np.float32)
     engines = {}
 
-    # lstm_infer stream
+    # lstm_infer stream, and its bare C step
     m = (li.LSTM if kind == "lstm" else li.GRU).from_state_dict(sd)
     st = m.stream(batch_size=B)
-    xs_li = x1[0] if B == 1 else x1
 
     def li_check(xs):
         s = m.stream(batch_size=B)
         return np.stack([s(x[0] if B == 1 else x) for x in xs])
-    engines["li"] = (functools.partial(st, xs_li), li_check)
+    engines["li"] = (calls(st, x1[0] if B == 1 else x1), li_check)
+    engines["li-C"] = (lambda n: st._time_c_step(x1, n), None)
 
-    engines["li-C"] = (None, None)  # the bare C step: timed by time_case
-
-    # torch cell under inference_mode
+    # torch cell under inference_mode (main() runs everything inside one block)
     cell = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(INPUT, H).eval()
     cell.load_state_dict({k[:-3]: torch.from_numpy(v) for k, v in sd.items()})
     tx = torch.from_numpy(x1)
-    state = {"h": torch.zeros(B, H), "c": torch.zeros(B, H)}
+    zeros = torch.zeros(B, H)
 
-    # (main() runs everything inside one torch.inference_mode() block)
-    if kind == "lstm":
-        def torch_step():
-            state["h"], state["c"] = cell(tx, (state["h"], state["c"]))
-            return state["h"]
-    else:
-        def torch_step():
-            state["h"] = cell(tx, state["h"])
-            return state["h"]
+    def torch_run(n):
+        h, c = zeros, zeros
+        t = time.perf_counter()
+        if kind == "lstm":
+            for _ in range(n):
+                h, c = cell(tx, (h, c))
+        else:
+            for _ in range(n):
+                h = cell(tx, h)
+        return (time.perf_counter() - t) / n
 
     def torch_check(xs):
         with torch.inference_mode():
-            h, c, out = torch.zeros(B, H), torch.zeros(B, H), []
+            h, c, out = zeros, zeros, []
             for x in xs:
                 if kind == "lstm":
                     h, c = cell(torch.from_numpy(x), (h, c))
@@ -128,16 +164,16 @@ def make_engines(kind, H, B, torch, ort, li):
                     h = cell(torch.from_numpy(x), h)
                 out.append(h.numpy().copy())
         return np.stack(out)
-    engines["torch"] = (torch_step, torch_check)
+    engines["torch"] = (torch_run, torch_check)
 
     # ONNX Runtime, one step with state inputs
     if ort is not None:
         buf = io.BytesIO()
         h0 = torch.zeros(1, B, H)
-        args = (torch.zeros(1, B, INPUT), (h0, h0) if kind == "lstm" else h0)
+        example = (torch.zeros(1, B, INPUT), (h0, h0) if kind == "lstm" else h0)
         names = ["X", "h0", "c0"] if kind == "lstm" else ["X", "h0"]
         outs = ["Y", "hn", "cn"] if kind == "lstm" else ["Y", "hn"]
-        torch.onnx.export(mod, args, buf, input_names=names, output_names=outs,
+        torch.onnx.export(mod, example, buf, input_names=names, output_names=outs,
                           dynamo=False, opset_version=17)
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
@@ -145,47 +181,45 @@ def make_engines(kind, H, B, torch, ort, li):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
         sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-        feeds = {"X": x1[None], "h0": np.zeros((1, B, H), np.float32)}
-        if kind == "lstm":
-            feeds["c0"] = np.zeros((1, B, H), np.float32)
+        state_names = names[1:]
 
-        def ort_step():
-            r = sess.run(None, feeds)
-            feeds["h0"] = r[1]
-            if kind == "lstm":
-                feeds["c0"] = r[2]
-            return r[0]
+        zero_state = {name: np.zeros((1, B, H), np.float32) for name in state_names}
+
+        def ort_run(n):
+            feeds = dict(zero_state, X=x1[None])
+            t = time.perf_counter()
+            for _ in range(n):
+                r = sess.run(None, feeds)
+                feeds.update(zip(state_names, r[1:]))
+            return (time.perf_counter() - t) / n
 
         def ort_check(xs):
-            f = {k: np.zeros_like(v) for k, v in feeds.items()}
-            out = []
+            feeds, out = dict(zero_state), []
             for x in xs:
-                f["X"] = x[None]
-                r = sess.run(None, f)
-                f["h0"] = r[1]
-                if kind == "lstm":
-                    f["c0"] = r[2]
+                feeds["X"] = x[None]
+                r = sess.run(None, feeds)
+                feeds.update(zip(state_names, r[1:]))
                 out.append(r[0][0])
             return np.stack(out)
-        engines["ort"] = (ort_step, ort_check)
+        engines["ort"] = (ort_run, ort_check)
 
     # the reference: the torch module over the whole sequence
     def ref(xs):
         with torch.inference_mode():
             return mod(torch.from_numpy(xs))[0].numpy()
-    return engines, ref, st, x1
+    return engines, ref
 
 
-def sgemm_fn():
+def sgemm_run():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((1024, 1024), dtype=np.float32)
     b = rng.standard_normal((1024, 1024), dtype=np.float32)
-    return lambda: a @ b
+    return calls(functools.partial(np.matmul, a), b)
 
 
 def time_case(kind, H, B, mods, args, sgemm):
     torch, ort, li = mods
-    engines, ref, st, x1 = make_engines(kind, H, B, torch, ort, li)
+    engines, ref = make_engines(kind, H, B, torch, ort, li)
     # check every engine on 20 steps against the torch module
     xs = np.random.default_rng(SEED + 1).standard_normal((20, B, INPUT), dtype=np.float32)
     want = ref(xs)
@@ -194,36 +228,19 @@ def time_case(kind, H, B, mods, args, sgemm):
         if check is not None:
             got = check(xs).reshape(want.shape)
             diffs[name] = float(np.abs(got - want).max())
-    timers = {name: Timer(fn) for name, (fn, _) in engines.items() if fn is not None}
-    c_samples = []
-
-    def c_step():  # a sample of the bare C step: one 2 ms run of the C loop
-        n = max(1, int(Timer.BATCH_SECONDS / max(c_samples[-1] if c_samples else 1e-5, 1e-9)))
-        c_samples.append(st._time_c_step(x1, n))
-
+    timers = {name: Timer(run) for name, (run, _) in engines.items()}
     if B > 1 and sgemm is not None:
         timers["sgemm"] = Timer(sgemm)
-    for t in timers.values():
-        t.calibrate(0.05 * args.min_time)
-    names = list(timers) + ["li-C"]
-    for rnd in range(args.rounds):
-        shift = rnd % len(names)
-        for name in names[shift:] + names[:shift]:
-            time.sleep(0.01)
-            if name == "li-C":
-                t_end = time.perf_counter() + args.min_time / args.rounds
-                while time.perf_counter() < t_end or len(c_samples) < 3:
-                    c_step()
-            else:
-                timers[name].sample(args.min_time / args.rounds)
-    res = {name: t.median() for name, t in timers.items()}
-    res["li-C"] = statistics.median(c_samples[1:] or c_samples)
-    res["li-best"], res["li-C-best"] = min(timers["li"].samples), min(c_samples)
+    run_rounds(timers, args)
+    res = {name: t.stat(args.stat) for name, t in timers.items()}
+    li_t, c_t = timers["li"], timers["li-C"]
+    res["overhead-range"] = [li_t.stat(args.stat, a) - c_t.stat(args.stat, b)
+                             for a, b in zip(li_t.rounds, c_t.rounds)]
     return res, diffs
 
 
 def time_module_calls(kind, H, li, args):
-    """Medians of one-step module calls, batched and unbatched, interleaved round by round."""
+    """One-step module calls, batched and unbatched, interleaved round by round."""
     rng = np.random.default_rng(SEED)
     m = (li.LSTM if kind == "lstm" else li.GRU)(INPUT, H)
     x2 = rng.standard_normal((1, INPUT), dtype=np.float32)
@@ -233,14 +250,70 @@ def time_module_calls(kind, H, li, args):
     hx2, hx3 = ((h2, h2), (h3, h3)) if kind == "lstm" else (h2, h3)
     y2, y3 = m(x2, hx2)[0], m(x3, hx3)[0]
     assert np.array_equal(y2, y3[:, 0]), "unbatched and batched calls differ"
-    timers = {"batched": Timer(lambda: m(x3, hx3)), "unbatched": Timer(lambda: m(x2, hx2))}
-    for t in timers.values():
-        t.calibrate(0.05 * args.min_time)
-    for rnd in range(args.rounds):
-        for name in (list(timers) if rnd % 2 else list(timers)[::-1]):
-            time.sleep(0.01)
-            timers[name].sample(args.min_time / args.rounds / 2)
-    return {name: t.median() for name, t in timers.items()}
+
+    def module_calls(x, hx):
+        def run(n):
+            t = time.perf_counter()
+            for _ in range(n):
+                m(x, hx)
+            return (time.perf_counter() - t) / n
+        return run
+    timers = {"batched": Timer(module_calls(x3, hx3)), "unbatched": Timer(module_calls(x2, hx2))}
+    run_rounds(timers, args)
+    return {name: t.stat(args.stat) for name, t in timers.items()}
+
+
+def time_gil(li, args):
+    """An LSTM 64->64 batch-1 step (~2 us) with the GIL held and released around
+    C: alone (Timer samples), and with another thread running a Python loop
+    (mean over --min-time/2 seconds per path, in alternating rounds; the other
+    thread's loop rate alongside)."""
+    from lstm_infer import _core
+    st = li.LSTM(INPUT, 64).stream()
+    x = np.random.default_rng(SEED).standard_normal(INPUT, dtype=np.float32)
+    paths = {"held": float("inf"), "released": 0.0}
+
+    def on_path(value, run):
+        def r(n):
+            before = _core._hold_gil_flops(value)
+            try:
+                return run(n)
+            finally:
+                _core._hold_gil_flops(before)
+        return r
+    timers = {name: Timer(on_path(v, calls(st, x))) for name, v in paths.items()}
+    run_rounds(timers, args)
+    alone = {name: t.stat(args.stat) for name, t in timers.items()}
+
+    spins, stop = [0], threading.Event()
+
+    def other():
+        while not stop.is_set():
+            spins[0] += 1
+    busy = {name: [0.0, 0, 0] for name in paths}  # seconds, steps, other thread's loops
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for rnd in range(2 * args.rounds):
+            name = list(paths)[rnd % 2]
+            before = _core._hold_gil_flops(paths[name])
+            try:
+                s0, t0, n = spins[0], time.perf_counter(), 0
+                t_end = t0 + args.min_time / 2 / args.rounds
+                while time.perf_counter() < t_end:
+                    for _ in range(100):
+                        st(x)
+                    n += 100
+                acc = busy[name]
+                acc[0] += time.perf_counter() - t0
+                acc[1] += n
+                acc[2] += spins[0] - s0
+            finally:
+                _core._hold_gil_flops(before)
+    finally:
+        stop.set()
+        t.join()
+    return alone, {name: (sec / n, loops / sec) for name, (sec, n, loops) in busy.items()}
 
 
 def fmt_us(s):
@@ -253,6 +326,8 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds per engine per case, over all rounds (default 3, quick 0.4)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="the sample reported: the median (default) or the fastest")
     args = p.parse_args(argv)
     args.min_time = args.min_time or (0.4 if args.quick else 3.0)
     args.rounds = args.rounds or (2 if args.quick else 5)
@@ -275,17 +350,17 @@ def main(argv=None):
         limiter = None
         print("note: threadpoolctl is missing: the SGEMM column is not limited to 1 thread")
 
+    stat = "fastest samples" if args.stat == "min" else "medians"
     print(f"lstm_infer {li.__version__} ({li.get_isa()}), torch {torch.__version__}, "
           f"onnxruntime {ort.__version__ if ort else '-'}, numpy {np.__version__}; 1 thread; "
-          f"input {INPUT}; times are medians per step, in microseconds")
+          f"input {INPUT}; times are {stat} per step, in microseconds")
     print()
-    header = ("| cell | H | B | li st(x) | li C step | overhead | overhead (best) | torch cell | "
-              "ORT step | "
-              "torch/li | ORT/li | li GFLOP/s | SGEMM GFLOP/s | li/SGEMM | max diff |")
+    header = ("| cell | H | B | li st(x) | li C step | overhead | overhead range | torch cell | "
+              "ORT step | torch/li | ORT/li | li GFLOP/s | SGEMM GFLOP/s | li/SGEMM | max diff |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     hs = (128,) if args.quick else (64, 128, 256)
-    sgemm = sgemm_fn()
+    sgemm = sgemm_run()
     bad = False
     for kind in ("lstm", "gru"):
         for H in hs:
@@ -294,10 +369,10 @@ def main(argv=None):
                     res, diffs = time_case(kind, H, B, (torch, ort, li), args, sgemm)
                 li_t, c_t = res["li"], res["li-C"]
                 flops = step_flops(kind, H, B)
+                lo, hi = min(res["overhead-range"]), max(res["overhead-range"])
                 cells = [kind.upper(), str(H), str(B), fmt_us(li_t), fmt_us(c_t),
-                         f"{(li_t - c_t) * 1e6:+.2f}",
-                         f"{(res['li-best'] - res['li-C-best']) * 1e6:+.2f}", fmt_us(res["torch"]),
-                         fmt_us(res["ort"]) if "ort" in res else "-",
+                         f"{(li_t - c_t) * 1e6:+.2f}", f"{lo * 1e6:+.2f} .. {hi * 1e6:+.2f}",
+                         fmt_us(res["torch"]), fmt_us(res["ort"]) if "ort" in res else "-",
                          f"{res['torch'] / li_t:.1f}x",
                          f"{res['ort'] / li_t:.1f}x" if "ort" in res else "-",
                          f"{flops / li_t / 1e9:.1f}"]
@@ -317,13 +392,24 @@ def main(argv=None):
         res = time_module_calls(kind, 128, li, args)
         print(f"| {kind.upper()} | 128 | {fmt_us(res['batched'])} | {fmt_us(res['unbatched'])} | "
               f"{res['unbatched'] / res['batched']:.2f} |", flush=True)
+    print()
+    alone, busy = time_gil(li, args)
+    print("| LSTM 64->64, B 1 | st(x) alone | st(x), another thread running Python (mean) | "
+          "that thread's loops/s |")
+    print("|---|---|---|---|")
+    for name in ("held", "released"):
+        print(f"| GIL {name} | {fmt_us(alone[name])} | {fmt_us(busy[name][0])} | "
+              f"{busy[name][1] / 1e6:.2f} M |", flush=True)
     if limiter is not None:
         limiter.restore_original_limits()
     print()
-    print("overhead = li st(x) - li C step: what Python and the binding add to a step "
-          "(medians; 'best': fastest samples, less disturbed by other load on the machine).")
+    print(f"overhead = li st(x) - li C step: what Python (the loop and the call) and the binding "
+          f"add to a step ({stat}); range: over the {args.rounds} rounds, each round's li minus its "
+          f"li-C.")
     print("torch/li, ORT/li: how many times slower than st(x) the other engine's step is.")
     print("li/SGEMM: the batch-64 step's rate against NumPy's 1-thread 1024^3 SGEMM.")
+    print("GIL: stream calls under lstm_infer._core.HOLD_GIL_FLOPS keep it (this step does); "
+          "the table forces each path.")
     if bad:
         print("ERROR: an engine disagreed with torch by more than 1e-4")
         return 1
