@@ -24,8 +24,8 @@
  * Reduced weights (kernels.h): half weights convert with F16C in the one-row
  * sums (row_strips) or a K-block at a time into a stack tile that the float32
  * microkernels run over (gemm_r_avx2); int8 weight_hh runs row by row, h
- * quantized first (quantize_row), with vpsignb / vpmaddubsw / vpmaddwd
- * (row_strips_i8), one byte read per weight.
+ * quantized to int16 first (quantize_row), with vpmovsxbw / vpmaddwd
+ * (row_strip_i8), one byte read per weight.
  */
 #if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
 #error "kernels_avx2.c must be compiled with -mavx2 -mfma -mf16c"
@@ -380,33 +380,33 @@ static void dequantize_strip(lstm_wmat w, int64_t K, int64_t s, int64_t k0, int6
 }
 
 /*
- * A row's int8 sums over ns (compile-time, 1 or 2) int8 strips at w, sstride
- * bytes apart, from the int16 quantized row qa (Kq, see lstm_i8_row_scale):
- * out[16s + j] = fmaf(qa . column j, sa * scale[16s + j], init ? init[16s + j] : 0).
+ * A row's int8 sums over one int8 strip at w, from the int16 quantized row
+ * qa (Kq, see lstm_i8_row_scale):
+ * out[j] = fmaf(qa . column j, sa * scale[j], init ? init[j] : 0).
  * A strip row (4 k of 16 columns) is four 16-byte pieces of 4 columns, each
  * widened to int16 (vpmovsxbw) and multiplied with the 4 k of qa by vpmaddwd:
  * lane 2i holds column i's k 0-1 and lane 2i + 1 its k 2-3 of every group of
  * four (int32, exact as lstm_i8_state_max bounds the sums), the two added
- * once at the end. Four accumulators a strip: two strips fill 8 registers.
+ * once at the end. Four accumulators a strip, one strip a call: with two,
+ * GCC spilled an accumulator and the step took 1.5x as long.
  */
-INLINE void row_strips_i8(const int ns, int64_t Kq, const int16_t *qa, const int8_t *w,
-                          int64_t sstride, const float *scale, float sa, const float *init,
-                          float *out) {
-    __m256i acc[8];
-    EACH(v, 4 * ns) acc[v] = _mm256_setzero_si256();
+INLINE void row_strip_i8(int64_t Kq, const int16_t *qa, const int8_t *w, const float *scale,
+                         float sa, const float *init, float *out) {
+    __m256i acc[4];
+    EACH(v, 4) acc[v] = _mm256_setzero_si256();
     for (int64_t k = 0; k < Kq; k += 4, w += 4 * LSTM_TILE) {
         int64_t x4;
         memcpy(&x4, qa + k, sizeof x4);
         const __m256i x = _mm256_set1_epi64x(x4);
-        EACH(v, 4 * ns) {
-            const __m128i b = _mm_loadu_si128((const __m128i *)(w + (v / 4) * sstride + 16 * (v % 4)));
+        EACH(v, 4) {
+            const __m128i b = _mm_loadu_si128((const __m128i *)(w + 16 * v));
             acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(_mm256_cvtepi8_epi16(b), x));
         }
     }
     // hadd of columns 0-3 and 4-7 gives 0 1 4 5 | 2 3 6 7
     const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
     const __m256 sav = _mm256_set1_ps(sa);
-    EACH(v, 2 * ns) {
+    EACH(v, 2) {
         const __m256i isum = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[2 * v], acc[2 * v + 1]), order);
         const __m256 start = init ? _mm256_loadu_ps(init + 8 * v) : _mm256_setzero_ps();
         _mm256_storeu_ps(out + 8 * v, _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
@@ -481,8 +481,8 @@ INLINE void row_strips(const int ns, const int half, int64_t K, const float *a, 
 /*
  * The sums of one row for the ns strips of w from strip s0: out[16s ..] =
  * (init ? init[16s ..] : 0) + a (K) @ strip s0 + s, or for I8 the int8 sums
- * of qa (scale sa) as row_strips_i8 says. Four strips at a time (an LSTM
- * tile, four RNN tiles, a GRU tile and a third; I8 two); a GRU or RNN step
+ * of qa (scale sa) as row_strip_i8 says. Four strips at a time (an LSTM
+ * tile, four RNN tiles, a GRU tile and a third; I8 one); a GRU or RNN step
  * may end with 1 to 3.
  */
 INLINE void row_sums(const int type, int64_t K, const float *a, const int16_t *qa, float sa,
@@ -492,16 +492,9 @@ INLINE void row_sums(const int type, int64_t K, const float *a, const int16_t *q
         const int64_t left = ns - s, n = left < 4 ? left : 4, at = (s0 + s) * sstride;
         const float *init_s = init ? init + s * LSTM_TILE : NULL;
         float *out_s = out + s * LSTM_TILE;
-        if (type == LSTM_WEIGHTS_I8) { // two strips at a time (row_strips_i8's registers)
-            const int8_t *ws = (const int8_t *)w.w + at;
-            const float *sc = w.scale + (s0 + s) * LSTM_TILE;
-            if (n >= 2) {
-                row_strips_i8(2, Kw, qa, ws, sstride, sc, sa, init_s, out_s);
-                s += 2;
-            } else {
-                row_strips_i8(1, Kw, qa, ws, sstride, sc, sa, init_s, out_s);
-                s += 1;
-            }
+        if (type == LSTM_WEIGHTS_I8) { // a strip at a time
+            row_strip_i8(Kw, qa, (const int8_t *)w.w + at, w.scale + (s0 + s) * LSTM_TILE, sa, init_s, out_s);
+            s += 1;
             continue;
         }
         const int half = type == LSTM_WEIGHTS_F16;
