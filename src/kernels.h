@@ -40,9 +40,10 @@ static inline int64_t lstm_packed_at(int64_t K, int gates, int64_t k, int64_t co
  * Reduced weights (lstm_config.weights) use the same panels and strips.
  * F16: the float's place holds its half (uint16_t bits). I8: K is padded
  * with zeros to Kq, a multiple of 4, and a strip row holds 4 k of each of
- * its 16 columns (k/4, then the column, then k%4: the operand order of
- * vpmaddubsw / vpdpbusd); a scale per packed column (laid out like a bias,
- * 0 past N) multiplies the column's int8 values.
+ * its 16 columns (k/4, then the column, then k%4: a column's k in groups of
+ * 4, as vpmaddubsw / vpdpbusd take them, and pairs for vpmaddwd once
+ * widened); a scale per packed column (laid out like a bias, 0 past N)
+ * multiplies the column's int8 values.
  */
 typedef struct {
     const void *w;      // packed panels of float, uint16_t (half) or int8_t

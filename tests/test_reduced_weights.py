@@ -5,9 +5,9 @@ weights attribute, state_dict, load_state_dict, pickle, reduced_state_dict).
 
 Accuracy bounds: float16 stores weights with a relative error of 2^-11 and
 computes in float32; int8 rounds each weight to 1/254 of its row's largest and
-h to 1/254 of its largest per step. On torch's default initialisation the
-errors measured are ~2e-4 (float16) and ~5e-3 (int8) at most, so the bounds
-below leave a factor of about 2 to 4."""
+h to 1/65534 of its largest per step. On torch's default initialisation the
+errors measured are ~2e-4 (float16) and ~4e-3 (int8: the RNNs; the LSTMs and
+GRUs 7e-4) at most, so the bounds below leave a factor of about 2 to 5."""
 import copy
 import importlib.util
 import os
@@ -25,7 +25,7 @@ from torch_ref import torch_forward, torch_forward_h  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
-BOUND = {"float16": 1e-3, "int8": 2e-2}
+BOUND = {"float16": 1e-3, "int8": 1e-2}
 ISAS = available_isas()
 
 # kind, constructor arguments, torch class arguments
