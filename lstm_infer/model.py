@@ -124,8 +124,9 @@ class _Weights:
         holding the rounded weights.
       "int8": weight_hh (what a step streams) as int8 in [-127, 127] with a
         float32 scale max|row| / 127 per output row (symmetric, like torch's
-        and ONNX Runtime's dynamic quantization); each step quantizes h the
-        same way per sequence (dynamic) and multiplies int8 by int8 exactly.
+        and ONNX Runtime's dynamic quantization); each step quantizes h
+        per sequence (dynamic) to int16 (max|h| / 32767; int8 there cost as
+        much accuracy as weight_hh's rounding) and sums the products exactly.
         weight_ih and weight_hr are stored as float16: the input projection
         runs over all steps at once, where bytes do not bound it, and int8
         there doubled the error of a trained GRU. Needs proj_size (or

@@ -40,9 +40,10 @@ static inline int64_t lstm_packed_at(int64_t K, int gates, int64_t k, int64_t co
  * Reduced weights (lstm_config.weights) use the same panels and strips.
  * F16: the float's place holds its half (uint16_t bits). I8: K is padded
  * with zeros to Kq, a multiple of 4, and a strip row holds 4 k of each of
- * its 16 columns (k/4, then the column, then k%4: the operand order of
- * vpmaddubsw / vpdpbusd); a scale per packed column (laid out like a bias,
- * 0 past N) multiplies the column's int8 values.
+ * its 16 columns (k/4, then the column, then k%4: a column's k in groups of
+ * 4, as vpmaddubsw / vpdpbusd take them, and pairs for vpmaddwd once
+ * widened); a scale per packed column (laid out like a bias, 0 past N)
+ * multiplies the column's int8 values.
  */
 typedef struct {
     const void *w;      // packed panels of float, uint16_t (half) or int8_t
@@ -73,24 +74,35 @@ static inline float lstm_half_to_float(uint16_t h) {
 }
 
 /*
- * The per-row quantization of the int8 recurrent step: scale max|a| / 127
- * (0 below FLT_MIN, NaN when a holds NaN or Inf), and q = round-half-even(a *
- * (127 / max|a|)) for each k, 0 where the scale is 0 or NaN. Every kernel set
- * quantizes exactly so.
+ * The symmetric per-row quantization, to integers in [-qmax, qmax]: scale
+ * max|a| / qmax (0 below 2^-100, NaN when a holds NaN or Inf), and q =
+ * round-half-even(a * (qmax / max|a|)) for each k, 0 where the scale is 0 or
+ * NaN. Weights use qmax 127 (int8); the int8 step quantizes each row of h to
+ * lstm_i8_state_max(Kq) (int16), so the state adds ~15 bits' error, not 8
+ * (on the trained example GRU, h in int8 cost as much as weight_hh in int8).
+ * Every kernel set quantizes exactly so.
  */
-static inline float lstm_i8_row_scale(float amax, int finite, float *inv) {
+#define LSTM_I8_WEIGHT_MAX 127
+static inline float lstm_i8_row_scale(float amax, int finite, int32_t qmax, float *inv) {
     *inv = 0.0f;
     if (!finite) return __builtin_nanf("");
-    if (!(amax >= 1.17549435e-38f)) return 0.0f;
-    *inv = 127.0f / amax;
-    return amax / 127.0f;
+    if (!(amax >= 0x1p-100f)) return 0.0f; // also keeps qmax / amax finite
+    *inv = (float)qmax / amax;
+    return amax / (float)qmax;
 }
 
-/* One value of a row's quantization (inv from lstm_i8_row_scale); in [-127, 127]. */
-static inline int8_t lstm_i8_quantize(float x, float inv) {
+/* One value of a row's quantization (inv from lstm_i8_row_scale); in [-qmax, qmax]. */
+static inline int32_t lstm_i8_quantize(float x, float inv, int32_t qmax) {
     if (inv == 0.0f) return 0;
     const long q = __builtin_lrintf(x * inv); // the current rounding: to nearest, ties to even
-    return (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+    return (int32_t)(q > qmax ? qmax : q < -qmax ? -qmax : q);
+}
+
+/* The largest |q| of a quantized state row of Kq values: 32767, or less where
+ * Kq * 127 * 32767 would pass INT32_MAX, so the int32 sums stay exact. */
+static inline int32_t lstm_i8_state_max(int64_t Kq) {
+    const int64_t m = 2147483647 / (LSTM_I8_WEIGHT_MAX * (Kq > 0 ? Kq : 1));
+    return (int32_t)(m < 32767 ? m : 32767);
 }
 
 /* A set of rows: row r is at base + (idx ? idx[r] : r) * ld. */
@@ -143,9 +155,10 @@ typedef void (*lstm_cell_fn)(int cell, int64_t m, int64_t K, lstm_rows a, const 
  *   gemm_r: as gemm with b's values dequantized (half -> float, or q * scale
  *           as a float product), float32 arithmetic;
  *   cell_r: F16 as cell on the dequantized w_hh; I8: each row a[r] is
- *           quantized (lstm_i8_row_scale, K <= LSTM_MAX_I8_STATE), the int32
- *           sums qa . q_col are exact, and sum = fmaf((float)isum, sa * scale[col],
- *           start) with start g or b_hh as in cell; then the same update.
+ *           quantized to int16 (lstm_i8_row_scale with lstm_i8_state_max,
+ *           K <= LSTM_MAX_I8_STATE), the int32 sums qa . q_col are exact,
+ *           and sum = fmaf((float)isum, sa * scale[col], start) with start
+ *           g or b_hh as in cell; then the same update.
  */
 typedef void (*lstm_gemm_r_fn)(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
                                const float *bias, int64_t p0, int64_t p1, int64_t ncols,

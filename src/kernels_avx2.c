@@ -24,8 +24,8 @@
  * Reduced weights (kernels.h): half weights convert with F16C in the one-row
  * sums (row_strips) or a K-block at a time into a stack tile that the float32
  * microkernels run over (gemm_r_avx2); int8 weight_hh runs row by row, h
- * quantized first (quantize_row), with vpsignb / vpmaddubsw / vpmaddwd
- * (row_strips_i8), one byte read per weight.
+ * quantized to int16 first (quantize_row), with vpmovsxbw / vpmaddwd
+ * (row_strip_i8), one byte read per weight.
  */
 #if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
 #error "kernels_avx2.c must be compiled with -mavx2 -mfma -mf16c"
@@ -380,41 +380,47 @@ static void dequantize_strip(lstm_wmat w, int64_t K, int64_t s, int64_t k0, int6
 }
 
 /*
- * A row's int8 sums over ns (compile-time, 1 to 4) int8 strips at w, sstride
- * bytes apart, from the quantized row qa (Kq, see lstm_i8_row_scale):
- * out[16s + j] = fmaf(qa . column j, sa * scale[16s + j], init ? init[16s + j] : 0).
- * Both operands lie in [-127, 127], so vpmaddubsw on |qa| and w with qa's
- * signs (vpsignb) cannot saturate: a pair is at most 2 * 127 * 127 < 2^15.
+ * A row's int8 sums over one int8 strip at w, from the int16 quantized row
+ * qa (Kq, see lstm_i8_row_scale):
+ * out[j] = fmaf(qa . column j, sa * scale[j], init ? init[j] : 0).
+ * A strip row (4 k of 16 columns) is four 16-byte pieces of 4 columns, each
+ * widened to int16 (vpmovsxbw) and multiplied with the 4 k of qa by vpmaddwd:
+ * lane 2i holds column i's k 0-1 and lane 2i + 1 its k 2-3 of every group of
+ * four (int32, exact as lstm_i8_state_max bounds the sums), the two added
+ * once at the end. Four accumulators a strip, one strip a call: with two,
+ * GCC spilled an accumulator and the step took 1.5x as long.
  */
-INLINE void row_strips_i8(const int ns, int64_t Kq, const int8_t *qa, const int8_t *w,
-                          int64_t sstride, const float *scale, float sa, const float *init,
-                          float *out) {
-    const int nv = 2 * ns;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[8];
-    EACH(v, nv) acc[v] = _mm256_setzero_si256();
+INLINE void row_strip_i8(int64_t Kq, const int16_t *qa, const int8_t *w, const float *scale,
+                         float sa, const float *init, float *out) {
+    __m256i acc[4];
+    EACH(v, 4) acc[v] = _mm256_setzero_si256();
     for (int64_t k = 0; k < Kq; k += 4, w += 4 * LSTM_TILE) {
-        int32_t x4;
+        int64_t x4;
         memcpy(&x4, qa + k, sizeof x4);
-        const __m256i x = _mm256_set1_epi32(x4), ax = _mm256_sign_epi8(x, x);
-        EACH(v, nv) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (v / 2) * sstride + 32 * (v % 2)));
-            const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x));
-            acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(p, ones));
+        const __m256i x = _mm256_set1_epi64x(x4);
+        EACH(v, 4) {
+            const __m128i b = _mm_loadu_si128((const __m128i *)(w + 16 * v));
+            acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(_mm256_cvtepi8_epi16(b), x));
         }
     }
+    // hadd of columns 0-3 and 4-7 gives 0 1 4 5 | 2 3 6 7
+    const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
     const __m256 sav = _mm256_set1_ps(sa);
-    EACH(v, nv) {
+    EACH(v, 2) {
+        const __m256i isum = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[2 * v], acc[2 * v + 1]), order);
         const __m256 start = init ? _mm256_loadu_ps(init + 8 * v) : _mm256_setzero_ps();
-        _mm256_storeu_ps(out + 8 * v, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[v]),
+        _mm256_storeu_ps(out + 8 * v, _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
                                                       _mm256_mul_ps(sav, _mm256_loadu_ps(scale + 8 * v)), start));
     }
 }
 
-/* a (K) quantized to qa (Kq, zeros past K) as lstm_i8_row_scale says; returns the scale */
-static float quantize_row(const float *a, int64_t K, int8_t *qa) {
+/* a (K) quantized to qa (Kq, zeros past K) as lstm_i8_row_scale says, to int16
+ * in [-lstm_i8_state_max(Kq), ..]; returns the scale */
+static float quantize_row(const float *a, int64_t K, int16_t *qa) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 big = _mm256_set1_ps(FLT_MAX);
+    const int64_t Kq = lstm_i8_k(K);
+    const int32_t qmax = lstm_i8_state_max(Kq);
     __m256 mx = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
@@ -432,18 +438,17 @@ static float quantize_row(const float *a, int64_t K, int8_t *qa) {
         else if (v > amax) amax = v;
     }
     float inv;
-    const float sa = lstm_i8_row_scale(amax, finite, &inv);
+    const float sa = lstm_i8_row_scale(amax, finite, qmax, &inv);
     const __m256 iv = _mm256_set1_ps(inv);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     k = 0;
+    // |a * inv| <= qmax rounds to at most qmax: no clamping needed
     if (inv != 0.0f)
-        for (; k + 32 <= K; k += 32) {
-            __m256i q[4];
-            EACH(v, 4) q[v] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + k + 8 * v), iv));
-            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            _mm256_storeu_si256((__m256i *)(qa + k), _mm256_permutevar8x32_epi32(b, order));
+        for (; k + 16 <= K; k += 16) {
+            const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + k), iv));
+            const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + k + 8), iv));
+            _mm256_storeu_si256((__m256i *)(qa + k), _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xd8));
         }
-    for (; k < lstm_i8_k(K); k++) qa[k] = k < K ? lstm_i8_quantize(a[k], inv) : 0;
+    for (; k < Kq; k++) qa[k] = (int16_t)(k < K ? lstm_i8_quantize(a[k], inv, qmax) : 0);
     return sa;
 }
 
@@ -476,40 +481,32 @@ INLINE void row_strips(const int ns, const int half, int64_t K, const float *a, 
 /*
  * The sums of one row for the ns strips of w from strip s0: out[16s ..] =
  * (init ? init[16s ..] : 0) + a (K) @ strip s0 + s, or for I8 the int8 sums
- * of qa (scale sa) as row_strips_i8 says. Four strips at a time (an LSTM
- * tile, four RNN tiles, a GRU tile and a third); a GRU or RNN step may end
- * with 1 to 3.
+ * of qa (scale sa) as row_strip_i8 says. Four strips at a time (an LSTM
+ * tile, four RNN tiles, a GRU tile and a third; I8 one); a GRU or RNN step
+ * may end with 1 to 3.
  */
-INLINE void row_sums(const int type, int64_t K, const float *a, const int8_t *qa, float sa,
+INLINE void row_sums(const int type, int64_t K, const float *a, const int16_t *qa, float sa,
                      lstm_wmat w, int64_t s0, int64_t ns, const float *init, float *out) {
     const int64_t Kw = type == LSTM_WEIGHTS_I8 ? lstm_i8_k(K) : K, sstride = Kw * LSTM_TILE;
     for (int64_t s = 0; s < ns;) {
         const int64_t left = ns - s, n = left < 4 ? left : 4, at = (s0 + s) * sstride;
         const float *init_s = init ? init + s * LSTM_TILE : NULL;
         float *out_s = out + s * LSTM_TILE;
-        if (type == LSTM_WEIGHTS_I8) {
-            const int8_t *ws = (const int8_t *)w.w + at;
-            const float *sc = w.scale + (s0 + s) * LSTM_TILE;
-#define I8_STRIPS(N) row_strips_i8(N, Kw, qa, ws, sstride, sc, sa, init_s, out_s)
-            switch (n) {
-            case 4: I8_STRIPS(4); break;
-            case 3: I8_STRIPS(3); break;
-            case 2: I8_STRIPS(2); break;
-            default: I8_STRIPS(1); break;
-            }
-#undef I8_STRIPS
-        } else {
-            const int half = type == LSTM_WEIGHTS_F16;
-            const void *ws = half ? (const void *)((const uint16_t *)w.w + at) : (const void *)((const float *)w.w + at);
-#define STRIPS(N) row_strips(N, half, K, a, ws, sstride, init_s, out_s)
-            switch (n) {
-            case 4: STRIPS(4); break;
-            case 3: STRIPS(3); break;
-            case 2: STRIPS(2); break;
-            default: STRIPS(1); break;
-            }
-#undef STRIPS
+        if (type == LSTM_WEIGHTS_I8) { // a strip at a time
+            row_strip_i8(Kw, qa, (const int8_t *)w.w + at, w.scale + (s0 + s) * LSTM_TILE, sa, init_s, out_s);
+            s += 1;
+            continue;
         }
+        const int half = type == LSTM_WEIGHTS_F16;
+        const void *ws = half ? (const void *)((const uint16_t *)w.w + at) : (const void *)((const float *)w.w + at);
+#define STRIPS(N) row_strips(N, half, K, a, ws, sstride, init_s, out_s)
+        switch (n) {
+        case 4: STRIPS(4); break;
+        case 3: STRIPS(3); break;
+        case 2: STRIPS(2); break;
+        default: STRIPS(1); break;
+        }
+#undef STRIPS
         s += n;
     }
 }
@@ -628,7 +625,7 @@ INLINE void tile_step(const int kind, const float *q, const float *gr, const flo
  * both biases) or from b_hh (GRU, whose input part enters the update apart).
  */
 INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar, lstm_wmat w_hh,
-                     const int8_t *qa, float sa, const float *b_hh, const float *gr, float *c,
+                     const int16_t *qa, float sa, const float *b_hh, const float *gr, float *c,
                      int64_t t0, int64_t t1, int64_t H, float *hr) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
     const int64_t chunk = ROW_STRIPS / gates;
@@ -731,7 +728,7 @@ static void cell_avx2(int cell, int64_t m, int64_t K, lstm_rows a, const float *
     static __attribute__((noinline)) void cell_r_##name(                                           \
         int64_t m, int64_t K, lstm_rows a, lstm_wmat w, const float *b_hh, lstm_rows g, float *c,  \
         int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                             \
-        _Alignas(32) int8_t qa[LSTM_MAX_I8_STATE];                                                 \
+        _Alignas(32) int16_t qa[LSTM_MAX_I8_STATE];                                                 \
         if (w.type == LSTM_WEIGHTS_F16 && m > 1) {                                                 \
             rows_kind(kind, LSTM_WEIGHTS_F16, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);          \
             return;                                                                                \

@@ -42,8 +42,10 @@ static void strips_r(int ns, int64_t K, const float *a, lstm_wmat w, int64_t s0,
     }
 }
 
-// a (K) quantized to qa (Kq, zero past K); returns the row's scale (kernels.h)
-static float quantize_row(const float *a, int64_t K, int8_t *qa) {
+// a (K) quantized to qa (Kq, zero past K) in [-lstm_i8_state_max(Kq), ..]; returns the row's scale (kernels.h)
+static float quantize_row(const float *a, int64_t K, int16_t *qa) {
+    const int64_t Kq = lstm_i8_k(K);
+    const int32_t qmax = lstm_i8_state_max(Kq);
     float amax = 0.0f, inv;
     int finite = 1;
     for (int64_t k = 0; k < K; k++) {
@@ -51,19 +53,19 @@ static float quantize_row(const float *a, int64_t K, int8_t *qa) {
         if (!(v <= FLT_MAX)) finite = 0;
         else if (v > amax) amax = v;
     }
-    const float sa = lstm_i8_row_scale(amax, finite, &inv);
-    for (int64_t k = 0; k < lstm_i8_k(K); k++) qa[k] = k < K ? lstm_i8_quantize(a[k], inv) : 0;
+    const float sa = lstm_i8_row_scale(amax, finite, qmax, &inv);
+    for (int64_t k = 0; k < Kq; k++) qa[k] = (int16_t)(k < K ? lstm_i8_quantize(a[k], inv, qmax) : 0);
     return sa;
 }
 
 // acc[16 ns] = fmaf(qa . column, sa * scale, acc) for the ns int8 strips of w from strip s0
-static void strips_i8(int ns, int64_t K, const int8_t *qa, float sa, lstm_wmat w, int64_t s0,
+static void strips_i8(int ns, int64_t K, const int16_t *qa, float sa, lstm_wmat w, int64_t s0,
                       float *acc) {
     const int64_t Kq = lstm_i8_k(K);
     for (int s = 0; s < ns; s++) {
         const int8_t *q = (const int8_t *)w.w + (s0 + s) * Kq * LSTM_TILE;
         for (int j = 0; j < LSTM_TILE; j++) {
-            int32_t isum = 0;
+            int32_t isum = 0; // exact: |isum| <= Kq * 127 * lstm_i8_state_max(Kq)
             for (int64_t k = 0; k < Kq; k++) isum += qa[k] * q[k / 4 * 4 * LSTM_TILE + j * 4 + k % 4];
             float *out = acc + s * LSTM_TILE + j;
             *out = fmaf((float)isum, sa * w.scale[(s0 + s) * LSTM_TILE + j], *out);
@@ -129,7 +131,7 @@ static void cell_scalar_r(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat
                           int64_t t1, int64_t H, lstm_rows h) {
     const int gates = lstm_gates(cell), W = gates * LSTM_TILE, gru = cell == LSTM_CELL_GRU;
     float acc[LSTM_MAX_GATES * LSTM_TILE], sa = 0.0f;
-    int8_t qa[LSTM_MAX_I8_STATE];
+    int16_t qa[LSTM_MAX_I8_STATE];
     for (int64_t r = 0; r < m; r++) {
         const float *ar = lstm_row(a, r);
         if (w.type == LSTM_WEIGHTS_I8) sa = quantize_row(ar, K, qa);

@@ -114,8 +114,9 @@ lstm_status lstm_reduce_weight(int32_t type, const float *src, int64_t rows, int
             if (!(v <= 3.40282347e38f)) return LSTM_ERR_INVALID_ARGUMENT; // NaN, Inf
             if (v > amax) amax = v;
         }
-        scales[r] = lstm_i8_row_scale(amax, 1, &inv);
-        for (int64_t k = 0; k < cols; k++) ((int8_t *)dst)[r * cols + k] = lstm_i8_quantize(w[k], inv);
+        scales[r] = lstm_i8_row_scale(amax, 1, LSTM_I8_WEIGHT_MAX, &inv);
+        for (int64_t k = 0; k < cols; k++)
+            ((int8_t *)dst)[r * cols + k] = (int8_t)lstm_i8_quantize(w[k], inv, LSTM_I8_WEIGHT_MAX);
     }
     return LSTM_OK;
 }

@@ -5,9 +5,9 @@ weights attribute, state_dict, load_state_dict, pickle, reduced_state_dict).
 
 Accuracy bounds: float16 stores weights with a relative error of 2^-11 and
 computes in float32; int8 rounds each weight to 1/254 of its row's largest and
-h to 1/254 of its largest per step. On torch's default initialisation the
-errors measured are ~2e-4 (float16) and ~5e-3 (int8) at most, so the bounds
-below leave a factor of about 2 to 4."""
+h to 1/65534 of its largest per step. On torch's default initialisation the
+errors measured are ~2e-4 (float16) and ~4e-3 (int8: the RNNs; the LSTMs and
+GRUs 7e-4) at most, so the bounds below leave a factor of about 2 to 5."""
 import copy
 import importlib.util
 import os
@@ -25,7 +25,7 @@ from torch_ref import torch_forward, torch_forward_h  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
-BOUND = {"float16": 1e-3, "int8": 2e-2}
+BOUND = {"float16": 1e-3, "int8": 1e-2}
 ISAS = available_isas()
 
 # kind, constructor arguments, torch class arguments
@@ -163,18 +163,34 @@ def _example_signal(frames, seed):
 
 def test_trained_detector_accuracy(isa):
     """examples/detector.pt, a GRU trained by tools/make_stream_detector.py, on
-    3000 frames of its own kind of signal against float32 torch. Measured:
-    float16 max 9e-4 (mean 6e-5); int8 max 1.2e-2 to 1.4e-2 (mean 8.5e-4),
-    above the issue's 1e-2: weight_hh's int8 rounding alone, in a float32
-    model, gives 0.9e-2 to 1.2e-2 on this model."""
+    3000 frames of its own kind of signal against float32 torch, within the
+    issue's bounds. Measured: float16 max 9.0e-4 (mean 6e-5); int8 max 9.4e-3
+    (mean 7.4e-4), of which weight_hh's int8 rounding alone, in a float32
+    model, gives 9.1e-3 (with h in int8 rather than int16 it was 1.2e-2)."""
     sd = readers.read_tensors(os.path.join(EXAMPLES, "detector.pt"))
     tm = torch.nn.GRU(16, 24).eval()
     tm.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in sd.items() if k.startswith("gru.")})
     x = _example_signal(3000, seed=0)[:, None, :]
     want = _reference(tm, x, None)[0]
-    for weights, bound in (("float16", 2e-3), ("int8", 2e-2)):
+    for weights, bound in (("float16", 2e-3), ("int8", 1e-2)):
         m = li.GRU.from_state_dict(sd, prefix="gru", weights=weights)
         assert _max_err(m(x)[0], want) <= bound, weights
+
+
+def test_trained_classifier_accuracy(isa):
+    """The README's examples/classifier.pt (Embedding -> bidirectional LSTM),
+    its LSTM on the embedded sentences of tests/data/classifier_ref.npz, output
+    and h_n against float32 torch within the issue's bounds. Measured: float16
+    max 7e-4; int8 max 7.7e-3 (c_n 9.9e-3; with h in int8, output 7.3e-3)."""
+    sd = readers.read_tensors(os.path.join(EXAMPLES, "classifier.pt"))
+    z = np.load(os.path.join(HERE, "data", "classifier_ref.npz"))
+    x, lengths = sd["embedding.weight"][z["x"]].astype(np.float32), z["lengths"]
+    tm = torch.nn.LSTM(24, 32, bidirectional=True).eval()
+    tm.load_state_dict({k[5:]: torch.from_numpy(v) for k, v in sd.items() if k.startswith("lstm.")})
+    want, (want_h, _) = _reference(tm, x, lengths)
+    for weights, bound in (("float16", 2e-3), ("int8", 1e-2)):
+        out, (h_n, _) = li.LSTM.from_state_dict(sd, prefix="lstm", weights=weights)(x, lengths=lengths)
+        assert _max_err((out, h_n), (want, want_h)) <= bound, weights
 
 
 # ---------------------------------------------------------------- rounding rules
@@ -200,23 +216,25 @@ def test_float16_rounding_is_numpys():
 
 def test_int8_quantization_is_the_documented_one():
     """scale = max|row| / 127, q = round-half-even(w * (127 / max|row|)) in
-    float32; a row below FLT_MIN is zero."""
+    float32; a row below 2^-100 is zero."""
     rng = np.random.default_rng(4)
     w = rng.standard_normal((50, 33)).astype(np.float32) * np.float32(0.3)
     w[3] = 0.0
-    w[4, :] = 1e-39  # below FLT_MIN
+    w[4, :] = 1e-39  # below 2^-100
+    w[7] = 0.0
+    w[7, :2] = 1e-36  # below 2^-100 too: 127 / max|row| would overflow float32
     w[5, 7] = -5.0
     w[6] = (np.arange(33, dtype=np.float32) - 16) / np.float32(127 / 0.5)  # ties at .5
     q, scales = _core.reduce_weight(_core.WEIGHTS_I8, w)
     amax = np.max(np.abs(w), axis=1)
-    tiny = amax < np.finfo(np.float32).tiny
+    tiny = amax < np.float32(2.0 ** -100)
     inv = np.where(tiny, np.float32(0), np.float32(127) / np.where(tiny, 1, amax)).astype(np.float32)
     want_q = np.rint(w * inv[:, None]).astype(np.int8)
     want_s = np.where(tiny, np.float32(0), amax / np.float32(127)).astype(np.float32)
     assert q.dtype == np.int8 and np.array_equal(q, want_q)
     assert np.array_equal(scales, want_s)
     assert q.min() >= -127 and q[5, 7] == -127
-    assert not q[3].any() and not q[4].any()
+    assert not q[3].any() and not q[4].any() and not q[7].any()
     with pytest.raises(ValueError, match="NaN or Inf"):
         _core.reduce_weight(_core.WEIGHTS_I8, np.array([[1.0, np.inf]], np.float32))
 

@@ -1,6 +1,6 @@
 # The C tests cross-built for aarch64 and run under qemu-user (Debian's
 # gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user):
-#   make -f aarch64.mk test   the -O2 builds: test_kernels and test_core once
+#   make -f aarch64.mk test   the -O2 builds: test_kernels, test_reduced and test_core once
 #                             with LSTM_INFER_ISA=scalar and once with =neon
 #                             (each run tests the set it names), then
 #                             test_dense (every set), test_loader, test_pool
@@ -17,13 +17,13 @@ SYSROOT ?= /usr/aarch64-linux-gnu
 QEMU ?= qemu-aarch64 -L $(SYSROOT)
 BUILD := ./build/aarch64
 BUILD_WITH := $(MAKE) --no-print-directory -f Makefile CC=$(CROSS)gcc BUILD=$(BUILD)
-PROGRAMS := test_kernels test_core test_dense test_loader test_pool
+PROGRAMS := test_kernels test_reduced test_core test_dense test_loader test_pool
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=0 \
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
 # $(call run_all,SUFFIX,ENV,ISAS): every program of one build under qemu
 run_all = set -e; \
-	for isa in $(3); do for p in test_kernels test_core; do \
+	for isa in $(3); do for p in test_kernels test_reduced test_core; do \
 		echo "== $${p}$(1) LSTM_INFER_ISA=$$isa (aarch64, qemu)"; \
 		LSTM_INFER_ISA=$$isa $(2) $(QEMU) $(BUILD)/$${p}$(1); done; done; \
 	for p in test_dense test_loader; do echo "== $${p}$(1) (aarch64, qemu)"; $(2) $(QEMU) $(BUILD)/$${p}$(1); done; \

@@ -282,18 +282,23 @@ static float special_value(void) {
  */
 /*
  * The int8 step's quantization of one row of a, from its definition in
- * lstm_infer.h: qa[k] = round-half-even(a[k] * (127 / max|a|)); returns the
- * scale max|a| / 127 (0 below FLT_MIN, NaN for a row with NaN or Inf).
+ * lstm_infer.h: with Kq = K rounded up to 4 and qmax = min(32767,
+ * INT32_MAX / (127 Kq)), qa[k] = round-half-even(a[k] * (qmax / max|a|));
+ * returns the scale max|a| / qmax (0 below 2^-100, NaN for a row with NaN or
+ * Inf).
  */
 static double quantize_ref(const float *a, int64_t K, int32_t *qa) {
+    const int64_t Kq = (K + 3) / 4 * 4, bound = INT32_MAX / (127 * (Kq ? Kq : 1));
+    const int64_t qmax = bound < 32767 ? bound : 32767;
     float amax = 0.0f;
     for (int64_t k = 0; k < K; k++) {
         if (!isfinite(a[k])) return NAN;
         amax = fmaxf(amax, fabsf(a[k]));
     }
-    const float inv = amax >= FLT_MIN ? 127.0f / amax : 0.0f;
+    const int live = amax >= 0x1p-100f;
+    const float inv = live ? (float)qmax / amax : 0.0f;
     for (int64_t k = 0; k < K; k++) qa[k] = (int32_t)nearbyintf(a[k] * inv);
-    return amax >= FLT_MIN ? amax / 127.0f : 0.0;
+    return live ? amax / (float)qmax : 0.0;
 }
 
 static void test_cell_typed(const lstm_kernels *k, int type, int kind, int64_t m, int64_t K,
