@@ -966,7 +966,9 @@ def run_case(case, engines, args):
     if li is not None and args.share_rounds and not unsupported(OURS, li, case) \
             and all(row[OURS].ok for row in results.values()):
         share = measure_share(li, case, data, flops, args.share_rounds, max(args.thread_list))
-        if share is not None:
+        if share is None:
+            print(f"{'':>8} note: no interleaved SGEMM share (threadpoolctl is missing)")
+        else:
             print(f"{case.name:>8} ours vs 1-thread SGEMM, interleaved over {len(share.share)} "
                   f"rounds: {Share.fmt(share.share, True)}"
                   + (f"; {share.threads} threads vs 1: {Share.fmt(share.scaling, False)}"
