@@ -170,6 +170,18 @@ extern const lstm_kernels lstm_kernels_avx2;
 extern const lstm_kernels lstm_kernels_neon;
 #endif
 
+/*
+ * Data cache sizes of this CPU (bytes per core), read once (CPUID leaf 4 on
+ * Intel, 0x8000001D on AMD; sysconf elsewhere), or defaults a CPU of the
+ * kernels' generation has at least (32 KB L1d, 256 KB L2): the kernels size
+ * their cache blocks from them, not from one machine's tuning.
+ */
+typedef struct {
+    int64_t l1d, l2;
+} lstm_caches;
+
+const lstm_caches *lstm_cache_sizes(void);
+
 /* The kernels in use (see lstm_set_isa). */
 const lstm_kernels *lstm_active_kernels(void);
 
