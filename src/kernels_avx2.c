@@ -12,7 +12,9 @@
  * (3x1 / 2x1 / 1x3 / 1x2 / 1x1 where fewer strips are left) so that 8 to 12
  * independent accumulators still hide the FMA latency. A step with one row
  * (streaming, batch 1) has its own loop: four strips in eight registers over
- * the whole of K.
+ * the whole of K. The row blocks come from this CPU's cache sizes
+ * (lstm_cache_sizes): a cell chunk's K-block of A stays in L1 (cell_rows), a
+ * block of A's rows in L2 while B streams past (l2_rows).
  *
  * The cell is one generic step in two bodies, one row (row_kind) and more
  * (rows_kind), each compiled once per cell kind with the kind a constant
