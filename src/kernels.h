@@ -171,10 +171,12 @@ extern const lstm_kernels lstm_kernels_neon;
 #endif
 
 /*
- * Data cache sizes of this CPU (bytes per core), read once (CPUID leaf 4 on
- * Intel, 0x8000001D on AMD; sysconf elsewhere), or defaults a CPU of the
- * kernels' generation has at least (32 KB L1d, 256 KB L2): the kernels size
- * their cache blocks from them, not from one machine's tuning.
+ * Data cache sizes of this CPU (bytes of one cache as CPUID reports it,
+ * shared or not), read once: CPUID leaf 4 on Intel, 0x8000001D on AMD and
+ * Hygon. Elsewhere, or where a hypervisor reports none or absurd ones,
+ * sizes any CPU of the kernels' generation has at least (32 KB L1d, 256 KB
+ * L2). The kernels size their cache blocks from them, not from one
+ * machine's tuning.
  */
 typedef struct {
     int64_t l1d, l2;
