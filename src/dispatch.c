@@ -3,8 +3,10 @@
  * avx2 where the CPU has AVX2+FMA, on aarch64 neon (always there, so chosen
  * at build time), else scalar. LSTM_INFER_ISA=scalar|avx2|neon overrides the
  * choice (tests use it to cover every path); asking for an ISA the CPU
- * lacks falls back to the best it has.
+ * lacks falls back to the best it has. It also reads the CPU's cache sizes,
+ * from which the kernels choose their cache blocks.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +31,52 @@ static int cpu_has_avx2(void) {
 #endif
 }
 #endif
+
+#define DEFAULT_L1D (32 * 1024)
+#define DEFAULT_L2 (256 * 1024)
+
+// the data or unified cache of `level` from CPUID's deterministic cache leaf (4 or 0x8000001D), or 0
+static int64_t cpuid_cache(unsigned leaf, int level) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(leaf & 0x80000000u, NULL) < leaf) return 0;
+    for (unsigned i = 0; i < 16; i++) {
+        __cpuid_count(leaf, i, a, b, c, d);
+        const unsigned type = a & 0x1f; // 1 data, 2 instruction, 3 unified, 0 no more
+        if (!type) break;
+        if (type == 2 || (int)((a >> 5) & 7) != level) continue;
+        const int64_t ways = ((b >> 22) & 0x3ff) + 1, parts = ((b >> 12) & 0x3ff) + 1,
+                      line = (b & 0xfff) + 1, sets = (int64_t)c + 1;
+        return ways * parts * line * sets;
+    }
+#else
+    (void)leaf, (void)level;
+#endif
+    return 0;
+}
+
+static lstm_caches caches;
+
+static void read_caches(void) {
+    int64_t l1 = 0, l2 = 0;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned a, b, c, d;
+    __cpuid(0, a, b, c, d);
+    const int amd = b == 0x68747541u; // "Auth"enticAMD (Hygon shares the AMD leaf)
+    const unsigned leaf = amd || b == 0x6f677948u ? 0x8000001Du : 4u;
+    l1 = cpuid_cache(leaf, 1);
+    l2 = cpuid_cache(leaf, 2);
+#endif
+    // a size out of any real range (a hypervisor's odd CPUID) is not trusted
+    caches.l1d = l1 >= 16 * 1024 && l1 <= 1024 * 1024 ? l1 : DEFAULT_L1D;
+    caches.l2 = l2 >= 128 * 1024 && l2 <= 64 * 1024 * 1024 ? l2 : DEFAULT_L2;
+}
+
+const lstm_caches *lstm_cache_sizes(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, read_caches);
+    return &caches;
+}
 
 static const lstm_kernels *best(void) {
 #if defined(__x86_64__)

@@ -183,6 +183,20 @@ extern const lstm_kernels lstm_kernels_avx2;
 extern const lstm_kernels lstm_kernels_neon;
 #endif
 
+/*
+ * Data cache sizes of this CPU (bytes of one cache as CPUID reports it,
+ * shared or not), read once: CPUID leaf 4 on Intel, 0x8000001D on AMD and
+ * Hygon. Elsewhere, or where a hypervisor reports none or absurd ones,
+ * sizes any CPU of the kernels' generation has at least (32 KB L1d, 256 KB
+ * L2). The kernels size their cache blocks from them, not from one
+ * machine's tuning.
+ */
+typedef struct {
+    int64_t l1d, l2;
+} lstm_caches;
+
+const lstm_caches *lstm_cache_sizes(void);
+
 /* The kernels in use (see lstm_set_isa). */
 const lstm_kernels *lstm_active_kernels(void);
 

@@ -12,7 +12,9 @@
  * (3x1 / 2x1 / 1x3 / 1x2 / 1x1 where fewer strips are left) so that 8 to 12
  * independent accumulators still hide the FMA latency. A step with one row
  * (streaming, batch 1) has its own loop: four strips in eight registers over
- * the whole of K.
+ * the whole of K. The row blocks come from this CPU's cache sizes
+ * (lstm_cache_sizes): a cell chunk's K-block of A stays in L1 (cell_rows), a
+ * block of A's rows in L2 while B streams past (l2_rows).
  *
  * The cell is one generic step in two bodies, one row (row_kind) and more
  * (rows_kind), each compiled once per cell kind with the kind a constant
@@ -51,8 +53,36 @@
 #define MR_MAX 6
 #define KC 256        /* K-block: 6 rows of A and one strip's block fit in L1 */
 #define SMALL_K 64    /* up to this K, a panel's strips (at most four, 16 KB) fit in L1 together */
-#define ROW_BLOCK 96  /* gemm rows of A kept hot in L2 while panels stream past */
-#define CELL_ROWS 48  /* cell rows whose gate pre-activations wait in a stack tile */
+#define ROW_BLOCK 96  /* reduced gemm rows of A kept hot in L2 while strips stream past */
+#define CELL_ROWS 48  /* at most this many cell rows' gate pre-activations wait in a stack tile */
+#define MAX_L2_ROWS 1536
+
+/*
+ * Cell rows whose sums run together (at most CELL_ROWS, a multiple of 6): as
+ * many as keep their K-block of A (KC floats at most) in half of this CPU's
+ * L1d beside the strips' K-block. More, and every strip re-read A from L2
+ * (measured: a batch-256 step at hidden size 256 ran 13% slower with 48
+ * rows than with 12 on a 32 KB L1d).
+ */
+static int64_t cell_rows(int64_t K) {
+    const int64_t kc = K < KC ? (K > 0 ? K : 1) : KC;
+    const int64_t rows = lstm_cache_sizes()->l1d / 2 / (kc * (int64_t)sizeof(float)) / MR_MAX * MR_MAX;
+    return rows < MR_MAX ? MR_MAX : rows > CELL_ROWS ? CELL_ROWS : rows;
+}
+
+/*
+ * Rows of A (K floats each) kept in L2 while the strips of B stream past:
+ * three quarters of this CPU's L2 (B's strip block, the outputs' lines and
+ * the cell's state take the rest), a multiple of 6, at least CELL_ROWS. More
+ * rows, and A would come from L3 again for every strip; fewer, and B would
+ * stream past more often (cachegrind's model of a 512 KB L2 on gemms of
+ * 512-768 rows, K 256 and 1024: 3/4 missed 26% less than 96 fixed rows at K
+ * 256 and as little at K 1024, where 1/4 missed 35% more).
+ */
+static int64_t l2_rows(int64_t K) {
+    const int64_t rows = lstm_cache_sizes()->l2 * 3 / 4 / ((K > 0 ? K : 1) * (int64_t)sizeof(float));
+    return rows < CELL_ROWS ? CELL_ROWS : rows > MAX_L2_ROWS ? MAX_L2_ROWS : rows / MR_MAX * MR_MAX;
+}
 
 // ---------------------------------------------------------------- activations
 
@@ -326,8 +356,9 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
     float tmp[MR_MAX][LSTM_PANEL];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
     const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
-    for (int64_t rb = 0; rb < m; rb += ROW_BLOCK) {
-        const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
+    const int64_t block = l2_rows(K);
+    for (int64_t rb = 0; rb < m; rb += block) {
+        const int64_t rows = m - rb < block ? m - rb : block;
         const lstm_rows ab = lstm_rows_from(a, rb);
         for (int64_t s = s0; s < s1; s += 4) {
             const int ns = s1 - s < 4 ? (int)(s1 - s) : 4;
@@ -641,20 +672,20 @@ INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar,
 /*
  * The step of more than one row, of cell kind `kind`. A group of tiles whose
  * strips number at most four (one LSTM or GRU tile, four RNN tiles) is one
- * panel_rows call over a chunk of rows, then the updates of each row. The
- * sums start from g or b_hh as in row_kind.
+ * panel_rows call over a chunk of rows (`chunk`, at most CELL_ROWS), then the
+ * updates of each row. The sums start from g or b_hh as in row_kind.
  */
 INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm_rows a,
                       lstm_wmat w_hh, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
-                      int64_t t0, int64_t t1, int64_t H, lstm_rows h) {
+                      int64_t t0, int64_t t1, int64_t H, lstm_rows h, const int64_t chunk) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE, group = 4 / gates;
     const int gru = kind == LSTM_CELL_GRU;
     float tmp[CELL_ROWS][LSTM_PANEL];
     for (int64_t t = t0; t < t1; t += group) {
         const int64_t nt = t1 - t < group ? t1 - t : group;
         const float *wp = type == LSTM_WEIGHTS_F32 ? (const float *)w_hh.w + t * K * W : NULL;
-        for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
-            const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
+        for (int64_t r0 = 0; r0 < m; r0 += chunk) {
+            const int64_t rows = m - r0 < chunk ? m - r0 : chunk;
             const lstm_rows out = {tmp[0], LSTM_PANEL, NULL}, ar0 = lstm_rows_from(a, r0);
             const int ns = gru ? gates : (int)nt * gates;
             lstm_rows gt = lstm_rows_from(g, r0);
@@ -693,8 +724,12 @@ INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm
     static __attribute__((noinline)) void cell_rows_##name(                                        \
         int64_t m, int64_t K, lstm_rows a, const float *w_hh, const float *b_hh, lstm_rows g,      \
         float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                   \
-        rows_kind(kind, LSTM_WEIGHTS_F32, m, K, a, (lstm_wmat){w_hh, NULL, LSTM_WEIGHTS_F32},      \
-                  b_hh, g, c, ldc, t0, t1, H, h);                                                  \
+        const int64_t block = l2_rows(K), chunk = cell_rows(K);                                    \
+        for (int64_t rb = 0; rb < m; rb += block)                                                  \
+            rows_kind(kind, LSTM_WEIGHTS_F32, m - rb < block ? m - rb : block, K,                  \
+                      lstm_rows_from(a, rb), (lstm_wmat){w_hh, NULL, LSTM_WEIGHTS_F32}, b_hh,      \
+                      lstm_rows_from(g, rb), c + rb * ldc, ldc, t0, t1, H, lstm_rows_from(h, rb),  \
+                      chunk);                                                                      \
     }
 CELL_KIND(lstm, LSTM_CELL_LSTM)
 CELL_KIND(gru, LSTM_CELL_GRU)
@@ -730,7 +765,7 @@ static void cell_avx2(int cell, int64_t m, int64_t K, lstm_rows a, const float *
         int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                             \
         _Alignas(32) int16_t qa[LSTM_MAX_I8_STATE];                                                 \
         if (w.type == LSTM_WEIGHTS_F16 && m > 1) {                                                 \
-            rows_kind(kind, LSTM_WEIGHTS_F16, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);          \
+            rows_kind(kind, LSTM_WEIGHTS_F16, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h, CELL_ROWS); \
             return;                                                                                \
         }                                                                                          \
         for (int64_t r = 0; r < m; r++) {                                                          \

@@ -576,21 +576,61 @@ class Timer:
 # Machine: CPU model and the NumPy SGEMM ceiling
 # --------------------------------------------------------------------------
 
+# FMA units per core of x86 families we know: (vendor, family, first model, last model) ->
+# pipes x width. Anything else prints "FMA pipes unknown" rather than a guess.
+FMA_PIPES = [
+    ("AuthenticAMD", 0x17, 0x00, 0x2f, "2×128-bit (Zen, Zen+: a 256-bit FMA takes both)"),
+    ("AuthenticAMD", 0x17, 0x30, 0xff, "2×256-bit (Zen 2)"),
+    ("AuthenticAMD", 0x19, 0x00, 0x0f, "2×256-bit (Zen 3)"),
+    ("AuthenticAMD", 0x19, 0x20, 0x5f, "2×256-bit (Zen 3)"),
+    ("AuthenticAMD", 0x19, 0x10, 0x1f, "2×256-bit (Zen 4; AVX-512 as two halves)"),
+    ("AuthenticAMD", 0x19, 0x60, 0xaf, "2×256-bit (Zen 4; AVX-512 as two halves)"),
+    ("AuthenticAMD", 0x1a, 0x00, 0xff, "2×512-bit (Zen 5; 2×256-bit on some mobile parts)"),
+    ("GenuineIntel", 0x06, 0x3c, 0x3c, "2×256-bit (Haswell)"),
+    ("GenuineIntel", 0x06, 0x3f, 0x3f, "2×256-bit (Haswell)"),
+    ("GenuineIntel", 0x06, 0x45, 0x46, "2×256-bit (Haswell)"),
+    ("GenuineIntel", 0x06, 0x3d, 0x3d, "2×256-bit (Broadwell)"),
+    ("GenuineIntel", 0x06, 0x47, 0x47, "2×256-bit (Broadwell)"),
+    ("GenuineIntel", 0x06, 0x4e, 0x4e, "2×256-bit (Skylake)"),
+    ("GenuineIntel", 0x06, 0x5e, 0x5e, "2×256-bit (Skylake)"),
+    ("GenuineIntel", 0x06, 0x8e, 0x8e, "2×256-bit (Kaby/Coffee Lake)"),
+    ("GenuineIntel", 0x06, 0x9e, 0x9e, "2×256-bit (Kaby/Coffee Lake)"),
+]
+
+
 def cpu_model():
+    """'model name [simd flags] (vendor, family/model, FMA pipes)' from /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
     except OSError:
         return platform.processor() or platform.machine()
-    model, flags = platform.machine(), set()
+    model, flags, fields = platform.machine(), set(), {}
     for line in info.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name":
+        key = key.strip()
+        if key == "model name":
             model = value.strip()
-        elif key.strip() in ("flags", "Features") and not flags:
+        elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
+        elif key in ("vendor_id", "cpu family", "model", "CPU implementer", "CPU part"):
+            fields.setdefault(key, value.strip())
+        elif not line.strip() and fields:
+            break   # the first processor says it all
     simd = [f for f in ("avx512f", "avx2", "fma", "avx", "neon", "asimd") if f in flags]
-    return f"{model} [{' '.join(simd) or 'no avx'}]"
+    ident = ""
+    if "vendor_id" in fields:
+        vendor = fields["vendor_id"]
+        try:
+            fam, mod = int(fields.get("cpu family", "-1")), int(fields.get("model", "-1"))
+        except ValueError:
+            fam = mod = -1
+        pipes = next((p for v, f, lo, hi, p in FMA_PIPES
+                      if v == vendor and f == fam and lo <= mod <= hi), "unknown")
+        ident = f" ({vendor}, family {fam} (0x{fam:x}) model {mod} (0x{mod:x}), FMA pipes {pipes})"
+    elif "CPU implementer" in fields:
+        ident = f" (implementer {fields['CPU implementer']}, part {fields.get('CPU part', '?')})"
+    return f"{model} [{' '.join(simd) or 'no avx'}]{ident}"
 
 
 def usable_cpus():
@@ -652,6 +692,76 @@ def sgemm_gflops(threads, min_time):
     except (subprocess.SubprocessError, ValueError) as e:
         print(f"note: SGEMM measurement failed with {threads} thread(s): {e}")
         return math.nan, "failed"
+
+
+# --------------------------------------------------------------------------
+# Our share of the SGEMM rate and our thread scaling, measured interleaved
+# --------------------------------------------------------------------------
+
+SHARE_SECONDS = 0.05   # per engine and round: min of many short calls
+
+
+def min_time(fn, seconds, min_calls=3):
+    """The fastest of back-to-back calls of fn over >= seconds and >= min_calls:
+    on a shared machine the minimum is the call least disturbed by others."""
+    best, t_end, n = math.inf, time.perf_counter() + seconds, 0
+    while n < min_calls or time.perf_counter() < t_end:
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        n += 1
+    return best
+
+
+@dataclass
+class Share:
+    """Per-round ratios of one case: ours on 1 thread / SGEMM on 1 thread (rates),
+    and ours on 1 thread / ours on `threads` threads (times)."""
+    share: list
+    scaling: list
+    threads: int
+
+    @staticmethod
+    def fmt(values, percent):
+        if not values:
+            return "-"
+        med, lo, hi = statistics.median(values), min(values), max(values)
+        if percent:
+            return f"{100 * med:.0f}% [{100 * lo:.0f}–{100 * hi:.0f}]"
+        return f"{med:.2f}× [{lo:.2f}–{hi:.2f}]"
+
+
+def measure_share(li, case, data, flops, rounds, threads):
+    """Each round times NumPy's 1-thread SGEMM_N^2 SGEMM, then our call on 1
+    thread, then on `threads` threads, back to back (each the min of short
+    calls over SHARE_SECONDS), so the three see the same machine; the ratios
+    of each round are kept. None without threadpoolctl (NumPy's BLAS could
+    not be held to 1 thread in this process)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
+    b = rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
+    ours = {t: make_lstm_infer(li, case, data, t) for t in {1, threads}}
+    share, scaling = [], []
+    try:
+        for t in ours:  # warm: each thread count's pool and scratch
+            li.set_num_threads(t)
+            ours[t]()
+        for _ in range(rounds):
+            with threadpool_limits(limits=1, user_api="blas"):
+                rate = 2 * SGEMM_N ** 3 / min_time(lambda: a @ b, SHARE_SECONDS)
+            li.set_num_threads(1)
+            one = min_time(ours[1], SHARE_SECONDS)
+            share.append(flops / one / rate)
+            if threads != 1:
+                li.set_num_threads(threads)
+                scaling.append(one / min_time(ours[threads], SHARE_SECONDS))
+    finally:
+        li.set_num_threads(threads)
+    return Share(share, scaling, threads)
 
 
 # --------------------------------------------------------------------------
@@ -833,7 +943,8 @@ def run_threads(case, engines, data, onnx_bytes, threads, args):
 
 
 def run_case(case, engines, args):
-    """Times every engine on one case; returns ({threads: {engine: Result}}, flops)."""
+    """Times every engine on one case; returns ({threads: {engine: Result}}, flops,
+    Share or None)."""
     torch = engines.get("torch", (None,))[0]
     data = make_case_data(case, torch)
     flops = case_flops(case, data.valid_tokens)
@@ -850,7 +961,19 @@ def run_case(case, engines, args):
     for threads in args.thread_list:
         results[threads] = run_threads(case, engines, data, onnx_bytes, threads, args)
         print_text_row(case, threads, results[threads], flops)
-    return results, flops
+    share = None
+    li = engines.get(OURS, (None,))[0]
+    if li is not None and args.share_rounds and not unsupported(OURS, li, case) \
+            and all(row[OURS].ok for row in results.values()):
+        share = measure_share(li, case, data, flops, args.share_rounds, max(args.thread_list))
+        if share is None:
+            print(f"{'':>8} note: no interleaved SGEMM share (threadpoolctl is missing)")
+        else:
+            print(f"{case.name:>8} ours vs 1-thread SGEMM, interleaved over {len(share.share)} "
+                  f"rounds: {Share.fmt(share.share, True)}"
+                  + (f"; {share.threads} threads vs 1: {Share.fmt(share.scaling, False)}"
+                     if share.scaling else ""), flush=True)
+    return results, flops, share
 
 
 # --------------------------------------------------------------------------
@@ -972,7 +1095,7 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
         print(line + "  ")
     for name, why in SKIPPED.items():
         print(f"Skipped {name}: {why}  ")
-    for case, (results, _) in all_results:
+    for case, (results, _, _) in all_results:
         for n, r in next(iter(results.values())).items():
             if r.skipped:
                 print(f"Not run: {case.name} on {SHORT[n]}: {r.skipped}  ")
@@ -989,7 +1112,7 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
         head += list(reduced_columns({}))
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
-    for case, (results, flops) in all_results:
+    for case, (results, flops, _) in all_results:
         one = results.get(1, {}).get(OURS)
         for threads, row in results.items():
             cells = [case.name, case.shape(), str(threads)]
@@ -1007,6 +1130,20 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
             if reduced:
                 cells += list(reduced_columns(row).values())
             print("| " + " | ".join(cells) + " |")
+    shares = [(case, share) for case, (_, _, share) in all_results if share is not None]
+    if shares:
+        print()
+        print(f"Ours against NumPy's 1-thread {SGEMM_N}² SGEMM, interleaved: each of "
+              f"{len(shares[0][1].share)} rounds times the SGEMM, our call on 1 thread and on "
+              f"{shares[0][1].threads}, back to back (min of short calls each); median of "
+              "the per-round ratios [range].")
+        print()
+        print(f"| case | shape | ours 1 thread / SGEMM 1 thread | "
+              f"ours {shares[0][1].threads} threads / 1 thread |")
+        print("|---|---|---:|---:|")
+        for case, share in shares:
+            print(f"| {case.name} | {case.shape()} | {Share.fmt(share.share, True)} | "
+                  f"{Share.fmt(share.scaling, False)} |")
     print()
     print(f"Agreement: max abs difference from {ref} over valid positions of output, "
           "h_n and (LSTM) c_n (worst over thread counts; tolerance "
@@ -1014,7 +1151,7 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
     print()
     print("| case | " + " | ".join(SHORT[n] for n in names) + " |")
     print("|---|" + "|".join(["---:"] * len(names)) + "|")
-    for case, (results, _) in all_results:
+    for case, (results, _, _) in all_results:
         cells = [case.name]
         for n in names:
             rs = [row[n] for row in results.values() if not row[n].skipped]
@@ -1053,6 +1190,10 @@ def parse_args(argv):
                         "1 with --quick)")
     p.add_argument("--settle", type=float, default=0.05,
                    help="pause in seconds before each engine's turn (default 0.05)")
+    p.add_argument("--share-rounds", type=int, default=None,
+                   help="interleaved rounds of SGEMM / ours on 1 thread / ours on the most "
+                        "threads, for our share of the SGEMM rate and our scaling "
+                        "(default 9, 3 with --quick; 0 skips it)")
     p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
     p.add_argument("--markdown", action="store_true",
                    help="also print README-ready tables, the command and the machine")
@@ -1063,8 +1204,12 @@ def parse_args(argv):
         args.min_calls = 1 if args.quick else 3
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
-    if args.min_time < 0 or args.min_calls < 1 or args.rounds < 1 or args.settle < 0:
-        p.error("--min-time and --settle must be >= 0, --min-calls and --rounds >= 1")
+    if args.share_rounds is None:
+        args.share_rounds = 3 if args.quick else 9
+    if args.min_time < 0 or args.min_calls < 1 or args.rounds < 1 or args.settle < 0 \
+            or args.share_rounds < 0:
+        p.error("--min-time, --settle and --share-rounds must be >= 0, --min-calls and "
+                "--rounds >= 1")
     try:
         args.case_list = [CASES_BY_NAME[n.strip()] for n in args.cases.split(",")
                           if n.strip()]
@@ -1123,7 +1268,7 @@ def main(argv=None):
 
     bad = [f"{case.name} t={t} {SHORT[n]}: "
            + (r.error or f"max abs diff {r.diff:.2e} vs {r.ref}")
-           for case, (results, _) in all_results
+           for case, (results, _, _) in all_results
            for t, row in results.items() for n, r in row.items() if not r.ok]
     print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
     if bad:

@@ -655,6 +655,11 @@ static void test_kernels(const lstm_kernels *k) {
             }
     /* every gate count on a 530-wide K (three K-blocks), several row blocks */
     for (int gates = 1; gates <= LSTM_MAX_GATES; gates++) test_gemm(k, 101, 530, 130, gates, 1, 1, 0, (130 + 16 * gates - 1) / (16 * gates));
+    /* a K so wide that the rows A keeps in L2 (avx2: from the CPU's L2 size, 48 at
+     * least) are fewer than m: several row blocks on any cache */
+    test_gemm(k, 101, 4100, 70, 4, 1, 1, 0, 2);
+    test_cell(k, LSTM_CELL_LSTM, 101, 4100, 40, 1, 0, 3, 1, SPECIAL_NONE);
+    test_cell(k, LSTM_CELL_RNN_TANH, 101, 4100, 40, 1, 0, 3, 1, SPECIAL_NONE);
     for (int kind = 0; kind < 4; kind++) {
         /* one row over more tiles than a one-row chunk (8 LSTM, 10 GRU, 32 RNN tiles) */
         test_cell(k, kind, 1, 20, 530, kind & 1, 0, 34, kind & 1, SPECIAL_NONE);
