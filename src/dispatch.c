@@ -35,9 +35,9 @@ static int cpu_has_avx2(void) {
 #define DEFAULT_L1D (32 * 1024)
 #define DEFAULT_L2 (256 * 1024)
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // the data or unified cache of `level` from CPUID's deterministic cache leaf (4 or 0x8000001D), or 0
 static int64_t cpuid_cache(unsigned leaf, int level) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     unsigned a, b, c, d;
     if (__get_cpuid_max(leaf & 0x80000000u, NULL) < leaf) return 0;
     for (unsigned i = 0; i < 16; i++) {
@@ -49,11 +49,9 @@ static int64_t cpuid_cache(unsigned leaf, int level) {
                       line = (b & 0xfff) + 1, sets = (int64_t)c + 1;
         return ways * parts * line * sets;
     }
-#else
-    (void)leaf, (void)level;
-#endif
     return 0;
 }
+#endif
 
 static lstm_caches caches;
 

@@ -419,4 +419,4 @@ static void cell_neon(int cell, int64_t m, int64_t K, lstm_rows a, const float *
     }
 }
 
-const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon};
+const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, NULL, NULL}; // reduced: scalar

@@ -1,8 +1,8 @@
 """The C core on aarch64: cross-built with gcc-aarch64-linux-gnu and run under qemu-user.
 
 tests/c/aarch64.mk builds the C tests for aarch64 (through tests/c/Makefile) and runs
-them under qemu-aarch64, the kernel and forward tests once with the scalar kernels and
-once with the NEON ones (LSTM_INFER_ISA), at -O2 and under ASan+UBSan. The same checks
+them under qemu-aarch64, the kernel, reduced-weight and forward tests once with the scalar
+kernels and once with the NEON ones (LSTM_INFER_ISA), at -O2 and under ASan+UBSan. The same checks
 as on x86: every kernel against naive C, the activations' accuracy on dense grids, the
 forward pass of every cell kind against a naive double-precision reference, the dense
 layer, the model-file loader, the pool (without its fork tests, which qemu-user cannot
@@ -50,12 +50,13 @@ def test_c_tests_under_qemu(target):
     report = proc.stdout[-4000:] + "\n" + proc.stderr[-8000:]
     assert proc.returncode == 0, f"make -f aarch64.mk {target} failed:\n{report}"
     summaries = re.findall(r"^(OK|FAILED): .*$", proc.stdout, re.M)
-    # test_kernels and test_core with each ISA (asan: neon only), test_loader, test_pool
+    # test_kernels, test_reduced and test_core with each ISA (asan: neon only), test_loader,
+    # test_pool
     isas = ("scalar", "neon") if target == "test" else ("neon",)
-    assert summaries == ["OK"] * (2 * len(isas) + 2), report
+    assert summaries == ["OK"] * (3 * len(isas) + 2), report
     assert re.search(r"^test_dense: \d+ checks, 0 failures$", proc.stdout, re.M), report
     for isa in isas:
-        assert proc.stdout.count(f"(ISAs: {isa})") == 2, report
+        assert proc.stdout.count(f"(ISAs: {isa})") == 3, report
 
 
 def _loops(disassembly):
