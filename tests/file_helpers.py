@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -258,3 +259,15 @@ def deflate_bomb_npz(members=2, each=130 << 20):
         _ZEROS[key] = (b"".join(parts), crc)
     raw, crc = _ZEROS[key]
     return zip_raw([(f"a{i}.npy", raw, 8, crc, len(head) + numel * 4) for i in range(members)])
+
+
+def split_model_file(data):
+    """A model file's bytes -> (its JSON header, the bytes after it)."""
+    (n,) = struct.unpack_from("<Q", data)
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def join_model_file(header, body):
+    """The bytes of a model file of this header (re-encoded) and body."""
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + body

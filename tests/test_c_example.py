@@ -56,6 +56,18 @@ def python_outputs(kind, model, x, lengths):
     return dict(zip(("output", "h_n", "c_n"), (output,) + states))
 
 
+def run_example(tmp_path, x, lengths):
+    """lstm_run on tmp_path/model.lstm with x (and lengths): its outputs land in tmp_path."""
+    np.save(tmp_path / "x.npy", x)
+    cmd = [os.path.join(build_dir(), "lstm_run"), str(tmp_path / "model.lstm"), str(tmp_path / "x.npy"),
+           str(tmp_path)]
+    if lengths is not None:
+        np.save(tmp_path / "lengths.npy", lengths.astype(np.int64))
+        cmd.append(str(tmp_path / "lengths.npy"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.parametrize("name,unbatched", CASES)
 def test_example_matches_python_and_torch(tmp_path, name, unbatched):
     pt = os.path.join(FIX, name + ".pt")
@@ -73,14 +85,7 @@ def test_example_matches_python_and_torch(tmp_path, name, unbatched):
     lengths = ref["lengths"] if "lengths" in ref and not unbatched else None
     if unbatched:
         x = np.ascontiguousarray(x[0] if cfg.get("batch_first") else x[:, 0])
-    np.save(tmp_path / "x.npy", x)
-    cmd = [os.path.join(build_dir(), "lstm_run"), str(tmp_path / "model.lstm"), str(tmp_path / "x.npy"),
-           str(tmp_path)]
-    if lengths is not None:
-        np.save(tmp_path / "lengths.npy", lengths.astype(np.int64))
-        cmd.append(str(tmp_path / "lengths.npy"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    run_example(tmp_path, x, lengths)
 
     model = lstm_infer.load(str(tmp_path / "model.lstm"))
     want_py = python_outputs(kind, model, x, lengths)
@@ -110,14 +115,7 @@ def test_example_runs_reduced_files(tmp_path, name, weights):
         argv.append("--batch-first")
     assert cli.main(argv) == 0
     x, lengths = ref["x"], ref["lengths"] if "lengths" in ref else None
-    np.save(tmp_path / "x.npy", x)
-    cmd = [os.path.join(build_dir(), "lstm_run"), str(tmp_path / "model.lstm"), str(tmp_path / "x.npy"),
-           str(tmp_path)]
-    if lengths is not None:
-        np.save(tmp_path / "lengths.npy", lengths.astype(np.int64))
-        cmd.append(str(tmp_path / "lengths.npy"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    run_example(tmp_path, x, lengths)
     model = lstm_infer.load(str(tmp_path / "model.lstm"))
     assert model.weights == weights
     want_py = python_outputs(kind, model, x, lengths)

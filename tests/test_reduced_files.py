@@ -9,7 +9,6 @@ tests/c/test_loader.c; lstm_run's in test_c_example.py."""
 import json
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ import pytest
 import lstm_infer as li
 from lstm_infer import cli, modelfile
 from lstm_infer.errors import FormatError
+
+from file_helpers import join_model_file, split_model_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -38,14 +39,6 @@ LAYOUTS = [
 LAYOUT_IDS = [f"{k}-" + "-".join(f"{a}{v}" for a, v in args.items() if a != "input_size") for k, args in LAYOUTS]
 
 
-def _split(data):
-    (n,) = struct.unpack_from("<Q", data)
-    return json.loads(data[8:8 + n]), data[8 + n:]
-
-
-def _join(header, body):
-    h = json.dumps(header).encode()
-    return struct.pack("<Q", len(h)) + h + body
 
 
 def _flat(result):
@@ -90,7 +83,7 @@ def test_round_trip_is_bit_identical(tmp_path, kind, args, weights):
                                                                                   np.random.default_rng(1))):
         assert np.array_equal(got, want)
     # what the file says: format_version 2 and the storage; each tensor in the core's dtype
-    header, _ = _split(path.read_bytes())
+    header, _ = split_model_file(path.read_bytes())
     meta = header.pop("__metadata__")
     assert meta["format_version"] == "2" and meta["weights"] == weights
     stored = m.reduced_state_dict()
@@ -119,11 +112,11 @@ def test_float32_files_stay_version_1(tmp_path):
     and no "weights"; only reduced ones say 2, which it refuses as a newer format."""
     m = li.GRU(3, 4)
     m.save(tmp_path / "f.lstm")
-    meta = _split((tmp_path / "f.lstm").read_bytes())[0]["__metadata__"]
+    meta = split_model_file((tmp_path / "f.lstm").read_bytes())[0]["__metadata__"]
     assert meta["format_version"] == "1" and "weights" not in meta
     m.load_state_dict(m.state_dict(), weights="int8")
     m.save(tmp_path / "q.lstm")
-    assert _split((tmp_path / "q.lstm").read_bytes())[0]["__metadata__"]["format_version"] == "2"
+    assert split_model_file((tmp_path / "q.lstm").read_bytes())[0]["__metadata__"]["format_version"] == "2"
 
 
 def test_pickle_and_sequential_keep_the_stored_weights(tmp_path):
@@ -312,16 +305,16 @@ HOSTILE = [
 
 @pytest.mark.parametrize("label,edit,message", HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_headers(int8_bytes, label, edit, message):
-    header, body = _split(int8_bytes)
+    header, body = split_model_file(int8_bytes)
     edit(header)
     with pytest.raises(FormatError, match=message) as info:
-        modelfile.read_model(data=_join(header, body), name="hostile.lstm")
+        modelfile.read_model(data=join_model_file(header, body), name="hostile.lstm")
     assert str(info.value).startswith("hostile.lstm: ")
 
 
 def _rewritten(data, fn):
     """data with its arrays changed by fn(arrays) and laid out anew (any shapes, dtypes)."""
-    header, body = _split(data)
+    header, body = split_model_file(data)
     meta = header.pop("__metadata__")
     codes = {"F32": "<f4", "F16": "<f2", "I8": "i1"}
     arrays = {k: np.frombuffer(body[e["data_offsets"][0]:e["data_offsets"][1]], codes[e["dtype"]])
@@ -334,11 +327,11 @@ def _rewritten(data, fn):
         out[k] = {"dtype": names[a.dtype.str if a.dtype.str != "|i1" else "i1"], "shape": list(a.shape),
                   "data_offsets": [pos, pos + len(b)]}
         pos, raw = pos + len(b), raw + b
-    return _join(out, raw)
+    return join_model_file(out, raw)
 
 
 def test_hostile_arrays(int8_bytes):
-    key = _int8_key(_split(int8_bytes)[0])
+    key = _int8_key(split_model_file(int8_bytes)[0])
     cases = [
         (lambda a: a.__setitem__(key + "_scale", a[key + "_scale"][:-1]), rf"'{key}_scale' has shape \[\d+\], but"),
         (lambda a: a.pop(key + "_scale"), rf"'{key}_scale' is missing: the int8 weights '{key}' need"),
@@ -356,9 +349,9 @@ def test_hostile_arrays(int8_bytes):
 
 
 def test_declarations_are_checked_before_any_array_is_made(int8_bytes, monkeypatch):
-    header, body = _split(int8_bytes)
+    header, body = split_model_file(int8_bytes)
     _meta(weights="float16")(header)  # the int8 arrays' dtype no longer matches the storage
-    bad = _join(header, body)
+    bad = join_model_file(header, body)
     made = []
     real = np.frombuffer
     monkeypatch.setattr(modelfile.np, "frombuffer", lambda *a, **k: made.append(a) or real(*a, **k))

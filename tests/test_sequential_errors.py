@@ -12,6 +12,8 @@ import lstm_infer as li
 from lstm_infer import modelfile, pipeline
 from lstm_infer.errors import FormatError
 
+from file_helpers import join_model_file, split_model_file
+
 RNG = np.random.default_rng(0)
 
 
@@ -258,27 +260,19 @@ def _good_file(tmp_path):
     return f.read_bytes()
 
 
-def _split(data):
-    (n,) = struct.unpack_from("<Q", data)
-    return json.loads(data[8:8 + n]), data[8 + n:]
-
-
-def _join(header, body):
-    h = json.dumps(header).encode()
-    return struct.pack("<Q", len(h)) + h + body
 
 
 def _with_config(data, change):
-    header, body = _split(data)
+    header, body = split_model_file(data)
     cfg = json.loads(header["__metadata__"]["config"])
     change(cfg)
     header["__metadata__"]["config"] = json.dumps(cfg)
-    return _join(header, body)
+    return join_model_file(header, body)
 
 
 def test_file_layout(tmp_path):
     data = _good_file(tmp_path)
-    header, _ = _split(data)
+    header, _ = split_model_file(data)
     meta = header["__metadata__"]
     assert meta["format_version"] == "1" and meta["kind"] == "Sequential"  # older readers refuse by kind
     cfg = json.loads(meta["config"])
@@ -323,7 +317,7 @@ def test_bad_config_is_refused(tmp_path, change, match):
 
 def _rewrite(data, edit):
     """Rebuild the file after edit(tensors) changes the {name: array} it holds."""
-    header, body = _split(data)
+    header, body = split_model_file(data)
     meta = header.pop("__metadata__")
     arrays = {k: np.frombuffer(body[v["data_offsets"][0]:v["data_offsets"][1]], "<f4").reshape(v["shape"])
               for k, v in header.items()}
@@ -334,7 +328,7 @@ def _rewrite(data, edit):
         out[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [pos, pos + len(b)]}
         pos += len(b)
         blob += b
-    return _join(out, blob)
+    return join_model_file(out, blob)
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -361,11 +355,11 @@ def test_rewrite_helper_keeps_a_good_file(tmp_path):
 
 
 def test_wrong_dtype_is_refused(tmp_path):
-    header, body = _split(_good_file(tmp_path))
+    header, body = split_model_file(_good_file(tmp_path))
     e = header["fc.bias"]
     header["fc.bias"] = dict(e, dtype="I32")
     with pytest.raises(FormatError, match="dtype I32"):
-        modelfile.read_model(data=_join(header, body), name="bad.lstm")
+        modelfile.read_model(data=join_model_file(header, body), name="bad.lstm")
 
 
 def test_write_refuses_before_creating(tmp_path):
@@ -419,7 +413,7 @@ def test_fuzzed_configs_give_format_errors(tmp_path):
     """Hostile configs: every damaged one is refused with a FormatError (or, where the
     damage is harmless, read); never another exception."""
     data = _good_file(tmp_path)
-    header, body = _split(data)
+    header, body = split_model_file(data)
     cfg = json.loads(header["__metadata__"]["config"])
     rng = np.random.default_rng(13)
     refused = 0
@@ -427,7 +421,7 @@ def test_fuzzed_configs_give_format_errors(tmp_path):
         bad = _mutate(cfg, rng)
         h = dict(header, __metadata__=dict(header["__metadata__"], config=json.dumps(bad)))
         try:
-            kind, got, sd = modelfile.read_model(data=_join(h, body), name="fuzz.lstm")
+            kind, got, sd = modelfile.read_model(data=join_model_file(h, body), name="fuzz.lstm")
         except FormatError:
             refused += 1
             continue
