@@ -39,7 +39,7 @@ static int cpu_has_avx2(void) {
 // the data or unified cache of `level` from CPUID's deterministic cache leaf (4 or 0x8000001D), or 0
 static int64_t cpuid_cache(unsigned leaf, int level) {
     unsigned a, b, c, d;
-    if (__get_cpuid_max(leaf & 0x80000000u, NULL) < leaf) return 0;
+    if ((unsigned)__get_cpuid_max(leaf & 0x80000000u, NULL) < leaf) return 0; // int in clang's cpuid.h
     for (unsigned i = 0; i < 16; i++) {
         __cpuid_count(leaf, i, a, b, c, d);
         const unsigned type = a & 0x1f; // 1 data, 2 instruction, 3 unified, 0 no more
