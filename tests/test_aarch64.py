@@ -19,6 +19,8 @@ import subprocess
 
 import pytest
 
+from disasm_helpers import backward_loops
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 C_DIR = os.path.join(HERE, "c")
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -61,21 +63,7 @@ def test_c_tests_under_qemu(target):
 
 def _loops(disassembly):
     """(function, instructions) for every backward branch's loop."""
-    funcs, name = {}, None
-    for line in disassembly.splitlines():
-        m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
-        if m:
-            name = m.group(1)
-            funcs[name] = []
-            continue
-        m = re.match(r"^\s+([0-9a-f]+):\s+(.*)$", line)
-        if m and name:
-            funcs[name].append((int(m.group(1), 16), m.group(2)))
-    for fname, ins in funcs.items():
-        for addr, text in ins:
-            m = re.match(r"(?:b\.\w+|b|cbn?z|tbn?z)\s+(?:\w+, )*(?:#0x[0-9a-f]+, )?([0-9a-f]+) <", text)
-            if m and int(m.group(1), 16) < addr:
-                yield fname, [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
+    return backward_loops(disassembly, r"(?:b\.\w+|b|cbn?z|tbn?z)\s+(?:\w+, )*(?:#0x[0-9a-f]+, )?([0-9a-f]+) <")
 
 
 def test_neon_microkernels_keep_accumulators_in_registers(tmp_path):

@@ -8,13 +8,14 @@ the machine code of the extension that the tests import and checks each
 multiply-add inner loop for stack traffic.
 """
 import platform
-import re
 import shutil
 import subprocess
 
 import pytest
 
 from lstm_infer import _core
+
+from disasm_helpers import backward_loops
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
@@ -23,25 +24,7 @@ def _loops(path):
     """(function, instructions) for every backward-jump loop of at most 40 instructions."""
     text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True,
                           text=True, check=True).stdout
-    funcs, name = {}, None
-    for line in text.splitlines():
-        m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
-        if m:
-            name = m.group(1)
-            funcs[name] = []
-            continue
-        m = re.match(r"^\s+([0-9a-f]+):\s+(.*)$", line)
-        if m and name:
-            funcs[name].append((int(m.group(1), 16), m.group(2)))
-    for fname, ins in funcs.items():
-        for addr, text in ins:
-            m = re.match(r"j\w+\s+([0-9a-f]+)\b", text)
-            if not m:
-                continue
-            target = int(m.group(1), 16)
-            body = [t for a, t in ins if target <= a <= addr]
-            if target < addr and 0 < len(body) <= 40:
-                yield fname, body
+    return backward_loops(text, r"j\w+\s+([0-9a-f]+)\b", max_len=40)
 
 
 @pytest.mark.skipif(not X86 or shutil.which("objdump") is None,
