@@ -351,11 +351,27 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int n
  * strips are strips [p0 gates, p1 gates), which run here four at a time,
  * leaving out the strips wholly past ncols.
  */
+INLINE void row_sums(const int type, int64_t K, const float *a, const int16_t *qa, float sa,
+                     lstm_wmat w, int64_t s0, int64_t ns, const float *init, float *out);
+
 static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
                       const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[MR_MAX][LSTM_PANEL];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
     const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
+    if (m == 1 && K <= KC) { // one row (a stream's step): the one-row step's loop, the same sums
+        const float *ar = lstm_row(a, 0);
+        float *cr = lstm_row(c, 0);
+        for (int64_t s = s0; s < s1; s += 4) {
+            const int ns = s1 - s < 4 ? (int)(s1 - s) : 4;
+            const int64_t width = ncols - s * LSTM_TILE;
+            float *out = width >= ns * LSTM_TILE ? cr + s * LSTM_TILE : tmp[0];
+            row_sums(LSTM_WEIGHTS_F32, K, ar, NULL, 0.0f, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F32}, s, ns,
+                     bias ? bias + s * LSTM_TILE : NULL, out);
+            if (out == tmp[0]) memcpy(cr + s * LSTM_TILE, tmp[0], (size_t)width * sizeof(float));
+        }
+        return;
+    }
     const int64_t block = l2_rows(K);
     for (int64_t rb = 0; rb < m; rb += block) {
         const int64_t rows = m - rb < block ? m - rb : block;
