@@ -457,7 +457,7 @@ static void give_scratch(const lstm_model *m, scratch *s) {
  */
 static int one_step(const forward_job *j) {
     const lstm_model *m = j->m;
-    const int64_t *len = j->args->lengths;
+    const int64_t *len = j->lengths; // the private copy
     if (j->T != 1 || j->B != 1 || m->D != 1 || m->cfg.proj_size || (len && len[0] != 1)) return 0;
     double flops = 0.0;
     for (int64_t l = 0; l < m->L; l++) flops += 2.0 * m->gates * (double)m->H * (double)(m->layers[l].in + m->P);
