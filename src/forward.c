@@ -448,53 +448,66 @@ static void give_scratch(const lstm_model *m, scratch *s) {
 }
 
 /*
- * One step of one sequence on the calling thread, the call a stream makes
- * every frame: the kernel calls of forward_thread for T = B = 1 (the same
- * bits), without its sort, tables and thread plan. Taken when that plan
- * would be one thread with no interrupt polls (a step under
- * MIN_FLOPS_FOR_THREADS); a length of 0, a projection or two directions go
- * the general way.
+ * One sequence on the calling thread, as a stream or a short single call
+ * runs it: the kernel calls of forward_thread for B = 1 (the same bits),
+ * without its sort, tables and thread plan, which cost a one-step call a
+ * tenth of its time. Taken when that plan would be one thread with no
+ * interrupt polls (under MIN_FLOPS_FOR_THREADS); length 0, a projection or
+ * two directions go the general way. Returns the steps to run, or 0.
  */
-static int one_step(const forward_job *j) {
+static int64_t one_sequence(const forward_job *j) {
     const lstm_model *m = j->m;
-    const int64_t *len = j->lengths; // the private copy
-    if (j->T != 1 || j->B != 1 || m->D != 1 || m->cfg.proj_size || (len && len[0] != 1)) return 0;
+    const int64_t n = j->lengths ? j->lengths[0] : j->T; // the call's private copy
+    if (j->B != 1 || n < 1 || m->D != 1 || m->cfg.proj_size) return 0;
     double flops = 0.0;
-    for (int64_t l = 0; l < m->L; l++) flops += 2.0 * m->gates * (double)m->H * (double)(m->layers[l].in + m->P);
-    return flops < MIN_FLOPS_FOR_THREADS;
+    for (int64_t l = 0; l < m->L; l++)
+        flops += 2.0 * m->gates * (double)m->H * (double)n * (double)(m->layers[l].in + m->P);
+    return flops < MIN_FLOPS_FOR_THREADS ? n : 0;
 }
 
-/* g (tiles*W), c (Hp) and h (2 x P) from a workspace laid out for T = B = 1, which holds more */
-static void forward_one_step(const forward_job *j, char *base) {
+/*
+ * The n steps of one_sequence, in a workspace laid out for (T, 1, n), which
+ * holds these: the projections g (n rows), c (Hp) and two layer outputs of
+ * 1 + n rows (row 0 for a zero h_0).
+ */
+static void forward_one_sequence(const forward_job *j, int64_t n, char *base) {
     const lstm_model *m = j->m;
     const lstm_forward_args *a = j->args;
-    const int64_t H = m->H, P = m->P, Hp = m->Hp;
+    const int64_t H = m->H, P = m->P, Hp = m->Hp, G_ld = m->tiles * m->W;
     lstm_arena ar = {base, 0, 1};
-    float *g = lstm_arena_take(&ar, m->tiles * m->W, sizeof(float));
+    float *g = lstm_arena_take(&ar, n * G_ld, sizeof(float));
     float *c = m->cfg.cell == LSTM_CELL_LSTM ? lstm_arena_take(&ar, Hp, sizeof(float)) : NULL;
-    float *h[2] = {lstm_arena_take(&ar, P, sizeof(float)), lstm_arena_take(&ar, P, sizeof(float))};
+    float *Y[2] = {lstm_arena_take(&ar, (1 + n) * P, sizeof(float)),
+                   lstm_arena_take(&ar, (1 + n) * P, sizeof(float))};
     const unsigned fp_mode = lstm_denormals_off();
     for (int64_t l = 0; l < m->L; l++) {
         const layer_weights *lw = &m->layers[l];
-        float *hl = h[l & 1];
-        const float *x = l ? h[(l - 1) & 1] : a->input;
-        run_gemm(j, 1, lw->in, (lstm_rows){(float *)x, lw->in, NULL}, lw->w_ih, m->gates, lw->bias, 0,
-                 m->tiles, m->tiles * m->W, (lstm_rows){g, m->tiles * m->W, NULL});
+        float *y = Y[l & 1];
+        const lstm_rows x = l ? (lstm_rows){Y[(l - 1) & 1] + P, P, NULL}
+                              : (lstm_rows){(float *)a->input, a->input_stride_t, NULL};
+        run_gemm(j, n, lw->in, x, lw->w_ih, m->gates, lw->bias, 0, m->tiles, G_ld,
+                 (lstm_rows){g, G_ld, NULL});
         // h_0 is read in place; c_0 goes into padded scratch, which the cell updates
         if (c) {
             if (a->c_0) memcpy(c, a->c_0 + l * H, (size_t)H * sizeof(float));
             else memset(c, 0, (size_t)H * sizeof(float));
             memset(c + H, 0, (size_t)(Hp - H) * sizeof(float));
         }
-        // no h_0: zeros in the other buffer, free once the projection has read this layer's input
-        float *h0 = a->h_0 ? (float *)a->h_0 + l * P : h[(l + 1) & 1];
-        if (!a->h_0) memset(h0, 0, (size_t)P * sizeof(float));
-        run_cell(j, 1, P, (lstm_rows){h0, P, NULL}, lw->w_hh[0], lw->s_hh[0], lw->b_hh[0],
-                 (lstm_rows){g, m->tiles * m->W, NULL}, c, Hp, 0, m->tiles, (lstm_rows){hl, P, NULL});
-        if (a->h_n) memcpy(a->h_n + l * P, hl, (size_t)P * sizeof(float));
+        float *h0 = a->h_0 ? (float *)a->h_0 + l * P : y;
+        if (!a->h_0) memset(y, 0, (size_t)P * sizeof(float));
+        for (int64_t t = 0; t < n; t++)
+            run_cell(j, 1, P, (lstm_rows){t ? y + t * P : h0, P, NULL}, lw->w_hh[0], lw->s_hh[0],
+                     lw->b_hh[0], (lstm_rows){g + t * G_ld, G_ld, NULL}, c, Hp, 0, m->tiles,
+                     (lstm_rows){y + (t + 1) * P, P, NULL});
+        if (a->h_n) memcpy(a->h_n + l * P, y + n * P, (size_t)P * sizeof(float));
         if (a->c_n && c) memcpy(a->c_n + l * H, c, (size_t)H * sizeof(float));
     }
-    memcpy(a->output, h[(m->L - 1) & 1], (size_t)P * sizeof(float));
+    const float *y = Y[(m->L - 1) & 1] + P;
+    for (int64_t t = 0; t < j->T; t++) {
+        float *o = a->output + t * a->output_stride_t;
+        if (t < n) memcpy(o, y + t * P, (size_t)P * sizeof(float));
+        else memset(o, 0, (size_t)P * sizeof(float));
+    }
     lstm_denormals_restore(fp_mode);
 }
 
@@ -531,8 +544,9 @@ lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *arg
     }
     if (s == LSTM_OK) {
         char *base = (char *)(((uintptr_t)workspace + LSTM_ALIGN - 1) & ~(uintptr_t)(LSTM_ALIGN - 1));
-        if (one_step(&j)) {
-            forward_one_step(&j, base);
+        const int64_t n = one_sequence(&j);
+        if (n) {
+            forward_one_sequence(&j, n, base);
         } else {
             lstm_arena a = {base, 0, 1};
             layout_run(m, j.T, j.B, j.N, &a, &j.r);

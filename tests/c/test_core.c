@@ -450,13 +450,14 @@ static void test_single_sequence_output(const char *const *isas, int n_isas) {
 }
 
 /*
- * A step of one sequence (T = B = 1, the call a stream makes) takes a path
- * of its own in forward.c: it must give the bits of the general path, here
- * the same sequence as row 0 of a batch of two, with h_0/c_0 given or NULL,
- * the state updated in place (h_n = h_0, c_n = c_0), for every kind and
- * weight type, several layers, and lengths {1} (lengths {0} keeps the state).
+ * One sequence (B = 1: a stream's step, a short call) takes a path of its
+ * own in forward.c: it must give the bits of the general path, here the same
+ * sequence as row 0 of a batch of two, for every kind and weight type,
+ * several layers, T 1 and 5, lengths NULL, {T} or {2} (zeros past it), h_0/c_0
+ * given or NULL, and the state updated in place (h_n = h_0, c_n = c_0).
+ * Lengths {0} go the general way and keep the state.
  */
-static void test_one_step(const char *const *isas, int n_isas) {
+static void test_one_sequence(const char *const *isas, int n_isas) {
     const lstm_config cfgs[] = {
         /* I, H, L, bias, bi, P, cell, weights */
         {9, 40, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
@@ -469,7 +470,10 @@ static void test_one_step(const char *const *isas, int n_isas) {
         {9, 40, 2, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_I8},
         {9, 33, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_I8},
     };
-    enum { MAXS = 3 * 130 };
+    enum { MAXT = 5, MAXI = 9, MAXH = 130, MAXS = 3 * MAXH };
+    static float x[MAXT * 2 * MAXI], h0[2 * MAXS], c0[2 * MAXS], hx[MAXS], cx[MAXS], bh0[2 * MAXS],
+        bc0[2 * MAXS], out1[MAXT * MAXH], hn1[MAXS], cn1[MAXS], out2[MAXT * 2 * MAXH], hn2[2 * MAXS],
+        cn2[2 * MAXS];
     for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++)
         for (int i = 0; i < n_isas; i++) {
             const lstm_config *cfg = &cfgs[ci];
@@ -481,59 +485,65 @@ static void test_one_step(const char *const *isas, int n_isas) {
             make_weights(cfg, &W);
             lstm_model *m = NULL;
             CHECK(lstm_model_create(cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
-            float x[2 * 9], h0[2 * MAXS], c0[2 * MAXS], hx[MAXS], cx[MAXS];
-            float out1[130], hn1[MAXS], cn1[MAXS], out2[2 * 130], hn2[2 * MAXS], cn2[2 * MAXS];
-            for (int e = 0; e < 2 * I; e++) x[e] = rnd_f(-2, 2);
+            for (int e = 0; e < MAXT * 2 * I; e++) x[e] = rnd_f(-2, 2);
             for (int e = 0; e < 2 * L * H; e++) h0[e] = rnd_f(-1, 1), c0[e] = rnd_f(-3, 3);
-            for (int given = 0; given < 2; given++) {
-                // the batch of two: slot-major state (L, 2, H); row 0 is the sequence
-                float bh0[2 * MAXS], bc0[2 * MAXS];
-                for (int64_t l = 0; l < L; l++)
-                    for (int b = 0; b < 2; b++)
-                        for (int64_t e = 0; e < H; e++) {
-                            bh0[(l * 2 + b) * H + e] = given ? h0[b * L * H + l * H + e] : 0.0f;
-                            bc0[(l * 2 + b) * H + e] = given ? c0[b * L * H + l * H + e] : 0.0f;
+            for (int64_t T = 1; T <= MAXT; T += MAXT - 1)
+                for (int lv = 0; lv < 3; lv++)      // lengths NULL, {T}, {2}
+                    for (int given = 0; given < 2; given++) {
+                        const int64_t len = lv == 2 && T > 2 ? 2 : T, lens2[2] = {len, T};
+                        // the batch of two: state (L, 2, H), row 0 is the sequence; x (T, 2, I)
+                        for (int64_t l = 0; l < L; l++)
+                            for (int b = 0; b < 2; b++)
+                                for (int64_t e = 0; e < H; e++) {
+                                    bh0[(l * 2 + b) * H + e] = h0[b * L * H + l * H + e];
+                                    bc0[(l * 2 + b) * H + e] = c0[b * L * H + l * H + e];
+                                }
+                        lstm_forward_args b2 = {.seq_len = T, .batch = 2, .input = x,
+                                                .input_stride_t = 2 * I, .input_stride_b = I,
+                                                .lengths = lens2, .h_0 = given ? bh0 : NULL,
+                                                .c_0 = given && lstm ? bc0 : NULL, .output = out2,
+                                                .output_stride_t = 2 * H, .output_stride_b = H,
+                                                .h_n = hn2, .c_n = lstm ? cn2 : NULL};
+                        CHECK(lstm_model_forward(m, &b2, NULL, 0) == LSTM_OK, "batch of two");
+                        for (int in_place = 0; in_place <= given; in_place++) {
+                            lstm_forward_args a = {.seq_len = T, .batch = 1, .input = x,
+                                                   .input_stride_t = 2 * I, .input_stride_b = I,
+                                                   .lengths = lv ? &len : NULL,
+                                                   .h_0 = given ? h0 : NULL,
+                                                   .c_0 = given && lstm ? c0 : NULL, .output = out1,
+                                                   .output_stride_t = H, .output_stride_b = H,
+                                                   .h_n = hn1, .c_n = lstm ? cn1 : NULL};
+                            if (in_place) {
+                                memcpy(hx, h0, (size_t)(L * H) * sizeof(float));
+                                memcpy(cx, c0, (size_t)(L * H) * sizeof(float));
+                                a.h_0 = a.h_n = hx;
+                                if (lstm) a.c_0 = a.c_n = cx;
+                            }
+                            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "one sequence");
+                            int bad = 0;
+                            for (int64_t t = 0; t < T; t++)
+                                bad += memcmp(out1 + t * H, out2 + t * 2 * H, (size_t)H * sizeof(float)) != 0;
+                            for (int64_t l = 0; l < L; l++) {
+                                bad += memcmp(a.h_n + l * H, hn2 + l * 2 * H, (size_t)H * sizeof(float)) != 0;
+                                if (lstm)
+                                    bad += memcmp(a.c_n + l * H, cn2 + l * 2 * H, (size_t)H * sizeof(float)) != 0;
+                            }
+                            CHECK(bad == 0, "%s cfg %zu T %ld len %ld h_0 %s%s: differs from the batch (%d)",
+                                  isas[i], ci, (long)T, (long)len, given ? "given" : "NULL",
+                                  in_place ? " in place" : "", bad);
                         }
-                lstm_forward_args b2 = {.seq_len = 1, .batch = 2, .input = x, .input_stride_t = 2 * I,
-                                        .input_stride_b = I, .h_0 = given ? bh0 : NULL,
-                                        .c_0 = given && lstm ? bc0 : NULL, .output = out2,
-                                        .output_stride_t = 2 * H, .output_stride_b = H, .h_n = hn2,
-                                        .c_n = lstm ? cn2 : NULL};
-                CHECK(lstm_model_forward(m, &b2, NULL, 0) == LSTM_OK, "batch of two");
-                const int64_t one = 1, zero = 0;
-                for (int variant = 0; variant < 3; variant++) { // plain, lengths {1}, in place
-                    lstm_forward_args a = {.seq_len = 1, .batch = 1, .input = x, .input_stride_t = I,
-                                           .input_stride_b = I, .h_0 = given ? h0 : NULL,
-                                           .c_0 = given && lstm ? c0 : NULL, .output = out1,
-                                           .output_stride_t = H, .output_stride_b = H, .h_n = hn1,
-                                           .c_n = lstm ? cn1 : NULL};
-                    if (variant == 1) a.lengths = &one;
-                    if (variant == 2 && given) {
-                        memcpy(hx, h0, (size_t)(L * H) * sizeof(float));
-                        memcpy(cx, c0, (size_t)(L * H) * sizeof(float));
-                        a.h_0 = a.h_n = hx;
-                        if (lstm) a.c_0 = a.c_n = cx;
                     }
-                    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "one step");
-                    int bad = memcmp(out1, out2, (size_t)H * sizeof(float)) != 0;
-                    for (int64_t l = 0; l < L; l++) {
-                        bad += memcmp(a.h_n + l * H, hn2 + l * 2 * H, (size_t)H * sizeof(float)) != 0;
-                        if (lstm) bad += memcmp(a.c_n + l * H, cn2 + l * 2 * H, (size_t)H * sizeof(float)) != 0;
-                    }
-                    CHECK(bad == 0, "%s cfg %zu h_0 %s variant %d: one step differs from the batch (%d)",
-                          isas[i], ci, given ? "given" : "NULL", variant, bad);
-                }
-                // lengths {0}: the general path, state kept and output zero
-                lstm_forward_args a = {.seq_len = 1, .batch = 1, .input = x, .input_stride_t = I,
-                                       .input_stride_b = I, .lengths = &zero, .h_0 = h0,
-                                       .c_0 = lstm ? c0 : NULL, .output = out1, .output_stride_t = H,
-                                       .output_stride_b = H, .h_n = hn1, .c_n = lstm ? cn1 : NULL};
-                CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "length 0");
-                int bad = memcmp(hn1, h0, (size_t)(L * H) * sizeof(float)) != 0;
-                if (lstm) bad += memcmp(cn1, c0, (size_t)(L * H) * sizeof(float)) != 0;
-                for (int64_t e = 0; e < H; e++) bad += out1[e] != 0.0f;
-                CHECK(bad == 0, "%s cfg %zu: length 0 changed the state or wrote output", isas[i], ci);
-            }
+            // lengths {0}: the general path, state kept and output zero
+            const int64_t zero = 0;
+            lstm_forward_args a = {.seq_len = 1, .batch = 1, .input = x, .input_stride_t = I,
+                                   .input_stride_b = I, .lengths = &zero, .h_0 = h0,
+                                   .c_0 = lstm ? c0 : NULL, .output = out1, .output_stride_t = H,
+                                   .output_stride_b = H, .h_n = hn1, .c_n = lstm ? cn1 : NULL};
+            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "length 0");
+            int bad = memcmp(hn1, h0, (size_t)(L * H) * sizeof(float)) != 0;
+            if (lstm) bad += memcmp(cn1, c0, (size_t)(L * H) * sizeof(float)) != 0;
+            for (int64_t e = 0; e < H; e++) bad += out1[e] != 0.0f;
+            CHECK(bad == 0, "%s cfg %zu: length 0 changed the state or wrote output", isas[i], ci);
             lstm_model_free(m);
             free_weights(&W);
         }
@@ -1034,7 +1044,7 @@ int main(void) {
         CHECK(strcmp(lstm_get_isa(), isas[0]) == 0, "LSTM_INFER_ISA=%s gave %s", isas[0], lstm_get_isa());
     test_forward(isas, n_isas);
     test_single_sequence_output(isas, n_isas);
-    test_one_step(isas, n_isas);
+    test_one_sequence(isas, n_isas);
     /* avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo), which returns
      * lo for a NaN x (fixed by putting x second). */
     for (int i = 0; i < n_isas; i++)
