@@ -15,6 +15,9 @@ engine does one step per call and carries the state to the next call:
   torch     nn.LSTMCell / nn.GRUCell, everything in one torch.inference_mode() block
   sgemm     (batch 64 rows) NumPy float32 1024^3 matmul under threadpoolctl's
             1-thread BLAS limit: the rate a batch-64 step is compared with
+  blas step (batch 64 rows) the same BLAS on the step's bare matrix product,
+            [x | h] (64, input + H) @ [W_ih | W_hh]^T (input + H, gates * H):
+            the step's flops with no activations, a ceiling for small K
 
 A second table times the module call of one step with the state passed by the
 caller, batched m(x (1, 1, input), hx (L, 1, H)) against unbatched
@@ -217,6 +220,15 @@ def sgemm_run():
     return calls(functools.partial(np.matmul, a), b)
 
 
+def blas_step_run(kind, H, B):
+    """The BLAS call of the step's bare matrix product at batch B (same flops)."""
+    rng = np.random.default_rng(0)
+    G = 4 if kind == "lstm" else 3
+    a = rng.standard_normal((B, INPUT + H), dtype=np.float32)
+    b = rng.standard_normal((INPUT + H, G * H), dtype=np.float32)
+    return calls(functools.partial(np.matmul, a), b)
+
+
 def time_case(kind, H, B, mods, args, sgemm):
     torch, ort, li = mods
     engines, ref = make_engines(kind, H, B, torch, ort, li)
@@ -231,6 +243,7 @@ def time_case(kind, H, B, mods, args, sgemm):
     timers = {name: Timer(run) for name, (run, _) in engines.items()}
     if B > 1 and sgemm is not None:
         timers["sgemm"] = Timer(sgemm)
+        timers["blas-step"] = Timer(blas_step_run(kind, H, B))
     run_rounds(timers, args)
     res = {name: t.stat(args.stat) for name, t in timers.items()}
     li_t, c_t = timers["li"], timers["li-C"]
@@ -356,7 +369,8 @@ def main(argv=None):
           f"input {INPUT}; times are {stat} per step, in microseconds")
     print()
     header = ("| cell | H | B | li st(x) | li C step | overhead | overhead range | torch cell | "
-              "ORT step | torch/li | ORT/li | li GFLOP/s | SGEMM GFLOP/s | li/SGEMM | max diff |")
+              "ORT step | torch/li | ORT/li | li GFLOP/s | SGEMM GFLOP/s | li/SGEMM | "
+              "BLAS step/SGEMM | li/BLAS step | max diff |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     hs = (128,) if args.quick else (64, 128, 256)
@@ -378,9 +392,11 @@ def main(argv=None):
                          f"{flops / li_t / 1e9:.1f}"]
                 if "sgemm" in res:
                     rate = 2 * 1024 ** 3 / res["sgemm"] / 1e9
-                    cells += [f"{rate:.1f}", f"{flops / li_t / 1e9 / rate:.0%}"]
+                    cells += [f"{rate:.1f}", f"{flops / li_t / 1e9 / rate:.0%}",
+                              f"{res['sgemm'] / res['blas-step'] * flops / 2 / 1024 ** 3:.0%}",
+                              f"{res['blas-step'] / li_t:.0%}"]
                 else:
-                    cells += ["-", "-"]
+                    cells += ["-", "-", "-", "-"]
                 worst = max(diffs.values())
                 bad |= worst > 1e-4
                 cells.append(f"{worst:.1e}")
@@ -408,6 +424,8 @@ def main(argv=None):
           f"li-C.")
     print("torch/li, ORT/li: how many times slower than st(x) the other engine's step is.")
     print("li/SGEMM: the batch-64 step's rate against NumPy's 1-thread 1024^3 SGEMM.")
+    print("BLAS step/SGEMM: the same BLAS on the step's bare matrix product (no activations) "
+          "against its 1024^3 rate; li/BLAS step: our whole step's rate against that product's.")
     print("GIL: stream calls under lstm_infer._core.HOLD_GIL_FLOPS keep it (this step does); "
           "the table forces each path.")
     if bad:
