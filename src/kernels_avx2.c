@@ -354,22 +354,32 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int n
 INLINE void row_sums(const int type, int64_t K, const float *a, const int16_t *qa, float sa,
                      lstm_wmat w, int64_t s0, int64_t ns, const float *init, float *out);
 
+/*
+ * gemm of one row (K <= KC) over strips [s0, s1): the sums of the one-row
+ * step, which are the microkernels' to the bit. A function of its own: inlined
+ * into gemm_avx2, its loop reloaded a pointer from the stack every iteration.
+ */
+static __attribute__((noinline)) void gemm_row_avx2(int64_t K, const float *ar, const float *b,
+                                                    const float *bias, int64_t s0, int64_t s1,
+                                                    int64_t ncols, float *cr) {
+    float tmp[4 * LSTM_TILE];
+    for (int64_t s = s0; s < s1; s += 4) {
+        const int ns = s1 - s < 4 ? (int)(s1 - s) : 4;
+        const int64_t width = ncols - s * LSTM_TILE;
+        float *out = width >= ns * LSTM_TILE ? cr + s * LSTM_TILE : tmp;
+        row_sums(LSTM_WEIGHTS_F32, K, ar, NULL, 0.0f, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F32}, s, ns,
+                 bias ? bias + s * LSTM_TILE : NULL, out);
+        if (out == tmp) memcpy(cr + s * LSTM_TILE, tmp, (size_t)width * sizeof(float));
+    }
+}
+
 static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
                       const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[MR_MAX][LSTM_PANEL];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
     const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
     if (m == 1 && K <= KC) { // one row (a stream's step): the one-row step's loop, the same sums
-        const float *ar = lstm_row(a, 0);
-        float *cr = lstm_row(c, 0);
-        for (int64_t s = s0; s < s1; s += 4) {
-            const int ns = s1 - s < 4 ? (int)(s1 - s) : 4;
-            const int64_t width = ncols - s * LSTM_TILE;
-            float *out = width >= ns * LSTM_TILE ? cr + s * LSTM_TILE : tmp[0];
-            row_sums(LSTM_WEIGHTS_F32, K, ar, NULL, 0.0f, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F32}, s, ns,
-                     bias ? bias + s * LSTM_TILE : NULL, out);
-            if (out == tmp[0]) memcpy(cr + s * LSTM_TILE, tmp[0], (size_t)width * sizeof(float));
-        }
+        gemm_row_avx2(K, lstm_row(a, 0), b, bias, s0, s1, ncols, lstm_row(c, 0));
         return;
     }
     const int64_t block = l2_rows(K);
