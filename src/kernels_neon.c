@@ -24,13 +24,17 @@
  * microkernels as a strip row loads (the _h shapes, for fewer rows than a
  * group: a stream's step) or a K-block at a time into a stack tile that the
  * float32 shapes run over (panel_rows_h), so F16 sums are bit for bit the
- * float32 kernels' on the dequantized weights. I8 is the scalar reference's.
+ * float32 kernels' on the dequantized weights. The int8 step quantizes a
+ * row of h to int16 (quantize_row) and sums exactly with widening
+ * multiply-adds by lane (strips_i8); an int8 gemm (no model has one: int8
+ * models keep weight_ih in float16) is the scalar reference's.
  */
 #if !defined(__aarch64__) || !defined(__ARM_NEON)
 #error "kernels_neon.c is for aarch64 (which always has NEON)"
 #endif
 
 #include <arm_neon.h>
+#include <float.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -421,7 +425,7 @@ static void gemm_neon(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
 static void gemm_r_neon(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     if (b.type == LSTM_WEIGHTS_F16) gemm_kind(1, m, K, a, b.w, gates, bias, p0, p1, ncols, c);
-    else lstm_kernels_scalar.gemm_r(m, K, a, b, gates, bias, p0, p1, ncols, c);
+    else lstm_kernels_scalar.gemm_r(m, K, a, b, gates, bias, p0, p1, ncols, c); // I8: models store no int8 gemm operand
 }
 
 /*
@@ -496,7 +500,105 @@ INLINE void cell_kind(const int kind, const int half, int64_t m, int64_t K, lstm
     }
 }
 
-// each kind compiled apart, with the kind a constant; cell_h_* on half weights
+/* a (K) quantized to qa (Kq, zeros past K) as lstm_i8_row_scale says, to int16
+ * in [-lstm_i8_state_max(Kq), ..]; returns the scale */
+static float quantize_row(const float *a, int64_t K, int16_t *qa) {
+    const int64_t Kq = lstm_i8_k(K);
+    const int32_t qmax = lstm_i8_state_max(Kq);
+    float32x4_t mx = vdupq_n_f32(0.0f);
+    uint32x4_t ok = vdupq_n_u32(~0u);
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+        const float32x4_t v = vabsq_f32(vld1q_f32(a + k));
+        ok = vandq_u32(ok, vcleq_f32(v, vdupq_n_f32(FLT_MAX))); // false for NaN, Inf
+        mx = vmaxq_f32(mx, v);
+    }
+    float amax = vmaxvq_f32(mx);
+    int finite = vminvq_u32(ok) != 0;
+    for (; k < K; k++) {
+        const float v = a[k] < 0 ? -a[k] : a[k];
+        if (!(v <= FLT_MAX)) finite = 0;
+        else if (v > amax) amax = v;
+    }
+    float inv;
+    const float sa = lstm_i8_row_scale(amax, finite, qmax, &inv);
+    k = 0;
+    // x * inv rounded once, then to nearest even (FCVTNS); |a * inv| <= qmax needs no clamping
+    if (inv != 0.0f)
+        for (; k + 8 <= K; k += 8) {
+            const int32x4_t q0 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(a + k), inv));
+            const int32x4_t q1 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(a + k + 4), inv));
+            vst1q_s16(qa + k, vcombine_s16(vmovn_s32(q0), vmovn_s32(q1)));
+        }
+    for (; k < Kq; k++) qa[k] = (int16_t)(k < K ? lstm_i8_quantize(a[k], inv, qmax) : 0);
+    return sa;
+}
+
+// acc[4s ..] += the 16 columns of k group lane i (b.val[i], int8) times qa lane i (x)
+#define I8_K(i)                                                                                   \
+    {                                                                                             \
+        const int16x8_t lo = vmovl_s8(vget_low_s8(b.val[i])), hi = vmovl_high_s8(b.val[i]);       \
+        acc[4 * s] = vmlal_lane_s16(acc[4 * s], vget_low_s16(lo), x, i);                          \
+        acc[4 * s + 1] = vmlal_high_lane_s16(acc[4 * s + 1], lo, x, i);                           \
+        acc[4 * s + 2] = vmlal_lane_s16(acc[4 * s + 2], vget_low_s16(hi), x, i);                  \
+        acc[4 * s + 3] = vmlal_high_lane_s16(acc[4 * s + 3], hi, x, i);                           \
+    }
+
+/*
+ * A row's int8 sums over ns (1 to 4) strips at w, sstride bytes apart, from
+ * the int16 quantized row qa (Kq, scale sa): out[16s + j] = fmaf(qa .
+ * column j, sa * scale[16s + j], init ? init[16s + j] : 0), as the scalar
+ * reference computes it. LD4 takes a strip row (4 k of 16 columns) apart
+ * into the 16 columns of each k, which SMLAL / SMLAL2 by lane multiply by
+ * qa[k] into int32 (exact: lstm_i8_state_max bounds the sums), one strip at
+ * a time (an empty asm keeps the next strip's loads after it: 16
+ * accumulators and all four strips' rows do not fit in 32 registers).
+ */
+INLINE void strips_i8(const int ns, int64_t Kq, const int16_t *qa, const int8_t *w, int64_t sstride,
+                      const float *scale, float sa, const float *init, float *out) {
+    int32x4_t acc[16];
+    EACH(v, 4 * ns) acc[v] = vdupq_n_s32(0);
+    for (int64_t k = 0; k < Kq; k += 4) {
+        const int16x4_t x = vld1_s16(qa + k);
+        EACH(s, ns) {
+            const int8x16x4_t b = vld4q_s8(w + s * sstride + k * LSTM_TILE);
+            I8_K(0) I8_K(1) I8_K(2) I8_K(3)
+            __asm__ volatile("" ::: "memory");
+        }
+    }
+    EACH(v, 4 * ns) {
+        const float32x4_t start = init ? vld1q_f32(init + 4 * v) : vdupq_n_f32(0.0f);
+        const float32x4_t prod = vmulq_n_f32(vld1q_f32(scale + 4 * v), sa);
+        vst1q_f32(out + 4 * v, vfmaq_f32(start, vcvtq_f32_s32(acc[v]), prod));
+    }
+}
+
+/*
+ * The int8 step of kind `kind`, row by row: each row of a quantized (so a
+ * row gets the same bits alone as in a batch), then per tile the sums of its
+ * gates' strips, from g or b_hh as in cell_kind, and its update.
+ */
+INLINE void cell_i8_kind(const int kind, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
+                         const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                         int64_t t1, int64_t H, lstm_rows h) {
+    const int gates = lstm_gates(kind), W = gates * LSTM_TILE, gru = kind == LSTM_CELL_GRU;
+    const int64_t Kq = lstm_i8_k(K), sstride = Kq * LSTM_TILE;
+    int16_t qa[LSTM_MAX_I8_STATE];
+    float sums[LSTM_MAX_GATES * LSTM_TILE];
+    for (int64_t r = 0; r < m; r++) {
+        const float *ar = lstm_row(a, r), *gr = lstm_row(g, r);
+        float *cr = kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, *hr = lstm_row(h, r);
+        const float sa = quantize_row(ar, K, qa);
+        for (int64_t t = t0; t < t1; t++) {
+            const float *init = !gru ? gr + t * W : b_hh ? b_hh + t * W : NULL;
+            strips_i8(gates, Kq, qa, (const int8_t *)w.w + t * gates * sstride, sstride,
+                      w.scale + t * W, sa, init, sums);
+            tile_step(kind, sums, gr, ar, cr, t, H, hr);
+        }
+    }
+}
+
+// each kind compiled apart, with the kind a constant; cell_h_* on half weights, cell_i8_* on int8
 #define CELL_KIND(name, kind)                                                                     \
     static __attribute__((noinline)) void cell_##name(                                            \
         int64_t m, int64_t K, lstm_rows a, const float *w_hh, const float *b_hh, lstm_rows g,     \
@@ -507,6 +609,11 @@ INLINE void cell_kind(const int kind, const int half, int64_t m, int64_t K, lstm
         int64_t m, int64_t K, lstm_rows a, const void *w_hh, const float *b_hh, lstm_rows g,      \
         float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                  \
         cell_kind(kind, 1, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h);                         \
+    }                                                                                             \
+    static __attribute__((noinline)) void cell_i8_##name(                                         \
+        int64_t m, int64_t K, lstm_rows a, lstm_wmat w, const float *b_hh, lstm_rows g,           \
+        float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                  \
+        cell_i8_kind(kind, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);                            \
     }
 CELL_KIND(lstm, LSTM_CELL_LSTM)
 CELL_KIND(gru, LSTM_CELL_GRU)
@@ -529,8 +636,13 @@ static void cell_r_neon(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w
                         const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
                         int64_t t1, int64_t H, lstm_rows h) {
     if (m <= 0 || t0 >= t1) return;
-    if (w.type != LSTM_WEIGHTS_F16) {
-        lstm_kernels_scalar.cell_r(cell, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);
+    if (w.type == LSTM_WEIGHTS_I8) {
+        switch (cell) {
+        case LSTM_CELL_GRU: cell_i8_gru(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        case LSTM_CELL_RNN_TANH: cell_i8_rnn_tanh(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        case LSTM_CELL_RNN_RELU: cell_i8_rnn_relu(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        default: cell_i8_lstm(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        }
         return;
     }
     switch (cell) {

@@ -659,6 +659,28 @@ static void test_half_as_float(const lstm_kernels *k, int kind, int64_t m, int64
     free(bias), free(c_f), free(c_h), free(h_f), free(h_h), free(y_f), free(y_h);
 }
 
+/*
+ * A set's int8 sums are bit for bit the scalar reference's (the int32 sums
+ * are exact and the epilogue is one fmaf): the RNN relu step shows them
+ * unchanged (its h = relu(g + sums), no activation of the set's own).
+ */
+static void test_i8_as_scalar(const lstm_kernels *k, int64_t m, int64_t K, int64_t H) {
+    if (!k->cell_r) return;
+    const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE, Hp = tiles * LSTM_TILE;
+    operand a = operand_new(m, K, 1, -1, 1), g = operand_new(m, Hp, 1, -2, 2);
+    matrix wq = matrix_new_typed(LSTM_WEIGHTS_I8, K, Hp, 1, -0.5f, 0.5f);
+    float *h_k = floats(m * Hp, 0), *h_s = floats(m * Hp, 0);
+    k->cell_r(LSTM_CELL_RNN_RELU, m, K, a.rows, wmat_of(&wq), NULL, g.rows, NULL, 0, 0, tiles, H,
+              (lstm_rows){h_k, Hp, NULL});
+    lstm_kernels_scalar.cell_r(LSTM_CELL_RNN_RELU, m, K, a.rows, wmat_of(&wq), NULL, g.rows, NULL, 0, 0,
+                               tiles, H, (lstm_rows){h_s, Hp, NULL});
+    int differ = 0;
+    for (int64_t r = 0; r < m; r++) differ += memcmp(h_k + r * Hp, h_s + r * Hp, (size_t)H * sizeof(float)) != 0;
+    CHECK(differ == 0, "%s int8 m=%ld K=%ld H=%ld: %d rows differ from the scalar reference's", k->name,
+          (long)m, (long)K, (long)H, differ);
+    operand_free(&a), operand_free(&g), matrix_free(&wq), free(h_k), free(h_s);
+}
+
 /* ------------------------------------------------------------------ all */
 
 static void test_kernels(const lstm_kernels *k) {
@@ -717,6 +739,8 @@ static void test_kernels(const lstm_kernels *k) {
             test_half_as_float(k, kind, ms[i], 300, 20);
         }
     }
+    const int64_t i8_Ks[] = {1, 7, 16, 37, 300};
+    for (size_t i = 0; i < sizeof i8_Ks / sizeof *i8_Ks; i++) test_i8_as_scalar(k, 3, i8_Ks[i], 70);
     test_activation_accuracy(k);
     test_reduced(k);
 }
