@@ -18,7 +18,9 @@
  *   the same kernels on float16 and int8 weights (the gemm_r / cell_r of
  *   kernels.h, or the scalar ones a kernel set falls back to), int8 against a
  *   reference that quantizes each row from lstm_infer.h's definition and sums
- *   exactly; every half -> float conversion against F16C.
+ *   exactly; every half -> float conversion against F16C; a set's float16
+ *   kernels bit for bit its float32 ones on the same values, its int8 sums
+ *   bit for bit the scalar reference's.
  *   a row alone gets the same bits as among many rows.
  *
  * Links only the kernels and dispatch.c. Exits non-zero on any failure.
