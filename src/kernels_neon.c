@@ -19,12 +19,22 @@
  * The cell computes the sums of a chunk of tiles for a chunk of rows into a
  * stack tile, then the pointwise updates of those tiles; only the update
  * differs between kinds (tile_lstm, tile_gru, tile_rnn).
+ *
+ * Reduced weights (kernels.h): halves convert exactly (FCVTL), in the
+ * microkernels as a strip row loads (the _h shapes, for fewer rows than a
+ * group: a stream's step) or a K-block at a time into a stack tile that the
+ * float32 shapes run over (panel_rows_h), so F16 sums are bit for bit the
+ * float32 kernels' on the dequantized weights. The int8 step quantizes a
+ * row of h to int16 (quantize_row) and sums exactly with widening
+ * multiply-adds by lane (strips_i8); an int8 gemm (no model has one: int8
+ * models keep weight_ih in float16) is the scalar reference's.
  */
 #if !defined(__aarch64__) || !defined(__ARM_NEON)
 #error "kernels_neon.c is for aarch64 (which always has NEON)"
 #endif
 
 #include <arm_neon.h>
+#include <float.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -177,32 +187,52 @@ INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
 
 /*
  * The multiply-adds of one k: strip s's row at w[s], times a[r][k] (lane j of
- * av[r], or a scalar). One row takes its strips two at a time (an empty asm
- * with a memory clobber keeps the loads of the next two after it): GCC
+ * av[r], or a scalar). One row takes its strips two at a time (SPLIT: an empty
+ * asm with a memory clobber keeps the loads of the next two after it): GCC
  * otherwise loads all four strip rows ahead, 16 registers, and spills
  * accumulators of 1x4 on every pass.
  */
-#define K_STEP(R, S, MUL, X)                                                                      \
+#define K_STEP(R, S, MUL, X, LOAD, SPLIT)                                                         \
     EACH(s, S) {                                                                                  \
-        const float32x4x4_t b = vld1q_f32_x4(w[s]);                                               \
+        const float32x4x4_t b = LOAD(w[s]);                                                       \
         w[s] += LSTM_TILE;                                                                        \
         EACH(r, R) FMA_STRIP((acc[r] + 4 * s), b, MUL, X);                                        \
-        if (R == 1 && s % 2 == 1) __asm__ volatile("" ::: "memory");                              \
+        if (SPLIT(R, s)) __asm__ volatile("" ::: "memory");                                       \
     }
+
+/*
+ * A strip row of 16 halves as four float vectors: FCVTL / FCVTL2 (base
+ * AdvSIMD) convert exactly, so an F16 sum is the float32 one on the
+ * dequantized weights.
+ */
+INLINE float32x4x4_t load_half_strip(const uint16_t *p) {
+    const uint16x8x2_t x = vld1q_u16_x2(p);
+    float32x4x4_t b;
+    EACH(i, 2) {
+        const float16x8_t h = vreinterpretq_f16_u16(x.val[i]);
+        b.val[2 * i] = vcvt_f32_f16(vget_low_f16(h));
+        b.val[2 * i + 1] = vcvt_high_f32_f16(h);
+    }
+    return b;
+}
+#define LOAD_F32(p) vld1q_f32_x4(p)
+#define LOAD_F16(p) load_half_strip(p)
 
 /*
  * block_RxS: out[r][col + 16s ..] for rows r < R and strips s < S over one
  * K-block, each sum (init ? init[r][col ..] : bias ? bias : 0)[16s ..] plus
  * a[r][k] * strip s row k in k order. a[r] and bs point at the block's first
  * k; strips are sstride apart. One function a shape, each with accumulators
- * of exactly its size, so that GCC keeps them in registers.
+ * of exactly its size, so that GCC keeps them in registers. The _h shapes
+ * read half strips (T uint16_t), converting each strip row as it comes.
  */
-#define DEFINE_BLOCK(R, S)                                                                        \
-    static NOIPA void block_##R##x##S(                                                           \
-        int64_t kc, const float *const *a, const float *bs, int64_t sstride,                    \
+#define DEFINE_BLOCK_T(R, S, SFX, T, LOAD, SPLIT)                                                 \
+    static NOIPA void block_##R##x##S##SFX(                                                      \
+        int64_t kc, const float *const *a, const T *bs, int64_t sstride,                        \
         const float *const *init, const float *bias, float *const *out, int64_t col) {          \
         float32x4_t acc[R][4 * S];                                                                \
-        const float *w[S], *ar[R]; /* (locals: the memory clobber reloads no pointer) */          \
+        const T *w[S];                                                                            \
+        const float *ar[R]; /* (locals: the memory clobber reloads no pointer) */                 \
         EACH(s, S) w[s] = bs + s * sstride;                                                       \
         EACH(r, R) ar[r] = a[r];                                                                  \
         EACH(r, R) EACH(v, 4 * S)                                                                 \
@@ -213,13 +243,18 @@ INLINE void tile_rnn(const int relu, const float *q, float32x4_t *h) {
         for (; k + 4 <= kc; k += 4) {                                                             \
             float32x4_t av[R];                                                                    \
             EACH(r, R) av[r] = vld1q_f32(ar[r] + k);                                              \
-            K_STEP(R, S, LANE0, av[r]) K_STEP(R, S, LANE1, av[r])                                 \
-            K_STEP(R, S, LANE2, av[r]) K_STEP(R, S, LANE3, av[r])                                 \
+            K_STEP(R, S, LANE0, av[r], LOAD, SPLIT) K_STEP(R, S, LANE1, av[r], LOAD, SPLIT)       \
+            K_STEP(R, S, LANE2, av[r], LOAD, SPLIT) K_STEP(R, S, LANE3, av[r], LOAD, SPLIT)       \
         }                                                                                         \
         for (; k < kc; k++) /* the same fused multiply-add, one k at a time */                    \
-            K_STEP(R, S, vfmaq_n_f32, ar[r][k])                                                   \
+            K_STEP(R, S, vfmaq_n_f32, ar[r][k], LOAD, SPLIT)                                      \
         EACH(r, R) EACH(v, 4 * S) vst1q_f32(out[r] + col + 4 * v, acc[r][v]);                     \
     }
+#define SPLIT_F32(R, s) (R == 1 && s % 2 == 1)
+// two rows too: with both strips' conversions ahead, 2x2 spilled accumulators
+#define SPLIT_F16(R, s) (R == 1 ? s % 2 == 1 : R == 2)
+#define DEFINE_BLOCK(R, S) DEFINE_BLOCK_T(R, S, , float, LOAD_F32, SPLIT_F32)
+#define DEFINE_BLOCK_H(R, S) DEFINE_BLOCK_T(R, S, _h, uint16_t, LOAD_F16, SPLIT_F16)
 DEFINE_BLOCK(4, 1)
 DEFINE_BLOCK(3, 1)
 DEFINE_BLOCK(2, 2)
@@ -228,30 +263,42 @@ DEFINE_BLOCK(1, 4)
 DEFINE_BLOCK(1, 3)
 DEFINE_BLOCK(1, 2)
 DEFINE_BLOCK(1, 1)
+// the half shapes of the rows left over (full groups go through a float tile: panel_rows_h)
+DEFINE_BLOCK_H(3, 1)
+DEFINE_BLOCK_H(2, 2)
+DEFINE_BLOCK_H(2, 1)
+DEFINE_BLOCK_H(1, 4)
+DEFINE_BLOCK_H(1, 3)
+DEFINE_BLOCK_H(1, 2)
+DEFINE_BLOCK_H(1, 1)
 
-// fewer than MR rows: the ns strips in the shapes that suit mr
-static void block_tail(int mr, int64_t ns, int64_t kc, const float *const *a, const float *bs,
-                       int64_t sstride, const float *const *init, const float *bias,
-                       float *const *out) {
-    for (int64_t s = 0; s < ns;) {
-        const float *b = bias ? bias + s * LSTM_TILE : NULL, *w = bs + s * sstride;
-        const int64_t col = s * LSTM_TILE, left = ns - s;
-        if (mr == 3) {
-            block_3x1(kc, a, w, sstride, init, b, out, col), s += 1;
-        } else if (mr == 2) {
-            if (left >= 2) block_2x2(kc, a, w, sstride, init, b, out, col), s += 2;
-            else block_2x1(kc, a, w, sstride, init, b, out, col), s += 1;
-        } else {
-            switch (left) {
-            case 1: block_1x1(kc, a, w, sstride, init, b, out, col); break;
-            case 2: block_1x2(kc, a, w, sstride, init, b, out, col); break;
-            case 3: block_1x3(kc, a, w, sstride, init, b, out, col); break;
-            default: block_1x4(kc, a, w, sstride, init, b, out, col); break;
-            }
-            s += left < 4 ? left : 4;
-        }
+// fewer than MR rows: the ns strips (float32, or halves for _h) in the shapes that suit mr
+#define DEFINE_TAIL(SFX, T)                                                                       \
+    static void block_tail##SFX(int mr, int64_t ns, int64_t kc, const float *const *a,           \
+                                const T *bs, int64_t sstride, const float *const *init,          \
+                                const float *bias, float *const *out) {                          \
+        for (int64_t s = 0; s < ns;) {                                                            \
+            const float *b = bias ? bias + s * LSTM_TILE : NULL;                                  \
+            const T *w = bs + s * sstride;                                                        \
+            const int64_t col = s * LSTM_TILE, left = ns - s;                                     \
+            if (mr == 3) {                                                                        \
+                block_3x1##SFX(kc, a, w, sstride, init, b, out, col), s += 1;                     \
+            } else if (mr == 2) {                                                                 \
+                if (left >= 2) block_2x2##SFX(kc, a, w, sstride, init, b, out, col), s += 2;      \
+                else block_2x1##SFX(kc, a, w, sstride, init, b, out, col), s += 1;                \
+            } else {                                                                              \
+                switch (left) {                                                                   \
+                case 1: block_1x1##SFX(kc, a, w, sstride, init, b, out, col); break;              \
+                case 2: block_1x2##SFX(kc, a, w, sstride, init, b, out, col); break;              \
+                case 3: block_1x3##SFX(kc, a, w, sstride, init, b, out, col); break;              \
+                default: block_1x4##SFX(kc, a, w, sstride, init, b, out, col); break;             \
+                }                                                                                 \
+                s += left < 4 ? left : 4;                                                         \
+            }                                                                                     \
+        }                                                                                         \
     }
-}
+DEFINE_TAIL(, float)
+DEFINE_TAIL(_h, uint16_t)
 
 /*
  * out[r][0 .. 16 ns] = (init rows, or bias, or 0) + a[r] (K) @ the ns strips
@@ -290,6 +337,53 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int64
     }
 }
 
+/*
+ * panel_rows on ns half strips at bp (F16). Full row groups share each
+ * strip's K-block, converted once into a stack tile (16 KB, in L1) that
+ * panel_rows runs over; fewer rows than a group read the halves directly.
+ * Either way each sum is the float32 chain on the dequantized weights: the
+ * same bits as panel_rows on them, whatever m.
+ */
+static void panel_rows_h(int64_t m, int64_t K, lstm_rows a, const uint16_t *bp, int64_t ns,
+                         const lstm_rows *init, const float *bias, lstm_rows out) {
+    if (m < MR) {
+        const float *ar[MR], *ir[MR];
+        float *orow[MR];
+        for (int64_t r = 0; r < m; r++) {
+            ar[r] = lstm_row(a, r);
+            orow[r] = lstm_row(out, r);
+            ir[r] = init ? lstm_row(*init, r) : NULL;
+        }
+        if (m) block_tail_h((int)m, ns, K, ar, bp, K * LSTM_TILE, init ? ir : NULL, bias, orow);
+        return;
+    }
+    _Alignas(64) float tile[KC * LSTM_TILE];
+    for (int64_t s = 0; s < ns; s++) {
+        lstm_rows os = out, is = {NULL, 0, NULL};
+        os.base += s * LSTM_TILE;
+        if (init) {
+            is = *init;
+            is.base += s * LSTM_TILE;
+        }
+        for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            const uint16_t *src = bp + (s * K + k0) * LSTM_TILE;
+            for (int64_t i = 0; i < kc * LSTM_TILE; i += LSTM_TILE) vst1q_f32_x4(tile + i, load_half_strip(src + i));
+            lstm_rows ak = a;
+            ak.base += k0;
+            panel_rows(m, kc, ak, tile, 1, k0 ? &os : init ? &is : NULL,
+                       k0 || !bias ? NULL : bias + s * LSTM_TILE, os);
+        }
+    }
+}
+
+// panel_rows on ns float32 strips at bp, or (half) F16 ones; off counts elements
+INLINE void strip_rows(const int half, int64_t m, int64_t K, lstm_rows a, const void *bp, int64_t off,
+                       int64_t ns, const lstm_rows *init, const float *bias, lstm_rows out) {
+    if (half) panel_rows_h(m, K, a, (const uint16_t *)bp + off, ns, init, bias, out);
+    else panel_rows(m, K, a, (const float *)bp + off, ns, init, bias, out);
+}
+
 // ---------------------------------------------------------------- kernels
 
 /*
@@ -298,7 +392,7 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int64
  * wholly past ncols. The strips wholly inside ncols are written in place;
  * the last one, when ncols is not a multiple of 16, goes via a stack tile.
  */
-static void gemm_neon(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
+INLINE void gemm_kind(const int half, int64_t m, int64_t K, lstm_rows a, const void *b, int gates,
                       const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[GEMM_ROWS * LSTM_TILE];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
@@ -311,16 +405,27 @@ static void gemm_neon(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
             const int64_t ns = s_full - s < 4 ? s_full - s : 4;
             lstm_rows cs = cb;
             cs.base += s * LSTM_TILE;
-            panel_rows(rows, K, ab, b + s * K * LSTM_TILE, ns, NULL, bias ? bias + s * LSTM_TILE : NULL, cs);
+            strip_rows(half, rows, K, ab, b, s * K * LSTM_TILE, ns, NULL, bias ? bias + s * LSTM_TILE : NULL, cs);
         }
         if (s_full >= s0 && s_full < s1) {
             const int64_t s = s_full, width = ncols - s * LSTM_TILE;
-            panel_rows(rows, K, ab, b + s * K * LSTM_TILE, 1, NULL, bias ? bias + s * LSTM_TILE : NULL,
+            strip_rows(half, rows, K, ab, b, s * K * LSTM_TILE, 1, NULL, bias ? bias + s * LSTM_TILE : NULL,
                        (lstm_rows){tmp, LSTM_TILE, NULL});
             for (int64_t r = 0; r < rows; r++)
                 memcpy(lstm_row(cb, r) + s * LSTM_TILE, tmp + r * LSTM_TILE, (size_t)width * sizeof(float));
         }
     }
+}
+
+static void gemm_neon(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
+                      const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    gemm_kind(0, m, K, a, b, gates, bias, p0, p1, ncols, c);
+}
+
+static void gemm_r_neon(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
+                        const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    if (b.type == LSTM_WEIGHTS_F16) gemm_kind(1, m, K, a, b.w, gates, bias, p0, p1, ncols, c);
+    else lstm_kernels_scalar.gemm_r(m, K, a, b, gates, bias, p0, p1, ncols, c); // I8: models store no int8 gemm operand
 }
 
 /*
@@ -364,7 +469,7 @@ INLINE void tile_step(const int kind, const float *q, const float *gr, const flo
  * dependency chains sit together. A chunk is 48 rows of one LSTM tile (or
  * four RNN tiles), or fewer rows of more tiles: one row takes 192 strips.
  */
-INLINE void cell_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
+INLINE void cell_kind(const int kind, const int half, int64_t m, int64_t K, lstm_rows a, const void *w_hh,
                       const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
                       int64_t t1, int64_t H, lstm_rows h) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE, gru = kind == LSTM_CELL_GRU;
@@ -372,17 +477,17 @@ INLINE void cell_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const f
     float tmp[CELL_FLOATS];
     for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
         const int64_t nt = t1 - c0 < chunk ? t1 - c0 : chunk, ld = nt * W;
-        const float *wp = w_hh + c0 * K * W;
+        const int64_t wp = c0 * K * W; // (elements)
         for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
             const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
             const lstm_rows sums = {tmp, ld, NULL};
             if (gru) {
-                panel_rows(rows, K, lstm_rows_from(a, r0), wp, nt * gates, NULL,
+                strip_rows(half, rows, K, lstm_rows_from(a, r0), w_hh, wp, nt * gates, NULL,
                            b_hh ? b_hh + c0 * W : NULL, sums);
             } else {
                 lstm_rows gc = lstm_rows_from(g, r0);
                 gc.base += c0 * W;
-                panel_rows(rows, K, lstm_rows_from(a, r0), wp, nt * gates, &gc, NULL, sums);
+                strip_rows(half, rows, K, lstm_rows_from(a, r0), w_hh, wp, nt * gates, &gc, NULL, sums);
             }
             for (int64_t r = 0; r < rows; r++) {
                 const float *ar = gru ? lstm_row(a, r0 + r) : NULL;
@@ -395,12 +500,120 @@ INLINE void cell_kind(const int kind, int64_t m, int64_t K, lstm_rows a, const f
     }
 }
 
-// each kind compiled apart, with the kind a constant
+/* a (K) quantized to qa (Kq, zeros past K) as lstm_i8_row_scale says, to int16
+ * in [-lstm_i8_state_max(Kq), ..]; returns the scale */
+static float quantize_row(const float *a, int64_t K, int16_t *qa) {
+    const int64_t Kq = lstm_i8_k(K);
+    const int32_t qmax = lstm_i8_state_max(Kq);
+    float32x4_t mx = vdupq_n_f32(0.0f);
+    uint32x4_t ok = vdupq_n_u32(~0u);
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+        const float32x4_t v = vabsq_f32(vld1q_f32(a + k));
+        ok = vandq_u32(ok, vcleq_f32(v, vdupq_n_f32(FLT_MAX))); // false for NaN, Inf
+        mx = vmaxq_f32(mx, v);
+    }
+    float amax = vmaxvq_f32(mx);
+    int finite = vminvq_u32(ok) != 0;
+    for (; k < K; k++) {
+        const float v = a[k] < 0 ? -a[k] : a[k];
+        if (!(v <= FLT_MAX)) finite = 0;
+        else if (v > amax) amax = v;
+    }
+    float inv;
+    const float sa = lstm_i8_row_scale(amax, finite, qmax, &inv);
+    k = 0;
+    // x * inv rounded once, then to nearest even (FCVTNS); |a * inv| <= qmax needs no clamping
+    if (inv != 0.0f)
+        for (; k + 8 <= K; k += 8) {
+            const int32x4_t q0 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(a + k), inv));
+            const int32x4_t q1 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(a + k + 4), inv));
+            vst1q_s16(qa + k, vcombine_s16(vmovn_s32(q0), vmovn_s32(q1)));
+        }
+    for (; k < Kq; k++) qa[k] = (int16_t)(k < K ? lstm_i8_quantize(a[k], inv, qmax) : 0);
+    return sa;
+}
+
+// acc[4s ..] += the 16 columns of k group lane i (b.val[i], int8) times qa lane i (x)
+#define I8_K(i)                                                                                   \
+    {                                                                                             \
+        const int16x8_t lo = vmovl_s8(vget_low_s8(b.val[i])), hi = vmovl_high_s8(b.val[i]);       \
+        acc[4 * s] = vmlal_lane_s16(acc[4 * s], vget_low_s16(lo), x, i);                          \
+        acc[4 * s + 1] = vmlal_high_lane_s16(acc[4 * s + 1], lo, x, i);                           \
+        acc[4 * s + 2] = vmlal_lane_s16(acc[4 * s + 2], vget_low_s16(hi), x, i);                  \
+        acc[4 * s + 3] = vmlal_high_lane_s16(acc[4 * s + 3], hi, x, i);                           \
+    }
+
+/*
+ * A row's int8 sums over ns (1 to 4) strips at w, sstride bytes apart, from
+ * the int16 quantized row qa (Kq, scale sa): out[16s + j] = fmaf(qa .
+ * column j, sa * scale[16s + j], init ? init[16s + j] : 0), as the scalar
+ * reference computes it. LD4 takes a strip row (4 k of 16 columns) apart
+ * into the 16 columns of each k, which SMLAL / SMLAL2 by lane multiply by
+ * qa[k] into int32 (exact: lstm_i8_state_max bounds the sums), one strip at
+ * a time (an empty asm keeps the next strip's loads after it: 16
+ * accumulators and all four strips' rows do not fit in 32 registers).
+ */
+INLINE void strips_i8(const int ns, int64_t Kq, const int16_t *qa, const int8_t *w, int64_t sstride,
+                      const float *scale, float sa, const float *init, float *out) {
+    int32x4_t acc[16];
+    EACH(v, 4 * ns) acc[v] = vdupq_n_s32(0);
+    for (int64_t k = 0; k < Kq; k += 4) {
+        const int16x4_t x = vld1_s16(qa + k);
+        EACH(s, ns) {
+            const int8x16x4_t b = vld4q_s8(w + s * sstride + k * LSTM_TILE);
+            I8_K(0) I8_K(1) I8_K(2) I8_K(3)
+            __asm__ volatile("" ::: "memory");
+        }
+    }
+    EACH(v, 4 * ns) {
+        const float32x4_t start = init ? vld1q_f32(init + 4 * v) : vdupq_n_f32(0.0f);
+        const float32x4_t prod = vmulq_n_f32(vld1q_f32(scale + 4 * v), sa);
+        vst1q_f32(out + 4 * v, vfmaq_f32(start, vcvtq_f32_s32(acc[v]), prod));
+    }
+}
+
+/*
+ * The int8 step of kind `kind`, row by row: each row of a quantized (so a
+ * row gets the same bits alone as in a batch), then per tile the sums of its
+ * gates' strips, from g or b_hh as in cell_kind, and its update.
+ */
+INLINE void cell_i8_kind(const int kind, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
+                         const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                         int64_t t1, int64_t H, lstm_rows h) {
+    const int gates = lstm_gates(kind), W = gates * LSTM_TILE, gru = kind == LSTM_CELL_GRU;
+    const int64_t Kq = lstm_i8_k(K), sstride = Kq * LSTM_TILE;
+    int16_t qa[LSTM_MAX_I8_STATE];
+    float sums[LSTM_MAX_GATES * LSTM_TILE];
+    for (int64_t r = 0; r < m; r++) {
+        const float *ar = lstm_row(a, r), *gr = lstm_row(g, r);
+        float *cr = kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, *hr = lstm_row(h, r);
+        const float sa = quantize_row(ar, K, qa);
+        for (int64_t t = t0; t < t1; t++) {
+            const float *init = !gru ? gr + t * W : b_hh ? b_hh + t * W : NULL;
+            strips_i8(gates, Kq, qa, (const int8_t *)w.w + t * gates * sstride, sstride,
+                      w.scale + t * W, sa, init, sums);
+            tile_step(kind, sums, gr, ar, cr, t, H, hr);
+        }
+    }
+}
+
+// each kind compiled apart, with the kind a constant; cell_h_* on half weights, cell_i8_* on int8
 #define CELL_KIND(name, kind)                                                                     \
     static __attribute__((noinline)) void cell_##name(                                            \
         int64_t m, int64_t K, lstm_rows a, const float *w_hh, const float *b_hh, lstm_rows g,     \
         float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                  \
-        cell_kind(kind, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h);                            \
+        cell_kind(kind, 0, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h);                         \
+    }                                                                                             \
+    static __attribute__((noinline)) void cell_h_##name(                                          \
+        int64_t m, int64_t K, lstm_rows a, const void *w_hh, const float *b_hh, lstm_rows g,      \
+        float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                  \
+        cell_kind(kind, 1, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h);                         \
+    }                                                                                             \
+    static __attribute__((noinline)) void cell_i8_##name(                                         \
+        int64_t m, int64_t K, lstm_rows a, lstm_wmat w, const float *b_hh, lstm_rows g,           \
+        float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                  \
+        cell_i8_kind(kind, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);                            \
     }
 CELL_KIND(lstm, LSTM_CELL_LSTM)
 CELL_KIND(gru, LSTM_CELL_GRU)
@@ -419,4 +632,25 @@ static void cell_neon(int cell, int64_t m, int64_t K, lstm_rows a, const float *
     }
 }
 
-const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, NULL, NULL}; // reduced: scalar
+static void cell_r_neon(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
+                        const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                        int64_t t1, int64_t H, lstm_rows h) {
+    if (m <= 0 || t0 >= t1) return;
+    if (w.type == LSTM_WEIGHTS_I8) {
+        switch (cell) {
+        case LSTM_CELL_GRU: cell_i8_gru(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        case LSTM_CELL_RNN_TANH: cell_i8_rnn_tanh(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        case LSTM_CELL_RNN_RELU: cell_i8_rnn_relu(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        default: cell_i8_lstm(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        }
+        return;
+    }
+    switch (cell) {
+    case LSTM_CELL_GRU: cell_h_gru(m, K, a, w.w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    case LSTM_CELL_RNN_TANH: cell_h_rnn_tanh(m, K, a, w.w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    case LSTM_CELL_RNN_RELU: cell_h_rnn_relu(m, K, a, w.w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    default: cell_h_lstm(m, K, a, w.w, b_hh, g, c, ldc, t0, t1, H, h); break;
+    }
+}
+
+const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon};

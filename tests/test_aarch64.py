@@ -8,8 +8,8 @@ forward pass of every cell kind against a naive double-precision reference, the 
 layer, the model-file loader, the pool (without its fork tests, which qemu-user cannot
 run).
 
-A last test reads the NEON microkernels' machine code: their multiply-add loops keep
-the accumulators in registers (GCC spills an accumulator array it cannot keep to the
+A last test reads the NEON microkernels' machine code (float32 and float16 shapes, the
+int8 step's loop): their multiply-add loops keep the accumulators in registers (GCC spills an accumulator array it cannot keep to the
 stack on every iteration, which costs half the speed and changes no result).
 """
 import os
@@ -80,6 +80,16 @@ def test_neon_microkernels_keep_accumulators_in_registers(tmp_path):
             if f not in inner or len(body) < len(inner[f]):
                 inner[f] = body
     shapes = {f"block_{r}x{s}" for r, s in [(4, 1), (3, 1), (2, 2), (2, 1), (1, 4), (1, 3), (1, 2), (1, 1)]}
+    # the shapes on half weights (float16), for fewer rows than a full group
+    shapes |= {f"block_{r}x{s}_h" for r, s in [(3, 1), (2, 2), (2, 1), (1, 4), (1, 3), (1, 2), (1, 1)]}
     assert set(inner) == shapes, sorted(inner)
+    # the int8 step's k loop (widening multiply-adds by lane) of each kind
+    for f, body in _loops(text):
+        if f.startswith("cell_i8_") and any(t.startswith("smlal") for t in body):
+            f = f.split(".")[0]
+            if f not in inner or len(body) < len(inner[f]):
+                inner[f] = body
+    assert {f for f in inner if f.startswith("cell_i8_")} == {
+        f"cell_i8_{k}" for k in ("lstm", "gru", "rnn_tanh", "rnn_relu")}, sorted(inner)
     spilling = {f: [t for t in body if "[sp" in t or "[x29" in t] for f, body in inner.items()}
     assert not any(spilling.values()), spilling

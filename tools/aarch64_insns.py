@@ -1,7 +1,8 @@
 """Instructions of one forward call on aarch64, NEON vs scalar, counted under qemu-user.
 
 Builds tools/edge_forward.c (bench.py's "edge" case: T 200, B 1, I 64, H 128, one
-layer; LSTM and GRU) with the core for aarch64, runs it under qemu-aarch64 with
+layer; LSTM and GRU; weights float32, float16 and int8) with the core for aarch64,
+runs it under qemu-aarch64 with
 `-d in_asm,exec,nochain` (every translated block's instructions once, then a line
 per block executed, no chaining so none is missed) and sums the instructions
 executed. One forward call is the difference between 3 calls and 1 call, so the
@@ -32,11 +33,11 @@ def build(out):
     subprocess.run(cmd, check=True)
 
 
-def count(exe, isa, cell, runs):
-    """Guest instructions executed by `exe cell runs` with LSTM_INFER_ISA=isa."""
+def count(exe, isa, cell, weights, runs):
+    """Guest instructions executed by `exe cell runs weights` with LSTM_INFER_ISA=isa."""
     env = dict(os.environ, LSTM_INFER_ISA=isa)
     proc = subprocess.Popen(["qemu-aarch64", "-L", SYSROOT, "-d", "in_asm,exec,nochain",
-                             "-D", "/dev/stderr", exe, cell, str(runs)],
+                             "-D", "/dev/stderr", exe, cell, str(runs), weights],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     size, start, total = {}, None, 0
     for line in proc.stderr:
@@ -56,7 +57,7 @@ def count(exe, isa, cell, runs):
             start = None
     out = proc.stdout.read()
     if proc.wait() != 0:
-        raise SystemExit(f"{exe} {cell} {runs} failed under qemu")
+        raise SystemExit(f"{exe} {cell} {runs} {weights} failed under qemu")
     if not out.startswith(isa + " "):
         raise SystemExit(f"asked for {isa}, the driver ran {out.split()[0]}")
     return total
@@ -71,11 +72,16 @@ def main():
         build(exe)
         print("one forward call of the edge case (T 200, B 1, I 64, H 128, 1 layer, 1 thread),")
         print("aarch64 guest instructions counted under qemu-user (not a timing):")
-        print(f"{'cell':5} {'scalar':>12} {'neon':>12} {'ratio':>6}")
+        print("(ratio: scalar / neon on the same weights; vs f32: neon on these weights / neon on f32)")
+        print(f"{'cell':5} {'weights':7} {'scalar':>12} {'neon':>12} {'ratio':>6} {'vs f32':>6}")
         for cell in ("lstm", "gru"):
-            per = {isa: (count(exe, isa, cell, 3) - count(exe, isa, cell, 1)) // 2
-                   for isa in ("scalar", "neon")}
-            print(f"{cell:5} {per['scalar']:12,d} {per['neon']:12,d} {per['scalar'] / per['neon']:6.2f}")
+            neon_f32 = None
+            for weights in ("f32", "f16", "i8"):
+                per = {isa: (count(exe, isa, cell, weights, 3) - count(exe, isa, cell, weights, 1)) // 2
+                       for isa in ("scalar", "neon")}
+                neon_f32 = neon_f32 or per["neon"]
+                print(f"{cell:5} {weights:7} {per['scalar']:12,d} {per['neon']:12,d} "
+                      f"{per['scalar'] / per['neon']:6.2f} {per['neon'] / neon_f32:6.2f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@
  *   the same kernels on float16 and int8 weights (the gemm_r / cell_r of
  *   kernels.h, or the scalar ones a kernel set falls back to), int8 against a
  *   reference that quantizes each row from lstm_infer.h's definition and sums
- *   exactly; every half -> float conversion against F16C.
+ *   exactly; every half -> float conversion against F16C; a set's float16
+ *   kernels bit for bit its float32 ones on the same values, its int8 sums
+ *   bit for bit the scalar reference's.
  *   a row alone gets the same bits as among many rows.
  *
  * Links only the kernels and dispatch.c. Exits non-zero on any failure.
@@ -624,6 +626,63 @@ static void test_row_alone(const lstm_kernels *k, int kind, int64_t m, int64_t K
     free(bias), free(c_all), free(c_one), free(h_all), free(h_one), free(y_all), free(y_one);
 }
 
+/*
+ * A set's F16 kernels give bit for bit what its float32 kernels give on the
+ * dequantized weights (kernels.h), one row or many, across K-blocks: so a
+ * sequence alone also gets the same bits as in a batch on half weights.
+ */
+static void test_half_as_float(const lstm_kernels *k, int kind, int64_t m, int64_t K, int64_t H) {
+    if (!k->gemm_r || !k->cell_r) return; /* a set that falls back computes the reference's */
+    const int gates = lstm_gates(kind), w = gates * LSTM_TILE;
+    const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE, Hp = tiles * LSTM_TILE, N = tiles * w;
+    if (kind == LSTM_CELL_GRU) K = H;
+    operand a = operand_new(m, K, 1, -1, 1), g = operand_new(m, N, 1, -2, 2);
+    matrix wh = matrix_new_typed(LSTM_WEIGHTS_F16, K, N, gates, -0.5f, 0.5f);
+    float *wf = floats(tiles * K * w, 0); /* the same values packed as float32 */
+    for (int64_t kk = 0; kk < K; kk++)
+        for (int64_t col = 0; col < N; col++) wf[lstm_packed_at(K, gates, kk, col)] = wh.dense[kk * N + col];
+    float *bias = floats(N, 0), *c_f = floats(m * Hp, 0), *c_h = floats(m * Hp, 0);
+    float *h_f = floats(m * Hp, 0), *h_h = floats(m * Hp, 0), *y_f = floats(m * N, 0), *y_h = floats(m * N, 0);
+    for (int64_t i = 0; i < N; i++) bias[i] = rnd_f(-1, 1);
+    for (int64_t i = 0; i < m * Hp; i++) c_f[i] = c_h[i] = rnd_f(-2, 2);
+    k->cell(kind, m, K, a.rows, wf, bias, g.rows, c_f, Hp, 0, tiles, H, (lstm_rows){h_f, Hp, NULL});
+    k->cell_r(kind, m, K, a.rows, wmat_of(&wh), bias, g.rows, c_h, Hp, 0, tiles, H, (lstm_rows){h_h, Hp, NULL});
+    k->gemm(m, K, a.rows, wf, gates, bias, 0, tiles, N - 5, (lstm_rows){y_f, N, NULL});
+    k->gemm_r(m, K, a.rows, wmat_of(&wh), gates, bias, 0, tiles, N - 5, (lstm_rows){y_h, N, NULL});
+    int differ = 0;
+    for (int64_t r = 0; r < m; r++) {
+        differ += memcmp(h_f + r * Hp, h_h + r * Hp, (size_t)H * sizeof(float)) != 0;
+        differ += memcmp(y_f + r * N, y_h + r * N, (size_t)(N - 5) * sizeof(float)) != 0;
+    }
+    differ += memcmp(c_f, c_h, (size_t)(m * Hp) * sizeof(float)) != 0;
+    CHECK(differ == 0, "%s %s m=%ld K=%ld H=%ld: %d results on half weights differ from float32's",
+          k->name, KIND_NAMES[kind], (long)m, (long)K, (long)H, differ);
+    operand_free(&a), operand_free(&g), matrix_free(&wh), free(wf);
+    free(bias), free(c_f), free(c_h), free(h_f), free(h_h), free(y_f), free(y_h);
+}
+
+/*
+ * A set's int8 sums are bit for bit the scalar reference's (the int32 sums
+ * are exact and the epilogue is one fmaf): the RNN relu step shows them
+ * unchanged (its h = relu(g + sums), no activation of the set's own).
+ */
+static void test_i8_as_scalar(const lstm_kernels *k, int64_t m, int64_t K, int64_t H) {
+    if (!k->cell_r) return;
+    const int64_t tiles = (H + LSTM_TILE - 1) / LSTM_TILE, Hp = tiles * LSTM_TILE;
+    operand a = operand_new(m, K, 1, -1, 1), g = operand_new(m, Hp, 1, -2, 2);
+    matrix wq = matrix_new_typed(LSTM_WEIGHTS_I8, K, Hp, 1, -0.5f, 0.5f);
+    float *h_k = floats(m * Hp, 0), *h_s = floats(m * Hp, 0);
+    k->cell_r(LSTM_CELL_RNN_RELU, m, K, a.rows, wmat_of(&wq), NULL, g.rows, NULL, 0, 0, tiles, H,
+              (lstm_rows){h_k, Hp, NULL});
+    lstm_kernels_scalar.cell_r(LSTM_CELL_RNN_RELU, m, K, a.rows, wmat_of(&wq), NULL, g.rows, NULL, 0, 0,
+                               tiles, H, (lstm_rows){h_s, Hp, NULL});
+    int differ = 0;
+    for (int64_t r = 0; r < m; r++) differ += memcmp(h_k + r * Hp, h_s + r * Hp, (size_t)H * sizeof(float)) != 0;
+    CHECK(differ == 0, "%s int8 m=%ld K=%ld H=%ld: %d rows differ from the scalar reference's", k->name,
+          (long)m, (long)K, (long)H, differ);
+    operand_free(&a), operand_free(&g), matrix_free(&wq), free(h_k), free(h_s);
+}
+
 /* ------------------------------------------------------------------ all */
 
 static void test_kernels(const lstm_kernels *k) {
@@ -676,7 +735,14 @@ static void test_kernels(const lstm_kernels *k) {
     for (int kind = 0; kind < 4; kind++) { /* every row-tail shape; K past one K-block */
         test_row_alone(k, kind, 11, 37, 50);
         test_row_alone(k, kind, 6, 300, 20);
+        const int64_t ms[] = {1, 2, 3, 4, 5, 7, 13, 49};
+        for (size_t i = 0; i < sizeof ms / sizeof *ms; i++) { /* every row-tail shape */
+            test_half_as_float(k, kind, ms[i], 37, 50);
+            test_half_as_float(k, kind, ms[i], 300, 20);
+        }
     }
+    const int64_t i8_Ks[] = {1, 7, 16, 37, 300};
+    for (size_t i = 0; i < sizeof i8_Ks / sizeof *i8_Ks; i++) test_i8_as_scalar(k, 3, i8_Ks[i], 70);
     test_activation_accuracy(k);
     test_reduced(k);
 }
