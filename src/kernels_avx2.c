@@ -345,12 +345,6 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int n
 
 // ---------------------------------------------------------------- kernels
 
-/*
- * A packed matrix is its strips one after another, whatever the strips a
- * panel (lstm_packed_at), and so is its bias: panels [p0, p1) of `gates`
- * strips are strips [p0 gates, p1 gates), which run here four at a time,
- * leaving out the strips wholly past ncols.
- */
 INLINE void row_sums(const int type, int64_t K, const float *a, const int16_t *qa, float sa,
                      lstm_wmat w, int64_t s0, int64_t ns, const float *init, float *out);
 
@@ -373,6 +367,12 @@ static __attribute__((noinline)) void gemm_row_avx2(int64_t K, const float *ar, 
     }
 }
 
+/*
+ * A packed matrix is its strips one after another, whatever the strips a
+ * panel (lstm_packed_at), and so is its bias: panels [p0, p1) of `gates`
+ * strips are strips [p0 gates, p1 gates), which run here four at a time,
+ * leaving out the strips wholly past ncols.
+ */
 static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
                       const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[MR_MAX][LSTM_PANEL];
