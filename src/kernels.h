@@ -123,6 +123,12 @@ static inline lstm_rows lstm_rows_from(lstm_rows rows, int64_t r0) {
     return rows;
 }
 
+/* The same rows starting at column col. */
+static inline lstm_rows lstm_rows_col(lstm_rows rows, int64_t col) {
+    rows.base += col;
+    return rows;
+}
+
 /*
  * gemm: c[r][col] = bias[col] + sum_k a[r][k] * b[k][col]
  *   for rows r < m and columns col in panels [p0, p1) with col < ncols.

@@ -391,8 +391,7 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
             const float *bp = b + s * K * LSTM_TILE;
             const float *bias_p = bias ? bias + s * LSTM_TILE : NULL;
             const int64_t width = ncols - s * LSTM_TILE;
-            lstm_rows cb = lstm_rows_from(c, rb);
-            cb.base += s * LSTM_TILE;
+            const lstm_rows cb = lstm_rows_col(lstm_rows_from(c, rb), s * LSTM_TILE);
             if (width >= ns * LSTM_TILE) {
                 panel_rows(rows, K, ab, bp, ns, NULL, bias_p, cb);
                 continue;
@@ -579,18 +578,12 @@ static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat w, int64_t
                          const lstm_rows *init, const float *bias, lstm_rows out) {
     _Alignas(64) float tile[KC * LSTM_TILE];
     for (int s = 0; s < ns; s++) {
-        lstm_rows os = out, is = {NULL, 0, NULL};
-        os.base += s * LSTM_TILE;
-        if (init) {
-            is = *init;
-            is.base += s * LSTM_TILE;
-        }
+        const lstm_rows os = lstm_rows_col(out, s * LSTM_TILE);
+        const lstm_rows is = init ? lstm_rows_col(*init, s * LSTM_TILE) : (lstm_rows){NULL, 0, NULL};
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
             dequantize_strip(w, K, s0 + s, k0, kc, tile);
-            lstm_rows ak = a;
-            ak.base += k0;
-            panel_rows(m, kc, ak, tile, 1, k0 ? &os : init ? &is : NULL,
+            panel_rows(m, kc, lstm_rows_col(a, k0), tile, 1, k0 ? &os : init ? &is : NULL,
                        k0 || !bias ? NULL : bias + s * LSTM_TILE, os);
         }
     }
@@ -632,8 +625,7 @@ static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gate
         const int64_t rows = m - rb < ROW_BLOCK ? m - rb : ROW_BLOCK;
         for (int64_t s = s0; s < s1; s++) {
             const int64_t width = ncols - s * LSTM_TILE;
-            lstm_rows cb = lstm_rows_from(c, rb);
-            cb.base += s * LSTM_TILE;
+            const lstm_rows cb = lstm_rows_col(lstm_rows_from(c, rb), s * LSTM_TILE);
             // the last strip of a width that is not a multiple of 16 goes via a stack tile
             const lstm_rows out = width >= LSTM_TILE ? cb : (lstm_rows){tmp[0], LSTM_TILE, NULL};
             panel_rows_r(rows, K, lstm_rows_from(a, rb), b, s, 1, NULL,
@@ -714,8 +706,7 @@ INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm
             const int64_t rows = m - r0 < chunk ? m - r0 : chunk;
             const lstm_rows out = {tmp[0], LSTM_PANEL, NULL}, ar0 = lstm_rows_from(a, r0);
             const int ns = gru ? gates : (int)nt * gates;
-            lstm_rows gt = lstm_rows_from(g, r0);
-            gt.base += t * W;
+            const lstm_rows gt = lstm_rows_col(lstm_rows_from(g, r0), t * W);
             const lstm_rows *init = gru ? NULL : &gt;
             const float *bias = gru && b_hh ? b_hh + t * W : NULL;
             if (type == LSTM_WEIGHTS_F32) panel_rows(rows, K, ar0, wp, ns, init, bias, out);

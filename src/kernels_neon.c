@@ -359,19 +359,13 @@ static void panel_rows_h(int64_t m, int64_t K, lstm_rows a, const uint16_t *bp, 
     }
     _Alignas(64) float tile[KC * LSTM_TILE];
     for (int64_t s = 0; s < ns; s++) {
-        lstm_rows os = out, is = {NULL, 0, NULL};
-        os.base += s * LSTM_TILE;
-        if (init) {
-            is = *init;
-            is.base += s * LSTM_TILE;
-        }
+        const lstm_rows os = lstm_rows_col(out, s * LSTM_TILE);
+        const lstm_rows is = init ? lstm_rows_col(*init, s * LSTM_TILE) : (lstm_rows){NULL, 0, NULL};
         for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += KC) {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
             const uint16_t *src = bp + (s * K + k0) * LSTM_TILE;
             for (int64_t i = 0; i < kc * LSTM_TILE; i += LSTM_TILE) vst1q_f32_x4(tile + i, load_half_strip(src + i));
-            lstm_rows ak = a;
-            ak.base += k0;
-            panel_rows(m, kc, ak, tile, 1, k0 ? &os : init ? &is : NULL,
+            panel_rows(m, kc, lstm_rows_col(a, k0), tile, 1, k0 ? &os : init ? &is : NULL,
                        k0 || !bias ? NULL : bias + s * LSTM_TILE, os);
         }
     }
@@ -403,9 +397,8 @@ INLINE void gemm_kind(const int half, int64_t m, int64_t K, lstm_rows a, const v
         const lstm_rows ab = lstm_rows_from(a, rb), cb = lstm_rows_from(c, rb);
         for (int64_t s = s0; s < s_full; s += 4) {
             const int64_t ns = s_full - s < 4 ? s_full - s : 4;
-            lstm_rows cs = cb;
-            cs.base += s * LSTM_TILE;
-            strip_rows(half, rows, K, ab, b, s * K * LSTM_TILE, ns, NULL, bias ? bias + s * LSTM_TILE : NULL, cs);
+            strip_rows(half, rows, K, ab, b, s * K * LSTM_TILE, ns, NULL, bias ? bias + s * LSTM_TILE : NULL,
+                       lstm_rows_col(cb, s * LSTM_TILE));
         }
         if (s_full >= s0 && s_full < s1) {
             const int64_t s = s_full, width = ncols - s * LSTM_TILE;
@@ -485,8 +478,7 @@ INLINE void cell_kind(const int kind, const int half, int64_t m, int64_t K, lstm
                 strip_rows(half, rows, K, lstm_rows_from(a, r0), w_hh, wp, nt * gates, NULL,
                            b_hh ? b_hh + c0 * W : NULL, sums);
             } else {
-                lstm_rows gc = lstm_rows_from(g, r0);
-                gc.base += c0 * W;
+                const lstm_rows gc = lstm_rows_col(lstm_rows_from(g, r0), c0 * W);
                 strip_rows(half, rows, K, lstm_rows_from(a, r0), w_hh, wp, nt * gates, &gc, NULL, sums);
             }
             for (int64_t r = 0; r < rows; r++) {
