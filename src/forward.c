@@ -448,66 +448,82 @@ static void give_scratch(const lstm_model *m, scratch *s) {
 }
 
 /*
- * One sequence on the calling thread, as a stream or a short single call
- * runs it: the kernel calls of forward_thread for B = 1 (the same bits),
- * without its sort, tables and thread plan, which cost a one-step call a
- * tenth of its time. Taken when that plan would be one thread with no
- * interrupt polls (under MIN_FLOPS_FOR_THREADS); length 0, a projection or
- * two directions go the general way. Returns the steps to run, or 0.
+ * A batch whose sequences all run the same n >= 1 steps, on the calling
+ * thread: the kernel calls of forward_thread for it (the same bits), without
+ * its sort, index tables, thread plan and the copy of h_0. Its sort is the
+ * identity then and every step runs every row; the gather tables cost a
+ * batch-64 step at hidden size 64 a twelfth of its time, a one-step call of
+ * one sequence a tenth. Taken when the plan would be one thread (under
+ * MIN_FLOPS_FOR_THREADS, or one thread set) with no interrupt polls; ragged
+ * lengths, length 0, a projection or two directions go the general way.
+ * Returns the steps to run, or 0.
  */
-static int64_t one_sequence(const forward_job *j) {
+static int64_t uniform_steps(const forward_job *j) {
     const lstm_model *m = j->m;
-    const int64_t n = j->lengths ? j->lengths[0] : j->T; // the call's private copy
-    if (j->B != 1 || n < 1 || m->D != 1 || m->cfg.proj_size) return 0;
+    const int64_t n = j->lengths && j->B ? j->lengths[0] : j->T; // the call's private copy
+    if (j->B < 1 || n < 1 || m->D != 1 || m->cfg.proj_size) return 0;
+    for (int64_t b = 1; j->lengths && b < j->B; b++)
+        if (j->lengths[b] != n) return 0;
     double flops = 0.0;
     for (int64_t l = 0; l < m->L; l++)
-        flops += 2.0 * m->gates * (double)m->H * (double)n * (double)(m->layers[l].in + m->P);
-    return flops < MIN_FLOPS_FOR_THREADS ? n : 0;
+        flops += 2.0 * m->gates * (double)m->H * (double)n * (double)j->B * (double)(m->layers[l].in + m->P);
+    if (j->args->interrupt && flops >= INTERRUPT_FLOPS) return 0;
+    return flops < MIN_FLOPS_FOR_THREADS || lstm_get_num_threads() == 1 ? n : 0;
 }
 
 /*
- * The n steps of one_sequence, in a workspace laid out for (T, 1, n), which
- * holds these: the projections g (n rows), c (Hp) and two layer outputs of
- * 1 + n rows (row 0 for a zero h_0).
+ * The n steps of uniform_steps, in a workspace laid out for (T, B, n B),
+ * which holds these: the projections g (n B rows), c (B Hp) and two layer
+ * outputs of (1 + n) B rows (rows [0, B) for a zero h_0).
  */
-static void forward_one_sequence(const forward_job *j, int64_t n, char *base) {
+static void forward_uniform(const forward_job *j, int64_t n, char *base) {
     const lstm_model *m = j->m;
     const lstm_forward_args *a = j->args;
-    const int64_t H = m->H, P = m->P, Hp = m->Hp, G_ld = m->tiles * m->W;
+    const int64_t B = j->B, H = m->H, P = m->P, Hp = m->Hp, G_ld = m->tiles * m->W;
     lstm_arena ar = {base, 0, 1};
-    float *g = lstm_arena_take(&ar, n * G_ld, sizeof(float));
-    float *c = m->cfg.cell == LSTM_CELL_LSTM ? lstm_arena_take(&ar, Hp, sizeof(float)) : NULL;
-    float *Y[2] = {lstm_arena_take(&ar, (1 + n) * P, sizeof(float)),
-                   lstm_arena_take(&ar, (1 + n) * P, sizeof(float))};
+    float *g = lstm_arena_take(&ar, n * B * G_ld, sizeof(float));
+    float *c = m->cfg.cell == LSTM_CELL_LSTM ? lstm_arena_take(&ar, B * Hp, sizeof(float)) : NULL;
+    float *Y[2] = {lstm_arena_take(&ar, (1 + n) * B * P, sizeof(float)),
+                   lstm_arena_take(&ar, (1 + n) * B * P, sizeof(float))};
     const unsigned fp_mode = lstm_denormals_off();
+    // the input's rows (t, b) evenly spaced, as one sequence's or a packed batch's are
+    const int64_t sb = a->input_stride_b, st = a->input_stride_t;
+    const int even = B == 1 || n == 1 || st == B * sb;
     for (int64_t l = 0; l < m->L; l++) {
         const layer_weights *lw = &m->layers[l];
         float *y = Y[l & 1];
-        const lstm_rows x = l ? (lstm_rows){Y[(l - 1) & 1] + P, P, NULL}
-                              : (lstm_rows){(float *)a->input, a->input_stride_t, NULL};
-        run_gemm(j, n, lw->in, x, lw->w_ih, m->gates, lw->bias, 0, m->tiles, G_ld,
-                 (lstm_rows){g, G_ld, NULL});
-        // h_0 is read in place; c_0 goes into padded scratch, which the cell updates
-        if (c) {
-            if (a->c_0) memcpy(c, a->c_0 + l * H, (size_t)H * sizeof(float));
-            else memset(c, 0, (size_t)H * sizeof(float));
-            memset(c + H, 0, (size_t)(Hp - H) * sizeof(float));
+        if (l) {
+            run_gemm(j, n * B, lw->in, (lstm_rows){Y[(l - 1) & 1] + B * P, P, NULL}, lw->w_ih, m->gates,
+                     lw->bias, 0, m->tiles, G_ld, (lstm_rows){g, G_ld, NULL});
+        } else {
+            for (int64_t t = 0; t < (even ? 1 : n); t++)
+                run_gemm(j, even ? n * B : B, lw->in,
+                         (lstm_rows){(float *)a->input + t * st, B == 1 ? st : sb, NULL}, lw->w_ih,
+                         m->gates, lw->bias, 0, m->tiles, G_ld, (lstm_rows){g + t * B * G_ld, G_ld, NULL});
         }
-        float *h0 = a->h_0 ? (float *)a->h_0 + l * P : y;
-        if (!a->h_0) memset(y, 0, (size_t)P * sizeof(float));
+        // h_0 is read in place; c_0 goes into padded scratch, which the cell updates
+        for (int64_t b = 0; c && b < B; b++) {
+            if (a->c_0) memcpy(c + b * Hp, a->c_0 + (l * B + b) * H, (size_t)H * sizeof(float));
+            else memset(c + b * Hp, 0, (size_t)H * sizeof(float));
+            memset(c + b * Hp + H, 0, (size_t)(Hp - H) * sizeof(float));
+        }
+        float *h0 = a->h_0 ? (float *)a->h_0 + l * B * P : y;
+        if (!a->h_0) memset(y, 0, (size_t)(B * P) * sizeof(float));
         for (int64_t t = 0; t < n; t++)
-            run_cell(j, 1, P, (lstm_rows){t ? y + t * P : h0, P, NULL}, lw->w_hh[0], lw->s_hh[0],
-                     lw->b_hh[0], (lstm_rows){g + t * G_ld, G_ld, NULL}, c, Hp, 0, m->tiles,
-                     (lstm_rows){y + (t + 1) * P, P, NULL});
-        if (a->h_n) memcpy(a->h_n + l * P, y + n * P, (size_t)P * sizeof(float));
-        if (a->c_n && c) memcpy(a->c_n + l * H, c, (size_t)H * sizeof(float));
+            run_cell(j, B, P, (lstm_rows){t ? y + t * B * P : h0, P, NULL}, lw->w_hh[0], lw->s_hh[0],
+                     lw->b_hh[0], (lstm_rows){g + t * B * G_ld, G_ld, NULL}, c, Hp, 0, m->tiles,
+                     (lstm_rows){y + (t + 1) * B * P, P, NULL});
+        if (a->h_n) memcpy(a->h_n + l * B * P, y + n * B * P, (size_t)(B * P) * sizeof(float));
+        for (int64_t b = 0; a->c_n && c && b < B; b++)
+            memcpy(a->c_n + (l * B + b) * H, c + b * Hp, (size_t)H * sizeof(float));
     }
-    const float *y = Y[(m->L - 1) & 1] + P;
-    for (int64_t t = 0; t < j->T; t++) {
-        float *o = a->output + t * a->output_stride_t;
-        if (t < n) memcpy(o, y + t * P, (size_t)P * sizeof(float));
-        else memset(o, 0, (size_t)P * sizeof(float));
-    }
+    const float *y = Y[(m->L - 1) & 1] + B * P;
+    for (int64_t t = 0; t < j->T; t++)
+        for (int64_t b = 0; b < B; b++) {
+            float *o = a->output + t * a->output_stride_t + b * a->output_stride_b;
+            if (t < n) memcpy(o, y + (t * B + b) * P, (size_t)P * sizeof(float));
+            else memset(o, 0, (size_t)P * sizeof(float));
+        }
     lstm_denormals_restore(fp_mode);
 }
 
@@ -544,9 +560,9 @@ lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *arg
     }
     if (s == LSTM_OK) {
         char *base = (char *)(((uintptr_t)workspace + LSTM_ALIGN - 1) & ~(uintptr_t)(LSTM_ALIGN - 1));
-        const int64_t n = one_sequence(&j);
+        const int64_t n = uniform_steps(&j);
         if (n) {
-            forward_one_sequence(&j, n, base);
+            forward_uniform(&j, n, base);
         } else {
             lstm_arena a = {base, 0, 1};
             layout_run(m, j.T, j.B, j.N, &a, &j.r);

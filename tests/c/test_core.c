@@ -450,14 +450,18 @@ static void test_single_sequence_output(const char *const *isas, int n_isas) {
 }
 
 /*
- * One sequence (B = 1: a stream's step, a short call) takes a path of its
- * own in forward.c: it must give the bits of the general path, here the same
- * sequence as row 0 of a batch of two, for every kind and weight type,
- * several layers, T 1 and 5, lengths NULL, {T} or {2} (zeros past it), h_0/c_0
- * given or NULL, and the state updated in place (h_n = h_0, c_n = c_0).
- * Lengths {0} go the general way and keep the state.
+ * A batch whose sequences all run the same steps on one thread (a stream's
+ * step, a short call, any call with one thread set) takes a path of its own
+ * in forward.c: it must give the bits of the general path, here the same
+ * rows inside a batch with one more row, a shorter one, which makes that
+ * batch ragged. Every kind and weight type, several layers, hidden sizes
+ * past a one-row chunk, B 1, 3 and 50 (past a cell chunk of rows), T 1 and 4,
+ * lengths NULL or all T, h_0/c_0 given or NULL, the state updated in place
+ * (h_n = h_0, c_n = c_0), input rows evenly spaced or not (the input of the
+ * bigger batch), 1 and 2 threads (2 take this path only under the thread
+ * threshold). Lengths of 0 go the general way and keep the state.
  */
-static void test_one_sequence(const char *const *isas, int n_isas) {
+static void test_uniform_batch(const char *const *isas, int n_isas) {
     const lstm_config cfgs[] = {
         /* I, H, L, bias, bi, P, cell, weights */
         {9, 40, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32},
@@ -470,83 +474,119 @@ static void test_one_sequence(const char *const *isas, int n_isas) {
         {9, 40, 2, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_I8},
         {9, 33, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_I8},
     };
-    enum { MAXT = 5, MAXI = 9, MAXH = 130, MAXS = 3 * MAXH };
-    static float x[MAXT * 2 * MAXI], h0[2 * MAXS], c0[2 * MAXS], hx[MAXS], cx[MAXS], bh0[2 * MAXS],
-        bc0[2 * MAXS], out1[MAXT * MAXH], hn1[MAXS], cn1[MAXS], out2[MAXT * 2 * MAXH], hn2[2 * MAXS],
-        cn2[2 * MAXS];
-    for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++)
-        for (int i = 0; i < n_isas; i++) {
-            const lstm_config *cfg = &cfgs[ci];
-            const int64_t I = cfg->input_size, H = cfg->hidden_size, L = cfg->num_layers;
-            const int lstm = cfg->cell == LSTM_CELL_LSTM;
-            CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
-            lstm_set_num_threads(1);
-            weights W;
-            make_weights(cfg, &W);
-            lstm_model *m = NULL;
-            CHECK(lstm_model_create(cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
-            for (int e = 0; e < MAXT * 2 * I; e++) x[e] = rnd_f(-2, 2);
-            for (int e = 0; e < 2 * L * H; e++) h0[e] = rnd_f(-1, 1), c0[e] = rnd_f(-3, 3);
-            for (int64_t T = 1; T <= MAXT; T += MAXT - 1)
-                for (int lv = 0; lv < 3; lv++)      // lengths NULL, {T}, {2}
-                    for (int given = 0; given < 2; given++) {
-                        const int64_t len = lv == 2 && T > 2 ? 2 : T, lens2[2] = {len, T};
-                        // the batch of two: state (L, 2, H), row 0 is the sequence; x (T, 2, I)
-                        for (int64_t l = 0; l < L; l++)
-                            for (int b = 0; b < 2; b++)
-                                for (int64_t e = 0; e < H; e++) {
-                                    bh0[(l * 2 + b) * H + e] = h0[b * L * H + l * H + e];
-                                    bc0[(l * 2 + b) * H + e] = c0[b * L * H + l * H + e];
+    const int64_t batches[] = {1, 3, 50};
+    for (size_t ci = 0; ci < sizeof cfgs / sizeof *cfgs; ci++) {
+        const lstm_config *cfg = &cfgs[ci];
+        const int64_t I = cfg->input_size, H = cfg->hidden_size, L = cfg->num_layers;
+        const int lstm = cfg->cell == LSTM_CELL_LSTM;
+        weights W;
+        make_weights(cfg, &W);
+        for (int i = 0; i < n_isas; i++)
+            for (int threads = 1; threads <= 2; threads++) {
+                CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
+                lstm_set_num_threads(threads);
+                lstm_model *m = NULL;
+                CHECK(lstm_model_create(cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+                for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++)
+                    for (int64_t T = 1; T <= 4; T += 3) {
+                        const int64_t B = batches[bi], B2 = B + 1;
+                        // the bigger batch: rows 0..B-1 are the uniform batch's, row B runs T - 1 steps
+                        float *x2 = xcalloc((size_t)(T * B2 * I), sizeof(float)), *x1 = xcalloc((size_t)(T * B * I), sizeof(float));
+                        float *h02 = xcalloc((size_t)(L * B2 * H), sizeof(float)), *c02 = xcalloc((size_t)(L * B2 * H), sizeof(float));
+                        float *h01 = xcalloc((size_t)(L * B * H), sizeof(float)), *c01 = xcalloc((size_t)(L * B * H), sizeof(float));
+                        float *out2 = xcalloc((size_t)(T * B2 * H), sizeof(float)), *out1 = xcalloc((size_t)(T * B * H), sizeof(float));
+                        float *hn2 = xcalloc((size_t)(L * B2 * H), sizeof(float)), *cn2 = xcalloc((size_t)(L * B2 * H), sizeof(float));
+                        float *hn1 = xcalloc((size_t)(L * B * H), sizeof(float)), *cn1 = xcalloc((size_t)(L * B * H), sizeof(float));
+                        int64_t *lens2 = xcalloc((size_t)B2, sizeof(int64_t)), *lens1 = xcalloc((size_t)B, sizeof(int64_t));
+                        for (int64_t e = 0; e < T * B2 * I; e++) x2[e] = rnd_f(-2, 2);
+                        for (int64_t e = 0; e < L * B2 * H; e++) h02[e] = rnd_f(-1, 1), c02[e] = rnd_f(-3, 3);
+                        for (int64_t t = 0; t < T; t++)
+                            memcpy(x1 + t * B * I, x2 + t * B2 * I, (size_t)(B * I) * sizeof(float));
+                        for (int64_t l = 0; l < L; l++) {
+                            memcpy(h01 + l * B * H, h02 + l * B2 * H, (size_t)(B * H) * sizeof(float));
+                            memcpy(c01 + l * B * H, c02 + l * B2 * H, (size_t)(B * H) * sizeof(float));
+                        }
+                        for (int64_t b = 0; b < B2; b++) lens2[b] = b < B ? T : T - 1;
+                        for (int64_t b = 0; b < B; b++) lens1[b] = T;
+                        for (int given = 0; given < 2; given++) {
+                            lstm_forward_args r = {.seq_len = T, .batch = B2, .input = x2, .input_stride_t = B2 * I,
+                                                   .input_stride_b = I, .lengths = lens2, .h_0 = given ? h02 : NULL,
+                                                   .c_0 = given && lstm ? c02 : NULL, .output = out2,
+                                                   .output_stride_t = B2 * H, .output_stride_b = H, .h_n = hn2,
+                                                   .c_n = lstm ? cn2 : NULL};
+                            CHECK(lstm_model_forward(m, &r, NULL, 0) == LSTM_OK, "ragged batch");
+                            for (int variant = 0; variant < 3 + given; variant++) {
+                                // 0: lengths NULL, 1: all T, 2: rows spaced as the bigger batch's, 3: in place
+                                float hx[3 * 50 * 130], cx[3 * 50 * 130];
+                                lstm_forward_args a = {.seq_len = T, .batch = B, .input = x1, .input_stride_t = B * I,
+                                                       .input_stride_b = I, .lengths = variant == 1 ? lens1 : NULL,
+                                                       .h_0 = given ? h01 : NULL, .c_0 = given && lstm ? c01 : NULL,
+                                                       .output = out1, .output_stride_t = B * H,
+                                                       .output_stride_b = H, .h_n = hn1, .c_n = lstm ? cn1 : NULL};
+                                if (variant == 2) a.input = x2, a.input_stride_t = B2 * I;
+                                if (variant == 3) {
+                                    memcpy(hx, h01, (size_t)(L * B * H) * sizeof(float));
+                                    memcpy(cx, c01, (size_t)(L * B * H) * sizeof(float));
+                                    a.h_0 = a.h_n = hx;
+                                    if (lstm) a.c_0 = a.c_n = cx;
                                 }
-                        lstm_forward_args b2 = {.seq_len = T, .batch = 2, .input = x,
-                                                .input_stride_t = 2 * I, .input_stride_b = I,
-                                                .lengths = lens2, .h_0 = given ? bh0 : NULL,
-                                                .c_0 = given && lstm ? bc0 : NULL, .output = out2,
-                                                .output_stride_t = 2 * H, .output_stride_b = H,
-                                                .h_n = hn2, .c_n = lstm ? cn2 : NULL};
-                        CHECK(lstm_model_forward(m, &b2, NULL, 0) == LSTM_OK, "batch of two");
-                        for (int in_place = 0; in_place <= given; in_place++) {
-                            lstm_forward_args a = {.seq_len = T, .batch = 1, .input = x,
-                                                   .input_stride_t = 2 * I, .input_stride_b = I,
-                                                   .lengths = lv ? &len : NULL,
-                                                   .h_0 = given ? h0 : NULL,
-                                                   .c_0 = given && lstm ? c0 : NULL, .output = out1,
-                                                   .output_stride_t = H, .output_stride_b = H,
-                                                   .h_n = hn1, .c_n = lstm ? cn1 : NULL};
-                            if (in_place) {
-                                memcpy(hx, h0, (size_t)(L * H) * sizeof(float));
-                                memcpy(cx, c0, (size_t)(L * H) * sizeof(float));
-                                a.h_0 = a.h_n = hx;
-                                if (lstm) a.c_0 = a.c_n = cx;
+                                CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "uniform batch");
+                                int bad = 0;
+                                for (int64_t t = 0; t < T; t++)
+                                    bad += memcmp(out1 + t * B * H, out2 + t * B2 * H, (size_t)(B * H) * sizeof(float)) != 0;
+                                for (int64_t l = 0; l < L; l++) {
+                                    bad += memcmp(a.h_n + l * B * H, hn2 + l * B2 * H, (size_t)(B * H) * sizeof(float)) != 0;
+                                    if (lstm)
+                                        bad += memcmp(a.c_n + l * B * H, cn2 + l * B2 * H, (size_t)(B * H) * sizeof(float)) != 0;
+                                }
+                                CHECK(bad == 0, "%s cfg %zu threads %d B %ld T %ld h_0 %s variant %d: differs from the ragged batch (%d)",
+                                      isas[i], ci, threads, (long)B, (long)T, given ? "given" : "NULL", variant, bad);
                             }
-                            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "one sequence");
+                        }
+                        // all T - 1 steps (zeros after them), against the same rows beside one of T
+                        if (T > 1) {
+                            for (int64_t b = 0; b < B2; b++) lens2[b] = b < B ? T - 1 : T;
+                            for (int64_t b = 0; b < B; b++) lens1[b] = T - 1;
+                            lstm_forward_args r = {.seq_len = T, .batch = B2, .input = x2, .input_stride_t = B2 * I,
+                                                   .input_stride_b = I, .lengths = lens2, .h_0 = h02,
+                                                   .c_0 = lstm ? c02 : NULL, .output = out2,
+                                                   .output_stride_t = B2 * H, .output_stride_b = H, .h_n = hn2,
+                                                   .c_n = lstm ? cn2 : NULL};
+                            lstm_forward_args a = r;
+                            a.batch = B, a.input = x1, a.input_stride_t = B * I, a.lengths = lens1, a.h_0 = h01;
+                            a.c_0 = lstm ? c01 : NULL, a.output = out1, a.output_stride_t = B * H, a.h_n = hn1;
+                            a.c_n = lstm ? cn1 : NULL;
+                            for (int64_t e = 0; e < T * B * H; e++) out1[e] = SENTINEL;
+                            CHECK(lstm_model_forward(m, &r, NULL, 0) == LSTM_OK, "ragged batch");
+                            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "uniform batch");
                             int bad = 0;
                             for (int64_t t = 0; t < T; t++)
-                                bad += memcmp(out1 + t * H, out2 + t * 2 * H, (size_t)H * sizeof(float)) != 0;
+                                bad += memcmp(out1 + t * B * H, out2 + t * B2 * H, (size_t)(B * H) * sizeof(float)) != 0;
                             for (int64_t l = 0; l < L; l++) {
-                                bad += memcmp(a.h_n + l * H, hn2 + l * 2 * H, (size_t)H * sizeof(float)) != 0;
-                                if (lstm)
-                                    bad += memcmp(a.c_n + l * H, cn2 + l * 2 * H, (size_t)H * sizeof(float)) != 0;
+                                bad += memcmp(hn1 + l * B * H, hn2 + l * B2 * H, (size_t)(B * H) * sizeof(float)) != 0;
+                                if (lstm) bad += memcmp(cn1 + l * B * H, cn2 + l * B2 * H, (size_t)(B * H) * sizeof(float)) != 0;
                             }
-                            CHECK(bad == 0, "%s cfg %zu T %ld len %ld h_0 %s%s: differs from the batch (%d)",
-                                  isas[i], ci, (long)T, (long)len, given ? "given" : "NULL",
-                                  in_place ? " in place" : "", bad);
+                            CHECK(bad == 0, "%s cfg %zu threads %d B %ld T %ld: lengths T - 1 differ from the ragged batch (%d)",
+                                  isas[i], ci, threads, (long)B, (long)T, bad);
                         }
+                        // lengths of 0: the general path, state kept and output zero
+                        for (int64_t b = 0; b < B; b++) lens1[b] = 0;
+                        lstm_forward_args z = {.seq_len = T, .batch = B, .input = x1, .input_stride_t = B * I,
+                                               .input_stride_b = I, .lengths = lens1, .h_0 = h01,
+                                               .c_0 = lstm ? c01 : NULL, .output = out1, .output_stride_t = B * H,
+                                               .output_stride_b = H, .h_n = hn1, .c_n = lstm ? cn1 : NULL};
+                        CHECK(lstm_model_forward(m, &z, NULL, 0) == LSTM_OK, "length 0");
+                        int bad = memcmp(hn1, h01, (size_t)(L * B * H) * sizeof(float)) != 0;
+                        if (lstm) bad += memcmp(cn1, c01, (size_t)(L * B * H) * sizeof(float)) != 0;
+                        for (int64_t e = 0; e < T * B * H; e++) bad += out1[e] != 0.0f;
+                        CHECK(bad == 0, "%s cfg %zu B %ld: length 0 changed the state or wrote output", isas[i], ci, (long)B);
+                        free(x2), free(x1), free(h02), free(c02), free(h01), free(c01), free(out2), free(out1);
+                        free(hn2), free(cn2), free(hn1), free(cn1), free(lens2), free(lens1);
                     }
-            // lengths {0}: the general path, state kept and output zero
-            const int64_t zero = 0;
-            lstm_forward_args a = {.seq_len = 1, .batch = 1, .input = x, .input_stride_t = I,
-                                   .input_stride_b = I, .lengths = &zero, .h_0 = h0,
-                                   .c_0 = lstm ? c0 : NULL, .output = out1, .output_stride_t = H,
-                                   .output_stride_b = H, .h_n = hn1, .c_n = lstm ? cn1 : NULL};
-            CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "length 0");
-            int bad = memcmp(hn1, h0, (size_t)(L * H) * sizeof(float)) != 0;
-            if (lstm) bad += memcmp(cn1, c0, (size_t)(L * H) * sizeof(float)) != 0;
-            for (int64_t e = 0; e < H; e++) bad += out1[e] != 0.0f;
-            CHECK(bad == 0, "%s cfg %zu: length 0 changed the state or wrote output", isas[i], ci);
-            lstm_model_free(m);
-            free_weights(&W);
-        }
+                lstm_model_free(m);
+            }
+        free_weights(&W);
+    }
 }
 
 /* NaN in one input step must poison that sequence's outputs from there on (and
@@ -1044,7 +1084,7 @@ int main(void) {
         CHECK(strcmp(lstm_get_isa(), isas[0]) == 0, "LSTM_INFER_ISA=%s gave %s", isas[0], lstm_get_isa());
     test_forward(isas, n_isas);
     test_single_sequence_output(isas, n_isas);
-    test_one_sequence(isas, n_isas);
+    test_uniform_batch(isas, n_isas);
     /* avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo), which returns
      * lo for a NaN x (fixed by putting x second). */
     for (int i = 0; i < n_isas; i++)
