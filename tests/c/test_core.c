@@ -461,6 +461,8 @@ static void test_single_sequence_output(const char *const *isas, int n_isas) {
  * bigger batch), 1 and 2 threads (2 take this path only under the thread
  * threshold). Lengths of 0 go the general way and keep the state.
  */
+static float *fbuf(int64_t n) { return xcalloc((size_t)n, sizeof(float)); }
+
 static void test_uniform_batch(const char *const *isas, int n_isas) {
     const lstm_config cfgs[] = {
         /* I, H, L, bias, bi, P, cell, weights */
@@ -491,12 +493,12 @@ static void test_uniform_batch(const char *const *isas, int n_isas) {
                     for (int64_t T = 1; T <= 4; T += 3) {
                         const int64_t B = batches[bi], B2 = B + 1;
                         // the bigger batch: rows 0..B-1 are the uniform batch's, row B runs T - 1 steps
-                        float *x2 = xcalloc((size_t)(T * B2 * I), sizeof(float)), *x1 = xcalloc((size_t)(T * B * I), sizeof(float));
-                        float *h02 = xcalloc((size_t)(L * B2 * H), sizeof(float)), *c02 = xcalloc((size_t)(L * B2 * H), sizeof(float));
-                        float *h01 = xcalloc((size_t)(L * B * H), sizeof(float)), *c01 = xcalloc((size_t)(L * B * H), sizeof(float));
-                        float *out2 = xcalloc((size_t)(T * B2 * H), sizeof(float)), *out1 = xcalloc((size_t)(T * B * H), sizeof(float));
-                        float *hn2 = xcalloc((size_t)(L * B2 * H), sizeof(float)), *cn2 = xcalloc((size_t)(L * B2 * H), sizeof(float));
-                        float *hn1 = xcalloc((size_t)(L * B * H), sizeof(float)), *cn1 = xcalloc((size_t)(L * B * H), sizeof(float));
+                        float *x2 = fbuf(T * B2 * I), *x1 = fbuf(T * B * I);
+                        float *h02 = fbuf(L * B2 * H), *c02 = fbuf(L * B2 * H);
+                        float *h01 = fbuf(L * B * H), *c01 = fbuf(L * B * H);
+                        float *out2 = fbuf(T * B2 * H), *out1 = fbuf(T * B * H);
+                        float *hn2 = fbuf(L * B2 * H), *cn2 = fbuf(L * B2 * H);
+                        float *hn1 = fbuf(L * B * H), *cn1 = fbuf(L * B * H);
                         int64_t *lens2 = xcalloc((size_t)B2, sizeof(int64_t)), *lens1 = xcalloc((size_t)B, sizeof(int64_t));
                         for (int64_t e = 0; e < T * B2 * I; e++) x2[e] = rnd_f(-2, 2);
                         for (int64_t e = 0; e < L * B2 * H; e++) h02[e] = rnd_f(-1, 1), c02[e] = rnd_f(-3, 3);
