@@ -4,6 +4,8 @@
 #   make install PREFIX=/usr/local [DESTDIR=...]   the libraries, lstm_infer.pc and lstm_infer.h
 #   make check                    the C tests (tests/c, plain and under ASan+UBSan)
 #   make example                  examples/c/lstm_run, linked with the static library
+#   make ceilings                 tools/ceilings.c (x86-64): this CPU's ceilings, the batch-1
+#                                 cases' lower bounds and the library's share of them
 #   make fuzz FUZZ_SECONDS=60     the model-file loader under libFuzzer (needs clang)
 # The sources are src/sources.mk's; the kernel files follow $(CC)'s target, so
 # `make CC=aarch64-linux-gnu-gcc` cross-builds. The version is lstm_infer/__init__.py's.
@@ -34,7 +36,7 @@ STATIC := $(BUILD)/liblstm_infer.a
 OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LSTM_SOURCES) $(ISA_SOURCES))
 HDRS := $(wildcard src/*.h)
 
-.PHONY: all install uninstall check example fuzz fuzz-build clean
+.PHONY: all install uninstall check example ceilings fuzz fuzz-build clean
 all: $(STATIC) $(SHARED) $(BUILD)/lstm_infer.pc
 
 $(BUILD)/obj/%.o: src/%.c $(HDRS) src/sources.mk
@@ -78,6 +80,10 @@ check:
 example: $(BUILD)/lstm_run
 $(BUILD)/lstm_run: examples/c/lstm_run.c $(STATIC)
 	$(CC) $(CFLAGS) -std=c11 -Wall -Wextra -pedantic -Isrc $< $(STATIC) $(LIBS) -o $@
+
+ceilings: $(BUILD)/ceilings
+$(BUILD)/ceilings: tools/ceilings.c $(STATIC)
+	$(CC) $(CFLAGS) -std=gnu11 -Wall -Wextra -Isrc $< $(STATIC) $(LIBS) -o $@
 
 # libFuzzer: every source built with the sanitizers, a corpus of our own under
 # $(BUILD)/fuzz-corpus seeded from tests/fuzz/corpus (which it does not change).

@@ -1,0 +1,407 @@
+/*
+ * ceilings.c - what this x86 CPU can do at most, what that allows the
+ * batch-1 benchmark cases (bench.py's edge and wide) in each weight type, and
+ * how close the library gets: the "what bounds it, measured" of issue 17's
+ * missed targets.
+ *
+ *   make ceilings && build/c/ceilings [ROUNDS]
+ *
+ * Measures, in TSC cycles (the core clock may differ; both sides of every
+ * comparison here are in the same unit):
+ *   - the throughput of the instruction sequences each weight type's step
+ *     needs per weight (hand-written loops over L1-resident data, 12
+ *     independent accumulators, so only the execution ports limit them);
+ *   - read bandwidth per thread, 1 and 2 threads, for the footprints the
+ *     steps stream (each thread its own buffer, read again and again).
+ * Then a lower bound on each case's time: the input projection (one GEMM per
+ * layer over all steps) at the FMA peak, plus every step's W_hh product at
+ * the slower of its instruction ceiling and its read bandwidth, split over
+ * the threads perfectly, with nothing else (no activations, no sync, no
+ * call). A target below that bound cannot be met by any kernel of that kind
+ * on this CPU.
+ *
+ * Each round measures the ceilings and then times the library on the same
+ * cases (fastest of 3 calls each), so the share of the bound it reaches is
+ * a ratio from one moment: on a shared VM the ceilings that need loads and
+ * shuffles move by up to 1.4x with what the neighbour runs (the FMA peak
+ * does not). Printed: the medians over the rounds, and the range of the
+ * per-round shares.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lstm_infer.h"
+
+#if !defined(__x86_64__)
+int main(void) {
+    fprintf(stderr, "ceilings: x86-64 only\n");
+    return 2;
+}
+#else
+#include <x86intrin.h>
+
+static int cmpd(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Twelve copies of one instruction sequence per iteration, copy i
+ * accumulating into ymm i; ymm12 is scratch, ymm14/15 are sources, %1 points
+ * at 4 KB of L1-resident data. */
+#define R12(I) I(0) I(1) I(2) I(3) I(4) I(5) I(6) I(7) I(8) I(9) I(10) I(11)
+#define S(x) #x
+#define FMA(i) "vfmadd231ps %%ymm14, %%ymm15, %%ymm" S(i) "\n"
+#define FMA_M(i) "vfmadd231ps " S(i) "*32(%1), %%ymm15, %%ymm" S(i) "\n"
+#define F16(i) "vcvtph2ps " S(i) "*16(%1), %%ymm12\n vfmadd231ps %%ymm12, %%ymm15, %%ymm" S(i) "\n"
+#define I8(i)                                                                                      \
+    "vpmovsxbw " S(i) "*16(%1), %%ymm12\n vpmaddwd %%ymm12, %%ymm15, %%ymm12\n"                   \
+    " vpaddd %%ymm12, %%ymm" S(i) ", %%ymm" S(i) "\n"
+#define I16(i) "vpmaddwd " S(i) "*32(%1), %%ymm15, %%ymm12\n vpaddd %%ymm12, %%ymm" S(i) ", %%ymm" S(i) "\n"
+#define LOOP(NAME, BODY)                                                                           \
+    __attribute__((noinline)) static void NAME(long n, const void *p) {                            \
+        __asm__ volatile("1:\n" R12(BODY) "dec %0\n jnz 1b\n"                                       \
+                         : "+r"(n)                                                                  \
+                         : "r"(p)                                                                   \
+                         : "memory", "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7", \
+                           "ymm8", "ymm9", "ymm10", "ymm11", "ymm12", "ymm14", "ymm15");           \
+    }
+LOOP(loop_fma, FMA)
+LOOP(loop_fma_m, FMA_M)
+LOOP(loop_f16, F16)
+LOOP(loop_i8, I8)
+LOOP(loop_i16, I16)
+
+enum { SEQ_FMA, SEQ_FMA_M, SEQ_F16, SEQ_I8, SEQ_I16, N_SEQ };
+static const struct {
+    void (*run)(long, const void *);
+    int macs; /* multiply-adds per copy */
+    const char *what;
+} SEQ[N_SEQ] = {
+    {loop_fma, 8, "vfmadd231ps (registers): the FMA peak"},
+    {loop_fma_m, 8, "vfmadd231ps m256: a float32 weight"},
+    {loop_f16, 8, "vcvtph2ps m128 + vfmadd231ps: a float16 weight"},
+    {loop_i8, 16, "vpmovsxbw m128 + vpmaddwd + vpaddd: an int8 weight, 16-bit h"},
+    {loop_i16, 16, "vpmaddwd m256 + vpaddd: a weight kept widened to int16"},
+};
+
+/* multiply-adds per TSC cycle, median of rounds */
+static double mac_rate[N_SEQ];
+
+static void measure_seq(void) {
+    enum { ROUNDS = 21, ITERS = 100000 };
+    char *data = aligned_alloc(64, 4096);
+    if (!data) {
+        fprintf(stderr, "ceilings: out of memory\n");
+        exit(1);
+    }
+    memset(data, 1, 4096);
+    double r[N_SEQ][ROUNDS];
+    for (int k = 0; k < ROUNDS; k++)
+        for (int s = 0; s < N_SEQ; s++) { // interleaved, so a slow moment hits every sequence
+            const uint64_t t = __rdtsc();
+            SEQ[s].run(ITERS, data);
+            r[s][k] = (double)ITERS * 12 * SEQ[s].macs / (double)(__rdtsc() - t);
+        }
+    for (int s = 0; s < N_SEQ; s++) {
+        qsort(r[s], ROUNDS, sizeof(double), cmpd);
+        mac_rate[s] = r[s][ROUNDS / 2];
+    }
+    free(data);
+}
+
+/* the xor of every 32 bytes, so the loads cannot be dropped */
+__attribute__((noinline, target("avx2"))) static uint64_t read_all(const char *p, size_t bytes) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < bytes; i += 128) {
+        a0 = _mm256_xor_si256(a0, _mm256_load_si256((const __m256i *)(p + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_load_si256((const __m256i *)(p + i + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_load_si256((const __m256i *)(p + i + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_load_si256((const __m256i *)(p + i + 96)));
+    }
+    a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    return (uint64_t)_mm256_extract_epi64(a0, 0);
+}
+
+typedef struct {
+    size_t bytes;
+    int reps;
+    atomic_int *ready, *go;
+    double cycles; // fastest pass
+    uint64_t sink;
+} reader_job;
+
+static void *reader(void *arg) {
+    reader_job *j = arg;
+    char *p = aligned_alloc(64, j->bytes);
+    if (!p) { // no rate (cycles stay 0), but the others must not wait for this thread
+        atomic_fetch_add(j->ready, 1);
+        return NULL;
+    }
+    memset(p, 1, j->bytes);
+    for (int w = 0; w < 3; w++) j->sink += read_all(p, j->bytes);
+    atomic_fetch_add(j->ready, 1);
+    while (!atomic_load(j->go)) _mm_pause();
+    double best = 1e300;
+    for (int r = 0; r < j->reps; r++) {
+        const uint64_t t = __rdtsc();
+        j->sink += read_all(p, j->bytes);
+        const double c = (double)(__rdtsc() - t);
+        if (c < best) best = c;
+    }
+    j->cycles = best;
+    free(p);
+    return NULL;
+}
+
+/* bytes per TSC cycle per thread (the slower thread's), median of 5 tries */
+static double read_rate(size_t bytes, int threads) {
+    double tries[5];
+    for (int k = 0; k < 5; k++) {
+        pthread_t th[2];
+        reader_job j[2];
+        atomic_int ready = 0, go = 0;
+        int reps = (int)(100000000 / bytes);
+        reps = reps < 5 ? 5 : reps;
+        for (int i = 0; i < threads; i++) {
+            j[i] = (reader_job){bytes, reps, &ready, &go, 0, 0};
+            if (pthread_create(&th[i], NULL, reader, &j[i])) {
+                fprintf(stderr, "ceilings: cannot start a thread\n");
+                exit(1);
+            }
+        }
+        while (atomic_load(&ready) < threads) _mm_pause();
+        atomic_store(&go, 1);
+        double worst = 0;
+        int failed = 0;
+        for (int i = 0; i < threads; i++) {
+            pthread_join(th[i], NULL);
+            failed |= !(j[i].cycles > 0);
+            if (j[i].cycles > worst) worst = j[i].cycles;
+        }
+        if (failed) {
+            fprintf(stderr, "ceilings: out of memory\n");
+            exit(1);
+        }
+        tries[k] = (double)bytes / worst;
+    }
+    qsort(tries, 5, sizeof(double), cmpd);
+    return tries[2];
+}
+
+/* TSC cycles of a cache line's round trip between two threads (median of 5;
+ * each waits with pause, as the library's barrier does) */
+static atomic_int ping;
+enum { PINGS = 20000 };
+static void *pong(void *arg) {
+    (void)arg;
+    for (int i = 0; i < PINGS; i++) {
+        while (atomic_load_explicit(&ping, memory_order_acquire) != 2 * i + 1) _mm_pause();
+        atomic_store_explicit(&ping, 2 * i + 2, memory_order_release);
+    }
+    return NULL;
+}
+static double round_trip(void) {
+    double tries[5];
+    for (int k = 0; k < 5; k++) {
+        pthread_t th;
+        atomic_store(&ping, 0);
+        if (pthread_create(&th, NULL, pong, NULL)) {
+            fprintf(stderr, "ceilings: cannot start a thread\n");
+            exit(1);
+        }
+        const uint64_t t = __rdtsc();
+        for (int i = 0; i < PINGS; i++) {
+            atomic_store_explicit(&ping, 2 * i + 1, memory_order_release);
+            while (atomic_load_explicit(&ping, memory_order_acquire) != 2 * i + 2) _mm_pause();
+        }
+        tries[k] = (double)(__rdtsc() - t) / PINGS;
+        pthread_join(th, NULL);
+    }
+    qsort(tries, 5, sizeof(double), cmpd);
+    return tries[2];
+}
+
+static double tsc_ghz(void) {
+    struct timespec a, b, pause = {0, 200000000};
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    const uint64_t c = __rdtsc();
+    nanosleep(&pause, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    const uint64_t c1 = __rdtsc();
+    return (double)(c1 - c) / ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec));
+}
+
+/* bench.py's batch-1 cases: LSTM, 4 gates, one direction, equal lengths */
+static const struct {
+    const char *name;
+    int T, I, H, L;
+} CASES[] = {{"edge", 200, 64, 128, 1}, {"wide", 100, 512, 512, 2}};
+
+/* how each weight type runs: the sequence of its W_hh step, of its input
+ * projection, and the bytes a W_hh weight takes in memory */
+static const struct {
+    const char *name;
+    int step_seq, proj_seq, bytes;
+} TYPES[] = {
+    {"float32", SEQ_FMA_M, SEQ_FMA, 4},
+    {"float16", SEQ_F16, SEQ_FMA, 2}, // W_ih's halves are converted once per GEMM block
+    {"int8 (as built: W_ih float16)", SEQ_I8, SEQ_FMA, 1},
+    // no such kernel: the bound of any design that keeps h at 16 bits, on AVX2 without VNNI
+    {"int8, any 16-bit-h design (vpmaddwd everywhere)", SEQ_I16, SEQ_I16, 1},
+};
+
+static float lcg(unsigned *s) { /* deterministic, in [-0.1, 0.1) */
+    *s = *s * 1664525u + 1013904223u;
+    return ((float)(*s >> 8) / 16777216.0f - 0.5f) * 0.2f;
+}
+
+/* an LSTM model of a case with random weights stored as `type`, or NULL */
+static lstm_model *make_model(int c, int type) {
+    const lstm_config cfg = {.input_size = CASES[c].I, .hidden_size = CASES[c].H,
+                             .num_layers = CASES[c].L, .bias = 1, .weights = type};
+    const size_t n = lstm_weight_count(&cfg);
+    float *w[16] = {0};
+    unsigned seed = 1;
+    lstm_model *m = NULL;
+    for (size_t i = 0; i < n && i < 16; i++) {
+        int64_t shape[2];
+        lstm_weight_shape(&cfg, i, shape);
+        const int64_t count = shape[0] * (shape[1] ? shape[1] : 1);
+        if (!(w[i] = malloc((size_t)count * sizeof(float)))) goto done;
+        for (int64_t e = 0; e < count; e++) w[i][e] = lcg(&seed);
+    }
+    if (n > 16 || lstm_model_create(&cfg, (const float *const *)w, n, &m) != LSTM_OK) m = NULL;
+done:
+    for (size_t i = 0; i < n && i < 16; i++) free(w[i]);
+    return m;
+}
+
+/* TSC cycles of the fastest of 3 forward calls on `threads` threads */
+static double time_call(lstm_model *m, int c, int threads, const float *x, float *y) {
+    const int64_t T = CASES[c].T, I = CASES[c].I, H = CASES[c].H;
+    const lstm_forward_args a = {.seq_len = T, .batch = 1, .input = x, .input_stride_t = I,
+                                 .input_stride_b = I, .output = y, .output_stride_t = H,
+                                 .output_stride_b = H};
+    lstm_set_num_threads(threads);
+    double best = 1e300;
+    for (int r = 0; r < 3; r++) {
+        const uint64_t t = __rdtsc();
+        if (lstm_model_forward(m, &a, NULL, 0) != LSTM_OK) return -1;
+        const double d = (double)(__rdtsc() - t);
+        if (d < best) best = d;
+    }
+    return best;
+}
+
+/* the lower bound of TSC cycles for case c, weights w, n threads, from this
+ * round's rates; `hop` is a one-way cross-core latency, paid once a step on
+ * more than one thread (a step needs the other thread's half of h) */
+static double bound(int c, int w, int n, double hop) {
+    double cycles = 0;
+    for (int l = 0; l < CASES[c].L; l++) {
+        const double in = l ? CASES[c].H : CASES[c].I, G = 4.0 * CASES[c].H;
+        const double proj = CASES[c].T * in * G / (n * mac_rate[TYPES[w].proj_seq]);
+        const double step_macs = G * CASES[c].H, share = step_macs * TYPES[w].bytes / n;
+        const double compute = step_macs / (n * mac_rate[TYPES[w].step_seq]);
+        const double stream = share / read_rate((size_t)share, n);
+        cycles += proj + CASES[c].T * ((compute > stream ? compute : stream) + (n > 1 ? hop : 0));
+    }
+    return cycles;
+}
+
+enum { N_CASES = sizeof CASES / sizeof *CASES, N_TYPES = sizeof TYPES / sizeof *TYPES, MAX_ROUNDS = 99 };
+
+int main(int argc, char **argv) {
+    // the library's avx2 kernels need what these loops do (AVX2, FMA, F16C); measure those kernels
+    if (lstm_set_isa("avx2") != LSTM_OK) {
+        fprintf(stderr, "ceilings: needs AVX2, FMA and F16C\n");
+        return 2;
+    }
+    char *end = NULL;
+    const long rounds = argc > 1 ? strtol(argv[1], &end, 10) : 7;
+    if (argc > 2 || (end && *end) || rounds < 1 || rounds > MAX_ROUNDS) {
+        fprintf(stderr, "usage: %s [ROUNDS (1-%d, default 7)]\n", argv[0], MAX_ROUNDS);
+        return 2;
+    }
+    const double ghz = tsc_ghz();
+    // the library's weight types are TYPES[0..2] (lstm_weight_type's order); TYPES[3] is a bound only
+    lstm_model *models[N_CASES][3];
+    float *x[N_CASES], *y[N_CASES];
+    for (int c = 0; c < N_CASES; c++) {
+        const size_t nx = (size_t)CASES[c].T * (size_t)(CASES[c].I > CASES[c].H ? CASES[c].I : CASES[c].H);
+        x[c] = malloc(nx * sizeof(float));
+        y[c] = malloc(nx * sizeof(float));
+        unsigned seed = 7;
+        for (size_t i = 0; x[c] && i < nx; i++) x[c][i] = 10 * lcg(&seed);
+        for (int w = 0; w < 3; w++)
+            if (!x[c] || !y[c] || !(models[c][w] = make_model(c, w))) {
+                fprintf(stderr, "ceilings: cannot build the %s model\n", CASES[c].name);
+                return 1;
+            }
+    }
+    static double rates[N_SEQ][MAX_ROUNDS], hops[MAX_ROUNDS], bounds[N_CASES][N_TYPES][2][MAX_ROUNDS],
+        ours[N_CASES][3][2][MAX_ROUNDS], share[N_CASES][3][2][MAX_ROUNDS];
+    for (int r = 0; r < rounds; r++) {
+        measure_seq();
+        for (int s = 0; s < N_SEQ; s++) rates[s][r] = mac_rate[s];
+        hops[r] = round_trip() / 2;
+        for (int c = 0; c < N_CASES; c++)
+            for (int w = 0; w < N_TYPES; w++)
+                for (int n = 1; n <= 2; n++) {
+                    bounds[c][w][n - 1][r] = bound(c, w, n, hops[r]);
+                    if (w >= 3) continue;
+                    const double t = time_call(models[c][w], c, n, x[c], y[c]);
+                    if (t <= 0) {
+                        fprintf(stderr, "ceilings: the %s call failed\n", CASES[c].name);
+                        return 1;
+                    }
+                    ours[c][w][n - 1][r] = t;
+                    share[c][w][n - 1][r] = bounds[c][w][n - 1][r] / t;
+                }
+    }
+#define MEDIAN(a) (qsort((a), (size_t)rounds, sizeof(double), cmpd), (a)[rounds / 2])
+    printf("kernels %s; TSC %.3f GHz; %ld rounds, medians [range].\n", lstm_get_isa(), ghz, rounds);
+    printf("\nInstruction ceilings (multiply-adds per TSC cycle, one core, L1 data):\n");
+    for (int s = 0; s < N_SEQ; s++) {
+        const double med = MEDIAN(rates[s]);
+        printf("  %6.1f [%.1f-%.1f]  %s\n", med, rates[s][0], rates[s][rounds - 1], SEQ[s].what);
+    }
+    const double hop = MEDIAN(hops);
+    printf("\nA cache line between two threads: %.0f TSC cycles one way [%.0f-%.0f] (half a round trip)\n",
+           hop, hops[0], hops[rounds - 1]);
+    printf("\nRead bandwidth per thread (bytes per TSC cycle; each thread reads its own buffer):\n");
+    printf("  %10s %9s %9s\n", "footprint", "1 thread", "2 threads");
+    static const size_t SIZES[] = {32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20};
+    for (size_t i = 0; i < sizeof SIZES / sizeof *SIZES; i++)
+        printf("  %7zu KB %9.1f %9.1f\n", SIZES[i] >> 10, read_rate(SIZES[i], 1), read_rate(SIZES[i], 2));
+    printf("\nLower bound per call (projection at its ceiling + each step's W_hh product at the slower of its\n"
+           "instruction ceiling and the read bandwidth of its footprint, split perfectly, + on 2 threads one\n"
+           "one-way hop a step; nothing else) and this library's call (fastest of 3 per round), in\n"
+           "microseconds; share = bound / ours per round.\n");
+    printf("  %-5s %-50s %3s %9s %9s %15s\n", "case", "weights", "thr", "bound", "ours", "share [range]");
+    for (int c = 0; c < N_CASES; c++)
+        for (int w = 0; w < N_TYPES; w++)
+            for (int n = 0; n < 2; n++) {
+                const double b = MEDIAN(bounds[c][w][n]) / ghz / 1e3;
+                if (w >= 3) {
+                    printf("  %-5s %-50s %3d %9.1f %9s %15s\n", CASES[c].name, TYPES[w].name, n + 1, b, "-", "-");
+                    continue;
+                }
+                const double o = MEDIAN(ours[c][w][n]) / ghz / 1e3, sh = MEDIAN(share[c][w][n]);
+                printf("  %-5s %-50s %3d %9.1f %9.1f %5.0f%% [%.0f-%.0f]\n", CASES[c].name, TYPES[w].name, n + 1,
+                       b, o, 100 * sh, 100 * share[c][w][n][0], 100 * share[c][w][n][rounds - 1]);
+            }
+    for (int c = 0; c < N_CASES; c++) {
+        for (int w = 0; w < 3; w++) lstm_model_free(models[c][w]);
+        free(x[c]);
+        free(y[c]);
+    }
+    return 0;
+}
+#endif
