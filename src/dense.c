@@ -56,7 +56,7 @@ lstm_status lstm_dense_forward(const lstm_dense *d, int64_t rows, const float *x
     if (rows == 0) return LSTM_OK;
     if (!x || !y) return LSTM_ERR_INVALID_ARGUMENT;
     const lstm_rows a = {(float *)x, x_stride, NULL}, c = {y, y_stride, NULL};
-    lstm_active_kernels()->gemm(rows, d->in, a, d->w, 4, d->bias, 0, d->panels, d->out, c);
+    lstm_active_kernels()->gemm(rows, d->in, a, NULL, d->w, 4, d->bias, 0, d->panels, d->out, c);
     return LSTM_OK;
 }
 

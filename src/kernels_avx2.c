@@ -14,7 +14,9 @@
  * (streaming, batch 1) has its own loop: four strips in eight registers over
  * the whole of K. The row blocks come from this CPU's cache sizes
  * (lstm_cache_sizes): a cell chunk's K-block of A stays in L1 (cell_rows), a
- * block of A's rows in L2 while B streams past (l2_rows).
+ * block of A's rows in L2 while B streams past (l2_rows). A large input
+ * projection's rows come packed (kernels.h, lstm_pack_rows): 6x1 then reads
+ * one stream of six values a k instead of six rows (block_6x1_packed).
  *
  * The cell is one generic step in two bodies, one row (row_kind) and more
  * (rows_kind), each compiled once per cell kind with the kind a constant
@@ -259,6 +261,30 @@ INLINE void store_h(float *h, const __m256 *hv, int64_t units) {
     }
 
 DEFINE_BLOCK(6, 1, 4)
+
+/*
+ * block_6x1 on packed rows (kernels.h, lstm_pack_rows): ap points at the
+ * block's first k of one group, whose six values a k lie side by side. The
+ * same sums in the same order as block_6x1, so the same bits.
+ */
+static NOIPA void block_6x1_packed(int64_t kc, const float *ap, const float *bs,
+                                   const float *const *init, const float *bias, float *const *out,
+                                   int64_t col) {
+    __m256 acc[MR_MAX][2];
+    EACH(r, MR_MAX) EACH(v, 2)
+        acc[r][v] = init ? _mm256_loadu_ps(init[r] + col + 8 * v)
+                  : bias ? _mm256_loadu_ps(bias + 8 * v)
+                         : _mm256_setzero_ps();
+    UNROLLED(4) for (int64_t k = 0; k < kc; k++) {
+        __m256 bv[2];
+        EACH(v, 2) bv[v] = _mm256_loadu_ps(bs + k * LSTM_TILE + 8 * v);
+        EACH(r, MR_MAX) {
+            const __m256 x = _mm256_broadcast_ss(ap + k * MR_MAX + r);
+            EACH(v, 2) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
+        }
+    }
+    EACH(r, MR_MAX) EACH(v, 2) _mm256_storeu_ps(out[r] + col + 8 * v, acc[r][v]);
+}
 DEFINE_BLOCK(5, 1, 4)
 DEFINE_BLOCK(4, 1, 4)
 DEFINE_BLOCK(3, 2, 1)
@@ -305,25 +331,33 @@ static void block_tail(int mr, int ns, int64_t kc, const float *const *a, const 
 /*
  * out[r][0 .. 16 ns] = (init rows, or bias, or 0) + a[r] (K) @ the ns strips
  * (1 to 4) at bp, for rows r < m. Full groups of 6 rows run 6x1 strip by
- * strip; a later K-block accumulates onto out. Where the strips fit in L1
+ * strip, reading ap when given (a's rows packed, its group g at
+ * ap + 6 g pk for packed rows of pk columns; ap at this call's first
+ * column); a later K-block accumulates onto out. Where the strips fit in L1
  * together (small K) a row group takes them one after another; otherwise a
  * strip's K-block stays in L1 while every row group passes over it.
  */
-static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int ns,
-                       const lstm_rows *init, const float *bias, lstm_rows out) {
+static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *ap, int64_t pk,
+                       const float *bp, int ns, const lstm_rows *init, const float *bias,
+                       lstm_rows out) {
     const float *ar[MR_MAX], *ir[MR_MAX];
     float *orow[MR_MAX];
     const int64_t full = m / MR_MAX * MR_MAX, sstride = K * LSTM_TILE;
+#define ROW_GROUP(r0, k0)                                                                          \
+    for (int r = 0; r < MR_MAX; r++) {                                                             \
+        ar[r] = lstm_row(a, (r0) + r) + (k0);                                                      \
+        orow[r] = lstm_row(out, (r0) + r);                                                         \
+        ir[r] = (k0) ? orow[r] : init ? lstm_row(*init, (r0) + r) : NULL;                          \
+    }
+#define BLOCK(kc, r0, k0, bs, in, bi, col)                                                         \
+    (ap ? block_6x1_packed(kc, ap + (r0) * pk + (k0) * MR_MAX, bs, in, bi, orow, col)              \
+        : block_6x1(kc, ar, bs, 0, in, bi, orow, col))
     if (K <= SMALL_K) {
         for (int64_t r0 = 0; r0 < full; r0 += MR_MAX) {
-            for (int r = 0; r < MR_MAX; r++) {
-                ar[r] = lstm_row(a, r0 + r);
-                orow[r] = lstm_row(out, r0 + r);
-                ir[r] = init ? lstm_row(*init, r0 + r) : NULL;
-            }
+            ROW_GROUP(r0, 0)
             for (int s = 0; s < ns; s++)
-                block_6x1(K, ar, bp + s * sstride, 0, init ? ir : NULL,
-                          bias ? bias + s * LSTM_TILE : NULL, orow, s * LSTM_TILE);
+                BLOCK(K, r0, 0, bp + s * sstride, init ? ir : NULL, bias ? bias + s * LSTM_TILE : NULL,
+                      s * LSTM_TILE);
         }
     } else {
         for (int s = 0; s < ns; s++)
@@ -331,16 +365,14 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *bp, int n
                 const int64_t kc = K - k0 < KC ? K - k0 : KC;
                 const float *bs = bp + s * sstride + k0 * LSTM_TILE;
                 for (int64_t r0 = 0; r0 < full; r0 += MR_MAX) {
-                    for (int r = 0; r < MR_MAX; r++) {
-                        ar[r] = lstm_row(a, r0 + r) + k0;
-                        orow[r] = lstm_row(out, r0 + r);
-                        ir[r] = k0 ? orow[r] : init ? lstm_row(*init, r0 + r) : NULL;
-                    }
-                    block_6x1(kc, ar, bs, 0, k0 || init ? ir : NULL,
-                              k0 ? NULL : bias ? bias + s * LSTM_TILE : NULL, orow, s * LSTM_TILE);
+                    ROW_GROUP(r0, k0)
+                    BLOCK(kc, r0, k0, bs, k0 || init ? ir : NULL,
+                          k0 ? NULL : bias ? bias + s * LSTM_TILE : NULL, s * LSTM_TILE);
                 }
             }
     }
+#undef BLOCK
+#undef ROW_GROUP
     const int mr = (int)(m - full);
     if (!mr) return;
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -385,7 +417,7 @@ static __attribute__((noinline)) void gemm_row_avx2(int64_t K, const float *ar, 
  * strips are strips [p0 gates, p1 gates), which run here four at a time,
  * leaving out the strips wholly past ncols.
  */
-static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
+static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, const float *b, int gates,
                       const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[MR_MAX][LSTM_PANEL];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
@@ -398,6 +430,7 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
     for (int64_t rb = 0; rb < m; rb += block) {
         const int64_t rows = m - rb < block ? m - rb : block;
         const lstm_rows ab = lstm_rows_from(a, rb);
+        const float *apb = ap ? ap + rb * K : NULL; // rb is a multiple of 6
         for (int64_t s = s0; s < s1; s += 4) {
             const int ns = s1 - s < 4 ? (int)(s1 - s) : 4;
             const float *bp = b + s * K * LSTM_TILE;
@@ -405,14 +438,14 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *b, int gat
             const int64_t width = ncols - s * LSTM_TILE;
             const lstm_rows cb = lstm_rows_col(lstm_rows_from(c, rb), s * LSTM_TILE);
             if (width >= ns * LSTM_TILE) {
-                panel_rows(rows, K, ab, bp, ns, NULL, bias_p, cb);
+                panel_rows(rows, K, ab, apb, K, bp, ns, NULL, bias_p, cb);
                 continue;
             }
             // the last strip of a matrix whose width is not a multiple of 16: via a stack tile
             for (int64_t r0 = 0; r0 < rows; r0 += MR_MAX) {
                 const int64_t mr = rows - r0 < MR_MAX ? rows - r0 : MR_MAX;
-                panel_rows(mr, K, lstm_rows_from(ab, r0), bp, ns, NULL, bias_p,
-                           (lstm_rows){tmp[0], LSTM_PANEL, NULL});
+                panel_rows(mr, K, lstm_rows_from(ab, r0), apb ? apb + r0 * K : NULL, K, bp, ns, NULL,
+                           bias_p, (lstm_rows){tmp[0], LSTM_PANEL, NULL});
                 for (int64_t r = 0; r < mr; r++)
                     memcpy(lstm_row(cb, r0 + r), tmp[r], (size_t)width * sizeof(float));
             }
@@ -586,8 +619,8 @@ INLINE void row_sums(const int type, int64_t K, const float *a, const int16_t *q
  * ones on the dequantized matrix, in the same order (the same bits as
  * row_sums).
  */
-static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat w, int64_t s0, int ns,
-                         const lstm_rows *init, const float *bias, lstm_rows out) {
+static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat w, int64_t s0,
+                         int ns, const lstm_rows *init, const float *bias, lstm_rows out) {
     _Alignas(64) float tile[KC * LSTM_TILE];
     for (int s = 0; s < ns; s++) {
         const lstm_rows os = lstm_rows_col(out, s * LSTM_TILE);
@@ -595,8 +628,8 @@ static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat w, int64_t
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
             dequantize_strip(w, K, s0 + s, k0, kc, tile);
-            panel_rows(m, kc, lstm_rows_col(a, k0), tile, 1, k0 ? &os : init ? &is : NULL,
-                       k0 || !bias ? NULL : bias + s * LSTM_TILE, os);
+            panel_rows(m, kc, lstm_rows_col(a, k0), ap ? ap + k0 * MR_MAX : NULL, K, tile, 1,
+                       k0 ? &os : init ? &is : NULL, k0 || !bias ? NULL : bias + s * LSTM_TILE, os);
         }
     }
 }
@@ -624,7 +657,7 @@ static __attribute__((noinline)) void gemm_row_f16(int64_t K, const float *ar, l
     }
 }
 
-static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
+static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[ROW_BLOCK][LSTM_TILE];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
@@ -640,8 +673,8 @@ static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gate
             const lstm_rows cb = lstm_rows_col(lstm_rows_from(c, rb), s * LSTM_TILE);
             // the last strip of a width that is not a multiple of 16 goes via a stack tile
             const lstm_rows out = width >= LSTM_TILE ? cb : (lstm_rows){tmp[0], LSTM_TILE, NULL};
-            panel_rows_r(rows, K, lstm_rows_from(a, rb), b, s, 1, NULL,
-                         bias ? bias + s * LSTM_TILE : NULL, out);
+            panel_rows_r(rows, K, lstm_rows_from(a, rb), ap ? ap + rb * K : NULL, b, s, 1, NULL,
+                         bias ? bias + s * LSTM_TILE : NULL, out); // rb: a multiple of 6
             if (width < LSTM_TILE)
                 for (int64_t r = 0; r < rows; r++) memcpy(lstm_row(cb, r), tmp[r], (size_t)width * sizeof(float));
         }
@@ -721,8 +754,8 @@ INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm
             const lstm_rows gt = lstm_rows_col(lstm_rows_from(g, r0), t * W);
             const lstm_rows *init = gru ? NULL : &gt;
             const float *bias = gru && b_hh ? b_hh + t * W : NULL;
-            if (type == LSTM_WEIGHTS_F32) panel_rows(rows, K, ar0, wp, ns, init, bias, out);
-            else panel_rows_r(rows, K, ar0, w_hh, t * gates, ns, init, bias, out);
+            if (type == LSTM_WEIGHTS_F32) panel_rows(rows, K, ar0, NULL, 0, wp, ns, init, bias, out);
+            else panel_rows_r(rows, K, ar0, NULL, w_hh, t * gates, ns, init, bias, out);
             for (int64_t r = 0; r < rows; r++) {
                 const float *ar = gru ? lstm_row(a, r0 + r) : NULL;
                 const float *gr = gru ? lstm_row(g, r0 + r) : NULL;
@@ -824,4 +857,4 @@ static void cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w
     }
 }
 
-const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, gemm_r_avx2, cell_r_avx2};
+const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, gemm_r_avx2, cell_r_avx2, 1};

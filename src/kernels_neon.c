@@ -410,15 +410,17 @@ INLINE void gemm_kind(const int half, int64_t m, int64_t K, lstm_rows a, const v
     }
 }
 
-static void gemm_neon(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
+// (the set does not pack: ap is unread)
+static void gemm_neon(int64_t m, int64_t K, lstm_rows a, const float *ap, const float *b, int gates,
                       const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    (void)ap;
     gemm_kind(0, m, K, a, b, gates, bias, p0, p1, ncols, c);
 }
 
-static void gemm_r_neon(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
+static void gemm_r_neon(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     if (b.type == LSTM_WEIGHTS_F16) gemm_kind(1, m, K, a, b.w, gates, bias, p0, p1, ncols, c);
-    else lstm_kernels_scalar.gemm_r(m, K, a, b, gates, bias, p0, p1, ncols, c); // I8: models store no int8 gemm operand
+    else lstm_kernels_scalar.gemm_r(m, K, a, ap, b, gates, bias, p0, p1, ncols, c); // I8: models store no int8 gemm operand
 }
 
 /*
@@ -645,4 +647,4 @@ static void cell_r_neon(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w
     }
 }
 
-const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon};
+const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon, 0};

@@ -78,8 +78,9 @@ static void strips_i8(int ns, int64_t K, const int16_t *qa, float sa, lstm_wmat 
  * A packed matrix and its bias are their strips one after another whatever
  * the strips a panel, so this runs strip by strip.
  */
-static void gemm_scalar_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int gates,
+static void gemm_scalar_r(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
                           const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    (void)ap; // the reference reads a
     float acc[LSTM_TILE];
     for (int64_t r = 0; r < m; r++) {
         const float *ar = lstm_row(a, r);
@@ -95,9 +96,9 @@ static void gemm_scalar_r(int64_t m, int64_t K, lstm_rows a, lstm_wmat b, int ga
     }
 }
 
-static void gemm_scalar(int64_t m, int64_t K, lstm_rows a, const float *b, int gates,
+static void gemm_scalar(int64_t m, int64_t K, lstm_rows a, const float *ap, const float *b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
-    gemm_scalar_r(m, K, a, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F32}, gates, bias, p0, p1, ncols, c);
+    gemm_scalar_r(m, K, a, ap, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F32}, gates, bias, p0, p1, ncols, c);
 }
 
 /*
@@ -166,4 +167,4 @@ static void cell_scalar(int cell, int64_t m, int64_t K, lstm_rows a, const float
 }
 
 const lstm_kernels lstm_kernels_scalar = {"scalar", gemm_scalar, cell_scalar, gemm_scalar_r,
-                                          cell_scalar_r};
+                                          cell_scalar_r, 0};

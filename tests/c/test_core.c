@@ -638,6 +638,87 @@ static void *caller_main(void *p) {
     return NULL;
 }
 
+static int never_stop(void *ctx) {
+    (void)ctx;
+    return 0;
+}
+
+/*
+ * A projection of 192 tokens or more and 1,024 columns or more reads its
+ * rows packed on a set that packs (forward.c, PACK_MIN_ROWS, PACK_MIN_COLS),
+ * a chunk of up to 1536 rows at a time (fewer when the call polls for
+ * interrupts): each sequence of such a batch gets the bits it gets alone
+ * (then under 192 tokens, not packed), on 1 and 2 threads, ragged and equal
+ * lengths (the one-thread short path packs too), for every kind and weight
+ * type, with a wider and a narrower layer 1 input.
+ */
+static void test_packed_projection(const char *const *isas, int n_isas) {
+    static const struct {
+        lstm_config cfg; /* I, H, L, bias, bi, P, cell, weights */
+        int64_t B, lo, hi; /* lengths in [lo, hi]; equal ones (lo + hi) / 2 */
+    } cases[] = {
+        {{20, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130}, /* two chunks; polls */
+        {{64, 256, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 60, 120}, /* short path, two chunks */
+        {{20, 128, 2, 1, 1, 11, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 8, 20, 60},  /* layer 1 input 22 */
+        {{13, 352, 1, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 8, 20, 60},
+        {{7, 512, 1, 0, 1, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 8, 20, 60},
+        {{20, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F16}, 8, 20, 60},
+        {{13, 352, 1, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_I8}, 8, 20, 60},
+    };
+    enum { MAX_B = 24 };
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const lstm_config *cfg = &cases[ci].cfg;
+        const int64_t B = cases[ci].B, T = cases[ci].hi, I = cfg->input_size, H = cfg->hidden_size;
+        const int64_t D = 1 + cfg->bidirectional, P = cfg->proj_size ? cfg->proj_size : H;
+        const int64_t S = cfg->num_layers * D;
+        const int lstm = cfg->cell == LSTM_CELL_LSTM;
+        weights W;
+        make_weights(cfg, &W);
+        float *x = fbuf(T * B * I), *out = fbuf(T * B * D * P), *hn = fbuf(S * B * P), *cn = fbuf(S * B * H);
+        float *out1 = fbuf(T * D * P), *hn1 = fbuf(S * P), *cn1 = fbuf(S * H);
+        int64_t lens[MAX_B];
+        for (int64_t e = 0; e < T * B * I; e++) x[e] = rnd_f(-2, 2);
+        for (int i = 0; i < n_isas; i++)
+            for (int threads = 1; threads <= 2 && !strcmp(isas[i], "avx2"); threads++) // the set that packs
+                for (int mode = 0; mode < 3; mode++) { // 0 ragged, 1 ragged with polls, 2 equal lengths
+                    CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
+                    lstm_set_num_threads(threads);
+                    lstm_model *m = NULL;
+                    CHECK(lstm_model_create(cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+                    int64_t N = 0;
+                    for (int64_t b = 0; b < B; b++)
+                        N += lens[b] = mode == 2 ? (cases[ci].lo + cases[ci].hi) / 2 : rnd_i(cases[ci].lo, T);
+                    CHECK(N >= 192, "case %zu: %ld tokens, too few to pack", ci, (long)N);
+                    lstm_forward_args a = {.seq_len = T, .batch = B, .input = x, .input_stride_t = B * I,
+                                           .input_stride_b = I, .lengths = lens, .output = out,
+                                           .output_stride_t = B * D * P, .output_stride_b = D * P, .h_n = hn,
+                                           .c_n = lstm ? cn : NULL, .interrupt = mode == 1 ? never_stop : NULL};
+                    CHECK(lstm_model_forward(m, &a, NULL, 0) == LSTM_OK, "batch");
+                    int bad = 0;
+                    for (int64_t b = 0; b < B; b++) {
+                        lstm_forward_args o = {.seq_len = lens[b], .batch = 1, .input = x + b * I,
+                                               .input_stride_t = B * I, .input_stride_b = I, .output = out1,
+                                               .output_stride_t = D * P, .output_stride_b = D * P, .h_n = hn1,
+                                               .c_n = lstm ? cn1 : NULL};
+                        CHECK(lstm_model_forward(m, &o, NULL, 0) == LSTM_OK, "one sequence");
+                        for (int64_t t = 0; t < lens[b]; t++)
+                            bad += memcmp(out1 + t * D * P, out + (t * B + b) * D * P, (size_t)(D * P) * sizeof(float)) != 0;
+                        for (int64_t sl = 0; sl < S; sl++) {
+                            bad += memcmp(hn1 + sl * P, hn + (sl * B + b) * P, (size_t)P * sizeof(float)) != 0;
+                            if (lstm) bad += memcmp(cn1 + sl * H, cn + (sl * B + b) * H, (size_t)H * sizeof(float)) != 0;
+                        }
+                    }
+                    CHECK(bad == 0, "%s case %zu threads %d mode %d (%ld tokens): %d rows differ from the sequences alone",
+                          isas[i], ci, threads, mode, (long)N, bad);
+                    lstm_model_free(m);
+                }
+        free(x), free(out), free(hn), free(cn), free(out1), free(hn1), free(cn1);
+        free_weights(&W);
+    }
+    lstm_set_isa("auto");
+    lstm_set_num_threads(1);
+}
+
 static void test_concurrent_callers(const char *isa) {
     enum { NC = 4, TT = 20, BB = 6, II = 24, HH = 96 };
     lstm_config cfg = {II, HH, 1, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32};
@@ -1087,6 +1168,7 @@ int main(void) {
     test_forward(isas, n_isas);
     test_single_sequence_output(isas, n_isas);
     test_uniform_batch(isas, n_isas);
+    test_packed_projection(isas, n_isas);
     /* avx2 once swallowed NaN: exp_avx2 clamped with _mm256_max_ps(x, lo), which returns
      * lo for a NaN x (fixed by putting x second). */
     for (int i = 0; i < n_isas; i++)

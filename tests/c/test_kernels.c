@@ -224,12 +224,28 @@ static void test_gemm_typed(const lstm_kernels *k, int type, int64_t m, int64_t 
     matrix b = matrix_new_typed(type, K, ncols, gates, -1, 1);
     float *bias = floats(panels * w, 0); /* packed: bias + p w + j is column p w + j */
     for (int64_t col = 0; col < ncols; col++) bias[col] = rnd_f(-1, 1);
-    result c = result_new(m, ldc, use_idx);
-    if (type == LSTM_WEIGHTS_F32)
-        k->gemm(m, K, a.rows, b.packed, gates, use_bias ? bias : NULL, p0, p1, ncols, c.rows);
-    else
-        gemm_r_of(k)(m, K, a.rows, wmat_of(&b), gates, use_bias ? bias : NULL, p0, p1, ncols, c.rows);
+    result c = result_new(m, ldc, use_idx), cp = result_new(m, ldc, use_idx);
+    /* and again with a's rows packed (kernels.h), which must give the same bits */
+    float *ap = floats(m / LSTM_PACK_ROWS * LSTM_PACK_ROWS * K + 1, 0);
+    lstm_pack_rows(a.rows, 0, m / LSTM_PACK_ROWS, K, ap);
+    for (int packed = 0; packed < 2; packed++) {
+        const lstm_rows out = packed ? cp.rows : c.rows;
+        const float *rows_packed = packed ? ap : NULL;
+        if (type == LSTM_WEIGHTS_F32)
+            k->gemm(m, K, a.rows, rows_packed, b.packed, gates, use_bias ? bias : NULL, p0, p1, ncols, out);
+        else
+            gemm_r_of(k)(m, K, a.rows, rows_packed, wmat_of(&b), gates, use_bias ? bias : NULL, p0, p1,
+                         ncols, out);
+    }
     int bad = 0;
+    for (int64_t r = 0; r < m; r++)
+        bad += memcmp(lstm_row(c.rows, r), lstm_row(cp.rows, r), (size_t)ldc * sizeof(float)) != 0;
+    CHECK(bad == 0, "%s %s gemm m=%ld K=%ld n=%ld: %d rows differ with the rows packed", k->name,
+          TYPE_NAMES[type], (long)m, (long)K, (long)ncols, bad);
+    if (!result_untouched(&cp)) {
+        bad++;
+        CHECK(0, "%s gemm on packed rows wrote to a row it was not given", k->name);
+    }
     for (int64_t r = 0; r < m && bad < 5; r++) {
         const float *ar = lstm_row(a.rows, r), *cr = lstm_row(c.rows, r);
         for (int64_t col = 0; col < ldc && bad < 5; col++) {
@@ -257,7 +273,7 @@ static void test_gemm_typed(const lstm_kernels *k, int type, int64_t m, int64_t 
         CHECK(0, "%s gemm wrote to a row it was not given", k->name);
     }
     CHECK(bad == 0, "%s %s gemm case failed", k->name, TYPE_NAMES[type]);
-    operand_free(&a), matrix_free(&b), free(bias), result_free(&c);
+    operand_free(&a), matrix_free(&b), free(bias), result_free(&c), result_free(&cp), free(ap);
 }
 
 static void test_gemm(const lstm_kernels *k, int64_t m, int64_t K, int64_t ncols, int gates,
@@ -609,12 +625,12 @@ static void test_row_alone(const lstm_kernels *k, int kind, int64_t m, int64_t K
     for (int64_t i = 0; i < m * Hp; i++) c_all[i] = c_one[i] = rnd_f(-2, 2);
     k->cell(kind, m, K, a.rows, wm.packed, bias, g.rows, c_all, Hp, 0, tiles, H,
             (lstm_rows){h_all, Hp, NULL});
-    k->gemm(m, K, a.rows, wm.packed, gates, bias, 0, tiles, N, (lstm_rows){y_all, N, NULL});
+    k->gemm(m, K, a.rows, NULL, wm.packed, gates, bias, 0, tiles, N, (lstm_rows){y_all, N, NULL});
     int differ = 0;
     for (int64_t r = 0; r < m; r++) {
         k->cell(kind, 1, K, lstm_rows_from(a.rows, r), wm.packed, bias, lstm_rows_from(g.rows, r),
                 c_one + r * Hp, Hp, 0, tiles, H, (lstm_rows){h_one, Hp, NULL});
-        k->gemm(1, K, lstm_rows_from(a.rows, r), wm.packed, gates, bias, 0, tiles, N,
+        k->gemm(1, K, lstm_rows_from(a.rows, r), NULL, wm.packed, gates, bias, 0, tiles, N,
                 (lstm_rows){y_one, N, NULL});
         differ += memcmp(h_one, h_all + r * Hp, (size_t)H * sizeof(float)) != 0;
         differ += memcmp(c_one + r * Hp, c_all + r * Hp, (size_t)Hp * sizeof(float)) != 0;
@@ -647,8 +663,8 @@ static void test_half_as_float(const lstm_kernels *k, int kind, int64_t m, int64
     for (int64_t i = 0; i < m * Hp; i++) c_f[i] = c_h[i] = rnd_f(-2, 2);
     k->cell(kind, m, K, a.rows, wf, bias, g.rows, c_f, Hp, 0, tiles, H, (lstm_rows){h_f, Hp, NULL});
     k->cell_r(kind, m, K, a.rows, wmat_of(&wh), bias, g.rows, c_h, Hp, 0, tiles, H, (lstm_rows){h_h, Hp, NULL});
-    k->gemm(m, K, a.rows, wf, gates, bias, 0, tiles, N - 5, (lstm_rows){y_f, N, NULL});
-    k->gemm_r(m, K, a.rows, wmat_of(&wh), gates, bias, 0, tiles, N - 5, (lstm_rows){y_h, N, NULL});
+    k->gemm(m, K, a.rows, NULL, wf, gates, bias, 0, tiles, N - 5, (lstm_rows){y_f, N, NULL});
+    k->gemm_r(m, K, a.rows, NULL, wmat_of(&wh), gates, bias, 0, tiles, N - 5, (lstm_rows){y_h, N, NULL});
     int differ = 0;
     for (int64_t r = 0; r < m; r++) {
         differ += memcmp(h_f + r * Hp, h_h + r * Hp, (size_t)H * sizeof(float)) != 0;
