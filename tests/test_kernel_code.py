@@ -34,12 +34,13 @@ def test_fma_inner_loops_do_not_touch_the_stack():
     # (the smallest shapes, 1x1 and the one-row tails, have two multiply-adds a loop)
     loops = [(f, body) for f, body in _loops(_core.__file__)
              if sum("vfmadd" in t for t in body) >= 2]
-    # the register-blocked microkernels, the one-row step of every cell kind and the one-row
-    # gemm have such a loop
+    # the register-blocked microkernels (6x1 also on packed rows), the one-row step of every
+    # cell kind and the one-row gemm have such a loop
     names = {f.split(".")[0] for f, _ in loops}
     shapes = {f"block_{mr}x{ns}" for mr, ns in
               [(6, 1), (5, 1), (4, 1), (3, 2), (3, 1), (2, 2), (2, 1), (1, 4), (1, 3), (1, 2), (1, 1)]}
     steps = {f"cell_row_{kind}" for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")} | {"gemm_row_avx2"}
+    shapes.add("block_6x1_packed")  # 6x1 on packed rows
     assert shapes | steps <= names, sorted(names)
     spilling = [(f, [t for t in body if "(%rsp)" in t or "(%rbp)" in t])
                 for f, body in loops
