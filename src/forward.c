@@ -74,6 +74,14 @@ static int64_t pack_rows(const lstm_model *m, int64_t N) {
     return (N < PACK_CHUNK_ROWS ? N : PACK_CHUNK_ROWS) / LSTM_PACK_ROWS * LSTM_PACK_ROWS;
 }
 
+/* The widest layer input: a packed row's length at most. */
+static int64_t widest_input(const lstm_model *m) {
+    int64_t widest = 0;
+    for (int64_t l = 0; l < m->L; l++)
+        if (m->layers[l].in > widest) widest = m->layers[l].in;
+    return widest;
+}
+
 static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lstm_arena *a,
                        run_state *r) {
     int64_t rows, dp, g;
@@ -82,11 +90,9 @@ static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lst
         a->ok = 0;
         return;
     }
-    int64_t state, packed = 0;
+    int64_t state, packed;
     if (!lstm_mul_ok(m->D * B, m->Hp, &state)) a->ok = 0;
-    for (int64_t l = 0; l < m->L; l++)
-        if (m->layers[l].in > packed) packed = m->layers[l].in;
-    if (!lstm_mul_ok(packed, pack_rows(m, N), &packed)) a->ok = 0;
+    if (!lstm_mul_ok(widest_input(m), pack_rows(m, N), &packed)) a->ok = 0;
     r->G = lstm_arena_take(a, g, sizeof(float));
     r->Y[0] = lstm_arena_take(a, rows, sizeof(float));
     r->Y[1] = lstm_arena_take(a, rows, sizeof(float));
@@ -546,12 +552,9 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
     float *c = m->cfg.cell == LSTM_CELL_LSTM ? lstm_arena_take(&ar, B * Hp, sizeof(float)) : NULL;
     float *Y[2] = {lstm_arena_take(&ar, (1 + n) * B * P, sizeof(float)),
                    lstm_arena_take(&ar, (1 + n) * B * P, sizeof(float))};
-    int64_t widest = 0;
-    for (int64_t l = 0; l < m->L; l++)
-        if (m->layers[l].in > widest) widest = m->layers[l].in;
     // the general layout holds all of these and more, so they fit its size
     const int64_t packed = j->packs ? pack_rows(m, n * B) : 0;
-    float *xp = packed ? lstm_arena_take(&ar, packed * widest, sizeof(float)) : NULL;
+    float *xp = packed ? lstm_arena_take(&ar, packed * widest_input(m), sizeof(float)) : NULL;
     const unsigned fp_mode = lstm_denormals_off();
     // the input's rows (t, b) evenly spaced, as one sequence's or a packed batch's are
     const int64_t sb = a->input_stride_b, st = a->input_stride_t;

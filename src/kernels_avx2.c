@@ -53,6 +53,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 #define MR_MAX 6
+_Static_assert(MR_MAX == LSTM_PACK_ROWS, "packed rows (kernels.h) come in groups of the 6x1 block's rows");
 #define KC 256        /* K-block: 6 rows of A and one strip's block fit in L1 */
 #define SMALL_K 64    /* up to this K, a panel's strips (at most four, 16 KB) fit in L1 together */
 #define ROW_BLOCK 96  /* reduced gemm rows of A kept hot in L2 while strips stream past */
