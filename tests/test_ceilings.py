@@ -54,6 +54,11 @@ def test_prints_a_bound_and_our_time_for_every_case(ceilings):
             assert bound < bounds[case, weights, "1"], (case, weights)
     for line in ("FMA peak", "A cache line between two threads", "Read bandwidth per thread"):
         assert line in proc.stdout
+    # two threads at once: each at most about the one-thread peak, so together at most about 2x
+    pair = re.search(r"the FMA peak of each of two threads at once.*?together\s+([\d.]+)x one thread", proc.stdout,
+                     re.S)
+    assert pair, proc.stdout
+    assert 0.5 < float(pair.group(1)) < 2.3, pair.group(0)
 
 
 def test_refuses_a_bad_round_count(ceilings):

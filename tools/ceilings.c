@@ -11,6 +11,9 @@
  *   - the throughput of the instruction sequences each weight type's step
  *     needs per weight (hand-written loops over L1-resident data, 12
  *     independent accumulators, so only the execution ports limit them);
+ *   - the FMA peak of two threads at once, against one alone: what a second
+ *     thread can add to a compute-bound call at most (two busy cores may run
+ *     slower clocks, or share a core with a neighbour's work);
  *   - read bandwidth per thread, 1 and 2 threads, for the footprints the
  *     steps stream (each thread its own buffer, read again and again).
  * Then a lower bound on each case's time: the input projection (one GEMM per
@@ -113,6 +116,37 @@ static void measure_seq(void) {
         mac_rate[s] = r[s][ROUNDS / 2];
     }
     free(data);
+}
+
+/* the FMA peak of each of two threads started together: the slower one's
+ * multiply-adds per TSC cycle */
+typedef struct {
+    atomic_int *go;
+    double rate;
+} fma_job;
+
+static void *fma_thread(void *arg) {
+    enum { ITERS = 1000000 };
+    fma_job *j = arg;
+    while (!atomic_load(j->go)) _mm_pause();
+    const uint64_t t = __rdtsc();
+    loop_fma(ITERS, NULL);
+    j->rate = (double)ITERS * 12 * SEQ[SEQ_FMA].macs / (double)(__rdtsc() - t);
+    return NULL;
+}
+
+static double fma_pair_rate(void) {
+    pthread_t th[2];
+    atomic_int go = 0;
+    fma_job j[2] = {{&go, 0}, {&go, 0}};
+    for (int i = 0; i < 2; i++)
+        if (pthread_create(&th[i], NULL, fma_thread, &j[i])) {
+            fprintf(stderr, "ceilings: cannot start a thread\n");
+            exit(1);
+        }
+    atomic_store(&go, 1);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    return j[0].rate < j[1].rate ? j[0].rate : j[1].rate;
 }
 
 /* the xor of every 32 bytes, so the loads cannot be dropped */
@@ -345,11 +379,13 @@ int main(int argc, char **argv) {
                 return 1;
             }
     }
-    static double rates[N_SEQ][MAX_ROUNDS], hops[MAX_ROUNDS], bounds[N_CASES][N_TYPES][2][MAX_ROUNDS],
-        ours[N_CASES][3][2][MAX_ROUNDS], share[N_CASES][3][2][MAX_ROUNDS];
+    static double rates[N_SEQ][MAX_ROUNDS], pair[MAX_ROUNDS], pair_gain[MAX_ROUNDS], hops[MAX_ROUNDS],
+        bounds[N_CASES][N_TYPES][2][MAX_ROUNDS], ours[N_CASES][3][2][MAX_ROUNDS], share[N_CASES][3][2][MAX_ROUNDS];
     for (int r = 0; r < rounds; r++) {
         measure_seq();
         for (int s = 0; s < N_SEQ; s++) rates[s][r] = mac_rate[s];
+        pair[r] = fma_pair_rate();
+        pair_gain[r] = 2 * pair[r] / mac_rate[SEQ_FMA];
         hops[r] = round_trip() / 2;
         for (int c = 0; c < N_CASES; c++)
             for (int w = 0; w < N_TYPES; w++)
@@ -372,6 +408,10 @@ int main(int argc, char **argv) {
         const double med = MEDIAN(rates[s]);
         printf("  %6.1f [%.1f-%.1f]  %s\n", med, rates[s][0], rates[s][rounds - 1], SEQ[s].what);
     }
+    const double pr = MEDIAN(pair), pg = MEDIAN(pair_gain);
+    printf("  %6.1f [%.1f-%.1f]  the FMA peak of each of two threads at once (the slower): together\n"
+           "                     %.2fx one thread [%.2f-%.2f], the most a second thread adds to a compute-bound call\n",
+           pr, pair[0], pair[rounds - 1], pg, pair_gain[0], pair_gain[rounds - 1]);
     const double hop = MEDIAN(hops);
     printf("\nA cache line between two threads: %.0f TSC cycles one way [%.0f-%.0f] (half a round trip)\n",
            hop, hops[0], hops[rounds - 1]);
