@@ -716,10 +716,13 @@ def min_time(fn, seconds, min_calls=3):
 @dataclass
 class Share:
     """Per-round ratios of one case: ours on 1 thread / SGEMM on 1 thread (rates),
-    and ours on 1 thread / ours on `threads` threads (times)."""
+    ours on 1 thread / ours on `threads` threads (times), and SGEMM on `threads`
+    threads / SGEMM on 1 (rates): what the same BLAS gains from the extra
+    threads in that round, a ceiling for a compute-bound call's scaling."""
     share: list
     scaling: list
     threads: int
+    sgemm_scaling: list
 
     @staticmethod
     def fmt(values, percent):
@@ -731,12 +734,16 @@ class Share:
         return f"{med:.2f}× [{lo:.2f}–{hi:.2f}]"
 
 
-def measure_share(li, case, data, flops, rounds, threads):
-    """Each round times NumPy's 1-thread SGEMM_N^2 SGEMM, then our call on 1
-    thread, then on `threads` threads, back to back (each the min of short
-    calls over SHARE_SECONDS), so the three see the same machine; the ratios
-    of each round are kept. None without threadpoolctl (NumPy's BLAS could
-    not be held to 1 thread in this process)."""
+def measure_share(li, case, data, flops, rounds, threads, settle):
+    """Each round times NumPy's SGEMM_N^2 SGEMM on 1 thread, our call on 1
+    thread and on `threads`, then the SGEMM on `threads`, back to back (each
+    the min of short calls over SHARE_SECONDS), so all four see the same
+    machine; the ratios of each round are kept. The BLAS's extra threads spin
+    on after their SGEMM (measured: a 2-thread edge call ran 0.8x as fast as
+    one thread right after it), so that SGEMM comes last, `settle` seconds
+    after our call, and the next round waits `settle` for them to sleep. None
+    without threadpoolctl (NumPy's BLAS could not be held to 1 thread in this
+    process)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -745,7 +752,7 @@ def measure_share(li, case, data, flops, rounds, threads):
     a = rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
     b = rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32)
     ours = {t: make_lstm_infer(li, case, data, t) for t in {1, threads}}
-    share, scaling = [], []
+    share, scaling, sgemm_scaling = [], [], []
     try:
         for t in ours:  # warm: each thread count's pool and scratch
             li.set_num_threads(t)
@@ -759,9 +766,14 @@ def measure_share(li, case, data, flops, rounds, threads):
             if threads != 1:
                 li.set_num_threads(threads)
                 scaling.append(one / min_time(ours[threads], SHARE_SECONDS))
+                time.sleep(settle)
+                with threadpool_limits(limits=threads, user_api="blas"):
+                    rate_n = 2 * SGEMM_N ** 3 / min_time(lambda: a @ b, SHARE_SECONDS)
+                sgemm_scaling.append(rate_n / rate)
+                time.sleep(settle)
     finally:
         li.set_num_threads(threads)
-    return Share(share, scaling, threads)
+    return Share(share, scaling, threads, sgemm_scaling)
 
 
 # --------------------------------------------------------------------------
@@ -965,13 +977,15 @@ def run_case(case, engines, args):
     li = engines.get(OURS, (None,))[0]
     if li is not None and args.share_rounds and not unsupported(OURS, li, case) \
             and all(row[OURS].ok for row in results.values()):
-        share = measure_share(li, case, data, flops, args.share_rounds, max(args.thread_list))
+        share = measure_share(li, case, data, flops, args.share_rounds, max(args.thread_list),
+                              args.settle)
         if share is None:
             print(f"{'':>8} note: no interleaved SGEMM share (threadpoolctl is missing)")
         else:
             print(f"{case.name:>8} ours vs 1-thread SGEMM, interleaved over {len(share.share)} "
                   f"rounds: {Share.fmt(share.share, True)}"
-                  + (f"; {share.threads} threads vs 1: {Share.fmt(share.scaling, False)}"
+                  + (f"; {share.threads} threads vs 1: {Share.fmt(share.scaling, False)} "
+                     f"(SGEMM {Share.fmt(share.sgemm_scaling, False)})"
                      if share.scaling else ""), flush=True)
     return results, flops, share
 
@@ -1135,15 +1149,17 @@ def print_markdown(all_results, engines, sgemm, ncpu, argv):
         print()
         print(f"Ours against NumPy's 1-thread {SGEMM_N}² SGEMM, interleaved: each of "
               f"{len(shares[0][1].share)} rounds times the SGEMM, our call on 1 thread and on "
-              f"{shares[0][1].threads}, back to back (min of short calls each); median of "
-              "the per-round ratios [range].")
+              f"{shares[0][1].threads}, back to back (min of short calls each), and the SGEMM "
+              f"on {shares[0][1].threads} threads, the most a compute-bound call gains from them "
+              "that round; median of the per-round ratios [range].")
         print()
+        n = shares[0][1].threads
         print(f"| case | shape | ours 1 thread / SGEMM 1 thread | "
-              f"ours {shares[0][1].threads} threads / 1 thread |")
-        print("|---|---|---:|---:|")
+              f"ours {n} threads / 1 thread | SGEMM {n} threads / 1 thread |")
+        print("|---|---|---:|---:|---:|")
         for case, share in shares:
             print(f"| {case.name} | {case.shape()} | {Share.fmt(share.share, True)} | "
-                  f"{Share.fmt(share.scaling, False)} |")
+                  f"{Share.fmt(share.scaling, False)} | {Share.fmt(share.sgemm_scaling, False)} |")
     print()
     print(f"Agreement: max abs difference from {ref} over valid positions of output, "
           "h_n and (LSTM) c_n (worst over thread counts; tolerance "
@@ -1192,7 +1208,8 @@ def parse_args(argv):
                    help="pause in seconds before each engine's turn (default 0.05)")
     p.add_argument("--share-rounds", type=int, default=None,
                    help="interleaved rounds of SGEMM / ours on 1 thread / ours on the most "
-                        "threads, for our share of the SGEMM rate and our scaling "
+                        "threads / SGEMM on the most threads, for our share of the SGEMM rate "
+                        "and our scaling beside the SGEMM's "
                         "(default 9, 3 with --quick; 0 skips it)")
     p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
     p.add_argument("--markdown", action="store_true",
