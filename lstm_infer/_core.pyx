@@ -695,7 +695,7 @@ cdef class StreamBase:
             xa = <cnp.ndarray>x
             nd = cnp.PyArray_NDIM(xa)
             shape = cnp.PyArray_DIMS(xa)
-            if (shape[nd - 1] == self._input_size and _c_ready(xa)
+            if ((nd == 1 or nd == 2) and shape[nd - 1] == self._input_size and _c_ready(xa)
                     and (cnp.PyArray_STRIDES(xa)[nd - 1] == 4 or self._input_size == 1)
                     and (nd == 1 and self.batch_size == 1
                          or nd == 2 and shape[0] == self.batch_size
@@ -731,6 +731,17 @@ cdef class StreamBase:
         args.lengths = _lengths_ptr(lengths, B)
         _set_buffers(&args, xa, oa)
         self._go(&args)
+
+    def _mark(self):
+        """Which buffer pair holds the state now (see _rewind)."""
+        return self._cur
+
+    def _rewind(self, int mark):
+        """The state as it was when _mark() gave mark, undoing one call made
+        since (a call writes the other pair, so the old one is intact until the
+        next): a whole model's stream undoes its layers' steps this way when a
+        later layer fails, or in a child forked during its call."""
+        self._cur = 1 if mark else 0
 
     @property
     def _holds_gil(self):

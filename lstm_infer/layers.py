@@ -49,6 +49,14 @@ class _Module:
         """Loads weights from a mapping of torch's key names to array-likes; as
         torch: strict=True refuses missing and unexpected keys (KeyError), a wrong
         shape is a ValueError naming the key. Returns (missing, unexpected)."""
+        missing, unexpected, switch = self._staged_load(state_dict, strict)
+        switch()
+        return missing, unexpected
+
+    def _staged_load(self, state_dict, strict=True, label=""):
+        """load_state_dict's checks and copies; returns (missing, unexpected,
+        switch), where switch() installs them and cannot fail. label: what errors
+        put before a key."""
         _check_mapping(state_dict, "load_state_dict")
         shapes = self._expected_shapes()
         missing = [k for k in shapes if k not in state_dict]
@@ -60,13 +68,12 @@ class _Module:
         new = {}
         for key, shape in shapes.items():
             if key in state_dict:
-                arr = _float_array(state_dict[key], f"state_dict[{key!r}]")
+                arr = _float_array(state_dict[key], f"state_dict[{label + key!r}]")
                 if arr.shape != shape:
-                    raise ValueError(f"state_dict[{key!r}] has shape {tuple(arr.shape)}, expected "
+                    raise ValueError(f"state_dict[{label + key!r}] has shape {tuple(arr.shape)}, expected "
                                      f"{shape} for {self!r}")
                 new[key] = np.array(arr, dtype=np.float32, order="C")  # our own copy
-        self.__dict__.update(new)
-        return missing, unexpected
+        return missing, unexpected, lambda: self.__dict__.update(new)
 
     def _init_weights(self, fill):
         """Every weight from fill(key, shape)."""

@@ -63,6 +63,10 @@ def _nonlinearity(value):
     return value
 
 
+# the dtype of each storage type's stored arrays
+_STORAGE_DTYPES = {_core.WEIGHTS_F32: np.float32, _core.WEIGHTS_F16: np.float16,
+                   _core.WEIGHTS_I8: np.int8}
+
 # weights= names -> the C core's weight types
 WEIGHT_TYPES = {"float32": _core.WEIGHTS_F32, "float16": _core.WEIGHTS_F16,
                 "int8": _core.WEIGHTS_I8}
@@ -156,9 +160,10 @@ class _Weights:
     def _core_args(self):
         return _core_args_of(self.kind, self.config)
 
-    def _reduce(self, arrays, weight_type):
+    def _reduce(self, arrays, weight_type, label=""):
         """float32 arrays (some or all keys) -> (stored arrays, int8 scales by key)
-        for weight_type: each reduced by the C core's own rounding to its storage."""
+        for weight_type: each reduced by the C core's own rounding to its storage.
+        label: what errors put before a key (a Sequential's layer name and a dot)."""
         storage = self._storage(weight_type)
         stored, scales = {}, {}
         for key, arr in arrays.items():
@@ -168,7 +173,7 @@ class _Weights:
             try:
                 stored[key], sc = _core.reduce_weight(storage[key], arr)
             except ValueError as e:
-                raise ValueError(f"state_dict[{key!r}]: {e}") from None
+                raise ValueError(f"state_dict[{label + key!r}]: {e}") from None
             if sc is not None:
                 scales[key] = sc
         return stored, scales
@@ -176,11 +181,19 @@ class _Weights:
     def _set_weights(self, stored, scales, weight_type):
         """Builds the C core from stored arrays (in _expected_shapes' order), then
         switches to it: a failure leaves the module as it was."""
+        self._staged_weights(stored, scales, weight_type)()
+
+    def _staged_weights(self, stored, scales, weight_type):
+        """Builds the C core from stored arrays; returns the switch to it, which
+        cannot fail (a Sequential builds every layer's before it switches any)."""
         keys = list(self._expected_shapes())
         core = _core.Core(*self._core_args(), [stored[k] for k in keys], WEIGHT_TYPES[weight_type],
                           [scales.get(k) for k in keys] if scales else None)
-        self._weights, self._scales, self.weights = stored, scales, weight_type
-        self._core = core
+
+        def switch():
+            self._weights, self._scales, self.weights = stored, scales, weight_type
+            self._core = core
+        return switch
 
     def reduced_state_dict(self):
         """The weights as the model stores them, under torch's key names (copies):
@@ -204,8 +217,22 @@ class _Weights:
         if set(reduced) != want:
             raise KeyError(f"reduced weights do not match {model!r} with weights="
                            f"{weight_type!r}: expected keys {sorted(want)}")
-        stored = {k: np.asarray(reduced[k]) for k in shapes}
-        scales = {k: np.asarray(reduced[k + "_scale"]) for k in int8}
+        # our own copies: the caller's arrays may change after this returns
+        stored = {k: np.array(reduced[k]) for k in shapes}
+        scales = {k: np.array(reduced[k + "_scale"]) for k in int8}
+        storage = model._storage(weight_type)
+        for k, shape in shapes.items():
+            want = _STORAGE_DTYPES[storage[k]]
+            if (stored[k].dtype != want if want != np.float32 else stored[k].dtype.kind != "f"):
+                raise ValueError(f"reduced weights[{k!r}] must be {np.dtype(want).name} for weights="
+                                 f"{weight_type!r}, got dtype {stored[k].dtype}")
+            if stored[k].shape != shape:
+                raise ValueError(f"reduced weights[{k!r}] has shape {stored[k].shape}, expected {shape}")
+        for k in int8:
+            sc = scales[k]
+            if sc.dtype.kind != "f" or sc.shape != (shapes[k][0],):
+                raise ValueError(f"reduced weights[{k + '_scale'!r}] must be floats of shape "
+                                 f"{(shapes[k][0],)}, got dtype {sc.dtype}, shape {sc.shape}")
         model._set_weights(stored, scales, weight_type)
         return model
 
@@ -238,6 +265,14 @@ class _Weights:
         module's; the given tensors are reduced to it (a weight the storage
         cannot hold raises ValueError naming the key). Returns (missing, unexpected).
         """
+        missing, unexpected, switch = self._staged_load(state_dict, strict, weights)
+        switch()
+        return missing, unexpected
+
+    def _staged_load(self, state_dict, strict=True, weights=None, label=""):
+        """load_state_dict's checks and conversions and the new C core; returns
+        (missing, unexpected, switch), where switch() installs them and cannot
+        fail. label: what errors put before a key."""
         weight_type = self.weights if weights is None else _weight_type(weights)
         _check_mapping(state_dict, "load_state_dict")
         shapes = self._expected_shapes()
@@ -254,20 +289,19 @@ class _Weights:
         for key, shape in shapes.items():
             if key not in state_dict:
                 continue
-            arr = _float_array(state_dict[key], f"state_dict[{key!r}]")
+            arr = _float_array(state_dict[key], f"state_dict[{label + key!r}]")
             if arr.shape != shape:
-                raise ValueError(f"state_dict[{key!r}] has shape {tuple(arr.shape)}, "
+                raise ValueError(f"state_dict[{label + key!r}] has shape {tuple(arr.shape)}, "
                                  f"expected {shape} for {self!r}")
             new[key] = np.array(arr, dtype=np.float32, order="C")  # our own copy
         if weight_type == self.weights:  # the weights not given stay as they are stored
             stored, scales = dict(self._weights), dict(self._scales)
         else:  # ... or change storage with the rest
-            stored, scales = self._reduce(self.state_dict(), weight_type)
-        new_stored, new_scales = self._reduce(new, weight_type)
+            stored, scales = self._reduce(self.state_dict(), weight_type, label)
+        new_stored, new_scales = self._reduce(new, weight_type, label)
         stored.update(new_stored)
         scales.update(new_scales)
-        self._set_weights(stored, scales, weight_type)
-        return missing, unexpected
+        return missing, unexpected, self._staged_weights(stored, scales, weight_type)
 
     def __reduce__(self):
         # pickle, copy and deepcopy (which torch's modules support): the

@@ -229,16 +229,13 @@ class Sequential:
             parts = ([f"missing keys: {', '.join(missing)}"] if missing else []) + \
                     ([f"unexpected keys: {', '.join(unexpected)}"] if unexpected else [])
             raise KeyError("state_dict does not match the Sequential: " + "; ".join(parts))
-        for name, m in self._layers:  # every shape is checked before any layer changes
-            shapes = m._expected_shapes()
-            for k, v in owned[name].items():
-                if k in shapes and tuple(np.shape(v)) != shapes[k]:
-                    raise ValueError(f"state_dict[{name + '.' + k!r}] has shape {tuple(np.shape(v))}, "
-                                     f"expected {shapes[k]} for layer {name!r} ({m!r})")
+        switches = []  # every layer's weights checked, converted and built before any layer changes
         for name, m in self._layers:
             mine = {k: v for k, v in owned[name].items() if k in m._expected_shapes()}
             if mine:
-                m.load_state_dict(mine, strict=False)
+                switches.append(m._staged_load(mine, strict=False, label=name + ".")[2])
+        for switch in switches:
+            switch()
         return missing, unexpected
 
     @classmethod

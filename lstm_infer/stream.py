@@ -24,6 +24,8 @@ carries its own state, and ``st.state`` is a tuple with one state per recurrent
 layer in pipeline order.
 """
 import math
+import os
+import weakref
 
 import numpy as np
 
@@ -59,7 +61,7 @@ class Stream(_core.StreamBase):
             raise ValueError(f"{model!r} is bidirectional and cannot stream: its reverse "
                              f"direction reads each sequence from its end, which a stream "
                              f"has not seen yet (call the model on whole sequences instead)")
-        batch_size = _as_int(batch_size, "batch_size", 1)
+        batch_size = _as_int(batch_size, "batch_size", 1, 2**31 - 1)
         # each weight matrix entry is one multiply-add per step of each slot
         macs = sum(math.prod(shape) for shape in model._expected_shapes().values()
                    if len(shape) == 2)
@@ -186,6 +188,19 @@ class Stream(_core.StreamBase):
 
 _RECURRENT = ("LSTM", "GRU", "RNN")
 
+# In a child forked while another thread was inside a whole model's stream call,
+# that call never ends: its layers' states go back to where they were before it.
+_SEQUENTIAL_STREAMS = weakref.WeakSet()
+
+
+def _undo_calls_in_progress():
+    for st in list(_SEQUENTIAL_STREAMS):
+        st._undo()
+        st._pending = None
+
+
+os.register_at_fork(after_in_child=_undo_calls_in_progress)
+
 
 def sequential_stream(model, batch_size=1):
     """A SequentialStream over a li.Sequential (see Sequential.stream); ValueError
@@ -214,7 +229,7 @@ class SequentialStream:
         from .sequential import Sequential
         if not isinstance(model, Sequential):
             raise TypeError(f"sequential_stream runs an lstm_infer Sequential, got {type(model).__name__}")
-        batch_size = _as_int(batch_size, "batch_size", 1)
+        batch_size = _as_int(batch_size, "batch_size", 1, 2**31 - 1)
         layers = model.layers
         recurrent = [(name, m) for name, m in layers if m.kind in _RECURRENT]
         if not recurrent:
@@ -252,6 +267,8 @@ class SequentialStream:
         # a layer after the last recurrent one may change padded steps: zero them again
         self._remask = any(m.kind not in ("Readout", "Dropout") for _, m in layers[last + 1:])
         self._in_use = _core.InUse()
+        self._pending = None  # the layers' state marks while a call runs
+        _SEQUENTIAL_STREAMS.add(self)
 
     model = property(lambda self: self._model, doc="The model the stream runs.")
     batch_size = property(lambda self: self._batch_size)
@@ -318,16 +335,26 @@ class SequentialStream:
         return chunk
 
     def _run(self, x, lens):
-        """x through every layer: each recurrent layer's stream advances by the same steps."""
-        saved = self._states() if len(self._streams) > 1 else None
+        """x through every layer: each recurrent layer's stream advances by the same
+        steps, all or none (a failure or Ctrl-C in any layer undoes the others'
+        steps, and so does a fork meanwhile in the child's copy)."""
+        self._pending = [st._mark() for st in self._streams]
         try:
             for kind, step in self._plan:
                 x = step(x, lens) if kind == "recurrent" else step(x)
         except BaseException:
-            if saved is not None:  # every recurrent layer back where it was (an interrupted chunk)
-                self._set_states(saved)
+            self._undo()
             raise
+        finally:
+            self._pending = None
         return x
+
+    def _undo(self):
+        """Every recurrent layer back where it was before the call in progress."""
+        marks = self._pending
+        if marks is not None:
+            for st, mark in zip(self._streams, marks):
+                st._rewind(mark)
 
     def _input(self, value):
         if not self._model.takes_ids:

@@ -2,6 +2,9 @@
 tests/test_stream_sequential.py for whole models): the kernel sets, hypothesis
 settings, a one-thread fixture, and the two thread scenarios every kind of
 stream must pass."""
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -100,3 +103,14 @@ def stream_each_in_a_thread(model, seqs):
     for t in threads:
         t.join()
     return got
+
+
+def assert_forked_child_passes(code):
+    """Runs a script that forks while another of its threads is in a stream call and
+    prints "child <exit status>": that status must be 0 (the child's check held)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["child", "0"], res.stdout

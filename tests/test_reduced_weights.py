@@ -301,6 +301,31 @@ def test_api_errors():
     with pytest.raises(KeyError, match="expected keys"):
         li.LSTM.from_reduced_state_dict({"input_size": 4, "hidden_size": 8},
                                         li.LSTM(4, 8, weights="int8").state_dict(), "int8")
+    red = li.LSTM(4, 8, weights="int8").reduced_state_dict()
+    config = {"input_size": 4, "hidden_size": 8}
+    for key, value, match in (
+            ("weight_hh_l0", red["weight_hh_l0"].astype(np.float32), r"\['weight_hh_l0'\] must be int8"),
+            ("weight_ih_l0", red["weight_ih_l0"][:, :3], r"\['weight_ih_l0'\] has shape \(32, 3\), expected"),
+            ("bias_ih_l0", None, r"\['bias_ih_l0'\] must be float32"),
+            ("weight_hh_l0_scale", red["weight_hh_l0_scale"][:5], r"\['weight_hh_l0_scale'\] must be floats of shape")):
+        with pytest.raises(ValueError, match=match):  # the key named, not an index
+            li.LSTM.from_reduced_state_dict(config, dict(red, **{key: value}), "int8")
+
+
+def test_from_reduced_state_dict_keeps_its_own_copies():
+    """Changing the caller's arrays afterwards changes neither what the model computes
+    nor what it reports, saves or pickles."""
+    m = li.LSTM(4, 8, weights="int8")
+    red = m.reduced_state_dict()
+    m2 = li.LSTM.from_reduced_state_dict({"input_size": 4, "hidden_size": 8}, red, "int8")
+    x = np.random.default_rng(5).standard_normal((3, 2, 4)).astype(np.float32)
+    want, sd = m2(x)[0], m2.state_dict()
+    for v in red.values():
+        v[...] = 0
+    np.testing.assert_array_equal(m2(x)[0], want)
+    for k, v in m2.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(m2))(x)[0], want)
 
 
 @pytest.mark.parametrize("weights", ["float16", "int8"])

@@ -16,7 +16,7 @@ from hypothesis import strategies as hst
 import lstm_infer as li
 from lstm_infer import _core
 from stream_helpers import one_thread  # noqa: F401 (autouse: each test on one C thread)
-from stream_helpers import (ISAS, assert_concurrent_use_detected, hypothesis_settings,
+from stream_helpers import (ISAS, assert_concurrent_use_detected, assert_forked_child_passes, hypothesis_settings,
                             stream_each_in_a_thread, stream_random_split)
 
 KINDS = {
@@ -307,6 +307,13 @@ def test_errors():
         st(np.zeros((1, 1, 2, 5), np.float32))
     with pytest.raises(ValueError):
         st(np.float32(1))
+    for zero_d in (np.array(1.0, np.float32), np.array(3, np.int64), np.zeros(())):
+        with pytest.raises((TypeError, ValueError)):  # a 0-d array (this crashed the one-step path)
+            li.LSTM(5, 7).stream()(zero_d)
+    with pytest.raises(ValueError, match="batch_size = 2147483648 is too large"):
+        m.stream(batch_size=2**31)
+    with pytest.raises(ValueError, match="too large"):
+        m.stream(batch_size=2**63)
     with pytest.raises(TypeError):
         st(np.zeros((2, 5), np.int32))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -420,11 +427,7 @@ def test_a_call_running_at_fork_does_not_hold_the_childs_stream(model):
         t.join()
         print("child", status)
     """).replace("MODEL", model)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["child", "0"], res.stdout
+    assert_forked_child_passes(code)
 
 
 def test_many_streams_one_model_many_threads():

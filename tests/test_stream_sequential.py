@@ -4,6 +4,7 @@ layer computes each row on its own, a Linear too) for every kernel set; the whol
 state, errors and concurrent-use detection as for the layers' streams."""
 
 import pickle
+import textwrap
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as hst
 
 import lstm_infer as li
 from stream_helpers import one_thread  # noqa: F401 (autouse: each test on one C thread)
-from stream_helpers import (ISAS, assert_concurrent_use_detected, hypothesis_settings,
+from stream_helpers import (ISAS, assert_concurrent_use_detected, assert_forked_child_passes, hypothesis_settings,
                             stream_each_in_a_thread, stream_random_split)
 
 SETTINGS = hypothesis_settings(30)
@@ -310,3 +311,100 @@ def test_many_streams_one_model_many_threads():
     xs = [rng.integers(0, 30, 40) for _ in range(8)]
     for got, x in zip(stream_each_in_a_thread(m, xs), xs):
         np.testing.assert_array_equal(got, m([x])[0])
+
+
+@pytest.mark.parametrize("fail_in", ["LayerNorm", "GRU"])
+def test_a_call_failing_in_any_layer_leaves_every_state_as_it_was(monkeypatch, fail_in):
+    """Ctrl-C (or any error) landing in a layer after a recurrent layer has stepped:
+    every recurrent layer's state is as before the call, whether one or two of them."""
+    rng = np.random.default_rng(8)
+    name = "frames" if fail_in == "LayerNorm" else "recurrent"  # one recurrent layer, then others; two
+    m = build(name)
+    st = m.stream(batch_size=3)
+    st(inputs(name, (2, 3), rng))
+    before = flat_state(st)
+    x = inputs(name, (5, 3), rng)
+    want = m.stream(batch_size=3)
+    want.state = st.state
+    want = want(x)
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    def second_interrupted(self, *args, **kwargs):  # the first layer's stream steps, the second's is hit
+        calls.append(self)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return li.stream.Stream._call(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        if fail_in == "LayerNorm":
+            patch.setattr(li.LayerNorm, "__call__", interrupted)
+        else:
+            patch.setattr(li.stream.Stream, "__call__", second_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            st(x)
+    assert fail_in == "LayerNorm" or len(calls) == 2
+    for a, b in zip(flat_state(st), before):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(st(x), want)  # and it goes on as if the call never happened
+
+
+@pytest.mark.parametrize("model", [
+    "li.Sequential(li.LSTM(64, 64), li.Readout('steps'), li.GRU(64, 512))",
+    "li.Sequential(li.LSTM(64, 64), li.Readout('steps'), li.Linear(64, 8192), li.LogSoftmax(dim=-1))"])
+def test_a_fork_after_a_layer_stepped_gives_the_child_the_state_before_the_call(model):
+    """fork while another thread's call has stepped the first recurrent layer and runs
+    a later layer: the child's copy of the stream has every layer's state from before
+    that call (not the first layer's new state beside the others' old ones)."""
+    code = textwrap.dedent("""
+        import os, threading, numpy as np, lstm_infer as li
+        li.set_num_threads(1)
+        m = MODEL
+        st = m.stream(batch_size=8)
+        x = np.random.default_rng(0).standard_normal((400, 8, 64), dtype=np.float32)
+        st(x[:2])
+        def flat(state):
+            return [a for s in state for a in (s if isinstance(s, tuple) else (s,))]
+        before = flat(st.state)
+        first = st._streams[0]
+        mark = first._mark()
+        t = threading.Thread(target=st, args=(x,))
+        t.start()
+        while t.is_alive() and first._mark() == mark:  # until the first layer has stepped
+            pass
+        if not t.is_alive():
+            print("missed"); raise SystemExit(0)
+        pid = os.fork()
+        if pid == 0:
+            same = all(np.array_equal(a, b) for a, b in zip(flat(st.state), before))
+            os._exit(0 if same else 3)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        t.join()
+        print("child", status)
+    """).replace("MODEL", model)
+    assert_forked_child_passes(code)
+
+
+def test_load_state_dict_is_all_or_nothing():
+    """A bad tensor in a later layer (wrong dtype; NaN where int8 cannot hold it) leaves
+    every layer as it was, and the error names the key as the caller wrote it."""
+    rng = np.random.default_rng(9)
+    x = inputs("frames", (4, 2), rng)
+    sd = _weights(MODELS["frames"][0], 0)
+    for storage, bad_key, bad, match in (
+            ("float32", "out.weight", np.zeros((1, 9), np.int64),
+             r"state_dict\['out.weight'\] must have a floating-point dtype"),
+            ("int8", "gru.weight_hh_l0", np.full((27, 9), np.nan, np.float32),
+             r"state_dict\['gru.weight_hh_l0'\]: a weight is NaN or Inf")):
+        m = li.Sequential.from_state_dict(sd, MODELS["frames"][1], weights=storage)
+        want = m(x)
+        new = {k: np.zeros_like(v) for k, v in sd.items()}  # every layer would change ...
+        new[bad_key] = bad                                # ... but the last one cannot
+        with pytest.raises((TypeError, ValueError), match=match):
+            m.load_state_dict(new)
+        np.testing.assert_array_equal(m(x), want)
+        for k, v in m.state_dict().items():
+            if storage == "float32":
+                np.testing.assert_array_equal(v, sd[k])
