@@ -354,9 +354,12 @@ static void forward_thread(void *arg, int tid, int nth) {
         const lstm_rows g = {r->G, panels * m->W, NULL};
         // in row chunks when the call polls for interrupts (a big projection takes seconds)
         // or packs its rows (a chunk at a time, every thread packing a share of its groups)
+        // (the same chunks on every thread, from the largest share of panels: with packing
+        // the chunks' barriers and packed rows are shared)
         int64_t chunk = j->N;
         if (j->check_every) {
-            const double rows = INTERRUPT_FLOPS / (2.0 * (double)lw->in * (double)((p1 - p0) * m->W) + 1.0);
+            const int64_t share = (panels + nth - 1) / nth;
+            const double rows = INTERRUPT_FLOPS / (2.0 * (double)lw->in * (double)(share * m->W) + 1.0);
             chunk = rows < 384.0 ? 384 : rows > (double)j->N ? j->N : (int64_t)rows;
         }
         float *xp = j->packs ? r->xp : NULL;
@@ -609,6 +612,7 @@ lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *arg
     // lengths are read once, into a private copy: everything after uses the copy
     int64_t stack_lengths[STACK_LENGTHS], *lengths = NULL;
     if (args->lengths) {
+        if ((uint64_t)j.B > SIZE_MAX / sizeof(int64_t)) return LSTM_ERR_SIZE_OVERFLOW;
         lengths = j.B <= STACK_LENGTHS ? stack_lengths : malloc((size_t)j.B * sizeof(int64_t));
         if (!lengths) return LSTM_ERR_OUT_OF_MEMORY;
         memcpy(lengths, args->lengths, (size_t)j.B * sizeof(int64_t));

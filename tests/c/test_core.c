@@ -664,6 +664,10 @@ static void test_packed_projection(const char *const *isas, int n_isas) {
         {{7, 512, 1, 0, 1, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 8, 20, 60},
         {{20, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F16}, 8, 20, 60},
         {{13, 352, 1, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_I8}, 8, 20, 60},
+        /* 17 panels, uneven over 2 and 3 threads, and chunks for polls under pack_rows: every
+         * thread must take the same chunks (each once took its own from its share of panels,
+         * packing over another's rows and meeting barriers out of step) */
+        {{100, 272, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130},
     };
     enum { MAX_B = 24 };
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
@@ -679,7 +683,7 @@ static void test_packed_projection(const char *const *isas, int n_isas) {
         int64_t lens[MAX_B];
         for (int64_t e = 0; e < T * B * I; e++) x[e] = rnd_f(-2, 2);
         for (int i = 0; i < n_isas; i++)
-            for (int threads = 1; threads <= 2 && !strcmp(isas[i], "avx2"); threads++) // the set that packs
+            for (int threads = 1; threads <= 3 && !strcmp(isas[i], "avx2"); threads++) // the set that packs
                 for (int mode = 0; mode < 3; mode++) { // 0 ragged, 1 ragged with polls, 2 equal lengths
                     CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
                     lstm_set_num_threads(threads);
@@ -888,6 +892,14 @@ static void test_errors(void) {
             CHECK(s == LSTM_ERR_SIZE_OVERFLOW, "forward overflow %zu -> %d (%s)", i, s, lstm_status_string(s));
             s = lstm_model_forward(m, &a, out, sizeof out);
             CHECK(s == LSTM_ERR_SIZE_OVERFLOW, "forward overflow with workspace %zu -> %d", i, s);
+        }
+        /* T 0 passes T * B, but the copy of B lengths cannot be sized (it once wrapped to a
+         * tiny block that was then read past its end) */
+        for (int i = 0; i < 2; i++) {
+            a = good;
+            a.seq_len = 0, a.batch = (INT64_C(1) << 61) + i;
+            lstm_status s = lstm_model_forward(m, &a, NULL, 0);
+            CHECK(s == LSTM_ERR_SIZE_OVERFLOW, "forward T=0 B=2^61+%d with lengths -> %d", i, s);
         }
     }
     /* representable but impossible to allocate: OUT_OF_MEMORY, not a crash */
