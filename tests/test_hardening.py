@@ -275,6 +275,27 @@ def test_ctrl_c_interrupts_a_long_call_and_leaves_the_model_usable(threads):
             assert float(line.split()[2]) < 1.0, out
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_polled_call_whose_panels_split_unevenly_equals_each_sequence_alone(threads):
+    """A main-thread call polls for Ctrl-C, which runs a big input projection in chunks;
+    with 17 column panels over 2 or 3 threads the threads once chose different chunks,
+    packing rows over each other's (outputs off by up to 0.65, or a hang)."""
+    rng = np.random.default_rng(3)
+    m = li.LSTM(100, 272)
+    lengths = rng.integers(40, 131, 24)
+    x = rng.standard_normal((130, 24, 100)).astype(np.float32)
+    li.set_num_threads(threads)
+    try:
+        y, (h, c) = m(x, lengths=lengths)
+    finally:
+        li.set_num_threads(1)
+    for b in range(24):
+        n = lengths[b]
+        yb, (hb, cb) = m(x[:n, b:b + 1])
+        np.testing.assert_array_equal(y[:n, b], yb[:, 0])
+        np.testing.assert_array_equal(h[:, b], hb[:, 0])
+
+
 # ----------------------------------------------------------------- messages
 
 def test_from_state_dict_given_a_module_says_to_call_state_dict():
