@@ -385,8 +385,11 @@ class Readout(_Module):
                 y[lengths == 0] = 0.0  # a length-0 sequence has no last step
             return y
         if self.mode == "mean":
-            # the recurrent layers write 0 past each length: the sum is over valid steps
-            total = output.sum(axis=t_axis)
+            # the recurrent layers write 0 past each length: the sum is over valid steps.
+            # cumsum adds step after step whatever the layout (sum pairs them up along a
+            # contiguous axis, so a sequence alone and in a batch got different bits)
+            total = np.cumsum(output, axis=t_axis, dtype=np.float32)[(slice(None),) * t_axis + (-1,)] \
+                if T else output.sum(axis=t_axis)
             if lengths is None:
                 return total / np.float32(T)
             return total / np.maximum(lengths, 1).astype(np.float32)[:, None]

@@ -6,6 +6,8 @@ exceptions; the numbers are computed by the C core (lstm_infer._core) with
 the GIL released. One C engine serves every kind: only the cell differs.
 """
 import numbers
+import threading
+from contextlib import contextmanager
 from collections.abc import Mapping
 
 import numpy as np
@@ -104,10 +106,25 @@ def weight_storage(kind, config, weights):
 modelfile.storage_rule = weight_storage  # model files check reduced weights against it
 
 
+_UNSET = threading.local()  # .on: modules made now skip their random initial weights
+
+
+@contextmanager
+def _weights_set_later():
+    """Modules constructed inside get no random initial weights and no C core: the
+    caller installs the real ones at once, so a load holds one model's memory, not two."""
+    _UNSET.on = True
+    try:
+        yield
+    finally:
+        _UNSET.on = False
+
+
 def _rebuild(cls, config, weights, weight_type="float32", scales=None):
     """A module from what __reduce__ gives (for pickle and copy): the stored
     arrays, reduced ones as they are (no second rounding)."""
-    model = cls(**config)
+    with _weights_set_later():
+        model = cls(**config)
     if weight_type == "float32":
         model.load_state_dict(weights)
     else:
@@ -146,6 +163,10 @@ class _Weights:
 
     def _init_weights(self, weights="float32"):
         weight_type = _weight_type(weights)
+        if getattr(_UNSET, "on", False):  # see _weights_set_later
+            self._storage(weight_type)    # the configuration checked as the core checks it
+            self._weights, self._scales, self.weights = {}, {}, weight_type
+            return
         rng = np.random.default_rng()
         k = 1.0 / np.sqrt(self.hidden_size)  # torch's default initialisation range
         rand = {name: rng.uniform(-k, k, shape).astype(np.float32)
@@ -210,7 +231,8 @@ class _Weights:
         """The module of constructor arguments `config` with the stored weights
         `reduced` (as reduced_state_dict gives them) of storage `weights`."""
         weight_type = _weight_type(weights)
-        model = cls(**config)
+        with _weights_set_later():
+            model = cls(**config)
         shapes = model._expected_shapes()
         int8 = [k for k, t in model._storage(weight_type).items() if t == _core.WEIGHTS_I8]
         want = set(shapes) | {k + "_scale" for k in int8}
@@ -341,7 +363,8 @@ class _Weights:
         config = {k: v for k, v in spec.config.items() if k in cls._config_keys()}
         weight_type = _weight_type(overrides.pop("weights", "float32"))
         config.update(overrides)
-        model = cls(**config)
+        with _weights_set_later():
+            model = cls(**config)
         model.load_state_dict(weights, strict=True, weights=weight_type)
         return model
 
@@ -745,7 +768,8 @@ def build(kind, config, tensors, weights="float32"):
     """The module kind(**config) with weights as stored: float32 tensors
     (load_state_dict), or a reduced_state_dict for weights "float16" / "int8"."""
     if weights == "float32":
-        model = MODULES[kind](**config)
+        with _weights_set_later():
+            model = MODULES[kind](**config)
         model.load_state_dict(tensors, strict=True)
         return model
     return MODULES[kind].from_reduced_state_dict(config, tensors, weights)

@@ -148,8 +148,9 @@ def check_layers(layers) -> Chain:
     if len(layers) > MAX_LAYERS:
         raise ValueError(f"the pipeline has {len(layers)} layers, more than {MAX_LAYERS}")
     check_names([layer.name for layer in layers])
-    first = in_width(layers[0].kind, layers[0].config)
-    width = first
+    width = in_width(layers[0].kind, layers[0].config)
+    # the width the pipeline takes: pointwise layers first take what the next layer does
+    first = next((w for w in (in_width(layer.kind, layer.config) for layer in layers) if w != ANY), ANY)
     giver = None           # the last layer that set the width
     prev = None            # the last layer other than dropout
     last_rec = None        # the last recurrent layer
@@ -413,6 +414,15 @@ def _module_at(sd, specs, name):
     p, res = hits[0]
     if isinstance(res, ValueError):
         raise ValueError(f"{name!r}: {res}")
+    # a tensor under the name that the module does not use (a learned initial state,
+    # an attention beside the recurrent layer) would be dropped without a word
+    own = set(res.keys)
+    extra = [k for k in sd if isinstance(k, str) and k.startswith(prefix) and k not in own]
+    if extra:
+        where = "" if p == prefix else f" at {p[:-1]!r}"
+        raise ValueError(f"{name!r} holds tensors that its {describe(res.kind, res.config)}{where} does "
+                         f"not use: {detect.describe_tensors(sd, extra)}; lstm_infer would run without them. "
+                         f"If the model does not use them either, drop them from the state dict")
     return res
 
 

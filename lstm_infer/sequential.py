@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import fileio, layers as _layers, modelfile, pipeline as _pipeline, readers
-from .model import MODULES, _check_mapping, _float_array, _Layer, _to_numpy, _weight_type, build
+from .model import (MODULES, _check_mapping, _float_array, _Layer, _to_numpy, _weight_type, _weights_set_later,
+                    build)
 
 __all__ = ["Sequential", "read_state_dict"]
 
@@ -184,7 +185,9 @@ class Sequential:
         return (m for _, m in self._layers)
 
     def __getitem__(self, key):
-        """A layer by position or by name."""
+        """A layer by position or by name; a slice gives a Sequential of those layers (as torch)."""
+        if isinstance(key, slice):
+            return type(self)(dict(self._layers[key]))
         if isinstance(key, str):
             for name, m in self._layers:
                 if name == key:
@@ -256,12 +259,14 @@ class Sequential:
         storage = _storage_by_layer(weights, [layer.name for layer, _ in resolved if layer.kind in _RECURRENT])
         built = []
         for layer, tensors in resolved:
+            label = layer.name + "."  # errors name the keys as the state dict has them
             if layer.kind in _RECURRENT:
-                m = MODULES[layer.kind](**layer.config, batch_first=batch_first)
-                m.load_state_dict(tensors, strict=True, weights=storage[layer.name])
+                with _weights_set_later():
+                    m = MODULES[layer.kind](**layer.config, batch_first=batch_first)
+                m._staged_load(tensors, True, storage[layer.name], label)[2]()
             else:
                 m = _layers.LAYERS[layer.kind](**layer.config)
-                m.load_state_dict(tensors, strict=True)
+                m._staged_load(tensors, True, label)[2]()
             built.append((layer.name, m))
         return cls(dict(built))
 
@@ -387,8 +392,10 @@ class Sequential:
         if T == 0:
             raise ValueError("every sequence in the list is empty")
         if self.takes_ids:
-            pad = self._layers[0][1].padding_idx or 0  # any id in range: padded steps are not read
-            x = np.full((T, B), pad, dtype=np.result_type(*[a.dtype for a in arrays]))
+            emb = self._layers[0][1]
+            for i, a in enumerate(arrays):  # in range, so int64 holds them whatever their dtypes
+                _layers.check_ids(a, emb.num_embeddings, f"input[{i}]")
+            x = np.full((T, B), emb.padding_idx or 0, dtype=np.int64)  # padded steps are not read
         else:
             x = np.zeros((T, B, arrays[0].shape[1]), np.float32)
         for b, a in enumerate(arrays):

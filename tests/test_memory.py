@@ -74,3 +74,26 @@ def test_create_load_free_cycles_do_not_grow_rss():
     growth = rss_mb() - before
     print(f"1000 create/load/free cycles: RSS growth {growth:.2f} MB")
     assert growth < LIMIT_MB, f"RSS grew by {growth:.2f} MB over 1000 cycles"
+
+
+def test_loading_holds_one_model_not_two(tmp_path):
+    """li.load and from_state_dict build the C core once, from the file's weights (a
+    module made first with random weights and a core of its own had a load peak at ~6x
+    the file; now ~4x: the bytes read, the arrays, our copy and the core)."""
+    import subprocess
+    import sys
+    path = tmp_path / "m.lstm"
+    li.LSTM(1024, 1024, num_layers=4).save(str(path))
+    size_mb = os.path.getsize(path) / 2**20
+    # VmHWM, the peak of this process's own memory (ru_maxrss may carry its parent's peak)
+    code = ("import sys, lstm_infer as li\n"
+            "def kb(field):\n"
+            "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(field))\n"
+            "base = kb('VmHWM:')\n"
+            "m = li.load(sys.argv[1])\n"
+            "print((kb('VmHWM:') - base) / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    peak = float(out.stdout)
+    print(f"file {size_mb:.0f} MB, load peak {peak:.0f} MB ({peak / size_mb:.1f}x)")
+    assert peak < 5 * size_mb, f"loading a {size_mb:.0f} MB file peaked at {peak:.0f} MB"

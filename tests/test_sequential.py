@@ -423,3 +423,52 @@ def test_pointwise_vs_torch():
             assert got.dtype == np.float32 and got.shape == x.shape, ours
             np.testing.assert_allclose(got, theirs(_t(x)).numpy(), rtol=1e-6, atol=1e-6, err_msg=repr(ours))
     assert li.ReLU()(np.array([np.nan], np.float32))[0] != 0  # NaN stays NaN, as torch's
+
+
+def test_list_ids_pack_whatever_their_dtypes():
+    """A list of id arrays is padded into int64: a padding_idx past the arrays' own dtype
+    (uint8 ids, padding_idx 500) or int64 beside uint64 arrays still equals each alone."""
+    for pad, dt in ((500, np.uint8), (200, np.int8), (None, np.uint64)):
+        m = li.Sequential(OrderedDict(emb=li.Embedding(1000, 4, padding_idx=pad), gru=li.GRU(4, 3), last="last"))
+        seqs = [np.array([1, 2, 3], dt), np.array([4], np.int64)]
+        np.testing.assert_array_equal(m(seqs), np.stack([m(s) for s in seqs]))
+    m = li.Sequential(OrderedDict(emb=li.Embedding(10, 4), gru=li.GRU(4, 3), last="last"))
+    with pytest.raises(IndexError, match="token id 18446744073709551615 is out of range"):
+        m([np.array([1, 2], np.int64), np.array([2**64 - 1], np.uint64)])
+
+
+def test_in_features_past_leading_pointwise_layers():
+    """Pointwise layers first take what the first layer with a width takes."""
+    assert li.Sequential(li.Dropout(0.1), li.LSTM(3, 5), "final", li.Linear(5, 2)).in_features == 3
+    assert li.Sequential(li.ReLU(), li.Linear(3, 2)).in_features == 3
+    m = li.Sequential(li.Dropout(0.1), li.LSTM(3, 5), "final", li.Linear(5, 2))
+    with pytest.raises(li.runner.BadRecordError, match="sequence 1: wrong shape"):
+        li.predict(m, [np.zeros((4, 3), np.float32), np.zeros((4, 7), np.float32)])
+
+
+@pytest.mark.parametrize("bf", [False, True])
+def test_mean_readout_same_bits_alone_and_in_a_batch(bf):
+    """The mean sums step after step whatever the layout (numpy's sum pairs the steps up
+    along a contiguous axis: a width-1 sequence alone once differed in its last bit)."""
+    rng = np.random.default_rng(1)
+    for H in (1, 2):
+        m = li.Sequential(OrderedDict(rnn=li.GRU(3, H, batch_first=bf), mean="mean"))
+        x = rng.standard_normal((3, 40, 3) if bf else (40, 3, 3)).astype(np.float32)
+        y = m(x)
+        for b in range(3):
+            np.testing.assert_array_equal(m(x[b] if bf else x[:, b]), y[b])
+    seqs = [rng.standard_normal((int(rng.integers(20, 60)), 3)).astype(np.float32) for _ in range(20)]
+    m = li.Sequential(OrderedDict(rnn=li.GRU(3, 1), mean="mean"))
+    for got, s in zip(li.predict(m, seqs), seqs):
+        np.testing.assert_array_equal(got, m(s))
+
+
+def test_slice_gives_a_sequential():
+    m = li.Sequential(OrderedDict(emb=li.Embedding(10, 4), gru=li.GRU(4, 3), last="last", fc=li.Linear(3, 2)))
+    head = m[:3]
+    assert isinstance(head, li.Sequential) and [n for n, _ in head.layers] == ["emb", "gru", "last"]
+    assert head[1] is m[1]
+    ids = np.array([[1, 2], [3, 4]])
+    np.testing.assert_array_equal(m[3](head(ids)), m(ids))
+    with pytest.raises(ValueError, match="empty"):
+        m[5:]

@@ -461,3 +461,31 @@ def test_detect_other_kinds():
     assert found["bad."][0] == "Linear" and "bad.bias: expected shape (2,)" in str(found["bad."][1])
     with pytest.raises(ValueError, match="cannot be a LayerNorm"):
         detect.as_kind(found["fc."][1], "LayerNorm")
+
+
+def test_tensors_the_named_module_does_not_use_are_refused():
+    """A learned initial state beside an LSTM's weights, or an attention beside the
+    recurrent layer inside the named module, would be dropped without a word."""
+    sd = _prefixed("lstm", li.LSTM(3, 4))
+    sd.update({"lstm.h0": _w(1, 1, 4), "lstm.c0": _w(1, 1, 4), "fc.weight": _w(2, 4), "fc.bias": _w(2)})
+    with pytest.raises(ValueError, match=r"'lstm' holds tensors that its LSTM\(3, 4\) does not use: "
+                                         r"lstm.h0 \(1, 1, 4\), lstm.c0"):
+        li.Sequential.from_state_dict(sd, "lstm > final > fc")
+    sd = _prefixed("enc.rnn", li.GRU(4, 3))
+    sd.update({"enc.attn.in_proj_weight": _w(9, 3), "enc.attn.in_proj_bias": _w(9)})
+    with pytest.raises(ValueError, match=r"'enc' holds tensors that its GRU\(4, 3\) at 'enc.rnn' does not use: "
+                                         r"enc.attn.in_proj_weight"):
+        li.Sequential.from_state_dict(sd, "enc > final")
+    li.Sequential.from_state_dict(sd, "enc.rnn > final")  # naming the layer itself is fine
+
+
+def test_bad_tensors_name_their_layer():
+    sd = _prefixed("enc", li.GRU(4, 3))
+    sd.update(_prefixed("dec", li.GRU(3, 3)))
+    sd["dec.weight_hh_l0"] = sd["dec.weight_hh_l0"].copy()
+    sd["dec.weight_hh_l0"][0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"state_dict\['dec.weight_hh_l0'\]: a weight is NaN or Inf"):
+        li.Sequential.from_state_dict(sd, "enc > steps > dec", weights="int8")
+    sd["dec.weight_hh_l0"] = sd["dec.weight_hh_l0"].astype(np.int32)
+    with pytest.raises(TypeError, match=r"state_dict\['dec.weight_hh_l0'\] must have a floating-point dtype"):
+        li.Sequential.from_state_dict(sd, "enc > steps > dec")
