@@ -4,7 +4,9 @@ Handles every recurrent module of ``torch.nn``: LSTM, GRU, RNN, LSTMCell, GRUCel
 RNNCell, and whole models (``--pipeline``: Embedding, Linear, LayerNorm, activations,
 readouts around the recurrent layers; see lstm_infer.pipeline). Exit codes: 0 success,
 1 verification above tolerance, 2 user error (bad file, bad option), 3 torch not
-installed for ``verify``. Torch is imported only by ``verify`` (and lstm_infer.torchref).
+installed for ``verify``; 128 + N when stopped by signal N (130 Ctrl-C, 143 SIGTERM,
+129 SIGHUP: nothing half-written is left) and 141 when stdout's reader goes away
+(``| head``). Torch is imported only by ``verify`` (and lstm_infer.torchref).
 
 Reduced weights: ``convert --weights float16|int8`` stores the recurrent layers'
 weights reduced (see lstm_infer.LSTM); ``verify`` of such a model (or ``verify FILE
@@ -15,8 +17,9 @@ and mean absolute error per output, and passes below the storage's tolerance
 (``TOLERANCES``) unless ``--tol`` is given.
 
 ``verify --inputs X.npz --outputs Y.npz`` compares with outputs saved from the user's
-own torch model: X.npz holds ``x``, the padded batch in the model's layout (token ids
-(T, B), or floats (T, B, features); (B, T, ...) for a batch_first model) and optionally
+own torch model (a .npy file holds ``x`` or ``y`` alone): X.npz holds ``x``, the padded
+batch in the model's layout (token ids (T, B), or floats (T, B, features); (B, T, ...)
+for a batch_first model) and optionally
 ``lengths`` (B,) integers (default: every sequence T long); Y.npz holds ``y``, what
 the torch model returned: (B, out) for a model whose readout gives one vector per
 sequence, else per step (T, B, out) ((B, T, out) batch_first; for a bare LSTM/GRU/RNN
@@ -26,9 +29,12 @@ its ``output``). Per-step positions past a sequence's length are not compared.
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import shlex
 import sys
 import warnings
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
@@ -247,12 +253,14 @@ def cmd_inspect(args) -> int:
 def cmd_convert(args) -> int:
     if args.pipeline is not None:
         return _convert_pipeline(args)
+    _no_stdout(args.output, "a model file name")
     w = load_weights(args.file, args.prefix, args.nonlinearity, args.batch_first)
     weights = args.weights or w.weights  # a reduced model file stays reduced unless told
     if weights == "float32":
         modelfile.write_model(args.output, w.state_dict, w.config, w.kind)
     else:
         w.module(weights).save(args.output)
+    args.wrote = True
     extra = f" with {weights} weights" if weights != "float32" else ""
     print(f"wrote {args.output}: {w.kind}({_fmt_config(w.config, w.kind)}){extra} from {w.desc}")
     if "nonlinearity" in w.assumed:
@@ -270,6 +278,7 @@ def _convert_pipeline(args) -> int:
     if args.prefix:
         raise UserError("--prefix selects one module; with --pipeline name the modules in the pipeline "
                         "(e.g. --pipeline \"encoder.embedding > encoder.lstm > final > fc\")")
+    _no_stdout(args.output, "a model file name")
     tensors = read_state_dict(_read(args.file), args.file)
     weights = args.weights or "float32"
     try:
@@ -280,6 +289,7 @@ def _convert_pipeline(args) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise UserError(f"{args.file}: {msg}") from None
     reduced.save(args.output)
+    args.wrote = True
     print(f"wrote {args.output}: Sequential({model.pipeline}) from {args.file}")
     for name, m in reduced.layers:
         print(f"  {name}: {m!r}")
@@ -412,28 +422,59 @@ def _load_model(path, prefix, nonlinearity, data=None):
 
 
 def _npz_arrays(path, keys, required):
+    """The arrays ``keys`` (``required`` among them) of the .npz ``path``; a .npy file
+    holds the first key's array alone. Only a regular file is read (a FIFO would hang
+    np.load), and each header's declared size is checked before anything is allocated."""
     from . import fileio
 
+    name = fileio.display_name(path)
+    data = fileio.read_file(path)
     try:
-        with np.load(fileio.display_name(path), allow_pickle=False) as z:
-            missing = [k for k in required if k not in z.files]
+        if data[:6] == b"\x93NUMPY":
+            return {keys[0]: _npy_array(io.BytesIO(data), len(data))}
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            files = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
+            missing = [k for k in required if k not in files]
             if missing:
-                raise UserError(f"{path}: no array {missing[0]!r} (it holds {', '.join(z.files) or 'nothing'}); "
+                raise UserError(f"{name}: no array {missing[0]!r} (it holds {', '.join(files) or 'nothing'}); "
                                 f"see lstm-infer verify --help for the convention")
-            return {k: z[k] for k in keys if k in z.files}
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, OSError) and exc.filename:
-            raise
-        raise UserError(f"{path}: not a readable .npz ({exc})") from None
+            out = {}
+            for k in keys:
+                if k in files:
+                    with zf.open(files[k]) as fh:
+                        out[k] = _npy_array(fh, runner._member_size(zf.getinfo(files[k])), k)
+            return out
+    except runner._MEMBER_ERRORS as exc:
+        raise UserError(f"{name}: not a readable .npz or .npy ({exc})") from None
+
+
+def _npy_array(fh, available, key=None):
+    """The array of the .npy at ``fh``, refused when its header declares more than ``available`` bytes."""
+    where = f"array {key!r}: " if key else ""
+    shape, fortran, dtype = runner._npy_header(fh)
+    try:
+        runner._check_declared(shape, dtype, available)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
+    fh.seek(0)
+    return np.lib.format.read_array(fh, allow_pickle=False)
 
 
 def _compare(a, b):
-    """(max abs err, mean abs err, max rel err) of ours ``a`` against the reference ``b`` (same shape)."""
-    diff = np.abs(a - b)
+    """(max abs err, mean abs err, max abs err / max |ref|) of ours ``a`` against the
+    reference ``b`` (same shape). NaN where the reference has NaN (and the same
+    infinities) agree, as in numpy's assert_allclose(equal_nan=True); NaN against a
+    number is an infinite error."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b)
+    diff[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+    diff[np.isnan(diff)] = np.inf
     err = float(np.max(diff)) if a.size else 0.0
     mean = float(np.mean(diff)) if a.size else 0.0
-    rel = err / max(float(np.max(np.abs(b))) if b.size else 0.0, np.finfo(np.float32).tiny)
-    return (err if np.isfinite(err) else np.inf), mean, rel
+    finite = np.abs(b[np.isfinite(b)])
+    scale = float(np.max(finite)) if finite.size else 0.0
+    return err, mean, err / max(scale, float(np.finfo(np.float32).tiny))
 
 
 class _Report:
@@ -444,7 +485,7 @@ class _Report:
         self.labels = labels
         self.totals = {}  # output -> [max, sum of abs errors, count]
         label = f"{'tensor':<7} " if labels else ""
-        print(f"  {'case':<12} {label}{'max abs err':>12} {'mean abs err':>12} {'max rel err':>12}")
+        print(f"  {'case':<12} {label}{'max abs err':>12} {'mean abs err':>12} {'err/max|ref|':>12}")
 
     def row(self, case, label, a, b):
         a = np.asarray(a)
@@ -526,7 +567,8 @@ def _verify_saved(path, inputs, outputs, tol, prefix, nonlinearity, weights=None
     storage = _storage_of(model)
     print(f"verify {path}" + (f" ({storage} weights)" if storage != "float32" else "")
           + f" on {inputs} against the outputs in {outputs}, tolerance {tol:g}")
-    print(f"  {y.size} values compared: max abs err {err:.3e}, mean abs err {mean:.3e}, max rel err {rel:.3e}")
+    print(f"  {y.size} values compared: max abs err {err:.3e}, mean abs err {mean:.3e}, "
+          f"max abs err / max |ref| {rel:.3e}")
     return _verdict(err, tol)
 
 
@@ -642,20 +684,25 @@ def cmd_verify(args) -> int:
 # ---------------------------------------------------------------------- run
 
 def cmd_run(args) -> int:
-    """Batch inference over a dataset (lstm_infer.runner); exit 130 on Ctrl-C, nothing left behind."""
+    """Batch inference over a dataset (lstm_infer.runner); Ctrl-C, SIGTERM or SIGHUP leave
+    nothing behind (see main)."""
     from . import runner, set_num_threads
 
-    try:
-        if args.threads is not None:
-            set_num_threads(args.threads)
-        progress = not args.no_progress and sys.stderr.isatty()
-        stats = runner.run(args.model, args.inputs, args.output, batch_tokens=args.batch_tokens,
-                           progress=progress, skip_bad=args.skip_bad)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
-        return 130
+    _no_stdout(args.output, "a .npz file or a directory")
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    progress = not args.no_progress and sys.stderr.isatty()
+    stats = runner.run(args.model, args.inputs, args.output, batch_tokens=args.batch_tokens,
+                       progress=progress, skip_bad=args.skip_bad)
+    args.wrote = True
     print(f"wrote {args.output}: {stats.summary()}")
     return 0
+
+
+def _no_stdout(output, what):
+    """'-' for standard output is not supported: refused rather than made a file or directory named '-'."""
+    if output == "-":
+        raise UserError(f"-o -: cannot write to standard output; give {what} (./- for a file named '-')")
 
 
 # --------------------------------------------------------------------- main
@@ -721,8 +768,10 @@ def _parser():
     s.add_argument("file", metavar="FILE_OR_OUT")
     common(s)
     verify_opts(s)
-    s.add_argument("--inputs", metavar="X.npz", help="inputs you gave your torch model: x [, lengths]")
-    s.add_argument("--outputs", metavar="Y.npz", help="what your torch model returned for them: y")
+    s.add_argument("--inputs", metavar="X.npz", help="inputs you gave your torch model: x [, lengths] "
+                   "(or a .npy holding x alone)")
+    s.add_argument("--outputs", metavar="Y.npz", help="what your torch model returned for them: y "
+                   "(or a .npy holding y alone)")
     weights_opt(s, "check the model with its recurrent weights stored this way (reduced in memory from the "
                 "file's float32 weights); default: as the file stores them")
     s.set_defaults(func=cmd_verify)
@@ -744,16 +793,139 @@ def _parser():
     return p
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised by main's handler: a KeyboardInterrupt, so every cleanup
+    path that handles Ctrl-C (temp files, spills, atomic writes) handles it too."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    import signal
+
+    for sig in _STOP_SIGNALS:  # a second signal must not cut the cleanup short
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _stop_signals():
+    import signal
+
+    return tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+_STOP_SIGNALS = _stop_signals()
+
+
+def _install_handlers():
+    """SIGTERM/SIGHUP raise Terminated (left alone when ignored, as under nohup); returns
+    the old handlers. Only the command line does this, never the library."""
+    import signal
+
+    old = {}
+    for sig in _STOP_SIGNALS:
+        try:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                old[sig] = signal.signal(sig, _terminate)
+        except ValueError:  # not the main thread: signals cannot be handled here
+            break
+    return old
+
+
+def _path_errors(exc):
+    """Encode errors of our output: a path's undecodable bytes (surrogate escapes) are
+    written as the bytes they were, anything else the stream cannot encode escaped."""
+    if isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start:exc.end]
+        if all(0xDC80 <= ord(c) <= 0xDCFF for c in bad):
+            return bytes(ord(c) - 0xDC00 for c in bad), exc.end
+    return codecs.backslashreplace_errors(exc)
+
+
+def _robust_output():
+    """stdout/stderr print any path (a file name that is not UTF-8 must not fail after the
+    file was written); returns what to restore."""
+    codecs.register_error("lstm_infer.paths", _path_errors)
+    old = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            old.append((stream, stream.errors))
+            stream.reconfigure(errors="lstm_infer.paths")
+        except (AttributeError, ValueError, TypeError):
+            old.pop()
+    return old
+
+
+def _interrupted(args, exc):
+    """The one line for Ctrl-C, SIGTERM or SIGHUP; the exit status 128 + the signal's number."""
+    import signal
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"terminated by {signal.Signals(signum).name}"
+    if getattr(args, "command", None) in ("run", "convert") and not getattr(args, "wrote", False):
+        what += "; nothing written"
+    print(f"{PROG}: {what}", file=sys.stderr)
+    return 128 + signum
+
+
+def _stdout_closed():
+    """stdout's reader went away (``... | head -1``): the usual quiet end, as if killed by
+    SIGPIPE; what was written stays written. Later flushes go to /dev/null."""
+    import os
+    import signal
+
     try:
-        return args.func(args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, AttributeError, ValueError):
+        pass
+    return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def main(argv=None) -> int:
+    import signal
+
+    restore = _robust_output()
+    handlers = _install_handlers()
+    args = None
+    try:
+        args = _parser().parse_args(argv)
+        args.wrote = False
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM/SIGHUP through _terminate
+        return _interrupted(args, exc)
+    except BrokenPipeError as exc:
+        if exc.filename is None:  # our stdout, not a file
+            return _stdout_closed()
+        _error(f"{exc.filename}: {exc.strerror or exc}")
     except (UserError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        _error(msg)
     except OSError as exc:
-        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        _error(f"{exc.filename or ''}: {exc.strerror or exc}")
+    except MemoryError as exc:  # the last resort: each reader checks sizes first
+        _error(f"out of memory{f' ({exc})' if str(exc) else ''}")
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
+        for stream, errors in restore:
+            try:
+                stream.reconfigure(errors=errors)
+            except (ValueError, OSError):
+                pass
     return EXIT_USAGE
+
+
+def _error(msg):
+    try:
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+    except OSError:  # stderr gone too
+        pass
 
 
 if __name__ == "__main__":

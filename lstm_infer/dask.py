@@ -92,8 +92,8 @@ class _Model:
         self.path = os.path.abspath(os.fsdecode(os.fspath(model_path)))
         self.digest = self.data = None
         if ship:
-            with open(self.path, "rb") as fh:
-                data = fh.read()
+            from .fileio import read_file
+            data = read_file(self.path)  # refuses a FIFO or device instead of waiting on it
             self.digest = hashlib.sha256(data).hexdigest()
             self.data = client.scatter(data, broadcast=True, hash=False)
 
@@ -128,12 +128,31 @@ def predict_files(client, model_path, inputs, output_dir, batch_tokens=runner.DE
     return [r[0] for r in client.gather(futures)]
 
 
+class _BadRecord:
+    """Stands in for a partition's outputs when one of its records is bad: a partition
+    knows only its own positions, the client turns ``index`` into the dataset's."""
+
+    def __init__(self, index, reason):
+        self.index, self.reason = index, reason
+
+
 def _predict_partition(part, model_path, digest, data, batch_tokens):
-    return runner.predict(worker_model(model_path, digest, data), list(part), batch_tokens=batch_tokens)
+    try:
+        return runner.predict(worker_model(model_path, digest, data), list(part), batch_tokens=batch_tokens)
+    except runner.BadRecordError as exc:
+        if exc.index is None:
+            raise
+        return [_BadRecord(exc.index, exc.reason)]
 
 
 def predict_bag(client, model_path, bag, batch_tokens=runner.DEFAULT_BATCH_TOKENS, ship_model=True):
-    """The model's output for every sequence of the dask.bag ``bag``, as a list in input order."""
+    """The model's output for every sequence of the dask.bag ``bag``, as a list in input order.
+    A bad record raises BadRecordError naming its position in the whole bag."""
     model = _Model(client, model_path, ship_model)
     outputs = bag.map_partitions(_predict_partition, *model.args(), batch_tokens)
-    return list(client.gather(client.compute(outputs)))
+    results = list(client.gather(client.compute(outputs)))
+    for pos, y in enumerate(results):
+        # the partitions before a bad one gave one output per record: pos is where it starts
+        if isinstance(y, _BadRecord):
+            raise runner.BadRecordError(f"sequence {pos + y.index}", y.reason, pos + y.index)
+    return results

@@ -16,8 +16,10 @@ Writing (:func:`atomic_writer`)
     written through (its target is replaced, the link kept); an existing file keeps
     its permission bits (and, where we may set it, its owner) and must be writable,
     as ``cp`` requires; a new file gets the umask default. The temp name stays
-    within the directory's NAME_MAX. On any error the temp file is removed and the
-    old file is untouched.
+    within the directory's NAME_MAX (bytes: :func:`temp_path` names other temp files
+    the same way). On any error the temp file is removed and the old file is
+    untouched. :func:`check_target` raises the same refusals up front, for a job
+    that should not compute for minutes before finding its output unwritable.
 
 Load budget (:func:`load_budget`, :class:`Budget`)
     One load of a weight file may produce at most ``max(256 MiB, 4 x file size)``
@@ -41,8 +43,9 @@ import stat
 
 from .errors import NotRegularFileError, TooLargeError
 
-__all__ = ["fspath", "display_name", "is_path", "as_bytes", "read_file", "contents", "atomic_writer",
-           "load_budget", "Budget", "reports_out_of_memory", "BUDGET_FLOOR", "BUDGET_FACTOR"]
+__all__ = ["fspath", "display_name", "is_path", "as_bytes", "read_file", "open_regular", "contents",
+           "atomic_writer", "check_target", "temp_path", "load_budget", "Budget", "reports_out_of_memory",
+           "BUDGET_FLOOR", "BUDGET_FACTOR"]
 
 BUDGET_FLOOR = 256 << 20
 BUDGET_FACTOR = 4
@@ -99,6 +102,21 @@ def _require_regular(st, name, action):
 
 # ----------------------------------------------------------------- reading
 
+def open_regular(path, action="read"):
+    """``path`` opened for binary reading, if it is a regular file: a FIFO, device,
+    socket or directory is refused (``NotRegularFileError`` / ``IsADirectoryError``)
+    before anything is read, and without waiting for a FIFO's writer."""
+    name = display_name(path)
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    fd = os.open(fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _require_regular(os.fstat(fd), name, action)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_file(path, *, check=None) -> bytes:
     """The whole contents of the regular file ``path``.
 
@@ -109,17 +127,9 @@ def read_file(path, *, check=None) -> bytes:
     the process's memory raises :class:`TooLargeError`.
     """
     name = display_name(path)
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-    fd = os.open(fspath(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        _require_regular(st, name, "read")
-        fh = open(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    fh = open_regular(path)
     with fh:
-        size = st.st_size
+        size = os.fstat(fh.fileno()).st_size
         if check is not None:
             check(fh, size)
             fh.seek(0)
@@ -167,14 +177,28 @@ def _write_target(path, name):
     return (os.path.realpath(p) if os.path.islink(p) else p), st
 
 
-def _temp_name(directory, base):
-    """``.<base>.<random>.tmp`` cut to fit the directory's NAME_MAX (bytes)."""
+def _temp_name(directory, base, suffix=b".tmp"):
+    """``.<base>.<random><suffix>`` cut to fit the directory's NAME_MAX (bytes)."""
     try:
         limit = os.pathconf(directory, "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = _NAME_MAX
-    suffix = b"." + secrets.token_hex(6).encode() + b".tmp"
-    return b"." + base[:max(1, limit - 1 - len(suffix))] + suffix
+    suffix = b"." + secrets.token_hex(6).encode() + suffix
+    cut = base[:max(1, limit - 1 - len(suffix))]
+    if len(cut) < len(base):
+        try:
+            cut.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start >= len(cut) - 3:  # a character cut in two: drop its head
+                cut = cut[:max(1, exc.start)]
+    return b"." + cut + suffix
+
+
+def temp_path(directory, base, suffix=".tmp"):
+    """A fresh hidden name ``<directory>/.<base>.<random><suffix>`` (a str) for a temp
+    file or directory next to ``base``, cut to fit the directory's NAME_MAX in bytes."""
+    d = os.fsencode(fspath(directory)) or b"."
+    return os.fsdecode(os.path.join(d, _temp_name(d, os.fsencode(base), os.fsencode(suffix))))
 
 
 def _named(exc, name):
@@ -182,6 +206,24 @@ def _named(exc, name):
     if isinstance(exc, OSError) and exc.errno is not None and exc.filename != name:
         return OSError(exc.errno, exc.strerror, name)
     return exc
+
+
+def check_target(path):
+    """Raises the error :func:`atomic_writer` would raise for ``path`` (a FIFO, device,
+    directory, dangling link or read-only file), or for a directory that is missing or
+    cannot take new files: a long job checks its output before it starts."""
+    name = display_name(path)
+    try:
+        target, _ = _write_target(path, name)
+        directory = os.path.dirname(target) or b"."
+        if not os.path.isdir(directory):
+            if os.path.exists(directory):
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", name)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", name)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied (cannot create files in its directory)", name)
+    except OSError as exc:
+        raise _named(exc, name) from None
 
 
 @contextlib.contextmanager

@@ -20,14 +20,17 @@ Memory
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
+import math
 import os
-import secrets
 import shutil
 import sys
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,14 +46,20 @@ __all__ = ["predict", "predict_iter", "run", "RunStats", "BadRecordError", "DEFA
 DEFAULT_BATCH_TOKENS = 16384
 WINDOW_FACTOR = 4
 WINDOW_MAX_SEQUENCES = 65536
+# A batch's padded steps stay within this many times the steps of its window (see _run_window).
+PAD_FACTOR = 2
 
 
 class BadRecordError(ValueError):
     """A record that cannot be a sequence for the model (names file and record)."""
 
-    def __init__(self, name, reason):
+    def __init__(self, name, reason, index=None):
         super().__init__(f"{name}: {reason}")
         self.name, self.reason = name, reason
+        self.index = index  # the sequence's position, for predict's inputs
+
+    def __reduce__(self):  # pickled (from a Dask worker) with its fields
+        return type(self), (self.name, self.reason, self.index)
 
 
 @dataclass
@@ -79,20 +88,28 @@ class RunStats:
 # ------------------------------------------------------------------ model
 
 def _as_model(model):
-    if fileio.is_path(model):
+    # a model file holding the wrong kind of model is a bad value: a ValueError naming the
+    # file (one line from the CLI); a wrong object passed in stays a TypeError
+    path = fileio.display_name(model) if fileio.is_path(model) else None
+    if path is not None:
         from . import load
         model = load(model)
     from .model import _Layer
     from .sequential import Sequential
     if isinstance(model, Sequential):
-        if not any(m.kind in _RECURRENT for m in model):
-            raise TypeError(f"predict needs a model with a recurrent layer (LSTM, GRU, RNN); this Sequential "
-                            f"({model.pipeline}) has none: call it on the data directly")
+        if any(m.kind in _RECURRENT for m in model):
+            return model
+        what = f"a Sequential ({model.pipeline}) without a recurrent layer"
+        hint = ": call it on the data directly"
+    elif isinstance(model, _Layer):
         return model
-    if not isinstance(model, _Layer):
-        raise TypeError(f"predict needs a recurrent layer (LSTM, GRU, RNN), a Sequential or a path to one, "
-                        f"not {type(model).__name__}")
-    return model
+    else:
+        from .detect import article
+        what, hint = f"{article(type(model).__name__)} {type(model).__name__}", ""
+    need = "a recurrent layer (LSTM, GRU, RNN) or a Sequential with one"
+    if path is not None:
+        raise ValueError(f"{path}: holds {what}; running over sequences needs {need}{hint}")
+    raise TypeError(f"predict needs {need} (or a path to one), not {what}{hint}")
 
 
 _RECURRENT = ("LSTM", "GRU", "RNN")
@@ -165,6 +182,11 @@ def _run_window(model, window, batch_tokens, stats, progress):
     lengths = [a.shape[0] for _, a in window]
     width = _out_width(model)
     vector = _per_sequence(model)
+    # A budget far above the data (--batch-tokens 10**12) would pad one long sequence's
+    # length for every short one in the window: the padded block stays within
+    # PAD_FACTOR x the window's own steps (and one sequence alone always fits).
+    real = sum(max(n, 1) for n in lengths)
+    batch_tokens = min(batch_tokens, max(DEFAULT_BATCH_TOKENS, PAD_FACTOR * real))
     for idx in _batches(lengths, batch_tokens):
         T = lengths[idx[0]]
         if T == 0 and not vector:  # only empty sequences left: nothing to compute
@@ -269,7 +291,7 @@ def predict_iter(model, sequences, batch_tokens=DEFAULT_BATCH_TOKENS, progress=F
     model = _as_model(model)
     stats = RunStats() if stats is None else stats
     total = len(sequences) if hasattr(sequences, "__len__") else None
-    items = ((i, _check_sequence(model, s, f"sequence {i}")) for i, s in enumerate(sequences))
+    items = ((i, _checked(model, s, i)) for i, s in enumerate(sequences))
     bar = _Progress(progress, total)
     start = time.perf_counter()
     try:
@@ -277,6 +299,14 @@ def predict_iter(model, sequences, batch_tokens=DEFAULT_BATCH_TOKENS, progress=F
     finally:
         bar.close()
         stats.seconds = time.perf_counter() - start
+
+
+def _checked(model, seq, i):
+    try:
+        return _check_sequence(model, seq, f"sequence {i}")
+    except BadRecordError as exc:
+        exc.index = i
+        raise
 
 
 def predict(model, sequences, batch_tokens=DEFAULT_BATCH_TOKENS, progress=False, **kwargs):
@@ -314,39 +344,113 @@ def expand_inputs(inputs):
             raise ValueError(f"{p}: unsupported input (expected .npy, .npz or .jsonl)")
         if not os.path.exists(p):
             raise FileNotFoundError(2, "No such file or directory", p)
+        if not p.endswith(".jsonl"):  # np.load and zipfile would wait on a FIFO; .jsonl may stream from one
+            fileio._require_regular(os.stat(p), p, "read")
     return paths
 
 
-def _read_npy_header(fh):
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(fh)
-    return np.lib.format.read_array_header_2_0(fh)
+def _npy_header(fh):
+    """(shape, fortran_order, dtype) from the .npy header at ``fh``; ValueError if malformed."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(fh)
+        return np.lib.format.read_array_header_2_0(fh)
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"not a readable .npy header ({exc})") from None
+
+
+def _check_declared(shape, dtype, available):
+    """The bytes the header's ``shape`` and ``dtype`` declare; ValueError when more than the
+    ``available`` bytes of the file (a corrupt header must not make us allocate terabytes)."""
+    if any(n < 0 for n in shape):
+        raise ValueError(f"the header declares a negative dimension {shape}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > available:
+        raise ValueError(f"the header declares shape {shape} of {dtype} ({nbytes:,} bytes), but the file "
+                         f"holds {available:,} bytes")
+    return nbytes
+
+
+def _load_npy(path):
+    """np.load of the .npy file ``path``, its declared size checked against the file's first."""
+    with fileio.open_regular(path) as fh:
+        shape, _, dtype = _npy_header(fh)
+        _check_declared(shape, dtype, os.fstat(fh.fileno()).st_size)
+        fh.seek(0)
+        return np.load(fh, allow_pickle=False)
+
+
+# DEFLATE expands at most ~1032:1: a member claiming more is corrupt
+_DEFLATE_RATIO = 1032
+# what a damaged member raises while read
+_MEMBER_ERRORS = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+
+
+def _member_size(info):
+    """The bytes a zip member can really hold, for checking its .npy header against."""
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        return min(info.file_size, info.compress_size * _DEFLATE_RATIO + 1024)
+    return info.file_size
+
+
+@contextlib.contextmanager
+def _reading(path, member):
+    """Errors from reading ``member`` of the .npz ``path`` name both."""
+    try:
+        yield
+    except _MEMBER_ERRORS as exc:
+        raise ValueError(f"{path}: member {member!r}: {exc}") from None
+    except MemoryError:
+        raise ValueError(f"{path}: member {member!r}: out of memory reading it") from None
+
+
+def _npz_lengths(zf, path):
+    with _reading(path, "lengths.npy"), zf.open("lengths.npy") as fh:
+        shape, _, dtype = _npy_header(fh)
+        _check_declared(shape, dtype, _member_size(zf.getinfo("lengths.npy")))
+    with _reading(path, "lengths.npy"), zf.open("lengths.npy") as fh:
+        lengths = np.lib.format.read_array(fh, allow_pickle=False)
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths.size and lengths.min() < 0):
+        raise ValueError(f"{path}: 'lengths' must be a 1-D array of non-negative integers")
+    return lengths
+
+
+def _open_npz(path):
+    fh = fileio.open_regular(path)
+    try:
+        return zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        fh.close()
+        raise ValueError(f"{path}: not a readable .npz ({exc})") from None
+    except BaseException:
+        fh.close()
+        raise
 
 
 def _iter_npz(path):
     """(name, array) per record of a ragged .npz, read record by record from the zip."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npz ({exc})") from None
-    with zf:
+    zf = _open_npz(path)
+    with zf, zf.fp:
         members = set(zf.namelist())
         if not {"data.npy", "lengths.npy"} <= members:
             raise ValueError(f"{path}: a ragged .npz needs arrays 'data' and 'lengths'")
-        with zf.open("lengths.npy") as fh:
-            lengths = np.lib.format.read_array(fh, allow_pickle=False)
-        if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths.size and lengths.min() < 0):
-            raise ValueError(f"{path}: 'lengths' must be a 1-D array of non-negative integers")
-        with zf.open("data.npy") as fh:
-            shape, fortran, dtype = _read_npy_header(fh)
+        lengths = _npz_lengths(zf, path)
+        with _reading(path, "data.npy"):
+            fh = zf.open("data.npy")
+        with fh:
+            with _reading(path, "data.npy"):
+                shape, fortran, dtype = _npy_header(fh)
             if len(shape) not in (1, 2) or dtype.hasobject:
                 raise ValueError(f"{path}: 'data' must be a 1-D or 2-D numeric array, got {shape} {dtype}")
-            if int(lengths.sum()) != shape[0]:
-                raise ValueError(f"{path}: 'lengths' sum to {int(lengths.sum())}, but 'data' has "
-                                 f"{shape[0]} rows")
+            total = sum(lengths.tolist())  # Python ints: a sum that wraps around must not match
+            if total != shape[0]:
+                raise ValueError(f"{path}: 'lengths' sum to {total}, but 'data' has {shape[0]} rows")
+            with _reading(path, "data.npy"):
+                _check_declared(shape, dtype, _member_size(zf.getinfo("data.npy")))
             if fortran and len(shape) == 2 and shape[0] > 1 and shape[1] > 1:
-                data = np.asfortranarray(np.lib.format.read_array(zf.open("data.npy"), allow_pickle=False))
+                with _reading(path, "data.npy"), zf.open("data.npy") as whole:
+                    data = np.asfortranarray(np.lib.format.read_array(whole, allow_pickle=False))
                 pos = 0
                 for i, n in enumerate(lengths.tolist()):
                     yield f"{path}[{i}]", np.ascontiguousarray(data[pos:pos + n])
@@ -355,7 +459,8 @@ def _iter_npz(path):
             row = shape[1] if len(shape) == 2 else 1
             for i, n in enumerate(lengths.tolist()):
                 nbytes = n * row * dtype.itemsize
-                buf = fh.read(nbytes)
+                with _reading(path, "data.npy"):
+                    buf = fh.read(nbytes)
                 if len(buf) != nbytes:
                     raise ValueError(f"{path}: 'data' is truncated")
                 arr = np.frombuffer(buf, dtype).reshape((n,) + tuple(shape[1:]))
@@ -370,12 +475,16 @@ def _parse_jsonl_record(line):
         obj = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"not valid JSON ({exc.args[0]})") from None
+    except RecursionError:  # a bad record like any other, not a crash
+        raise ValueError("lists nested too deeply (a sequence is a list of feature rows)") from None
     if not isinstance(obj, list):
         raise ValueError(f"expected a list of feature rows (or of token ids), got {type(obj).__name__}")
     try:
         arr = np.array(obj)
     except ValueError:
         raise ValueError("rows of different widths") from None
+    except RecursionError:
+        raise ValueError("lists nested too deeply (a sequence is a list of feature rows)") from None
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
         raise ValueError("non-numeric values")
     if arr.size == 0:
@@ -400,7 +509,7 @@ def iter_records(paths):
     for p in paths:
         if p.endswith(".npy"):
             try:
-                arr = np.load(p, allow_pickle=False)
+                arr = _load_npy(p)
             except (ValueError, OSError, EOFError) as exc:
                 yield p, BadRecordError(p, f"not a readable .npy ({exc})")
                 continue
@@ -419,9 +528,9 @@ def _count_records(paths):
             n += 1
         elif p.endswith(".npz"):
             try:
-                with zipfile.ZipFile(p) as zf, zf.open("lengths.npy") as fh:
-                    n += int(np.lib.format.read_array(fh, allow_pickle=False).shape[0])
-            except Exception:
+                with _open_npz(p) as zf, zf.fp:
+                    n += int(_npz_lengths(zf, p).shape[0])
+            except Exception:  # _iter_npz reports it
                 return None
         else:
             return None
@@ -431,7 +540,19 @@ def _count_records(paths):
 # ------------------------------------------------------------------ outputs
 
 def _temp_path(directory, base, suffix):
-    return os.path.join(directory, f".{base[:180]}.{secrets.token_hex(6)}{suffix}")
+    return fileio.temp_path(directory, base, suffix)  # within NAME_MAX in bytes, not characters
+
+
+@contextlib.contextmanager
+def _naming(name):
+    """OSErrors inside name the user's path ``name``, not our hidden temp files."""
+    try:
+        yield
+    except OSError as exc:
+        named = fileio._named(exc, name)
+        if named is exc:
+            raise
+        raise named from None
 
 
 def _member(name):
@@ -449,14 +570,16 @@ class _RaggedWriter:
         self.path, self.width = path, width
         directory, base = os.path.split(os.path.abspath(path))
         self.spill_path = _temp_path(directory, base, ".spill")
-        self.spill = open(self.spill_path, "w+b")
+        with _naming(path):
+            self.spill = open(self.spill_path, "x+b")
         self.where = {}  # key -> (offset, rows)
         self.end = 0
 
     def add(self, key, out):
         rows = out.shape[0] if out.ndim == 2 else 1  # one vector per sequence: one row
         buf = np.ascontiguousarray(out, np.float32).tobytes()
-        self.spill.write(buf)
+        with _naming(self.path):  # e.g. ENOSPC
+            self.spill.write(buf)
         self.where[key] = (self.end, rows)
         self.end += len(buf)
 
@@ -504,32 +627,103 @@ def output_name_for(path):
 
 class _NpyDirWriter:
     """One .npy per .npy input, mirrored by base name into a directory; written into a
-    hidden temp directory and moved in at the end, so an interrupted run leaves nothing."""
+    hidden temp directory and moved in at the end, so an interrupted run leaves nothing.
+    Into an existing directory: every target is checked before the run, and a failure
+    while moving the files in puts the old ones back (all or nothing)."""
 
     def __init__(self, outdir, names):
         self.outdir = outdir
+        self.tmp = None
         bases = [os.path.basename(p) for p in names]
         dup = {b for b in bases if bases.count(b) > 1} if len(set(bases)) != len(bases) else set()
         if dup:
             raise ValueError(f"inputs share base names {sorted(dup)[:5]}; cannot mirror them into one directory")
         self.bases = bases
         self.created = not os.path.isdir(outdir)
-        parent = os.path.dirname(os.path.abspath(outdir)) if self.created else outdir
-        self.tmp = _temp_path(parent, os.path.basename(os.path.abspath(outdir)), ".tmpdir")
-        os.mkdir(self.tmp)
+        if self.created:
+            if os.path.lexists(outdir):
+                raise FileNotFoundError(errno.ENOENT, "is a dangling symbolic link; refusing to write through it",
+                                        outdir)
+            parent = os.path.dirname(os.path.abspath(outdir))
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", outdir)
+        else:
+            parent = outdir
+            for base in bases:
+                self._check_target(os.path.join(outdir, base))
+        with _naming(outdir):
+            tmp = _temp_path(parent, os.path.basename(os.path.abspath(outdir)), ".tmpdir")
+            os.mkdir(tmp)
+        self.tmp = tmp
         self.key_to_base = {}
 
+    @staticmethod
+    def _check_target(target):
+        """What atomic_writer refuses: a directory, FIFO or device, a dangling link, a read-only file."""
+        if os.path.lexists(target):
+            try:
+                fileio._write_target(target, target)
+            except OSError as exc:
+                raise fileio._named(exc, target) from None
+
     def add(self, key, out):
-        with open(os.path.join(self.tmp, self.key_to_base[key]), "wb") as fh:
-            np.save(fh, out)
+        base = self.key_to_base[key]
+        with _naming(os.path.join(self.outdir, base)):
+            with open(os.path.join(self.tmp, base), "xb") as fh:
+                np.save(fh, out)
 
     def finish(self, names, skipped):
         if self.created:
-            os.rename(self.tmp, self.outdir)
+            with _naming(self.outdir):
+                os.rename(self.tmp, self.outdir)
             self.tmp = None
             return
-        for base in os.listdir(self.tmp):
-            os.replace(os.path.join(self.tmp, base), os.path.join(self.outdir, base))
+        written = sorted(os.listdir(self.tmp))
+        for base in written:  # again: the directory may have changed during the run
+            self._check_target(os.path.join(self.outdir, base))
+        backup = os.path.join(self.tmp, ".old")  # no .npy base can be ".old"
+        with _naming(self.outdir):
+            os.mkdir(backup)
+        done = []  # [target, its old file's backup or None, replaced yet]
+        try:
+            for base in written:
+                target = os.path.join(self.outdir, base)
+                entry = [target, None, False]
+                done.append(entry)
+                if os.path.lexists(target):
+                    entry[1] = os.path.join(backup, base)
+                    with _naming(target):
+                        try:  # a hard link keeps the target in place until it is replaced
+                            os.link(target, entry[1], follow_symlinks=False)
+                        except OSError:  # no hard links here: move it aside
+                            os.rename(target, entry[1])
+                with _naming(target):
+                    os.replace(os.path.join(self.tmp, base), target)
+                entry[2] = True
+        except BaseException as exc:
+            lost = self._roll_back(done)
+            if lost:
+                msg = (f"the update failed ({str(exc) or type(exc).__name__}) and the old contents of "
+                       f"{len(lost)} file(s) could not be put back: {', '.join(lost[:5])}")
+                if isinstance(exc, Exception):
+                    raise OSError(errno.EIO, msg, self.outdir) from exc
+                print(f"{self.outdir}: {msg}", file=sys.stderr)
+            raise
+
+    @staticmethod
+    def _roll_back(done):
+        """Puts the old files back (newest first); the targets that could not be restored."""
+        lost = []
+        for target, old, replaced in reversed(done):
+            try:
+                if old is not None:
+                    if os.path.lexists(old):
+                        os.replace(old, target)
+                elif replaced:
+                    os.unlink(target)
+            except OSError:
+                lost.append(target)
+        return lost
 
     def close(self):
         if self.tmp is not None:
@@ -553,6 +747,8 @@ def run(model, inputs, output, batch_tokens=DEFAULT_BATCH_TOKENS, progress=False
         raise NotADirectoryError(20, "exists and is not a directory (give a .npz file name or a directory)", out)
     if not to_dir and os.path.isdir(out):
         raise IsADirectoryError(21, "is a directory; a .npz output must be a file", out)
+    if not to_dir:
+        fileio.check_target(out)  # before the run, not after it (a FIFO, a missing directory, ...)
     stats = RunStats()
     names = []
     width = _out_width(model)

@@ -120,6 +120,18 @@ def test_predict_bag_in_input_order(client, tmp_path, ship):
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("bad", [[7], [2, 7], [9]])
+def test_predict_bag_names_a_bad_record_by_its_place_in_the_bag(client, tmp_path, bad):
+    """Not by its place in its partition (10 records in 3 partitions: 7 is the second of the last)."""
+    make_model(tmp_path / "m.lstm")
+    seqs = [np.ones((3, 8), np.float32)] * 10
+    for i in bad:
+        seqs[i] = np.ones((3, 5), np.float32)
+    with pytest.raises(runner.BadRecordError, match=rf"^sequence {bad[0]}: wrong shape \(3, 5\)") as info:
+        predict_bag(client, tmp_path / "m.lstm", dask_bag.from_sequence(seqs, npartitions=3))
+    assert info.value.index == bad[0]
+
+
 def test_shipped_model_needs_no_shared_path(client, tmp_path):
     """The workers never open the model's path when it is shipped: rename it away on them."""
     m = make_model(tmp_path / "m.lstm", seed=5)
