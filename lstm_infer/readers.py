@@ -37,6 +37,11 @@ SAFETENSORS_DTYPES = {
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "u1",
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+# What json.loads builds per value or key (a small object and the slot holding it;
+# a dict entry and the pair it came in), charged before parsing a header: within the
+# size limit, a header of empty lists ("[],[],...") would build ~28x its size. Real
+# headers build ~6x theirs.
+_JSON_VALUE_COST = 64
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module")
 
 
@@ -124,14 +129,16 @@ def _is_int(v):
     return type(v) is int
 
 
-def parse_safetensors(data: bytes, src: str = "<bytes>", max_header: int = MAX_HEADER_BYTES):
+def parse_safetensors(data: bytes, src: str = "<bytes>", max_header: int = MAX_HEADER_BYTES, *, budget=None):
     """Validate a safetensors buffer and return ``(tensors, metadata)``.
 
     ``tensors`` maps name -> (numpy dtype code, safetensors dtype, shape, begin, end)
     with offsets absolute in ``data``; nothing is copied. Checks: header length
-    against the file and ``max_header``, UTF-8 JSON object without duplicate names,
-    known dtypes, integer shapes, offsets in range, byte span == shape x itemsize,
-    and tensors tiling the data section in order without gaps or overlaps.
+    against the file and ``max_header``, what parsing the header would build against
+    ``budget`` (a fileio.Budget; default: the file's own), UTF-8 JSON object without
+    duplicate names, known dtypes, integer shapes, offsets in range, byte span ==
+    shape x itemsize, and tensors tiling the data section in order without gaps or
+    overlaps.
     """
     data = fileio.as_bytes(data)
     if len(data) < 8:
@@ -141,6 +148,12 @@ def parse_safetensors(data: bytes, src: str = "<bytes>", max_header: int = MAX_H
         raise FormatError(f"{src}: header length {n} exceeds the limit of {max_header} bytes")
     if 8 + n > len(data):
         raise FormatError(f"{src}: header length {n} runs past the end of the {len(data)}-byte file")
+    # Every value or key but the outermost follows one of these (counted inside strings
+    # too: an over-estimate); the text is copied (str), and again into the strings.
+    values = sum(data.count(c, 8, 8 + n) for c in (b"[", b"{", b",", b":"))
+    if budget is None:
+        budget = fileio.Budget(src, len(data))
+    budget.charge(2 * n + values * _JSON_VALUE_COST, f"parsing the {n:,}-byte header ({values:,} values at most)")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
     except FormatError as exc:
@@ -195,7 +208,7 @@ _TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
 
 
 def _safetensors_arrays(data, src, dtype_log, budget):
-    entries, _ = parse_safetensors(data, src)
+    entries, _ = parse_safetensors(data, src, budget=budget)
     out = {}
     for name, (code, dtype, shape, b, e) in entries.items():
         budget.charge((e - b) * (2 if dtype == "BF16" else 1), f"tensor {name!r}")
@@ -210,15 +223,10 @@ def _safetensors_arrays(data, src, dtype_log, budget):
 # ---------------------------------------------------------------------- npz
 
 def _npz_arrays(data, src, budget):
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
-    except Exception as exc:  # noqa: BLE001
-        raise FormatError(f"{src}: not a readable zip archive ({type(exc).__name__}: {exc})") from exc
+    zf, names = torchfile.open_zip(data, src)  # refuses duplicate names
     out = {}
     with zf:
-        for info in infos:
-            name = info.filename
+        for name in names:
             if not name.endswith(".npy"):
                 raise FormatError(f"{src}: npz member {name!r} is not a .npy array")
             raw = torchfile.read_zip_member(zf, name, src, budget)
@@ -231,10 +239,13 @@ def _npz_arrays(data, src, budget):
 
 # NumPy kinds that are plain numbers: bool, signed and unsigned integers, floats, complex
 _NUMERIC_KINDS = "biufc"
+_NPY_HEADER_READ = 1 << 16  # more than any header NumPy reads (magic, length, 10,000-byte limit)
 
 
 def _parse_npy(raw, src, budget, member):
-    f = io.BytesIO(raw)
+    # The header comes from a prefix (NumPy refuses headers over 10,000 bytes):
+    # BytesIO would copy a whole bytearray member.
+    f = io.BytesIO(bytes(memoryview(raw)[:_NPY_HEADER_READ]))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy's header parser warns on bad escapes
@@ -270,17 +281,24 @@ def _parse_npy(raw, src, budget, member):
 
 # --------------------------------------------------------- state-dict finding
 
+def _name(key, src):
+    """A state-dict key as text (torch's are strings; an optimizer's state uses ints)."""
+    try:
+        return str(key)
+    except ValueError:  # an int past the 4300 digits str() allows
+        raise FormatError(f"{src}: key {torchfile._short(key)} cannot be written as a name") from None
+
+
 def _flatten(obj, prefix, out, src, depth=0):
     """Add every array leaf of nested mappings to ``out``; return True if only arrays were found."""
     if depth > 50:
         raise FormatError(f"{src}: mappings nested too deep")
     pure = True
     for k, v in obj.items():
-        key = f"{prefix}{k}"
         if isinstance(v, np.ndarray):
-            out[key] = v
+            out[f"{prefix}{_name(k, src)}"] = v
         elif isinstance(v, Mapping):
-            pure = _flatten(v, key + ".", out, src, depth + 1) and pure
+            pure = _flatten(v, f"{prefix}{_name(k, src)}.", out, src, depth + 1) and pure
         else:
             pure = False
     return pure
@@ -296,7 +314,7 @@ def find_state_dict(obj, src="<object>"):
     if not isinstance(obj, Mapping):
         raise FormatError(f"{src}: file holds a {type(obj).__name__}, not a mapping of tensors")
     if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
-        return {str(k): v for k, v in obj.items()}
+        return {_name(k, src): v for k, v in obj.items()}
     for key in _STATE_DICT_KEYS:
         sub = obj.get(key)
         if isinstance(sub, Mapping):
@@ -315,7 +333,8 @@ def find_state_dict(obj, src="<object>"):
     flat = {}
     _flatten(obj, "", flat, src)
     if not flat:
-        raise FormatError(f"{src}: no tensors found (top-level keys: {', '.join(map(repr, list(obj)[:10]))})")
+        keys = ", ".join(map(torchfile._short, list(obj)[:10]))
+        raise FormatError(f"{src}: no tensors found (top-level keys: {keys})")
     return flat
 
 

@@ -18,21 +18,24 @@ always as fresh C-contiguous copies.
 from __future__ import annotations
 
 import collections
+import copy
 import io
+import itertools
 import pickle
 import pickletools
 import reprlib
 import struct
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
 from . import fileio
 from .errors import FormatError, UnsafeFileError
 
-__all__ = ["load", "is_legacy", "read_zip_member", "to_native", "check_shape", "FormatError", "UnsafeFileError",
-           "MAX_NESTING"]
+__all__ = ["load", "is_legacy", "open_zip", "read_zip_member", "to_native", "check_shape", "FormatError",
+           "UnsafeFileError", "MAX_NESTING"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -61,7 +64,7 @@ def check_shape(shape, itemsize):
     for s in shape:
         total *= s or 1
     if total > _MAX_INTP:
-        return f"shape {tuple(shape)} is too large to represent"
+        return f"shape {_short(tuple(shape))} is too large to represent"
     return None
 
 
@@ -168,7 +171,8 @@ class _Tensor(_Sealed):
         if len(size) != len(stride):
             raise FormatError(f"{src}: tensor has {len(size)} sizes but {len(stride)} strides")
         if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
-            raise FormatError(f"{src}: negative tensor size, stride or offset: size={size} stride={stride} offset={offset}")
+            raise FormatError(f"{src}: negative tensor size, stride or offset: size={_short(size)} "
+                              f"stride={_short(stride)} offset={_short(offset)}")
         out_itemsize = 4 if dt.name == "bfloat16" else dt.itemsize  # widened on the way out
         problem = check_shape(size, out_itemsize)
         if problem:
@@ -182,8 +186,9 @@ class _Tensor(_Sealed):
         if numel:
             last = offset + sum((n - 1) * st for n, st in zip(size, stride))
             if last >= count:
-                raise FormatError(f"{src}: tensor (size={size}, stride={stride}, offset={offset}) reads element {last} "
-                                  f"of a storage with {count} elements of {dt.name}")
+                raise FormatError(f"{src}: tensor (size={_short(size)}, stride={_short(stride)}, "
+                                  f"offset={_short(offset)}) reads element {_short(last)} of a storage with "
+                                  f"{count} elements of {dt.name}")
             if numel * dt.itemsize > max(len(raw), _MAX_EXPANDED_BYTES):
                 raise FormatError(f"{src}: tensor of size {size} is implausibly large for its storage")
         if budget is not None:
@@ -290,11 +295,25 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 _MARK = object()
-# How the prescan simulates each opcode: (action, count, pushes). Generic opcodes
-# pop ``count`` items (MARK_POP: everything down to the mark, then ``count`` more)
-# and push ``pushes`` new objects one level deeper than the deepest item popped.
-(_LEAF, _GENERIC, _MARK_POP, _PUT, _MEMOIZE, _GET, _PUSH_MARK, _DUP, _POP, _IN_PLACE, _IN_PLACE_MARK,
- _NOTHING) = range(12)
+# How the prescan simulates each opcode: (action, count, pushes, cost, item cost).
+# Generic opcodes pop ``count`` items (MARK_POP: everything down to the mark, then
+# ``count`` more) and push ``pushes`` new objects one level deeper than the deepest
+# item popped.
+(_LEAF, _LEAF_DATA, _LEAF_NEW, _GENERIC, _MARK_POP, _PUT, _MEMOIZE, _GET, _PUSH_MARK, _DUP, _POP, _IN_PLACE,
+ _IN_PLACE_MARK, _NOTHING) = range(14)
+
+# What unpickling builds, in bytes, charged to the load's budget by the prescan (a
+# few KB of deflated EMPTY_DICT opcodes unpickle to gigabytes, ~70 bytes per byte):
+# the deepest stack, the memo, and the objects the opcodes make (CPython's sizes, or
+# those of the prescan's own record of them, freed before unpickling, if larger; plus
+# ``item cost`` per item put in a container) beyond _FREE_FACTOR x the pickle's size.
+# A torch.save state dict's pickle builds 9-13x its size (~0.9 KB per tensor); the
+# allowance keeps files that are mostly pickle (many small tensors, legacy format)
+# within the budget's 4x their size, as they were before pickles were charged.
+_FREE_FACTOR = 4
+_SLOT_COST = 8  # a stack slot (the unpickler's and the prescan's)
+_MEMO_COST = 16  # a memo slot (the unpickler's table doubles as it grows)
+_SIMULATED_COST = 64  # the prescan's record of an object that may hold others
 
 
 def _simulation_table():
@@ -303,29 +322,55 @@ def _simulation_table():
     # opcodes that add the items above them (down to a mark, or a fixed number) to
     # the container below them, which stays on the stack
     in_place = {"APPEND": 1, "SETITEM": 2, "BUILD": 1, "APPENDS": None, "SETITEMS": None, "ADDITEMS": None}
+    # leaves pushing an object that CPython shares (None, bools, ints below 256, the empty
+    # tuple) or one that exists already (globals, extensions): only their stack slot
+    shared = {"NONE", "NEWTRUE", "NEWFALSE", "BININT1", "EMPTY_TUPLE", "GLOBAL", "EXT1", "EXT2", "EXT4"}
+    # leaves whose size grows with their argument (added to the cost): strings, bytes, long ints
+    data = {"STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
+            "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "LONG", "LONG1", "LONG4"}
+    # costs other than the defaults below: a dict entry, a set, a rebuilt object, a storage
+    costs = {"EMPTY_SET": 216, "FROZENSET": 216, "REDUCE": 96, "NEWOBJ": 96, "NEWOBJ_EX": 96, "OBJ": 96,
+             "INST": 96, "PERSID": 80, "BINPERSID": 80}
+    item_costs = {"SETITEM": 40, "SETITEMS": 40, "DICT": 40, "ADDITEMS": 32, "FROZENSET": 32, "BUILD": 40}
     table = {}
     for op in pickletools.opcodes:
         before, after = op.stack_before, len(op.stack_after)
+        item = item_costs.get(op.name, 8)
         if op.name in special:
-            table[op] = (special[op.name], 0, 0)
+            table[op] = (special[op.name], 0, 0, 0, 0)
         elif op.name in in_place:
             count = in_place[op.name]
-            table[op] = (_IN_PLACE, count, 0) if count else (_IN_PLACE_MARK, 0, 0)
+            table[op] = (_IN_PLACE, count, 0, 0, item) if count else (_IN_PLACE_MARK, 0, 0, 0, item)
         elif pickletools.markobject in before:
-            table[op] = (_MARK_POP, before.index(pickletools.markobject), after)
+            cost = costs.get(op.name, _SIMULATED_COST) if after else 0
+            table[op] = (_MARK_POP, before.index(pickletools.markobject), after, cost, item if after else 0)
         elif not before and not after:
-            table[op] = (_NOTHING, 0, 0)
+            table[op] = (_NOTHING, 0, 0, 0, 0)
         elif not before:
-            table[op] = (_LEAF, 0, after)
+            assert after == 1, op.name
+            if op.name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
+                table[op] = (_LEAF_NEW, 0, 1, costs.get(op.name, _SIMULATED_COST), 0)
+            elif op.name in shared:
+                table[op] = (_LEAF, 0, 1, 0, 0)
+            else:  # numbers, strings, a storage: 24-80 bytes, plus their contents
+                table[op] = (_LEAF_DATA if op.name in data else _LEAF, 0, 1, costs.get(op.name, 32), 0)
         else:
-            table[op] = (_GENERIC, len(before), after)
+            table[op] = (_GENERIC, len(before), after, costs.get(op.name, _SIMULATED_COST) if after else 0, 0)
     return table
 
 
 _SIMULATION = _simulation_table()
 
 
-_REPR = reprlib.Repr()
+class _Repr(reprlib.Repr):
+    def repr_int(self, x, level):
+        # str() refuses ints past 4300 digits (ValueError), and a message needs no such digits
+        if x.bit_length() > 256:
+            return f"<{'negative ' if x < 0 else ''}int of {x.bit_length():,} bits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _Repr()
 _REPR.maxlevel, _REPR.maxother, _REPR.maxstring = 3, 60, 60
 
 
@@ -337,7 +382,7 @@ def _short(obj):
         return f"<{type(obj).__name__}>"
 
 
-def _prescan(fileobj, src):
+def _prescan(fileobj, src, budget=None, what="unpickling"):
     """Walk the opcodes without executing anything, simulating the unpickler's stack
     with each object's nesting depth. Refused up front:
 
@@ -345,14 +390,33 @@ def _prescan(fileobj, src):
       writes): the C unpickler would grow its memo table to gigabytes;
     * objects nested more than MAX_NESTING deep: hashing a deep tuple (as a dict
       key) recurses in C without a limit and overflows the stack, and every
-      recursive walk over the result (ours, repr) would fail.
+      recursive walk over the result (ours, repr) would fail;
+    * a pickle building more than ``budget`` (a fileio.Budget) allows, charged as
+      the opcodes are met (see _FREE_FACTOR; ``what`` names the pickle in the
+      message): a few kilobytes of deflated EMPTY_DICT opcodes would otherwise
+      unpickle to gigabytes.
 
-    A depth is tracked per object (a one-element list shared by the stack and the
-    memo), so items added to a container later through the memo count too.
+    A depth is tracked per object (a one-byte bytearray shared by the stack and the
+    memo: mutable, holds any depth up to MAX_NESTING, and unlike a list is not
+    tracked by the garbage collector, whose passes over millions of cells tripled
+    the scan's time), so items added to a container later through the memo count too.
     Tuples and frozensets, the only hashable containers, are immutable: their depth
-    is exact when they are built, which is what makes hashing safe."""
-    stack, memo = [], {}
+    is exact when they are built, which is what makes hashing safe. Leaves that
+    hold no objects share one depth cell: only a malformed pickle adds items to
+    one, which can only raise the shared depth (an over-estimate, never under)."""
+    stack, memo = [], []
+    filled = 0  # memo entries set (where MEMOIZE stores)
+    leaf = bytearray(1)
+    start = fileobj.tell()
+    objects, memo_bytes, high = 0, 0, 0  # bytes of objects and memo; the deepest stack seen
+    allowance = float("inf") if budget is None else budget.limit - budget.used
     pos = 0
+
+    def check(end):
+        """Charge what was built up to byte ``end`` if it is past the allowance (raises)."""
+        cost = _SLOT_COST * high + memo_bytes + max(0, objects - _FREE_FACTOR * (end - start))
+        if cost > allowance:
+            budget.charge(cost, what)
 
     def underflow():
         return FormatError(f"{src}: corrupt pickle (stack underflow at byte {pos})")
@@ -381,20 +445,39 @@ def _prescan(fileobj, src):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pickletools warns on bad escapes in STRING opcodes
         for n, (op, arg, pos) in enumerate(pickletools.genops(fileobj)):
-            action, count, pushes = table[op]
+            action, count, pushes, price, item_price = table[op]
+            objects += price
+            if not n & 255:  # now and then, to keep the loop fast: the stack (peaks in between
+                high = max(high, len(stack))  # missed by at most 512 slots), the budget
+                check(pos)
             if action == _LEAF:
-                stack.extend([0] for _ in range(pushes))
+                stack.append(leaf)
+                continue
+            if action == _LEAF_DATA:
+                stack.append(leaf)
+                objects += arg.bit_length() >> 3 if type(arg) is int else len(arg)
+                continue
+            if action == _LEAF_NEW:
+                stack.append(bytearray(1))
                 continue
             if action == _NOTHING:
                 continue
             if action == _PUT or action == _MEMOIZE:
-                if action == _PUT and not 0 <= int(arg) <= n:
+                idx = int(arg) if action == _PUT else filled
+                if not 0 <= idx <= n:
                     raise FormatError(f"{src}: corrupt pickle (memo index {arg} at byte {pos})")
                 if not stack or stack[-1] is _MARK:
                     raise underflow()
-                memo[arg if action == _PUT else len(memo)] = stack[-1]
+                if idx >= len(memo):
+                    memo_bytes += _MEMO_COST * (idx + 1 - len(memo))
+                    check(pos)
+                    memo.extend(itertools.repeat(None, idx + 1 - len(memo)))
+                if memo[idx] is None:
+                    filled += 1
+                memo[idx] = stack[-1]
             elif action == _GET:
-                stack.append(memo.get(arg, [0]))  # a missing entry is the unpickler's error to report
+                # a missing entry is the unpickler's error to report
+                stack.append(memo[arg] if 0 <= arg < len(memo) and memo[arg] is not None else leaf)
             elif action == _PUSH_MARK:
                 stack.append(_MARK)
             elif action == _DUP:
@@ -408,6 +491,9 @@ def _prescan(fileobj, src):
                     items = pop(count)
                 else:  # _MARK_POP, _IN_PLACE_MARK
                     items = pop_to_mark() + pop(count)
+                objects += item_price * len(items)
+                if len(items) > 64:  # else left to the periodic check
+                    check(pos)
                 if not pushes and action in (_GENERIC, _MARK_POP):
                     continue  # nothing made of the items (STOP, POP_MARK)
                 depth = 1 + max([x[0] for x in items]) if items else 0
@@ -420,16 +506,21 @@ def _prescan(fileobj, src):
                     if depth > container[0]:
                         container[0] = depth
                 else:
-                    stack.extend([depth] for _ in range(pushes))
+                    stack.extend(bytearray((depth,)) for _ in range(pushes))
+    if budget is not None:
+        budget.charge(_SLOT_COST * high + memo_bytes + max(0, objects - _FREE_FACTOR * (fileobj.tell() - start)),
+                      what)
 
 
-def _unpickle(fileobj, src, storage_for=None):
+def _unpickle(fileobj, src, storage_for=None, budget=None, what="unpickling"):
+    """The object pickled in ``fileobj``, after a prescan (see _prescan) charging
+    ``budget`` for what it builds."""
     def no_storages(_):
         raise FormatError(f"{src}: unexpected storage reference")
 
     try:
         start = fileobj.tell()
-        _prescan(fileobj, src)
+        _prescan(fileobj, src, budget, what)
         fileobj.seek(start)
         return _SafeUnpickler(fileobj, src, storage_for or no_storages).load()
     except FormatError:
@@ -502,40 +593,100 @@ def _find_data_pkl(names):
 
 
 def is_torchscript(names) -> bool:
-    """True if zip member ``names`` are those of a ``torch.jit.save`` archive (its
-    compiled code and constants beside data.pkl)."""
+    """True if zip member ``names`` are those of a ``torch.jit.save`` archive: its
+    compiled code (``code/``) and constants beside data.pkl. Only the folder holding
+    data.pkl counts: torch names an archive's root folder after the file, so
+    ``torch.save(sd, "code.pt")`` writes ``code/data.pkl``."""
+    pkl = _find_data_pkl(names)
+    if pkl is not None:
+        root = pkl[: -len("data.pkl")]
+        return any(n.startswith(root + "code/") or n == root + "constants.pkl" for n in names)
+    # no single data.pkl (as in TorchScript archives before PyTorch 1.4): any top folder
     return any(n.endswith("constants.pkl") and n.count("/") <= 1 or "/code/" in n or n.startswith("code/")
                for n in names)
 
 
-def read_zip_member(zf, name, src, budget):
-    """The bytes of member ``name``, charged to ``budget`` (a fileio.Budget: its
-    ``file_size`` also bounds what the member may claim)."""
-    try:
-        info = zf.getinfo(name)
-    except KeyError:
-        raise FormatError(f"{src}: archive has no record {name!r}") from None
-    # A compressed member's declared size is bounded by deflate's ~1032:1 ratio and the file size.
-    limit_total = budget.file_size
-    if info.file_size > limit_total * 1032 + 1024 or (
-            info.compress_type == zipfile.ZIP_STORED and info.file_size > limit_total):
-        raise FormatError(f"{src}: record {name!r} claims {info.file_size} bytes, more than the file can hold")
-    # Every member read counts, stored ones too: entries of a crafted central
-    # directory may all point at the same bytes.
-    what = f"record {name!r}" + ("" if info.compress_type == zipfile.ZIP_STORED else " (inflated)")
-    budget.charge(info.file_size, what)
-    try:
-        return zf.read(info)
-    except Exception as exc:  # noqa: BLE001 - zipfile/zlib raise many unrelated types
-        raise FormatError(f"{src}: cannot read record {name!r} ({type(exc).__name__}: {exc})") from exc
-
-
-def _load_zip(data: bytes, src: str, dtype_log, budget):
+def open_zip(data, src):
+    """``(ZipFile, member names)`` of the zip archive ``data``. Archives naming a member
+    twice are refused: readers disagree on which copy counts (torch's reads one, Python's
+    zipfile another)."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = zf.namelist()
     except Exception as exc:  # noqa: BLE001
         raise FormatError(f"{src}: not a readable zip archive ({type(exc).__name__}: {exc})") from exc
+    if len(set(names)) != len(names):
+        seen = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        zf.close()
+        raise FormatError(f"{src}: zip archive holds more than one record named {_short(dup)}; refusing it "
+                          f"(readers disagree on which copy counts)")
+    return zf, names
+
+
+# Zip compression methods torch's reader (miniz) handles, and names of others for messages
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+_OTHER_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 9: "Deflate64", 93: "Zstandard"}
+_READ_CHUNK = 1 << 20
+
+
+def read_zip_member(zf, name, src, budget):
+    """The bytes (a bytearray) of member ``name``, charged to ``budget`` (a
+    fileio.Budget: its ``file_size`` also bounds what the member may claim). Only
+    stored and DEFLATE members are read, as torch does; a member is read in chunks
+    and refused as soon as it yields more bytes than it declares."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise FormatError(f"{src}: archive has no record {_short(name)}") from None
+    if info.compress_type not in _ZIP_METHODS:
+        method = _OTHER_METHODS.get(info.compress_type, "an unknown method")
+        raise FormatError(f"{src}: record {_short(name)} is compressed with {method} "
+                          f"(zip method {info.compress_type}); only stored and DEFLATE records are read, "
+                          f"as by torch.load")
+    # A compressed member's declared size is bounded by deflate's ~1032:1 ratio and the file size.
+    limit_total = budget.file_size
+    if info.file_size > limit_total * 1032 + 1024 or (
+            info.compress_type == zipfile.ZIP_STORED and info.file_size > limit_total):
+        raise FormatError(f"{src}: record {_short(name)} claims {info.file_size} bytes, more than the file can hold")
+    # Every member read counts, stored ones too: entries of a crafted central
+    # directory may all point at the same bytes.
+    what = f"record {_short(name)}" + ("" if info.compress_type == zipfile.ZIP_STORED else " (inflated)")
+    budget.charge(info.file_size, what)
+    size = info.file_size
+    out = bytearray(size)
+    # zipfile.read() would inflate up to 2 GiB at once and cut the result silently at
+    # the declared size: read in chunks, letting one byte more than declared through
+    # to see a member that lies. Its CRC is checked here, after the size.
+    probe = copy.copy(info)
+    probe.file_size, probe.CRC = size + 1, None
+    got, crc = 0, 0
+    try:
+        with zf.open(probe) as fh:
+            while True:
+                chunk = fh.read(min(_READ_CHUNK, size + 1 - got))
+                if not chunk:
+                    break
+                if got + len(chunk) > size:
+                    raise FormatError(f"{src}: record {_short(name)} holds more than the {size:,} bytes it declares; "
+                                      f"refusing it as corrupt or hostile")
+                out[got:got + len(chunk)] = chunk
+                crc = zlib.crc32(chunk, crc)
+                got += len(chunk)
+    except FormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/zlib raise many unrelated types
+        raise FormatError(f"{src}: cannot read record {_short(name)} "
+                          f"({type(exc).__name__}: {_short_text(exc)})") from exc
+    if got != size:
+        raise FormatError(f"{src}: record {_short(name)} is truncated: {got:,} of the {size:,} bytes it declares")
+    if crc != info.CRC:
+        raise FormatError(f"{src}: record {_short(name)} fails its CRC-32 check (corrupt)")
+    return out
+
+
+def _load_zip(data: bytes, src: str, dtype_log, budget):
+    zf, names = open_zip(data, src)
     with zf:
         if is_torchscript(names):
             raise FormatError(f"{src}: {TORCHSCRIPT_MESSAGE}")
@@ -547,7 +698,7 @@ def _load_zip(data: bytes, src: str, dtype_log, budget):
         if root + "byteorder" in names:
             byteorder = read_zip_member(zf, root + "byteorder", src, budget).decode("ascii", "replace").strip()
             if byteorder not in ("little", "big"):
-                raise FormatError(f"{src}: unknown byteorder record {byteorder!r}")
+                raise FormatError(f"{src}: unknown byteorder record {_short(byteorder)}")
         storages = {}
 
         def storage_for(args):
@@ -560,13 +711,14 @@ def _load_zip(data: bytes, src: str, dtype_log, budget):
                 raw = read_zip_member(zf, f"{root}data/{key}", src, budget)
                 need = numel * storage_type.itemsize
                 if len(raw) < need:
-                    raise FormatError(f"{src}: storage {key!r} is truncated: record has {len(raw)} bytes, "
-                                      f"{numel} x {storage_type.name} needs {need}")
+                    raise FormatError(f"{src}: storage {_short(key)} is truncated: record has {len(raw)} bytes, "
+                                      f"{_short(numel)} x {storage_type.name} needs {_short(need)}")
                 st.data = memoryview(raw)[:need]
                 storages[key] = st
             return storages[key]
 
-        obj = _unpickle(io.BytesIO(read_zip_member(zf, pkl, src, budget)), src, storage_for)
+        obj = _unpickle(io.BytesIO(read_zip_member(zf, pkl, src, budget)), src, storage_for, budget,
+                        f"unpickling record {pkl!r}")
     return _materialise(obj, src, byteorder, dtype_log, budget)
 
 
@@ -584,13 +736,14 @@ def is_legacy(data: bytes) -> bool:
 
 def _load_legacy(data: bytes, src: str, dtype_log, budget):
     f = io.BytesIO(data)
-    magic = _unpickle(f, src)
+    what = "unpickling the file's pickles"
+    magic = _unpickle(f, src, None, budget, what)
     if magic != LEGACY_MAGIC:
         raise FormatError(f"{src}: not a torch.save file (bad magic number)")
-    proto = _unpickle(f, src)
+    proto = _unpickle(f, src, None, budget, what)
     if proto != LEGACY_PROTOCOL:
         raise FormatError(f"{src}: unsupported legacy protocol version {_short(proto)}")
-    sys_info = _unpickle(f, src)
+    sys_info = _unpickle(f, src, None, budget, what)
     if not isinstance(sys_info, dict):
         raise FormatError(f"{src}: malformed sys_info record")
     storages = {}
@@ -610,31 +763,35 @@ def _load_legacy(data: bytes, src: str, dtype_log, budget):
             raise FormatError(f"{src}: malformed storage view {_short(view)}")
         vkey, voff, vsize = view
         if voff < 0 or vsize < 0 or voff + vsize > numel:
-            raise FormatError(f"{src}: storage view {_short(vkey)} (offset {voff}, size {vsize}) outside a storage of {numel}")
+            raise FormatError(f"{src}: storage view {_short(vkey)} (offset {_short(voff)}, size {_short(vsize)}) "
+                              f"outside a storage of {_short(numel)}")
         sv = _Storage(vkey, storage_type, vsize)
         sv.base, sv.base_offset = root, voff
         return sv
 
-    obj = _unpickle(f, src, storage_for)
-    keys = _unpickle(f, src)
+    obj = _unpickle(f, src, storage_for, budget, what)
+    keys = _unpickle(f, src, None, budget, what)
     if not isinstance(keys, list):
         raise FormatError(f"{src}: storage key list is a {type(keys).__name__}, not a list")
     pos = f.tell()
     for key in keys:
         if isinstance(key, bytes):
             key = key.decode("ascii", "replace")
+        if not isinstance(key, str):  # torch writes strings; a list here would not even hash
+            raise FormatError(f"{src}: storage key {_short(key)} in the storage key list is not a string")
         st = storages.get(key)
         if st is None:
-            raise FormatError(f"{src}: storage key {key!r} was never referenced")
+            raise FormatError(f"{src}: storage key {_short(key)} was never referenced")
         if pos + 8 > len(data):
-            raise FormatError(f"{src}: truncated before storage {key!r}")
+            raise FormatError(f"{src}: truncated before storage {_short(key)}")
         (count,) = struct.unpack_from("<q", data, pos)
         pos += 8
         if count != st.numel:
-            raise FormatError(f"{src}: storage {key!r} holds {count} elements, the pickle says {st.numel}")
+            raise FormatError(f"{src}: storage {_short(key)} holds {count} elements, "
+                              f"the pickle says {_short(st.numel)}")
         nbytes = count * st.dtype.itemsize
         if pos + nbytes > len(data):
-            raise FormatError(f"{src}: storage {key!r} is truncated: needs {nbytes} bytes, "
+            raise FormatError(f"{src}: storage {_short(key)} is truncated: needs {nbytes} bytes, "
                               f"{len(data) - pos} left in the file")
         st.data = memoryview(data)[pos:pos + nbytes]
         pos += nbytes
