@@ -35,7 +35,13 @@ def read_state_dict(path, name=None):
         path = memoryview(fileio.read_file(path))
     if modelfile.file_kind(path) is not None:
         return modelfile.read_model(path, name)[2]
-    sd = readers.read_tensors(path, name)
+    try:
+        sd = readers.read_tensors(path, name)
+    except ValueError as exc:  # a bytes path (os.listdir(b".")) reads as contents: say so
+        if isinstance(path, bytes) and len(path) < 4096 and b"\0" not in path and os.path.exists(path):
+            raise type(exc)(f"{exc} (bytes are read as the file's contents; {path!r} names a file: "
+                            f"pass its path as a str, e.g. os.fsdecode(path))") from None
+        raise
     return {k: v.astype(np.float32) if v.dtype.kind == "f" and v.dtype != np.float32 else v
             for k, v in sd.items()}
 

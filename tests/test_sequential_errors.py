@@ -2,6 +2,7 @@
 chain, unknown prefixes, misplaced readouts, ambiguous tensors, bad token ids and
 dtypes, and hostile or damaged Sequential model files. No torch needed."""
 import json
+import os
 import struct
 from collections import OrderedDict
 
@@ -489,3 +490,11 @@ def test_bad_tensors_name_their_layer():
     sd["dec.weight_hh_l0"] = sd["dec.weight_hh_l0"].astype(np.int32)
     with pytest.raises(TypeError, match=r"state_dict\['dec.weight_hh_l0'\] must have a floating-point dtype"):
         li.Sequential.from_state_dict(sd, "enc > steps > dec")
+
+
+def test_read_state_dict_of_a_bytes_path_says_bytes_are_contents(tmp_path):
+    path = tmp_path / "w.npz"
+    np.savez(path, w=_w(2, 3))
+    assert set(li.read_state_dict(str(path))) == {"w"}
+    with pytest.raises(FormatError, match="bytes are read as the file's contents; .* pass its path as a str"):
+        li.read_state_dict(os.fsencode(path))
