@@ -236,6 +236,12 @@ def cmd_inspect(args) -> int:
             print(f"      {_assumed_note(f.kind)}")
         for other in f.alternatives:
             print(f"      its tensors also fit nn.{other}: write '{f.name}:{other}' in --pipeline to choose it")
+        stray = [k for k in tensors if isinstance(k, str) and f.name and k.startswith(f.name + ".")
+                 and k not in set(f.keys)]
+        if stray:
+            print(f"      beside it under '{f.name}': {detect.describe_tensors(tensors, stray, OTHER_TENSORS_SHOWN)}; "
+                  f"a pipeline naming '{f.name}' is refused until these are dropped from the state dict "
+                  f"(lstm_infer would run without them)")
     rest = pipeline.unrecognised(tensors, found)
     if rest:
         print(f"  {len(rest)} other tensor(s), not part of a recognised module: "

@@ -253,6 +253,23 @@ def test_verify_saved_outputs_of_a_bare_lstm(tmp_path, capsys):
 
 # ------------------------------------------------------------------ inspect
 
+def test_inspect_notes_tensors_beside_a_module_that_a_pipeline_would_refuse(tmp_path, capsys):
+    """A learned initial state saved beside an LSTM's weights: inspect says that a pipeline
+    naming the LSTM is refused until it is dropped, and convert refuses it by name."""
+    sd = {f"lstm.{k}": v for k, v in li.LSTM(4, 5).state_dict().items()}
+    sd.update({"lstm.h0": np.zeros((1, 1, 5), np.float32), "fc.weight": np.zeros((2, 5), np.float32),
+               "fc.bias": np.zeros(2, np.float32)})
+    src = tmp_path / "m.npz"
+    np.savez(src, **sd)
+    assert cli.main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert ("      beside it under 'lstm': lstm.h0 (1, 1, 5); a pipeline naming 'lstm' is refused until "
+            "these are dropped from the state dict") in out
+    assert cli.main(["convert", str(src), "-o", str(tmp_path / "m.lstm"), "--pipeline", "lstm > final > fc"]) == 2
+    assert "'lstm' holds tensors that its LSTM(4, 5) does not use: lstm.h0 (1, 1, 5)" in capsys.readouterr().err
+    assert not (tmp_path / "m.lstm").exists()
+
+
 def test_inspect_lists_modules_in_file_order_and_its_suggestion_converts(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     nn = torch.nn
