@@ -235,10 +235,13 @@ class LayerNorm(_Module):
             raise ValueError(f"input has shape {x.shape}; {self!r} takes (..., "
                              f"{', '.join(map(str, self.normalized_shape))})")
         axes = tuple(range(x.ndim - n, x.ndim))
-        mean = x.mean(axis=axes, keepdims=True)
-        d = x - mean
+        # in float64: a float32 mean of a row of one value is a few ulp off it, and that
+        # error over sqrt(eps) gave up to |weight| where torch gives the bias exactly
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=axes, keepdims=True)
+        d = x64 - mean
         var = np.mean(d * d, axis=axes, keepdims=True)
-        y = d / np.sqrt(var + np.float32(self.eps))
+        y = d / np.sqrt(var + np.float64(np.float32(self.eps)))
         if self.weight is not None:
             y *= self.weight
         if self.bias is not None:

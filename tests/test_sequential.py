@@ -408,6 +408,22 @@ def test_layernorm_vs_torch(shape, affine, bias):
     np.testing.assert_allclose(got, tn(_t(x)).detach().numpy(), rtol=0, atol=1e-5)
 
 
+def test_layernorm_of_rows_of_one_value_gives_the_bias_as_torch():
+    """Variance 0: torch gives the bias exactly; a float32 mean a few ulp off the value,
+    divided by sqrt(eps), once gave up to |weight| instead."""
+    _torch()
+    tn = torch.nn.LayerNorm(100)
+    with torch.no_grad():
+        for p in tn.parameters():
+            p.uniform_(-1, 1)
+    ours = li.LayerNorm(100)
+    ours.load_state_dict(tn.state_dict())
+    x = np.repeat(np.array([0.1, 1 / 3, 1234.567, -7.77e7, 0.0], np.float32)[:, None], 100, axis=1)
+    want = tn(_t(x)).detach().numpy()
+    np.testing.assert_array_equal(want, np.broadcast_to(tn.bias.detach().numpy(), want.shape))
+    np.testing.assert_array_equal(ours(x), want)
+
+
 def test_pointwise_vs_torch():
     _torch()
     x = np.array([[-1e4, -88.0, -3.0, -0.5, 0.0, 0.5, 3.0, 88.0, 1e4],
