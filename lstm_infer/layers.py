@@ -141,6 +141,15 @@ def _width(x, want, layer):
         raise ValueError(f"input has shape {x.shape}; {layer!r} takes (..., {want})")
 
 
+def _frozen(arr):
+    """arr as a read-only float32 array of our own (arr itself when it is one already)."""
+    if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and not arr.flags.writeable and arr.base is None:
+        return arr
+    out = np.array(arr, dtype=np.float32)
+    out.flags.writeable = False
+    return out
+
+
 class Linear(_Module):
     """torch.nn.Linear: (..., in_features) -> (..., out_features), y = x W^T + b."""
 
@@ -167,11 +176,15 @@ class Linear(_Module):
 
     def _dense(self):
         """The C layer of the current weight and bias (rebuilt when either is
-        replaced; change weights by assigning arrays or with load_state_dict)."""
+        replaced; change weights by assigning arrays or with load_state_dict).
+        The C layer holds a copy, so the arrays it was built from become read-only
+        copies of their own: an in-place edit raises instead of being ignored."""
+        weight, bias = self.__dict__["weight"], self.__dict__["bias"]  # one pair, read once
         cached = self.__dict__.get("_dense_cache")
-        if cached is None or cached[0] is not self.weight or cached[1] is not self.bias:
-            cached = (self.weight, self.bias, _core.Dense(self.weight, self.bias))
-            self._dense_cache = cached
+        if cached is None or cached[0] is not weight or cached[1] is not bias:
+            weight, bias = _frozen(weight), None if bias is None else _frozen(bias)
+            cached = (weight, bias, _core.Dense(weight, bias))
+            self.__dict__.update(weight=weight, bias=bias, _dense_cache=cached)
         return cached[2]
 
     def __getstate__(self):  # pickle and copy: the C layer is rebuilt on first use
@@ -237,15 +250,16 @@ class LayerNorm(_Module):
         axes = tuple(range(x.ndim - n, x.ndim))
         # in float64: a float32 mean of a row of one value is a few ulp off it, and that
         # error over sqrt(eps) gave up to |weight| where torch gives the bias exactly
+        weight, bias = self.weight, self.bias  # one pair, read once (another thread may reload)
         x64 = x.astype(np.float64)
         mean = x64.mean(axis=axes, keepdims=True)
         d = x64 - mean
         var = np.mean(d * d, axis=axes, keepdims=True)
         y = d / np.sqrt(var + np.float64(np.float32(self.eps)))
-        if self.weight is not None:
-            y *= self.weight
-        if self.bias is not None:
-            y += self.bias
+        if weight is not None:
+            y *= weight
+        if bias is not None:
+            y += bias
         return y.astype(np.float32, copy=False)
 
     def __repr__(self):

@@ -106,6 +106,18 @@ def weight_storage(kind, config, weights):
 modelfile.storage_rule = weight_storage  # model files check reduced weights against it
 
 
+def _dequantized(stored):
+    """float32 copies of the arrays of a module's _stored, as the C core computes with them."""
+    weights, scales, _ = stored
+    out = {}
+    for k, v in weights.items():
+        if k in scales:  # int8: q * scale, the float32 product the C core forms
+            out[k] = v.astype(np.float32) * scales[k][:, None]
+        else:
+            out[k] = v.astype(np.float32)  # a copy; float16 -> float32 is exact
+    return out
+
+
 _UNSET = threading.local()  # .on: modules made now skip their random initial weights
 
 
@@ -159,13 +171,18 @@ class _Weights:
     kind = None          # the torch class name, also recorded in model files
     _gates = None        # 4 LSTM, 3 GRU, 1 RNN
     _accepts = ()        # detected kinds from_state_dict takes (besides kind)
-    weights = "float32"  # the weight storage: "float32", "float16" or "int8"
+    # (stored arrays, int8 scales, storage) of the current weights, replaced as one
+    _stored = ({}, {}, "float32")
+    _weights = property(lambda self: self._stored[0])
+    _scales = property(lambda self: self._stored[1])
+    weights = property(lambda self: self._stored[2],
+                       doc='The weight storage: "float32", "float16" or "int8".')
 
     def _init_weights(self, weights="float32"):
         weight_type = _weight_type(weights)
         if getattr(_UNSET, "on", False):  # see _weights_set_later
             self._storage(weight_type)    # the configuration checked as the core checks it
-            self._weights, self._scales, self.weights = {}, {}, weight_type
+            self._stored = ({}, {}, weight_type)
             return
         rng = np.random.default_rng()
         k = 1.0 / np.sqrt(self.hidden_size)  # torch's default initialisation range
@@ -212,7 +229,7 @@ class _Weights:
                           [scales.get(k) for k in keys] if scales else None)
 
         def switch():
-            self._weights, self._scales, self.weights = stored, scales, weight_type
+            self._stored = (stored, scales, weight_type)  # one assignment: readers see one load's
             self._core = core
         return switch
 
@@ -222,8 +239,9 @@ class _Weights:
         as int8 plus its float32 row scales under key + "_scale" (w ~
         scale[:, None] * q) and the other matrices as float16. Biases are float32.
         from_reduced_state_dict rebuilds the model from it bit for bit."""
-        out = {k: v.copy() for k, v in self._weights.items()}
-        out.update({k + "_scale": v.copy() for k, v in self._scales.items()})
+        weights, scales, _ = self._stored  # read once: another thread may reload meanwhile
+        out = {k: v.copy() for k, v in weights.items()}
+        out.update({k + "_scale": v.copy() for k, v in scales.items()})
         return out
 
     @classmethod
@@ -270,13 +288,7 @@ class _Weights:
     def state_dict(self):
         """The weights as float32 NumPy arrays under torch's key names (copies);
         for reduced weights, the dequantized values the model computes with."""
-        out = {}
-        for k, v in self._weights.items():
-            if k in self._scales:  # int8: q * scale, the float32 product the C core forms
-                out[k] = v.astype(np.float32) * self._scales[k][:, None]
-            else:
-                out[k] = v.astype(np.float32)  # a copy; float16 -> float32 is exact
-        return out
+        return _dequantized(self._stored)  # read once: another thread may reload meanwhile
 
     def load_state_dict(self, state_dict, strict=True, weights=None):
         """Loads weights from a mapping of torch's key names to array-likes.
@@ -295,7 +307,8 @@ class _Weights:
         """load_state_dict's checks and conversions and the new C core; returns
         (missing, unexpected, switch), where switch() installs them and cannot
         fail. label: what errors put before a key."""
-        weight_type = self.weights if weights is None else _weight_type(weights)
+        current = self._stored  # read once: another thread may reload meanwhile
+        weight_type = current[2] if weights is None else _weight_type(weights)
         _check_mapping(state_dict, "load_state_dict")
         shapes = self._expected_shapes()
         missing = [k for k in shapes if k not in state_dict]
@@ -316,10 +329,10 @@ class _Weights:
                 raise ValueError(f"state_dict[{label + key!r}] has shape {tuple(arr.shape)}, "
                                  f"expected {shape} for {self!r}")
             new[key] = np.array(arr, dtype=np.float32, order="C")  # our own copy
-        if weight_type == self.weights:  # the weights not given stay as they are stored
-            stored, scales = dict(self._weights), dict(self._scales)
+        if weight_type == current[2]:  # the weights not given stay as they are stored
+            stored, scales = dict(current[0]), dict(current[1])
         else:  # ... or change storage with the rest
-            stored, scales = self._reduce(self.state_dict(), weight_type, label)
+            stored, scales = self._reduce(_dequantized(current), weight_type, label)
         new_stored, new_scales = self._reduce(new, weight_type, label)
         stored.update(new_stored)
         scales.update(new_scales)
@@ -328,9 +341,10 @@ class _Weights:
     def __reduce__(self):
         # pickle, copy and deepcopy (which torch's modules support): the
         # configuration and the weights as stored; the C model is built anew from them
-        if self.weights == "float32":
-            return _rebuild, (type(self), self.config, self._weights)
-        return _rebuild, (type(self), self.config, self._weights, self.weights, self._scales)
+        weights, scales, weight_type = self._stored  # read once: another thread may reload meanwhile
+        if weight_type == "float32":
+            return _rebuild, (type(self), self.config, weights)
+        return _rebuild, (type(self), self.config, weights, weight_type, scales)
 
     @classmethod
     def from_state_dict(cls, state_dict, prefix="", **overrides):
@@ -377,8 +391,10 @@ class _Weights:
         """Writes this module to one self-describing file (see lstm_infer.load); a
         reduced model's file holds its weights as stored (reduced_state_dict), so
         the model loaded from it computes the same bits."""
-        modelfile.write_model(path, self.reduced_state_dict(), self.config, self.kind,
-                              self.weights)
+        weights, scales, weight_type = self._stored  # read once: another thread may reload meanwhile
+        stored = dict(weights)
+        stored.update({k + "_scale": v for k, v in scales.items()})
+        modelfile.write_model(path, stored, self.config, self.kind, weight_type)
 
     def release_memory(self):
         """Frees the scratch memory kept between calls (it is kept so that

@@ -10,7 +10,10 @@ else is vectorised NumPy (lstm_infer.layers). Pipelines and their rules are in
 lstm_infer.pipeline.
 """
 import os
+import threading
+import weakref
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -81,6 +84,64 @@ def _keyword_module(word):
     return _layers.LAYERS[kind]() if kind != "Dropout" else _layers.Dropout(0.0)
 
 
+class _Consistency:
+    """One Sequential's weights as its calls, copies and saves see them: each holds
+    this shared while it reads the layers, load_state_dict alone while it switches
+    them, so nothing meets one layer's old weights beside another's new ones."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def reading(self):
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self):
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._writer = True  # calls that start from here wait
+            try:
+                while self._readers:
+                    self._cond.wait()
+            except BaseException:
+                self._writer = False
+                self._cond.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+# A child forked while another thread held one of these: that thread is gone, so its
+# hold must not block the child's copy of the model forever.
+_SEQUENTIALS = weakref.WeakSet()
+
+
+def _fresh_consistency():
+    for model in list(_SEQUENTIALS):
+        model._consistent = _Consistency()
+
+
+os.register_at_fork(after_in_child=_fresh_consistency)
+
+
 class Sequential:
     """A chain of layers run one after the other, as torch.nn.Sequential, where the
     recurrent layers get the sequences' lengths and a readout turns their per-step
@@ -134,6 +195,8 @@ class Sequential:
         self.batch_first = flags.pop() if flags else False
         self._chain = _pipeline.check_layers(self._pipeline_layers())
         self._first_rec = next((m for _, m in modules if m.kind in _RECURRENT), None)
+        self._consistent = _Consistency()
+        _SEQUENTIALS.add(self)
         after = [m.kind for _, m in modules[self._last_rec_index() + 1:]] if self._first_rec else []
         # a per-step result gets its padding zeroed again when a layer may have changed it
         self._remask = any(k not in ("Readout", "Dropout") for k in after)
@@ -209,14 +272,16 @@ class Sequential:
     def state_dict(self):
         """Every layer's weights under torch's names, "<layer name>.<key>" (copies);
         float32, also for recurrent layers with reduced weights (what they compute with)."""
-        return {f"{name}.{k}": v for name, m in self._layers for k, v in m.state_dict().items()}
+        with self._consistent.reading():
+            return {f"{name}.{k}": v for name, m in self._layers for k, v in m.state_dict().items()}
 
     def reduced_state_dict(self):
         """Every layer's weights as stored, "<layer name>.<key>" (copies): the recurrent
         layers' reduced_state_dict(), the other layers' state_dict(). from_config(config,
         reduced_state_dict()) rebuilds the model bit for bit."""
-        return {f"{name}.{k}": v for name, m in self._layers
-                for k, v in (m.reduced_state_dict() if m.kind in _RECURRENT else m.state_dict()).items()}
+        with self._consistent.reading():
+            return {f"{name}.{k}": v for name, m in self._layers
+                    for k, v in (m.reduced_state_dict() if m.kind in _RECURRENT else m.state_dict()).items()}
 
     def load_state_dict(self, state_dict, strict=True):
         """Loads every layer's weights from "<layer name>.<key>" entries; as torch:
@@ -243,8 +308,9 @@ class Sequential:
             mine = {k: v for k, v in owned[name].items() if k in m._expected_shapes()}
             if mine:
                 switches.append(m._staged_load(mine, strict=False, label=name + ".")[2])
-        for switch in switches:
-            switch()
+        with self._consistent.writing():
+            for switch in switches:
+                switch()
         return missing, unexpected
 
     @classmethod
@@ -361,18 +427,19 @@ class Sequential:
             T, B = (x.shape[1], x.shape[0]) if bf else (x.shape[0], x.shape[1])
             lens = self._first_rec._check_lengths(lengths, T, B, x.shape)
         state = None
-        for name, m in self._layers:
-            try:
-                if m.kind in _RECURRENT:
-                    x, state = m(x, lengths=lens)
-                elif m.kind == "Readout":
-                    x = m(x, state, lens, bf)
-                else:
-                    x = m(x)
-            except _RERAISED as exc:
-                if type(exc) not in _RERAISED:
-                    raise
-                raise type(exc)(f"layer {name!r} ({m!r}): {exc}") from None
+        with self._consistent.reading():  # every layer's weights from one load
+            for name, m in self._layers:
+                try:
+                    if m.kind in _RECURRENT:
+                        x, state = m(x, lengths=lens)
+                    elif m.kind == "Readout":
+                        x = m(x, state, lens, bf)
+                    else:
+                        x = m(x)
+                except _RERAISED as exc:
+                    if type(exc) not in _RERAISED:
+                        raise
+                    raise type(exc)(f"layer {name!r} ({m!r}): {exc}") from None
         if self._remask and lens is not None and self._chain.readout in (None, "steps"):
             T = x.shape[1] if bf else x.shape[0]
             pad = np.arange(T)[:, None] >= lens[None, :]  # (T, B)

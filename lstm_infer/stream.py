@@ -340,8 +340,9 @@ class SequentialStream:
         steps, and so does a fork meanwhile in the child's copy)."""
         self._pending = [st._mark() for st in self._streams]
         try:
-            for kind, step in self._plan:
-                x = step(x, lens) if kind == "recurrent" else step(x)
+            with self._model._consistent.reading():  # every layer's weights from one load
+                for kind, step in self._plan:
+                    x = step(x, lens) if kind == "recurrent" else step(x)
         except BaseException:
             self._undo()
             raise

@@ -148,3 +148,84 @@ def test_many_models_at_once():
     with ThreadPoolExecutor(N_THREADS) as ex:
         for k, runs in enumerate(ex.map(worker, range(N_THREADS))):
             _check_same(runs, [serial[k]] * 3)
+
+
+def _two_loads_race(load_a, load_b, read, seconds=1.5, readers=3):
+    """Readers call read() while another thread alternates load_a() and load_b();
+    returns the readers' results."""
+    stop = threading.Event()
+    got = []
+
+    def reloader():
+        while not stop.is_set():
+            load_a()
+            load_b()
+
+    def reader():
+        while not stop.is_set():
+            got.append(read())
+
+    threads = [threading.Thread(target=reloader)] + [threading.Thread(target=reader) for _ in range(readers)]
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return got
+
+
+def test_a_whole_model_reloaded_meanwhile_gives_one_loads_results():
+    """Calls, stream chunks, copies and saves of a Sequential while another thread
+    reloads it: each sees every layer from one load (the LSTM of one beside the
+    Linear of the other came out ~1 call in 50)."""
+    import copy
+    from collections import OrderedDict
+    rng = np.random.default_rng(0)
+    m = li.Sequential(OrderedDict(lstm=li.LSTM(16, 64), last="last", fc=li.Linear(64, 8)))
+    sd_a = m.state_dict()
+    sd_b = {k: v + rng.standard_normal(v.shape).astype(np.float32) * 0.5 for k, v in sd_a.items()}
+    x = rng.standard_normal((20, 4, 16)).astype(np.float32)
+    want = []
+    for sd in (sd_a, sd_b):
+        m.load_state_dict(sd)
+        want.append(m(x))
+    got = _two_loads_race(lambda: m.load_state_dict(sd_a), lambda: m.load_state_dict(sd_b), lambda: m(x))
+    assert len(got) > 100
+    assert all(np.array_equal(y, want[0]) or np.array_equal(y, want[1]) for y in got)
+    got = _two_loads_race(lambda: m.load_state_dict(sd_a), lambda: m.load_state_dict(sd_b),
+                          lambda: copy.deepcopy(m)(x), seconds=1.0)
+    assert all(np.array_equal(y, want[0]) or np.array_equal(y, want[1]) for y in got)
+
+
+def test_a_storage_switch_meanwhile_gives_one_loads_state_dict():
+    """state_dict() and pickles of a module switched between float32 and int8 by another
+    thread: one load's arrays with that load's scales (int8 codes without their scales
+    came out before, off by up to 127)."""
+    import pickle
+    m = li.GRU(8, 32)
+    sd = m.state_dict()
+    want = [li.GRU.from_state_dict(sd, weights=w).state_dict() for w in ("float32", "int8")]
+    got = _two_loads_race(lambda: m.load_state_dict(sd, weights="float32"),
+                          lambda: m.load_state_dict(sd, weights="int8"), m.state_dict)
+    assert len(got) > 100
+    for g in got:
+        assert any(all(np.array_equal(g[k], w[k]) for k in w) for w in want)
+    got = _two_loads_race(lambda: m.load_state_dict(sd, weights="float32"),
+                          lambda: m.load_state_dict(sd, weights="int8"),
+                          lambda: pickle.loads(pickle.dumps(m)).weights, seconds=1.0)
+    assert set(got) <= {"float32", "int8"} and got
+
+
+def test_a_linear_refuses_in_place_edits_it_would_not_see():
+    """Its C layer holds a copy of the weights: an in-place edit raises instead of
+    being silently ignored; assigning a new array or load_state_dict is seen."""
+    lin = li.Linear(3, 2)
+    x = np.ones((1, 3), np.float32)
+    lin(x)
+    with pytest.raises(ValueError, match="read-only"):
+        lin.weight[...] = 0.0
+    lin.weight = np.zeros((2, 3), np.float32)
+    np.testing.assert_array_equal(lin(x), lin.bias[None, :])
+    lin.load_state_dict({"weight": np.ones((2, 3), np.float32), "bias": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(lin(x), [[3.0, 3.0]])
