@@ -7,8 +7,8 @@ the GIL released. One C engine serves every kind: only the cell differs.
 """
 import numbers
 import threading
-from contextlib import contextmanager
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 
