@@ -65,10 +65,6 @@ def _nonlinearity(value):
     return value
 
 
-# the dtype of each storage type's stored arrays
-_STORAGE_DTYPES = {_core.WEIGHTS_F32: np.float32, _core.WEIGHTS_F16: np.float16,
-                   _core.WEIGHTS_I8: np.int8}
-
 # weights= names -> the C core's weight types
 WEIGHT_TYPES = {"float32": _core.WEIGHTS_F32, "float16": _core.WEIGHTS_F16,
                 "int8": _core.WEIGHTS_I8}
@@ -104,6 +100,15 @@ def weight_storage(kind, config, weights):
 
 
 modelfile.storage_rule = weight_storage  # model files check reduced weights against it
+
+
+def _as_stored(stored, copy):
+    """The arrays of a module's _stored as reduced_state_dict names them: each weight,
+    and each int8 scale under key + "_scale" (copies if copy)."""
+    weights, scales, _ = stored
+    out = {k: v.copy() if copy else v for k, v in weights.items()}
+    out.update({k + "_scale": v.copy() if copy else v for k, v in scales.items()})
+    return out
 
 
 def _dequantized(stored):
@@ -239,10 +244,7 @@ class _Weights:
         as int8 plus its float32 row scales under key + "_scale" (w ~
         scale[:, None] * q) and the other matrices as float16. Biases are float32.
         from_reduced_state_dict rebuilds the model from it bit for bit."""
-        weights, scales, _ = self._stored  # read once: another thread may reload meanwhile
-        out = {k: v.copy() for k, v in weights.items()}
-        out.update({k + "_scale": v.copy() for k, v in scales.items()})
-        return out
+        return _as_stored(self._stored, copy=True)  # read once: another thread may reload meanwhile
 
     @classmethod
     def from_reduced_state_dict(cls, config, reduced, weights):
@@ -262,7 +264,7 @@ class _Weights:
         scales = {k: np.array(reduced[k + "_scale"]) for k in int8}
         storage = model._storage(weight_type)
         for k, shape in shapes.items():
-            want = _STORAGE_DTYPES[storage[k]]
+            want = _core._STORAGE_DTYPES[storage[k]]  # the binding's own table
             if (stored[k].dtype != want if want != np.float32 else stored[k].dtype.kind != "f"):
                 raise ValueError(f"reduced weights[{k!r}] must be {np.dtype(want).name} for weights="
                                  f"{weight_type!r}, got dtype {stored[k].dtype}")
@@ -391,10 +393,8 @@ class _Weights:
         """Writes this module to one self-describing file (see lstm_infer.load); a
         reduced model's file holds its weights as stored (reduced_state_dict), so
         the model loaded from it computes the same bits."""
-        weights, scales, weight_type = self._stored  # read once: another thread may reload meanwhile
-        stored = dict(weights)
-        stored.update({k + "_scale": v for k, v in scales.items()})
-        modelfile.write_model(path, stored, self.config, self.kind, weight_type)
+        stored = self._stored  # read once: another thread may reload meanwhile
+        modelfile.write_model(path, _as_stored(stored, copy=False), self.config, self.kind, stored[2])
 
     def release_memory(self):
         """Frees the scratch memory kept between calls (it is kept so that
