@@ -229,3 +229,34 @@ def test_a_linear_refuses_in_place_edits_it_would_not_see():
     np.testing.assert_array_equal(lin(x), lin.bias[None, :])
     lin.load_state_dict({"weight": np.ones((2, 3), np.float32), "bias": np.zeros(2, np.float32)})
     np.testing.assert_array_equal(lin(x), [[3.0, 3.0]])
+
+
+def test_a_child_forked_during_a_whole_model_call_can_reload_it():
+    """The thread inside the call does not exist in the child, so its shared hold on
+    the model's weights must not make the child's load_state_dict wait forever."""
+    import textwrap
+    from stream_helpers import assert_forked_child_passes
+    code = textwrap.dedent("""
+        import os, threading, numpy as np, lstm_infer as li
+        li.set_num_threads(1)
+        m = li.Sequential(li.LSTM(64, 256, num_layers=2), li.Readout("last"), li.Linear(256, 3))
+        x = np.random.default_rng(0).standard_normal((400, 16, 64), dtype=np.float32)
+        sd = m.state_dict()
+        want = m(x[:3, :2])
+        t = threading.Thread(target=m, args=(x,))
+        t.start()
+        while t.is_alive() and not m._consistent._readers:  # until the call holds the weights
+            pass
+        if not t.is_alive():
+            print("missed"); raise SystemExit(0)
+        pid = os.fork()
+        if pid == 0:
+            import signal
+            signal.alarm(20)  # a hang ends the child with SIGALRM, not the test run
+            m.load_state_dict(sd)
+            os._exit(0 if np.array_equal(m(x[:3, :2]), want) else 3)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        t.join()
+        print("child", status)
+    """)
+    assert_forked_child_passes(code)
