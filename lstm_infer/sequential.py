@@ -87,45 +87,69 @@ def _keyword_module(word):
 class _Consistency:
     """One Sequential's weights as its calls, copies and saves see them: each holds
     this shared while it reads the layers, load_state_dict alone while it switches
-    them, so nothing meets one layer's old weights beside another's new ones."""
+    them, so nothing meets one layer's old weights beside another's new ones.
+
+    A thread can come back in while it holds it: a signal handler runs in the
+    main thread between any two bytecodes, and inside a long layer call too. A
+    shared hold it takes then goes ahead even past a waiting reload (which waits
+    for the outer hold); a reload under its own shared hold, or a hold under its
+    own reload, raises RuntimeError, where waiting would wait for itself. The
+    lock is reentrant for the same reason."""
 
     def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
+        self._cond = threading.Condition(threading.RLock())
+        self._readers = {}  # thread ident -> shared holds
+        self._writer = None  # the reloading thread's ident
 
     @contextmanager
     def reading(self):
+        me = threading.get_ident()
         with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
+            if self._writer == me:
+                raise RuntimeError(
+                    "this model is being reloaded (load_state_dict) by this same thread, "
+                    "which cannot call, copy or save it until that returns (is this a "
+                    "signal handler?)")
+            if me not in self._readers:
+                while self._writer is not None:
+                    self._cond.wait()
+            self._readers[me] = self._readers.get(me, 0) + 1
         try:
             yield
         finally:
             with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+                left = self._readers[me] - 1
+                if left:
+                    self._readers[me] = left
+                else:
+                    del self._readers[me]
+                    if not self._readers:
+                        self._cond.notify_all()
 
     @contextmanager
     def writing(self):
+        me = threading.get_ident()
         with self._cond:
-            while self._writer:
+            if me in self._readers or self._writer == me:
+                raise RuntimeError(
+                    "load_state_dict was called while this same thread is inside a call, "
+                    "copy, save or reload of this model (is this a signal handler?): it "
+                    "would wait for itself")
+            while self._writer is not None:
                 self._cond.wait()
-            self._writer = True  # calls that start from here wait
+            self._writer = me  # calls that start from here wait
             try:
                 while self._readers:
                     self._cond.wait()
             except BaseException:
-                self._writer = False
+                self._writer = None
                 self._cond.notify_all()
                 raise
         try:
             yield
         finally:
             with self._cond:
-                self._writer = False
+                self._writer = None
                 self._cond.notify_all()
 
 

@@ -260,3 +260,97 @@ def test_a_child_forked_during_a_whole_model_call_can_reload_it():
         print("child", status)
     """)
     assert_forked_child_passes(code)
+
+
+def test_a_signal_handler_reloading_a_whole_model_mid_call_raises_not_hangs():
+    """A signal handler runs in the main thread inside a long call (the call polls for
+    signals) or between its layers. Its load_state_dict of the same model would wait for
+    the call that it interrupts: it raises RuntimeError instead, and so does the call."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import os, signal, threading, time, numpy as np, lstm_infer as li
+        li.set_num_threads(1)
+        m = li.Sequential(li.LSTM(64, 256, num_layers=2), li.Readout("last"), li.Linear(256, 3))
+        sd = m.state_dict()
+        x = np.random.default_rng(0).standard_normal((2000, 16, 64), dtype=np.float32)
+        seen = []
+        def handler(signum, frame):
+            try:
+                m.load_state_dict(sd)
+                seen.append("loaded")
+            except RuntimeError as e:
+                seen.append(str(e))
+                raise
+        signal.signal(signal.SIGUSR1, handler)
+        def kick():
+            while not m._consistent._readers:
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        threading.Thread(target=kick, daemon=True).start()
+        try:
+            m(x)
+            print("no error", seen)
+        except RuntimeError as e:
+            print("raised:", e)
+        m.load_state_dict(sd)  # and afterwards the model is free again
+        print("after", m(x[:2, :2]).shape)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "raised: load_state_dict was called while this same thread" in r.stdout, r.stdout
+    assert "after (2, 3)" in r.stdout
+
+
+def test_consistency_holds_taken_again_by_the_same_thread():
+    """The hold behind a whole model's calls and reloads, entered again by the thread
+    that holds it (as a signal handler does): no wait for itself. Run in a thread of
+    its own so that a regression fails here instead of hanging the run."""
+    errors = []
+
+    def body():
+        try:
+            _consistency_reentry()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "a hold taken again by its own thread waited for itself"
+    if errors:
+        raise errors[0]
+
+
+def _consistency_reentry():
+    from lstm_infer.sequential import _Consistency
+    c = _Consistency()
+    with c.reading():
+        with pytest.raises(RuntimeError, match="would wait for itself"):
+            with c.writing():
+                pass
+        # a reload waiting in another thread for this hold: a nested hold goes ahead
+        started, done = threading.Event(), threading.Event()
+
+        def reload():
+            started.set()
+            with c.writing():
+                done.set()
+        t = threading.Thread(target=reload)
+        t.start()
+        started.wait()
+        while c._writer is None:
+            pass
+        with c.reading():  # would deadlock if it waited behind the reload
+            assert not done.is_set()
+        assert not done.is_set()
+    t.join(10)
+    assert done.is_set()
+    with c.writing():
+        with pytest.raises(RuntimeError, match="being reloaded"):
+            with c.reading():
+                pass
+        with pytest.raises(RuntimeError, match="would wait for itself"):
+            with c.writing():
+                pass
+    assert not c._readers and c._writer is None
