@@ -65,6 +65,8 @@ def sniff(data) -> str:
     """'torch-zip', 'torch-legacy', 'npz', 'safetensors', 'torchscript', 'onnx' or 'unknown'."""
     data = fileio.as_bytes(data)
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        if torchfile.zip_directory_cost(data)[1] > fileio.load_budget(len(data)):
+            return "torch-zip"  # not parsed here: its reader refuses the directory by name
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
                 names = zf.namelist()
@@ -223,7 +225,7 @@ def _safetensors_arrays(data, src, dtype_log, budget):
 # ---------------------------------------------------------------------- npz
 
 def _npz_arrays(data, src, budget):
-    zf, names = torchfile.open_zip(data, src)  # refuses duplicate names
+    zf, names = torchfile.open_zip(data, src, budget)  # refuses duplicate names
     out = {}
     with zf:
         for name in names:

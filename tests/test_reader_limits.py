@@ -1,8 +1,9 @@
 """Limits of the file readers against hostile and unusual files: zip records
 compressed other than torch writes them or yielding more than they declare, pickles
 and safetensors headers that build far more than their size, duplicate zip
-records, hostile values that used to escape as bare TypeError/ValueError, and
-torch.save archives whose root folder is named 'code'.
+records and zip directories of very many entries, hostile values that used to
+escape as bare TypeError/ValueError, and torch.save archives whose root folder is
+named 'code'.
 
 Cases that could exhaust memory run in a subprocess under an address-space limit
 (as in test_file_safety), so a regression fails as a test rather than eating the
@@ -232,6 +233,64 @@ def test_torchscript_named_code_still_refused(tmp_path):
 
 
 # ------------------------------------------------------------ duplicate records
+
+def _empty_entries_zip(n):
+    """A zip of one local record and a central directory of ``n`` empty entries
+    (~51 bytes each): what a crafted directory costs zipfile per byte at most."""
+    cd = bytearray()
+    for i in range(n):
+        name = b"%x" % i
+        cd += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0, 0,
+                          0) + name
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, 1, 0) + b"x"
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(n, 0xFFFF), min(n, 0xFFFF), len(cd), len(local), 0)
+    return local + bytes(cd) + end
+
+
+def test_zip_directory_of_a_million_entries_refused_at_once(tmp_path):
+    """The audit's 48 MB directory of a million empty entries: zipfile's objects for it
+    took 22 s and 690 MB (14x the file); its cost is now charged before it is parsed,
+    by every reader and by the CLI."""
+    f = tmp_path / "many.pt"
+    f.write_bytes(_empty_entries_zip(1_000_000))
+    results = _isolated(f"""
+        import lstm_infer as li
+        from lstm_infer import readers, torchfile
+        print(json.dumps([outcome(fn, {str(f)!r}) for fn in
+                          (torchfile.load, readers.read_tensors, li.read_state_dict)]))
+    """, tmp_path)
+    for kind, msg, seconds in results:
+        assert kind == "TooLargeError", (kind, msg)
+        assert msg.startswith(f"{f}: the zip directory of 1,000,000 entries needs "), msg
+        assert seconds < 2
+    res = subprocess.run([sys.executable, "-m", "lstm_infer", "inspect", str(f)], capture_output=True, text=True,
+                         timeout=60, preexec_fn=_limit_memory)
+    assert res.returncode != 0 and "the zip directory of 1,000,000 entries" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_zip_directory_count_is_what_zipfile_parses():
+    """The entries counted before parsing are zipfile's own: torch.save archives, a
+    zip64 end record (more than 65,535 entries), a comment, data in front; a signature
+    inside a name only counts one more."""
+    def both(data):
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return len(zf.namelist()), torchfile.zip_directory(data)[0]
+    b = io.BytesIO()
+    np.savez(b, **{f"a{i}": np.zeros(1, np.float32) for i in range(70_000)})
+    assert b.getvalue()[-98:-94] == b"PK\x06\x06"  # the zip64 end record, before its locator
+    assert both(b.getvalue()) == (70_000, 70_000)
+    got = readers.read_tensors(b.getvalue())  # and such an archive still loads
+    assert len(got) == 70_000
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w") as zf:
+        zf.writestr("a", b"x")
+        zf.writestr("PK\x01\x02b", b"PK\x01\x02" * 50)
+        zf.comment = b"c" * 1000
+    assert both(b.getvalue()) == (2, 3)
+    assert both(b"junk" * 100 + b.getvalue()) == (2, 3)
+    assert torchfile.zip_directory(b"PK\x03\x04 not a zip") == (0, 0)
+
 
 def test_duplicate_zip_records_refused():
     """Before: torch.load read the first 'archive/data/0', we read the last."""
