@@ -117,7 +117,10 @@ def load_weights(path, prefix=None, nonlinearity=None, batch_first=False) -> Wei
         kind, cfg, stored, weights = modelfile.read_stored(data, path)
         if prefix:
             raise UserError(f"{path} is an lstm_infer model file; it holds one {kind}, --prefix does not apply")
-        cfg = dict(cfg, **_option_checks(kind, f"{path} (lstm_infer model file)", nonlinearity, batch_first))
+        if nonlinearity is not None:
+            raise UserError(f"{path} is an lstm_infer model file: its nonlinearity is recorded, "
+                            f"--nonlinearity does not apply")
+        cfg = dict(cfg, **_option_checks(kind, f"{path} (lstm_infer model file)", None, batch_first))
         return Weights(kind, cfg, modelfile.dequantize(stored), f"{path} (lstm_infer model file)", (),
                        weights, stored)
     tensors = readers.read_tensors(data, path)
@@ -234,6 +237,8 @@ def cmd_inspect(args) -> int:
         print(f"      {len(f.keys)} tensor{'s' if len(f.keys) != 1 else ''}, {n} parameters, dtype {', '.join(dtypes)}")
         if "nonlinearity" in f.config and f.kind in ("RNN", "RNNCell"):
             print(f"      {_assumed_note(f.kind)}")
+        if f.kind == "LayerNorm":
+            print(f"      {pipeline.LAYER_NORM_NOTE}; with another eps, convert with --eps")
         for other in f.alternatives:
             print(f"      its tensors also fit nn.{other}: write '{f.name}:{other}' in --pipeline to choose it")
         stray = [k for k in tensors if isinstance(k, str) and f.name and k.startswith(f.name + ".")
@@ -251,6 +256,11 @@ def cmd_inspect(args) -> int:
         print(f"suggested pipeline (the widths chain; activations such as softmax are not in a state dict, "
               f"add them; the readout is a guess: 'final' for a classifier, 'steps' for a tagger):")
         print(f"  {PROG} convert {shlex.quote(args.file)} -o model.lstm --pipeline {shlex.quote(suggestion)}")
+        out = pipeline.left_out(found, suggestion)
+        if out:
+            print(f"  it leaves out {', '.join(repr(n) for n in out)} (in file order their widths do not "
+                  f"chain, or they sit beside tensors lstm_infer does not run): name them in the pipeline "
+                  f"where the model uses them")
     return 0
 
 
@@ -259,7 +269,12 @@ def cmd_inspect(args) -> int:
 def cmd_convert(args) -> int:
     if args.pipeline is not None:
         return _convert_pipeline(args)
+    if args.eps is not None:
+        raise UserError("--eps sets the LayerNorm layers of a whole model: it goes with --pipeline")
     _no_stdout(args.output, "a model file name")
+    data = _read(args.file)
+    if _model_file_kind(data) == "Sequential":
+        return _convert_sequential_file(args, data)
     w = load_weights(args.file, args.prefix, args.nonlinearity, args.batch_first)
     weights = args.weights or w.weights  # a reduced model file stays reduced unless told
     if weights == "float32":
@@ -288,8 +303,10 @@ def _convert_pipeline(args) -> int:
     tensors = read_state_dict(_read(args.file), args.file)
     weights = args.weights or "float32"
     try:
-        model = Sequential.from_state_dict(tensors, args.pipeline, batch_first=args.batch_first,
-                                           nonlinearity=args.nonlinearity)
+        with warnings.catch_warnings(record=True) as left_out:
+            warnings.simplefilter("always", pipeline.LeftOutWarning)
+            model = Sequential.from_state_dict(tensors, args.pipeline, batch_first=args.batch_first,
+                                               nonlinearity=args.nonlinearity, eps=args.eps)
         reduced = _with_weights(model, weights)
     except (ValueError, KeyError, TypeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -302,9 +319,36 @@ def _convert_pipeline(args) -> int:
     rnns = [name for name, m in model.layers if m.kind == "RNN"]
     if rnns and args.nonlinearity is None:
         print(f"note: {', '.join(rnns)}: {_assumed_note('RNN')}")
+    norms = [name for name, m in model.layers if m.kind == "LayerNorm"]
+    if norms and args.eps is None:
+        print(f"note: {', '.join(norms)}: {pipeline.LAYER_NORM_NOTE}; if it was built with another eps, "
+              f"use --eps")
+    for w in left_out:
+        print(f"note: {w.message}")
     if args.verify:  # the written model against torch on the source's float32 weights
         return _verify_sequential(args.output, _load_model(args.output, None, None), _tol(args.tol, weights),
                                   args.seed, reference=model)
+    return 0
+
+
+def _convert_sequential_file(args, data) -> int:
+    """A whole model's file written again, its recurrent layers' storage changed where
+    --weights asks."""
+    model = _load_model(args.file, args.prefix, args.nonlinearity, data)
+    if args.batch_first and not model.batch_first:
+        raise UserError(f"{args.file} is a whole model recorded with batch_first=False; --batch-first applies "
+                        f"when converting from a state dict (with --pipeline)")
+    stored = _storage_of(model)
+    out = _with_storage(model, args.weights)
+    out.save(args.output)
+    args.wrote = True
+    storage = _storage_of(out)
+    extra = f" with {storage} weights" if storage != stored else ""
+    print(f"wrote {args.output}: Sequential({out.pipeline}){extra} from {args.file} (lstm_infer model file)")
+    if args.verify:  # against torch on the weights the file holds (float32 from the reduced ones)
+        note = _reduced_note(args.file, stored) if stored != "float32" else None
+        return _verify_sequential(args.output, _load_model(args.output, None, None), _tol(args.tol, storage),
+                                  args.seed, reference=model, note=note)
     return 0
 
 
@@ -751,6 +795,8 @@ def _parser():
                    "e.g. \"embedding > lstm > final > fc > softmax\" (keywords: relu, tanh, sigmoid, softmax, "
                    "logsoftmax, dropout; readouts: steps, last, final, mean, max; name:Kind forces a kind); "
                    "see lstm-infer inspect FILE for a suggestion")
+    s.add_argument("--eps", type=float, default=None, help="with --pipeline: the LayerNorm layers' eps, which a "
+                   "state dict does not store (default 1e-05, torch's)")
     s.add_argument("--batch-first", action="store_true", help="store batch_first=True in the model (layers and "
                    "pipelines: input (B, T, ...))")
     weights_opt(s, "how the recurrent layers store their weights (default float32): float16 or int8 are "

@@ -47,6 +47,9 @@ SIGNATURES = {
     "GRUCell": dict(input_size=_REQUIRED, hidden_size=_REQUIRED, bias=True),
     "RNNCell": dict(input_size=_REQUIRED, hidden_size=_REQUIRED, bias=True, nonlinearity="tanh"),
 }
+# The C core's limits on a config (LSTM_MAX_FEATURES, LSTM_MAX_LAYERS in lstm_infer.h),
+# here for the modules that run without the extension (test_modelfile checks they agree).
+CORE_LIMITS = {"input_size": 1 << 24, "hidden_size": 1 << 24, "num_layers": 1024}
 # Arguments a state dict cannot tell (everything else comes from the shapes).
 _FREE = {"LSTM": ("batch_first", "dropout"), "GRU": ("batch_first", "dropout"),
          "RNN": ("nonlinearity", "batch_first", "dropout"), "LSTMCell": (), "GRUCell": (), "RNNCell": ("nonlinearity",)}

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _core, detect
 from .pipeline import ARGS
-from .model import _as_int, _check_mapping, _float_array, _to_numpy
+from .model import _as_bool, _as_int, _check_mapping, _float_array, _to_numpy
 
 __all__ = ["Embedding", "Linear", "LayerNorm", "ReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax",
            "Dropout", "Readout", "READOUTS", "LAYERS"]
@@ -162,7 +162,8 @@ class Linear(_Module):
         k = 1.0 / np.sqrt(self.in_features)  # torch's default initialisation range
         rng = np.random.default_rng()
         shapes = detect.other_shapes(self.kind, dict(in_features=self.in_features,
-                                                     out_features=self.out_features, bias=bool(bias)))
+                                                     out_features=self.out_features,
+                                                     bias=_as_bool(bias, "bias", ints=True)))
         for key, shape in shapes.items():
             setattr(self, key, rng.uniform(-k, k, shape).astype(np.float32))
 
@@ -227,8 +228,8 @@ class LayerNorm(_Module):
             raise ValueError(f"eps must be a non-negative number, got {eps!r}")
         self.normalized_shape = shape
         self.eps = float(eps)
-        self.elementwise_affine = bool(elementwise_affine)
-        self._bias = bool(bias)  # the argument: without elementwise_affine there is no tensor
+        self.elementwise_affine = _as_bool(elementwise_affine, "elementwise_affine", ints=True)
+        self._bias = _as_bool(bias, "bias", ints=True)  # the argument: without elementwise_affine there is no tensor
         self.weight = self.bias = None
         for key, shape_ in self._expected_shapes().items():  # torch's start: ones and zeros
             setattr(self, key, (np.ones if key == "weight" else np.zeros)(shape_, np.float32))

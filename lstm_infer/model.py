@@ -59,6 +59,15 @@ def _as_int(value, name, minimum, maximum=None):
     return value
 
 
+def _as_bool(value, name, ints=False):
+    # bool("False") is True: a string here would silently flip the flag. torch refuses
+    # a layer's batch_first and bias that are not bools; with ints, 0 and 1 pass too
+    # (torch takes any value for bidirectional, a cell's bias and a Linear's).
+    if isinstance(value, (bool, np.bool_)) or ints and isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def _nonlinearity(value):
     if value not in _NONLINEARITIES:
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {value!r}")
@@ -422,12 +431,13 @@ class _Layer(_Weights, _core.Module):
         self.input_size = _as_int(input_size, "input_size", 1, _core.MAX_FEATURES)
         self.hidden_size = _as_int(hidden_size, "hidden_size", 1, _core.MAX_FEATURES)
         self.num_layers = _as_int(num_layers, "num_layers", 1, _core.MAX_LAYERS)
-        if not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) <= 1.0:
+        if (isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real)
+                or not 0.0 <= float(dropout) <= 1.0):
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = _as_bool(bias, "bias")
+        self.batch_first = _as_bool(batch_first, "batch_first")
         self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = _as_bool(bidirectional, "bidirectional", ints=True)
 
     # ------------------------------------------------------------ config
     proj_size = 0
@@ -676,7 +686,7 @@ class _Cell(_Weights):
     def _init_cell(self, input_size, hidden_size, bias):
         self.input_size = _as_int(input_size, "input_size", 1, _core.MAX_FEATURES)
         self.hidden_size = _as_int(hidden_size, "hidden_size", 1, _core.MAX_FEATURES)
-        self.bias = bool(bias)
+        self.bias = _as_bool(bias, "bias", ints=True)
 
     @property
     def config(self):

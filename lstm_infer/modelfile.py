@@ -115,9 +115,14 @@ def _check_config(cfg, src, kind="LSTM", version="1"):
         raise FormatError(f"{src}: config dropout must be a number in [0, 1], got {cfg['dropout']!r}")
     if "nonlinearity" in cfg and cfg["nonlinearity"] not in detect.NONLINEARITIES:
         raise FormatError(f"{src}: config nonlinearity must be \"tanh\" or \"relu\", got {cfg['nonlinearity']!r}")
-    if cfg["hidden_size"] < 1 or cfg.get("num_layers", 1) < 1:
-        raise FormatError(f"{src}: config hidden_size" + (" and num_layers" if "num_layers" in cfg else "")
-                          + " must be at least 1")
+    if cfg["input_size"] < 1 or cfg["hidden_size"] < 1 or cfg.get("num_layers", 1) < 1:
+        raise FormatError(f"{src}: config input_size, hidden_size" + (" and num_layers" if "num_layers" in cfg
+                                                                        else "") + " must be at least 1")
+    # the C core's limits, which its loader checks too: a file past them is refused here
+    # rather than written (and then opened by neither loader)
+    for k, most in detect.CORE_LIMITS.items():
+        if cfg.get(k, 0) > most:
+            raise FormatError(f"{src}: config {k} = {cfg[k]} is too large (at most {most})")
     if cfg.get("proj_size", 0) >= cfg["hidden_size"]:
         raise FormatError(f"{src}: config proj_size {cfg['proj_size']} must be below hidden_size {cfg['hidden_size']}")
 

@@ -27,9 +27,10 @@ Functions (plain data in and out; no model classes, so lstm_infer.modelfile uses
 them too):
 
     parse(text) -> [(word, kind or None)]
-    resolve(state_dict, text, nonlinearity=None) -> [(Layer, {torch key: array})]
+    resolve(state_dict, text, nonlinearity=None, eps=None) -> [(Layer, {torch key: array})]
         the layers a pipeline names, with each module's tensors under its own torch
-        key names (prefix stripped); checked with check_layers.
+        key names (prefix stripped); checked with check_layers. Tensors of the state
+        dict that no layer uses are named in a LeftOutWarning.
     check_layers(layers) -> Chain
         layers: [Layer(name, kind, config)]; Chain(in_width, out_width, readout):
         in_width None for token ids, ANY when no layer fixes it; readout the mode
@@ -43,6 +44,7 @@ them too):
         is None); name is the prefix without its dot ("" at the top level).
     unrecognised(state_dict, found=None) -> [key]   tensors of no recognised module
     suggest(state_dict, found=None) -> str or None  a pipeline whose widths chain
+    left_out(found, suggestion) -> [name]           the modules a suggestion leaves out
     describe(kind, config) -> str                    "LSTM(16, 32, bidirectional=True)",
                                                      "Linear(in_features=64, ...)"
     in_width(kind, config), out_width(kind, config, width)
@@ -53,13 +55,17 @@ them too):
 
 from __future__ import annotations
 
+import numbers
 import re
+import warnings
 from collections import namedtuple
 
 from . import detect
 
-__all__ = ["Layer", "Chain", "Found", "ANY", "KEYWORDS", "READOUTS", "RECURRENT_KINDS", "parse", "resolve",
-           "check_layers", "check_names", "owner", "text", "list_modules", "unrecognised", "suggest", "describe",
+__all__ = ["Layer", "Chain", "Found", "ANY", "KEYWORDS", "READOUTS", "RECURRENT_KINDS", "LeftOutWarning",
+           "LAYER_NORM_NOTE", "parse", "resolve",
+           "check_layers", "check_names", "owner", "text", "list_modules", "unrecognised", "suggest", "left_out",
+           "describe",
            "in_width", "out_width", "MAX_LAYERS", "ARGS", "KINDS", "check_config"]
 
 # layers.READOUTS, repeated here so that this module needs no model classes
@@ -83,6 +89,16 @@ ARGS = {**{k: tuple(v) for k, v in detect.OTHER_SIGNATURES.items()},
 KINDS = RECURRENT_KINDS + tuple(ARGS)
 Chain = namedtuple("Chain", "in_width out_width readout")
 Found = namedtuple("Found", "name kind config keys alternatives error")
+
+# What a state dict cannot tell about a 1-D weight (and bias), for messages
+LAYER_NORM_NOTE = ("a state dict stores neither a LayerNorm's eps nor that the module is a LayerNorm "
+                   "(nn.RMSNorm, PReLU, GroupNorm and BatchNorm without running statistics hold the same "
+                   "tensors): it is read as a LayerNorm with eps=1e-05, torch's default")
+
+
+class LeftOutWarning(UserWarning):
+    """Tensors of a state dict that no layer of a pipeline uses: the model runs without
+    them (torch's strict load_state_dict would call them unexpected keys)."""
 
 
 # ------------------------------------------------------------------ widths
@@ -216,14 +232,14 @@ _NAME_RE = re.compile(r"^[^\s>:.]+(?:\.[^\s>:.]+)*$")
 
 
 def check_names(names):
-    """Names must be usable as state-dict prefixes: non-empty, without spaces, '>' or
-    ':', no empty dotted part, unique, and none a dotted prefix of another (which would
+    """Names must be usable as state-dict prefixes: non-empty, without spaces, control
+    characters, '>' or ':', no empty dotted part, unique, and none a dotted prefix of another (which would
     own the other's tensors)."""
     seen = set()
     for name in names:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.match(name) or not name.isprintable():
             raise ValueError(f"layer name {name!r} is not usable: names are non-empty strings without "
-                             f"spaces, '>' or ':' (dots separate nested module names)")
+                             f"spaces, control characters, '>' or ':' (dots separate nested module names)")
         if name in seen:
             raise ValueError(f"layer name {name!r} is used twice")
         seen.add(name)
@@ -355,32 +371,62 @@ def unrecognised(sd, found=None):
 
 def suggest(sd, found=None):
     """A pipeline whose widths chain, from the modules in file order, or None: an
-    Embedding first if the file starts with one, the recurrent layers that chain,
-    'final' after the last of them (a classifier's readout; a tagger wants 'steps'),
-    then the Linear and LayerNorm layers that chain. Activations cannot be seen in a
-    state dict: add them by hand."""
+    Embedding first if the file starts with one (a bias-free Linear where only that
+    chains with the next module), the recurrent layers that chain, 'steps' between
+    recurrent layers that other layers separate and 'final' after the last of them (a
+    classifier's readout; a tagger wants 'steps'), then the Linear and LayerNorm
+    layers that chain. A module inside a container that holds tensors lstm_infer does
+    not recognise (an attention's out_proj) is never suggested. Activations cannot be
+    seen in a state dict: add them by hand."""
     found = list_modules(sd) if found is None else found
-    mods = [f for f in found if f.error is None and f.name and f.kind not in detect.CELL_KINDS]
-    words, width, seen_rec, readout = [], ANY, False, False
+    stray = set(unrecognised(sd, found))
+    mods = [f for f in found if f.error is None and f.name and f.kind not in detect.CELL_KINDS
+            and not _beside_stray(f.name, stray)]
+    words, width, pending, final = [], ANY, False, False
     for i, f in enumerate(mods):
         kind, config = f.kind, f.config
-        if kind == "Embedding":
-            if words:  # an Embedding comes first: elsewhere read it as a bias-free Linear
-                spec = detect.as_kind(detect.ModuleSpec(f.name + ".", kind, config, f.keys, (),
-                                                        f.alternatives), "Linear")
-                kind, config = "Linear", spec.config
-        if kind in RECURRENT_KINDS and readout:
+        if kind == "Embedding" and (words or _linear_first(f, mods[i + 1:])):
+            # an Embedding comes first: elsewhere, or where only a Linear chains, a bias-free Linear
+            spec = detect.as_kind(detect.ModuleSpec(f.name + ".", kind, config, f.keys, (),
+                                                    f.alternatives), "Linear")
+            kind, config = "Linear", spec.config
+        if kind in RECURRENT_KINDS and final:
             continue
         need = in_width(kind, config)
         if need is None and words or need not in (None, ANY) and width != ANY and need != width:
             continue
-        if kind not in RECURRENT_KINDS and seen_rec and not readout:
-            words.append("final")
-            readout = True
+        if kind not in RECURRENT_KINDS and pending:
+            final = not any(m.kind in RECURRENT_KINDS for m in mods[i + 1:])
+            words.append("final" if final else "steps")
+            pending = False
         words.append(f.name + (f":{kind}" if kind != f.kind else ""))
-        seen_rec = seen_rec or kind in RECURRENT_KINDS
+        pending = pending or kind in RECURRENT_KINDS
         width = out_width(kind, config, width)
     return " > ".join(words) or None
+
+
+def _beside_stray(name, stray):
+    """Whether the container of module ``name`` (its prefix up to the last dot) holds
+    tensors of no recognised module."""
+    parent = name.rpartition(".")[0]
+    return bool(parent) and any(k.startswith(parent + ".") for k in stray if isinstance(k, str))
+
+
+def _linear_first(f, rest):
+    """Whether a first lone 2-D weight is a bias-free Linear: only that chains with the
+    next module that fixes its input width (as _default_kind decides in a pipeline)."""
+    rows, cols = f.config["num_embeddings"], f.config["embedding_dim"]
+    for m in rest:
+        if m.error is None and m.name and not m.alternatives and m.kind not in detect.CELL_KINDS:
+            need = in_width(m.kind, m.config)
+            return need == rows and need != cols
+    return False
+
+
+def left_out(found, suggestion):
+    """The names of the recognised modules a suggested pipeline leaves out."""
+    named = {word for word, _ in parse(suggestion)} if suggestion else set()
+    return [f.name for f in found if f.error is None and f.name and f.name not in named]
 
 
 def _available(sd, specs):
@@ -426,12 +472,17 @@ def _module_at(sd, specs, name):
     return res
 
 
-def resolve(sd, pipeline, nonlinearity=None):
+def resolve(sd, pipeline, nonlinearity=None, eps=None):
     """[(Layer, weights)] for the pipeline over the state dict sd (names -> arrays, or
     anything with .shape): weights are the module's tensors under its own torch key
     names. nonlinearity: "tanh" or "relu" for every RNN layer, or {name: value}
-    (a state dict does not record it; default "tanh", torch's)."""
+    (a state dict does not record it; default "tanh", torch's). eps: the same for
+    the LayerNorm layers' eps (default 1e-05, torch's). Tensors that no layer uses
+    (a learned initial state, a scale, an attention's) are named in a
+    LeftOutWarning: the model runs without them."""
     words = parse(pipeline)
+    if eps is not None:
+        eps = {k: _eps(v) for k, v in eps.items()} if isinstance(eps, dict) else _eps(eps)
     specs = _specs(sd)
     picked = []  # (name, spec or None, forced kind, keyword kind)
     for name, forced in words:
@@ -454,7 +505,7 @@ def resolve(sd, pipeline, nonlinearity=None):
                              f"the layers that run whole sequences (LSTM, GRU, RNN)")
         picked.append((spec.prefix[:-1], spec, forced, None))
     layers = []
-    used = set()
+    used, taken = set(), set()
     for i, (name, spec, forced, keyword) in enumerate(picked):
         if spec is None:
             unique, n = name, 2
@@ -476,17 +527,40 @@ def resolve(sd, pipeline, nonlinearity=None):
         if kind in RECURRENT_KINDS:
             config = spec.full_config(**_nonlinearity_for(kind, name, nonlinearity))
             config.pop("batch_first")  # the Sequential's, set by the caller
+        elif kind == "LayerNorm" and eps is not None:
+            config["eps"] = eps if not isinstance(eps, dict) else eps.get(name, config["eps"])
+        taken.update(spec.keys)
         # only first can a lone 2-D weight be either kind: an Embedding comes first
         alternatives = () if forced or i else spec.alternatives
         layers.append((Layer(name, kind, config, alternatives), detect.module_state_dict(sd, spec)))
     check_layers([layer for layer, _ in layers])
-    rnns = [layer.name for layer, _ in layers if layer.kind == "RNN"]
-    if nonlinearity is not None and not rnns:
-        raise ValueError("nonlinearity applies to RNN layers; the pipeline has none")
-    if isinstance(nonlinearity, dict) and set(nonlinearity) - set(rnns):
-        raise ValueError(f"nonlinearity names {sorted(set(nonlinearity) - set(rnns))}, which are not RNN "
-                         f"layers of the pipeline (its RNN layers: {rnns})")
+    _applies("nonlinearity", nonlinearity, "RNN", layers)
+    _applies("eps", eps, "LayerNorm", layers)
+    left = [k for k in sd if k not in taken]
+    if left:
+        them, n = ("it", "1 tensor of the state dict is") if len(left) == 1 else \
+            ("them", f"{len(left)} tensors of the state dict are")
+        warnings.warn(f"{n} in no layer of the pipeline: {detect.describe_tensors(sd, left)}; the model runs "
+                      f"without {them}, so if the torch model uses {them} (a learned initial state, a scale, "
+                      f"an attention) the results differ", LeftOutWarning, stacklevel=3)
     return layers
+
+
+def _applies(option, value, kind, layers):
+    """ValueError unless the option (a value for every layer of ``kind``, or {name:
+    value}) has layers of that kind to set."""
+    names = [layer.name for layer, _ in layers if layer.kind == kind]
+    if value is not None and not names:
+        raise ValueError(f"{option} applies to {kind} layers; the pipeline has none")
+    if isinstance(value, dict) and set(value) - set(names):
+        raise ValueError(f"{option} names {sorted(set(value) - set(names))}, which are not {kind} layers of "
+                         f"the pipeline (its {kind} layers: {names})")
+
+
+def _eps(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0 (a LayerNorm's epsilon), got {value!r}")
+    return float(value)
 
 
 def _nonlinearity_for(kind, name, nonlinearity):

@@ -338,7 +338,8 @@ class Sequential:
         return missing, unexpected
 
     @classmethod
-    def from_state_dict(cls, state_dict, pipeline, batch_first=False, nonlinearity=None, weights="float32"):
+    def from_state_dict(cls, state_dict, pipeline, batch_first=False, nonlinearity=None, weights="float32",
+                        eps=None):
         """The model a pipeline text names over a state dict (see lstm_infer.pipeline).
 
         state_dict: a mapping of names to tensors (NumPy or torch), a full checkpoint
@@ -347,11 +348,15 @@ class Sequential:
         nonlinearity: "relu" or "tanh" for every RNN layer, or {name: value}; a state
         dict does not record it (default "tanh", torch's). weights: the storage of the
         recurrent layers ("float32", "float16" or "int8"; see lstm_infer.LSTM), for
-        all of them or {name: value} (others float32)."""
+        all of them or {name: value} (others float32). eps: the LayerNorm layers' eps,
+        for all of them or {name: value}; a state dict does not record it either
+        (default 1e-05, torch's), nor that a 1-D weight (and bias) is a LayerNorm's.
+        Tensors of the state dict that no layer uses are named in a
+        lstm_infer.pipeline.LeftOutWarning: the model runs without them."""
         if not isinstance(batch_first, bool):
             raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
         sd = _state_dict_of(state_dict)
-        resolved = _pipeline.resolve(sd, pipeline, nonlinearity)
+        resolved = _pipeline.resolve(sd, pipeline, nonlinearity, eps)
         storage = _storage_by_layer(weights, [layer.name for layer, _ in resolved if layer.kind in _RECURRENT])
         built = []
         for layer, tensors in resolved:

@@ -524,6 +524,12 @@ def test_modelfile_and_detect_do_not_import_the_model_classes():
         assert not imported & {".model", "lstm_infer.model", "._core", "lstm_infer._core"}, (name, imported)
 
 
+def test_the_plain_modules_know_the_core_limits():
+    from lstm_infer import _core, detect
+    assert detect.CORE_LIMITS == {"input_size": _core.MAX_FEATURES, "hidden_size": _core.MAX_FEATURES,
+                                  "num_layers": _core.MAX_LAYERS}
+
+
 # ------------------- li.load / model.save for every kind: needs the lead's new classes
 
 def _family():
