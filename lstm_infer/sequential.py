@@ -445,7 +445,8 @@ class Sequential:
             if arr.dtype.kind not in "iu":
                 first = self._layers[0][0]
                 raise TypeError(f"{what} must hold integer token ids: the model starts with the Embedding "
-                                f"{first!r}; got dtype {arr.dtype}")
+                                f"{first!r}; got dtype {arr.dtype} (if {first!r} is a bias-free Linear, "
+                                f"write '{first}:Linear' in the pipeline)")
             return arr
         return _float_array(value, what)
 

@@ -247,3 +247,11 @@ def test_flags_torch_takes_as_ints_still_taken():
     assert li.Linear(4, 3, bias=np.True_).bias is not None
     with pytest.raises(ValueError, match="dropout must be a number in"):
         li.LSTM(4, 3, dropout=True)
+
+
+def test_a_square_first_weight_read_as_an_embedding_says_how_to_read_it_as_a_linear():
+    sd = {"inp.weight": _t(6, 6), **_lstm("lstm", 6, 5), "fc.weight": _t(2, 5), "fc.bias": _t(2)}
+    model = li.Sequential.from_state_dict(sd, "inp > lstm > final > fc")
+    with pytest.raises(TypeError, match="if 'inp' is a bias-free Linear, write 'inp:Linear' in the pipeline"):
+        model(_t(3, 2, 6))
+    assert li.Sequential.from_state_dict(sd, "inp:Linear > lstm > final > fc")(_t(3, 2, 6)).shape == (2, 2)
