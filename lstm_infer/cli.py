@@ -110,9 +110,10 @@ def _option_checks(kind, where, nonlinearity, batch_first):
     return overrides
 
 
-def load_weights(path, prefix=None, nonlinearity=None, batch_first=False) -> Weights:
-    """The module at ``prefix`` in any supported file (or our model file), with the options applied."""
-    data = _read(path)
+def load_weights(path, prefix=None, nonlinearity=None, batch_first=False, data=None) -> Weights:
+    """The module at ``prefix`` in any supported file (or our model file), with the options
+    applied (``data``: the file's contents when read already)."""
+    data = _read(path) if data is None else data
     if _is_model_file(data):
         kind, cfg, stored, weights = modelfile.read_stored(data, path)
         if prefix:
@@ -275,7 +276,8 @@ def cmd_convert(args) -> int:
     data = _read(args.file)
     if _model_file_kind(data) == "Sequential":
         return _convert_sequential_file(args, data)
-    w = load_weights(args.file, args.prefix, args.nonlinearity, args.batch_first)
+    w = load_weights(args.file, args.prefix, args.nonlinearity, args.batch_first, data)
+    del data
     weights = args.weights or w.weights  # a reduced model file stays reduced unless told
     if weights == "float32":
         modelfile.write_model(args.output, w.state_dict, w.config, w.kind)

@@ -229,7 +229,8 @@ class LayerNorm(_Module):
         self.normalized_shape = shape
         self.eps = float(eps)
         self.elementwise_affine = _as_bool(elementwise_affine, "elementwise_affine", ints=True)
-        self._bias = _as_bool(bias, "bias", ints=True)  # the argument: without elementwise_affine there is no tensor
+        # the argument: without elementwise_affine there is no tensor
+        self._bias = _as_bool(bias, "bias", ints=True)
         self.weight = self.bias = None
         for key, shape_ in self._expected_shapes().items():  # torch's start: ones and zeros
             setattr(self, key, (np.ones if key == "weight" else np.zeros)(shape_, np.float32))

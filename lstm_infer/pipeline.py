@@ -63,10 +63,9 @@ from collections import namedtuple
 from . import detect
 
 __all__ = ["Layer", "Chain", "Found", "ANY", "KEYWORDS", "READOUTS", "RECURRENT_KINDS", "LeftOutWarning",
-           "LAYER_NORM_NOTE", "parse", "resolve",
-           "check_layers", "check_names", "owner", "text", "list_modules", "unrecognised", "suggest", "left_out",
-           "describe",
-           "in_width", "out_width", "MAX_LAYERS", "ARGS", "KINDS", "check_config"]
+           "LAYER_NORM_NOTE", "parse", "resolve", "check_layers", "check_names", "owner", "text", "list_modules",
+           "unrecognised", "suggest", "left_out", "describe", "in_width", "out_width", "MAX_LAYERS", "ARGS",
+           "KINDS", "check_config"]
 
 # layers.READOUTS, repeated here so that this module needs no model classes
 READOUTS = ("steps", "last", "final", "mean", "max")
@@ -233,8 +232,8 @@ _NAME_RE = re.compile(r"^[^\s>:.]+(?:\.[^\s>:.]+)*$")
 
 def check_names(names):
     """Names must be usable as state-dict prefixes: non-empty, without spaces, control
-    characters, '>' or ':', no empty dotted part, unique, and none a dotted prefix of another (which would
-    own the other's tensors)."""
+    characters, '>' or ':', no empty dotted part, unique, and none a dotted prefix of
+    another (which would own the other's tensors)."""
     seen = set()
     for name in names:
         if not isinstance(name, str) or not _NAME_RE.match(name) or not name.isprintable():
