@@ -15,6 +15,9 @@ import lstm_infer as li
 from lstm_infer import runner
 from lstm_infer.cli import main
 
+# pipelines over part of a state dict are made on purpose here (see test_pipeline_notes)
+pytestmark = pytest.mark.filterwarnings("ignore::lstm_infer.pipeline.LeftOutWarning")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFIER = os.path.join(ROOT, "examples", "classifier.pt")
 CLASSIFIER_PIPELINE = "embedding > lstm > final > fc > softmax"

@@ -15,6 +15,9 @@ from lstm_infer.errors import FormatError
 
 from file_helpers import join_model_file, split_model_file
 
+# pipelines over part of a state dict are made on purpose here (see test_pipeline_notes)
+pytestmark = pytest.mark.filterwarnings("ignore::lstm_infer.pipeline.LeftOutWarning")
+
 RNG = np.random.default_rng(0)
 
 

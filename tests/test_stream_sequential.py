@@ -16,6 +16,9 @@ from stream_helpers import one_thread  # noqa: F401 (autouse: each test on one C
 from stream_helpers import (ISAS, assert_concurrent_use_detected, assert_forked_child_passes, hypothesis_settings,
                             stream_each_in_a_thread, stream_random_split)
 
+# pipelines over part of a state dict are made on purpose here (see test_pipeline_notes)
+pytestmark = pytest.mark.filterwarnings("ignore::lstm_infer.pipeline.LeftOutWarning")
+
 SETTINGS = hypothesis_settings(30)
 
 
