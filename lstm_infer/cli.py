@@ -473,6 +473,19 @@ def _load_model(path, prefix, nonlinearity, data=None):
     return build(kind, cfg, tensors, weights)
 
 
+def _charge_zip_directory(name, data):
+    """UserError when zipfile would build more for the archive's directory than a load of
+    this size may (see torchfile.ZIP_ENTRY_COST)."""
+    from . import fileio
+    from .torchfile import zip_directory_cost
+
+    try:
+        entries, cost = zip_directory_cost(data)
+        fileio.Budget(name, len(data)).charge(cost, f"the zip directory of {entries:,} entries")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _npz_arrays(path, keys, required):
     """The arrays ``keys`` (``required`` among them) of the .npz ``path``; a .npy file
     holds the first key's array alone. Only a regular file is read (a FIFO would hang
@@ -484,6 +497,7 @@ def _npz_arrays(path, keys, required):
     try:
         if data[:6] == b"\x93NUMPY":
             return {keys[0]: _npy_array(io.BytesIO(data), len(data))}
+        _charge_zip_directory(name, data)
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             files = {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
             missing = [k for k in required if k not in files]

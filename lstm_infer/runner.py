@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import fileio
+from . import fileio, torchfile
 
 __all__ = ["predict", "predict_iter", "run", "RunStats", "BadRecordError", "DEFAULT_BATCH_TOKENS",
            "WINDOW_FACTOR", "expand_inputs", "iter_records", "output_name_for"]
@@ -419,6 +419,11 @@ def _npz_lengths(zf, path):
 def _open_npz(path):
     fh = fileio.open_regular(path)
     try:
+        # what zipfile builds for the directory, charged before it parses it (see torchfile)
+        entries, cost = torchfile.zip_directory_cost(fh)
+        fileio.Budget(fileio.display_name(path), fh.seek(0, 2)).charge(
+            cost, f"the zip directory of {entries:,} entries")
+        fh.seek(0)
         return zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         fh.close()

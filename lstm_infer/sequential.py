@@ -122,9 +122,12 @@ class _Consistency:
                 if left:
                     self._readers[me] = left
                 else:
-                    del self._readers[me]
-                    if not self._readers:
+                    # wake a waiting reload before the entry goes: a signal handler that
+                    # calls the model between the two still counts as nested and goes
+                    # ahead, where after them it would wait for a reload nobody wakes
+                    if len(self._readers) == 1:
                         self._cond.notify_all()
+                    del self._readers[me]
 
     @contextmanager
     def writing(self):
@@ -151,6 +154,27 @@ class _Consistency:
             with self._cond:
                 self._writer = None
                 self._cond.notify_all()
+
+
+def _switch_all(switches):
+    """Runs every switch (each installs one layer's new weights and may run again),
+    even past an exception a signal handler raises meanwhile (Ctrl-C, or a handler's
+    own call of the model being reloaded): that exception is raised after the last
+    switch, so no call sees one layer's new weights beside another's old ones."""
+    pending, i, again = None, 0, None
+    while i < len(switches):
+        try:
+            while i < len(switches):
+                switches[i]()
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, once all are in
+            pending = pending or exc
+            if again == i:  # raised twice: no longer a stray signal, so go on past it
+                i, again = i + 1, None
+            else:  # it may have stopped halfway: run it again
+                again = i
+    if pending is not None:
+        raise pending
 
 
 # A child forked while another thread held one of these: that thread is gone, so its
@@ -333,8 +357,7 @@ class Sequential:
             if mine:
                 switches.append(m._staged_load(mine, strict=False, label=name + ".")[2])
         with self._consistent.writing():
-            for switch in switches:
-                switch()
+            _switch_all(switches)
         return missing, unexpected
 
     @classmethod

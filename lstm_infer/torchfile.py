@@ -614,29 +614,58 @@ def is_torchscript(names) -> bool:
 ZIP_ENTRY_COST = 640
 
 
-def zip_directory(data: bytes) -> tuple[int, int]:
-    """``(entries, nbytes)``: at most how many entries zipfile finds in the central
-    directory of the zip archive ``data``, and the directory's size. The entries are
-    the signatures in the span the end record names, which is the span zipfile parses
-    (it finds it the same way: the end record in the last 64 KiB, then the zip64 one
-    just before it if present). (0, 0) without an end record (zipfile refuses such data)."""
-    end = len(data) - 22
+def _directory_span(tail: bytes, base: int):
+    """``(start, end)`` offsets of the central directory of a zip whose last bytes are
+    ``tail`` (starting at offset ``base``), found as zipfile finds it: the end record
+    at the very end or, past a comment, in the last 64 KiB + 22 bytes, then the zip64
+    end record just before it if its locator is there. None without an end record."""
+    end = len(tail) - 22
     if end < 0:
-        return 0, 0
-    if data[end:end + 4] != b"PK\x05\x06" or data[end + 20:end + 22] != b"\0\0":
-        end = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 0xFFFF))
-        if end < 0 or end + 22 > len(data):
-            return 0, 0
-    size, location = int.from_bytes(data[end + 12:end + 16], "little"), end
+        return None
+    if tail[end:end + 4] != b"PK\x05\x06" or tail[end + 20:end + 22] != b"\0\0":
+        end = tail.rfind(b"PK\x05\x06", max(0, len(tail) - 22 - (1 << 16)))
+        if end < 0 or end + 22 > len(tail):
+            return None
+    size, location = int.from_bytes(tail[end + 12:end + 16], "little"), end
     z64 = end - 20 - 56  # the zip64 end record, if its locator sits just before
-    if z64 >= 0 and data[end - 20:end - 16] == b"PK\x06\x07" and data[z64:z64 + 4] == b"PK\x06\x06":
-        size, location = int.from_bytes(data[z64 + 40:z64 + 48], "little"), z64
-    start = max(0, location - size)
-    return data.count(b"PK\x01\x02", start, location), location - start
+    if z64 >= 0 and tail[end - 20:end - 16] == b"PK\x06\x07" and tail[z64:z64 + 4] == b"PK\x06\x06":
+        size, location = int.from_bytes(tail[z64 + 40:z64 + 48], "little"), z64
+    return max(0, base + location - size), base + location
 
 
-def zip_directory_cost(data: bytes) -> tuple[int, int]:
-    """``(entries, bytes charged)`` for parsing the directory of the zip archive ``data``."""
+_TAIL = (1 << 16) + 22 + 76  # what _directory_span may look at: a comment, the end records
+
+
+def zip_directory(data) -> tuple[int, int]:
+    """``(entries, nbytes)``: at most how many entries zipfile finds in the central
+    directory of the zip archive ``data`` (bytes, or a binary file open for reading,
+    whose position this leaves anywhere), and the directory's size: the entry
+    signatures in the span zipfile parses. (0, 0) without an end record (zipfile
+    refuses such data)."""
+    sig = b"PK\x01\x02"
+    if isinstance(data, (bytes, bytearray)):
+        span = _directory_span(data, 0)
+        return (0, 0) if span is None else (data.count(sig, *span), span[1] - span[0])
+    size = data.seek(0, 2)
+    data.seek(max(0, size - _TAIL))
+    span = _directory_span(data.read(), max(0, size - _TAIL))
+    if span is None:
+        return 0, 0
+    entries, pos, carry = 0, span[0], b""
+    data.seek(pos)
+    while pos < span[1]:  # in chunks, a signature split between two counted once
+        chunk = carry + data.read(min(1 << 20, span[1] - pos))
+        if len(chunk) == len(carry):
+            break
+        pos += len(chunk) - len(carry)
+        entries += chunk.count(sig)
+        carry = chunk[-3:]  # too short to hold a signature: none is counted twice
+    return entries, span[1] - span[0]
+
+
+def zip_directory_cost(data) -> tuple[int, int]:
+    """``(entries, bytes charged)`` for parsing the directory of the zip archive ``data``
+    (as for :func:`zip_directory`)."""
     entries, nbytes = zip_directory(data)
     return entries, max(0, entries * ZIP_ENTRY_COST - fileio.BUDGET_FACTOR * nbytes)
 

@@ -354,3 +354,112 @@ def _consistency_reentry():
             with c.writing():
                 pass
     assert not c._readers and c._writer is None
+
+
+def _reentry_at_every_line(action, with_writer):
+    """For each line a thread runs inside _Consistency while it leaves a shared hold
+    (with a reload waiting in another thread when with_writer), re-enter there as a
+    signal handler would and run ``action(c)``: it must finish or raise RuntimeError,
+    and the reload must then finish. Returns how many lines were tried."""
+    import sys
+    from lstm_infer import sequential
+    tried = 0
+    for target in range(200):
+        c = sequential._Consistency()
+        state = {"line": 0, "fired": False, "outcome": None}
+
+        def tracer(frame, event, arg):
+            if frame.f_code.co_filename != sequential.__file__ or frame.f_code.co_name not in ("reading", "writing"):
+                return None
+
+            def local(fr, ev, a):
+                if ev == "line" and state["armed"] and not state["fired"]:
+                    if state["line"] == target:
+                        state["fired"] = True
+                        try:
+                            action(c)
+                            state["outcome"] = "ran"
+                        except RuntimeError:
+                            state["outcome"] = "refused"
+                    state["line"] += 1
+                return local
+            return local
+
+        def scenario():
+            state["armed"] = False
+            sys.settrace(tracer)
+            try:
+                writer = None
+                with c.reading():
+                    if with_writer:
+                        def reload():
+                            with c.writing():
+                                pass
+                        writer = threading.Thread(target=reload, daemon=True)
+                        writer.start()
+                        while c._writer is None:
+                            pass
+                    state["armed"] = True  # the lines of leaving the hold from here
+                state["armed"] = False
+            finally:
+                sys.settrace(None)
+            state["writer"] = writer
+
+        t = threading.Thread(target=scenario, daemon=True)
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), f"re-entry at line {target} of leaving a hold waited for itself"
+        if not state["fired"]:
+            return tried
+        tried += 1
+        assert state["outcome"] in ("ran", "refused")
+        if state["writer"] is not None:
+            state["writer"].join(10)
+            assert not state["writer"].is_alive() and not c._readers
+    return tried
+
+
+def test_a_handler_calling_a_whole_model_while_its_call_ends_never_waits_for_itself():
+    """The call's hold drops while a reload waits; a handler's call at any line of that
+    (the audit's deadlock: between the hold's removal and the wake-up of the reload)."""
+    def call(c):
+        with c.reading():
+            pass
+    assert _reentry_at_every_line(call, with_writer=True) > 5
+    assert _reentry_at_every_line(call, with_writer=False) > 5
+
+
+def test_a_handler_reloading_a_whole_model_while_its_call_ends_finishes_or_raises():
+    def reload(c):
+        with c.writing():
+            pass
+    assert _reentry_at_every_line(reload, with_writer=False) > 5
+
+
+def test_a_reload_interrupted_between_layers_still_switches_every_layer():
+    """A signal handler's exception (Ctrl-C, or its own call of the model being
+    reloaded) between two layers' switches: every layer still switches, then it raises."""
+    from lstm_infer.sequential import _switch_all
+    done = []
+    switches = [lambda i=i: done.append(i) for i in range(4)]
+
+    class Interrupt(BaseException):
+        pass
+
+    def interrupting():
+        done.append("x")
+        raise Interrupt()
+    switches.insert(2, interrupting)
+    with pytest.raises(Interrupt):
+        _switch_all(switches)
+    assert done == [0, 1, "x", "x", 2, 3]  # the one that raised ran again (it may have stopped halfway)
+    once = []
+
+    def once_interrupting():  # a signal's exception, once: that switch runs again, then the rest
+        once.append("y")
+        if once.count("y") == 1:
+            raise Interrupt()
+    done.clear()
+    with pytest.raises(Interrupt):
+        _switch_all([switches[0], once_interrupting, switches[1]])
+    assert done == [0, 1] and once == ["y", "y"]
