@@ -476,12 +476,10 @@ def _load_model(path, prefix, nonlinearity, data=None):
 def _charge_zip_directory(name, data):
     """UserError when zipfile would build more for the archive's directory than a load of
     this size may (see torchfile.ZIP_ENTRY_COST)."""
-    from . import fileio
-    from .torchfile import zip_directory_cost
+    from .torchfile import charge_zip_directory
 
     try:
-        entries, cost = zip_directory_cost(data)
-        fileio.Budget(name, len(data)).charge(cost, f"the zip directory of {entries:,} entries")
+        charge_zip_directory(data, name)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

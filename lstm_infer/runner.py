@@ -419,10 +419,7 @@ def _npz_lengths(zf, path):
 def _open_npz(path):
     fh = fileio.open_regular(path)
     try:
-        # what zipfile builds for the directory, charged before it parses it (see torchfile)
-        entries, cost = torchfile.zip_directory_cost(fh)
-        fileio.Budget(fileio.display_name(path), fh.seek(0, 2)).charge(
-            cost, f"the zip directory of {entries:,} entries")
+        torchfile.charge_zip_directory(fh, fileio.display_name(path))
         fh.seek(0)
         return zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:

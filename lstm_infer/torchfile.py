@@ -35,7 +35,8 @@ from . import fileio
 from .errors import FormatError, UnsafeFileError
 
 __all__ = ["load", "is_legacy", "open_zip", "read_zip_member", "to_native", "check_shape", "FormatError",
-           "UnsafeFileError", "MAX_NESTING"]
+           "UnsafeFileError", "MAX_NESTING", "ZIP_ENTRY_COST", "zip_directory", "zip_directory_cost",
+           "charge_zip_directory"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -670,13 +671,22 @@ def zip_directory_cost(data) -> tuple[int, int]:
     return entries, max(0, entries * ZIP_ENTRY_COST - fileio.BUDGET_FACTOR * nbytes)
 
 
+def charge_zip_directory(data, src, budget=None):
+    """Charges parsing the directory of the zip archive ``data`` (bytes or an open file)
+    to ``budget`` (a fileio.Budget; default: one of the file's own), before zipfile
+    parses it: TooLargeError past it."""
+    entries, cost = zip_directory_cost(data)
+    if budget is None:
+        budget = fileio.Budget(src, len(data) if isinstance(data, (bytes, bytearray)) else data.seek(0, 2))
+    budget.charge(cost, f"the zip directory of {entries:,} entries")
+
+
 def open_zip(data, src, budget=None):
     """``(ZipFile, member names)`` of the zip archive ``data``, its directory charged to
     ``budget`` (a fileio.Budget; default: one of the file's own) before it is parsed.
     Archives naming a member twice are refused: readers disagree on which copy counts
     (torch's reads one, Python's zipfile another)."""
-    entries, cost = zip_directory_cost(data)
-    (budget or fileio.Budget(src, len(data))).charge(cost, f"the zip directory of {entries:,} entries")
+    charge_zip_directory(data, src, budget)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = zf.namelist()
