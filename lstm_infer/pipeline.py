@@ -414,12 +414,17 @@ def _beside_stray(name, stray):
 def _linear_first(f, rest):
     """Whether a first lone 2-D weight is a bias-free Linear: only that chains with the
     next module that fixes its input width (as _default_kind decides in a pipeline)."""
-    rows, cols = f.config["num_embeddings"], f.config["embedding_dim"]
     for m in rest:
         if m.error is None and m.name and not m.alternatives and m.kind not in detect.CELL_KINDS:
-            need = in_width(m.kind, m.config)
-            return need == rows and need != cols
+            return _only_linear_chains(f.config, m)
     return False
+
+
+def _only_linear_chains(config, nxt):
+    """Whether a lone 2-D weight (``config`` as an Embedding's) chains with the module
+    ``nxt`` (anything with .kind and .config) only when read as a bias-free Linear."""
+    need = in_width(nxt.kind, nxt.config)
+    return need == config["num_embeddings"] and need != config["embedding_dim"]
 
 
 def left_out(found, suggestion):
@@ -577,10 +582,7 @@ def _default_kind(spec, i, picked):
         return spec.kind
     if i:
         return "Linear"
-    rows, cols = spec.config["num_embeddings"], spec.config["embedding_dim"]
     nxt = picked[1][1] if len(picked) > 1 else None
-    if nxt is not None and not nxt.alternatives:
-        need = in_width(nxt.kind, nxt.config)
-        if need == rows and need != cols:
-            return "Linear"
+    if nxt is not None and not nxt.alternatives and _only_linear_chains(spec.config, nxt):
+        return "Linear"
     return "Embedding"
