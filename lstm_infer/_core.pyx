@@ -439,9 +439,9 @@ def get_isa():
 
 
 def set_isa(name):
-    if name not in ("auto", "avx2", "neon", "scalar"):
+    if name not in ("auto", "avx512", "avx2", "neon", "scalar"):
         raise ValueError(f"unknown or unsupported instruction set {name!r} "
-                         f"(choose 'auto', 'avx2', 'neon' or 'scalar')")
+                         f"(choose 'auto', 'avx512', 'avx2', 'neon' or 'scalar')")
     cdef bytes b = name.encode()
     if lstm_set_isa(b) != LSTM_OK:
         raise ValueError(f"unknown or unsupported instruction set {name!r}: "

@@ -1,7 +1,9 @@
 /*
  * dispatch.c - picks the kernels for this CPU once, at first use: on x86-64
- * avx2 where the CPU has AVX2+FMA, on aarch64 neon (always there, so chosen
- * at build time), else scalar. LSTM_INFER_ISA=scalar|avx2|neon overrides the
+ * avx512 where the CPU and the OS have AVX-512 (F, VL, BW, DQ) besides what
+ * avx2 needs, else avx2 where the CPU has AVX2+FMA+F16C; on aarch64 neon
+ * (always there, so chosen at build time); else scalar.
+ * LSTM_INFER_ISA=scalar|avx2|avx512|neon overrides the
  * choice (tests use it to cover every path); asking for an ISA the CPU
  * lacks falls back to the best it has. It also reads the CPU's cache sizes,
  * from which the kernels choose their cache blocks.
@@ -26,6 +28,16 @@ static int cpu_has_avx2(void) {
     unsigned a, b, c, d; // F16C (the half weights' conversions): CPUID 1, ECX bit 29
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
            __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+#else
+    return 0;
+#endif
+}
+
+// libgcc's and compiler-rt's checks include the OS's saving of the 512-bit state (XCR0)
+static int cpu_has_avx512(void) {
+#if defined(__GNUC__) || defined(__clang__)
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
 #else
     return 0;
 #endif
@@ -78,6 +90,7 @@ const lstm_caches *lstm_cache_sizes(void) {
 
 static const lstm_kernels *best(void) {
 #if defined(__x86_64__)
+    if (cpu_has_avx512()) return &lstm_kernels_avx512;
     if (cpu_has_avx2()) return &lstm_kernels_avx2;
 #elif defined(__aarch64__)
     return &lstm_kernels_neon;
@@ -89,6 +102,7 @@ static const lstm_kernels *by_name(const char *name) {
     if (strcmp(name, "scalar") == 0) return &lstm_kernels_scalar;
 #if defined(__x86_64__)
     if (strcmp(name, "avx2") == 0 && cpu_has_avx2()) return &lstm_kernels_avx2;
+    if (strcmp(name, "avx512") == 0 && cpu_has_avx512()) return &lstm_kernels_avx512;
 #elif defined(__aarch64__)
     if (strcmp(name, "neon") == 0) return &lstm_kernels_neon;
 #endif

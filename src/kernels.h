@@ -207,6 +207,13 @@ typedef struct {
 extern const lstm_kernels lstm_kernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const lstm_kernels lstm_kernels_avx2;
+extern const lstm_kernels lstm_kernels_avx512;
+/* The avx2 set's reduced-weight kernels, which the avx512 set shares. */
+void lstm_gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
+                      const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c);
+void lstm_cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w, const float *b_hh,
+                      lstm_rows g, float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H,
+                      lstm_rows h);
 #endif
 #if defined(__aarch64__)
 extern const lstm_kernels lstm_kernels_neon;

@@ -27,7 +27,7 @@
  *
  * Reduced weights (kernels.h): half weights convert with F16C in the one-row
  * sums (row_strips) or a K-block at a time into a stack tile that the float32
- * microkernels run over (gemm_r_avx2); int8 weight_hh runs row by row, h
+ * microkernels run over (lstm_gemm_r_avx2); int8 weight_hh runs row by row, h
  * quantized to int16 first (quantize_row), with vpmovsxbw / vpmaddwd
  * (row_strip_i8), one byte read per weight.
  */
@@ -672,7 +672,7 @@ static void panel_rows_r(int64_t m, int64_t K, lstm_rows a, const float *ap, lst
 #define GEMM_R_ROWS 4
 
 // c's strips [s0, s1) of one row straight from the halves (a function apart, like
-// cell_row_*: inlined into gemm_r_avx2 its loop reloaded a pointer from the stack)
+// cell_row_*: inlined into lstm_gemm_r_avx2 its loop reloaded a pointer from the stack)
 static __attribute__((noinline)) void gemm_row_f16(int64_t K, const float *ar, lstm_wmat b,
                                                    const float *bias, int64_t s0, int64_t s1,
                                                    int64_t ncols, float *cr) {
@@ -687,7 +687,7 @@ static __attribute__((noinline)) void gemm_row_f16(int64_t K, const float *ar, l
     }
 }
 
-static void gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
+void lstm_gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[ROW_BLOCK][LSTM_TILE];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
@@ -887,7 +887,7 @@ CELL_KIND_R(gru, LSTM_CELL_GRU)
 CELL_KIND_R(rnn_tanh, LSTM_CELL_RNN_TANH)
 CELL_KIND_R(rnn_relu, LSTM_CELL_RNN_RELU)
 
-static void cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
+void lstm_cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
                         const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
                         int64_t t1, int64_t H, lstm_rows h) {
     switch (cell) {
@@ -898,4 +898,4 @@ static void cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w
     }
 }
 
-const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, gemm_r_avx2, cell_r_avx2, 1};
+const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, lstm_gemm_r_avx2, lstm_cell_r_avx2, 1};

@@ -288,8 +288,9 @@ LSTM_API void lstm_set_num_threads(int n);
 LSTM_API int lstm_get_num_threads(void);
 
 /*
- * SIMD kernels: "avx2" (x86-64 with AVX2+FMA, chosen from the CPU at first
- * use), "neon" (aarch64, which always has it) or "scalar" (the portable
+ * SIMD kernels: "avx512" (x86-64 with AVX-512 F/VL/BW/DQ), "avx2" (x86-64
+ * with AVX2+FMA+F16C), the best of them chosen from the CPU at first use;
+ * "neon" (aarch64, which always has it) or "scalar" (the portable
  * reference, anywhere), overridable with the LSTM_INFER_ISA environment
  * variable; "auto" (lstm_set_isa only) is the best this CPU has. lstm_set_isa
  * changes it at run time (for tests); it must not race with a forward call.

@@ -4,7 +4,7 @@ import lstm_infer as li
 
 def available_isas():
     found = []
-    for name in ("scalar", "avx2", "neon"):
+    for name in ("scalar", "avx2", "avx512", "neon"):
         try:
             li.set_isa(name)
             found.append(name)

@@ -41,6 +41,9 @@ def test_fma_inner_loops_do_not_touch_the_stack():
               [(6, 1), (5, 1), (4, 1), (3, 2), (3, 1), (2, 2), (2, 1), (1, 4), (1, 3), (1, 2), (1, 1)]}
     steps = {f"cell_row_{kind}" for kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")} | {"gemm_row_avx2"}
     shapes.add("block_6x1_packed")  # 6x1 on packed rows
+    # the avx512 set: every shape of up to 6 rows and 4 strips, 6 rows also on packed rows
+    shapes |= {f"block512_{mr}x{ns}" for mr in range(1, 7) for ns in range(1, 5)}
+    shapes |= {f"block512_6x{ns}_packed" for ns in range(1, 5)}
     assert shapes | steps <= names, sorted(names)
     spilling = [(f, [t for t in body if "(%rsp)" in t or "(%rbp)" in t])
                 for f, body in loops

@@ -58,6 +58,17 @@ static inline int cpu_has_avx2(void) {
 #endif
 }
 
+/* The avx512 kernel set needs AVX-512 F, VL, BW and DQ (and the OS saving their state,
+   which __builtin_cpu_supports checks) besides what avx2 needs. */
+static inline int cpu_has_avx512(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#else
+    return 0;
+#endif
+}
+
 /* `name` (LSTM_INFER_ISA) naming one of isas[0 .. *n) keeps only that one (aarch64.mk tests
    each set in a run of its own under emulation); NULL or another name keeps them all */
 static inline void keep_only_isa(const char *name, const char **isas, int *n) {

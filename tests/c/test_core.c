@@ -683,7 +683,7 @@ static void test_packed_projection(const char *const *isas, int n_isas) {
         int64_t lens[MAX_B];
         for (int64_t e = 0; e < T * B * I; e++) x[e] = rnd_f(-2, 2);
         for (int i = 0; i < n_isas; i++)
-            for (int threads = 1; threads <= 3 && !strcmp(isas[i], "avx2"); threads++) // the set that packs
+            for (int threads = 1; threads <= 3 && lstm_set_isa(isas[i]) == LSTM_OK && lstm_active_kernels()->packs; threads++)
                 for (int mode = 0; mode < 3; mode++) { // 0 ragged, 1 ragged with polls, 2 equal lengths
                     CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
                     lstm_set_num_threads(threads);
@@ -1160,11 +1160,12 @@ static void test_reduced_forward(const char *const *isas, int n_isas) {
 }
 
 int main(void) {
-    const char *isas[2] = {"scalar", NULL};
+    const char *isas[3] = {"scalar", NULL, NULL};
     int n_isas = 1;
 #if defined(__x86_64__)
     if (cpu_has_avx2()) {
         isas[n_isas++] = "avx2";
+        if (cpu_has_avx512()) isas[n_isas++] = "avx512";
     } else {
         CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused without CPU support");
         printf("note: CPU has no AVX2+FMA; avx2 kernels not tested\n");

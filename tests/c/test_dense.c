@@ -10,7 +10,7 @@
 #include "harness.h"
 #include "lstm_infer.h"
 
-static const char *const ISAS[] = {"scalar", "avx2", "neon"};
+static const char *const ISAS[] = {"scalar", "avx2", "avx512", "neon"};
 
 static void check_shape(const char *isa, int64_t in, int64_t out, int has_bias) {
     float *w = malloc(sizeof(float) * (size_t)(in * out)), *b = malloc(sizeof(float) * (size_t)out);

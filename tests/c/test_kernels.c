@@ -765,7 +765,7 @@ static void test_kernels(const lstm_kernels *k) {
 
 
 int main(void) {
-    const char *isas[2] = {"scalar", NULL};
+    const char *isas[3] = {"scalar", NULL, NULL};
     int n_isas = 1;
     char only[16] = ""; /* LSTM_INFER_ISA as given: the test covers only the set it names */
     if (getenv("LSTM_INFER_ISA")) snprintf(only, sizeof only, "%s", getenv("LSTM_INFER_ISA"));
@@ -777,7 +777,13 @@ int main(void) {
 #if defined(__x86_64__)
     if (cpu_has_avx2()) {
         isas[n_isas++] = "avx2";
-        CHECK(lstm_set_isa("auto") == LSTM_OK && strcmp(lstm_get_isa(), "avx2") == 0, "auto is not avx2");
+        const char *best = cpu_has_avx512() ? "avx512" : "avx2";
+        CHECK(lstm_set_isa("auto") == LSTM_OK && strcmp(lstm_get_isa(), best) == 0, "auto is not %s", best);
+        if (cpu_has_avx512()) isas[n_isas++] = "avx512";
+        else {
+            CHECK(lstm_set_isa("avx512") == LSTM_ERR_UNKNOWN_ISA, "avx512 refused without CPU support");
+            printf("note: CPU has no AVX-512; avx512 kernels not tested\n");
+        }
     } else {
         CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused without CPU support");
         printf("note: CPU has no AVX2+FMA; avx2 kernels not tested\n");
@@ -787,6 +793,7 @@ int main(void) {
     isas[n_isas++] = "neon"; /* aarch64 always has it */
     CHECK(lstm_set_isa("auto") == LSTM_OK && strcmp(lstm_get_isa(), "neon") == 0, "auto is not neon");
     CHECK(lstm_set_isa("avx2") == LSTM_ERR_UNKNOWN_ISA, "avx2 refused on aarch64");
+    CHECK(lstm_set_isa("avx512") == LSTM_ERR_UNKNOWN_ISA, "avx512 refused on aarch64");
 #endif
     keep_only_isa(*only ? only : NULL, isas, &n_isas);
     for (int i = 0; i < n_isas; i++) {

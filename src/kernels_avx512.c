@@ -1,0 +1,563 @@
+/*
+ * kernels_avx512.c - AVX-512 kernels (16 floats a vector, 32 registers) for
+ * float32 weights: the gemm and the step of every cell kind. Built with
+ * -mavx512f -mavx512vl -mavx512bw -mavx512dq -mavx2 -mfma -mf16c; only
+ * called after the CPU and the OS reported all of them. Half weights
+ * convert a K-block at a time into a stack tile the float32 microkernels run
+ * over (or, one row, in the sums' loop), so they give the float32 kernels'
+ * bits on the converted weights; int8 weights run the avx2 set's kernels.
+ *
+ * A strip row (16 columns, kernels.h) is one vector, so a panel of an LSTM
+ * tile is four. One register-blocked microkernel serves both kernels: 6
+ * rows x NS strips (up to 4: 24 accumulators, 4 strip vectors and the
+ * broadcast of 32 registers) over a K-block, which the strips' block keeps
+ * in half of L1 while every row group passes over it. With one vector a
+ * strip, the avx2 set's 6x1 (12 accumulators) would be 6 here: too few to
+ * cover the FMA latency of two pipes, and 7 loads for 6 multiply-adds. A
+ * step with one row (streaming, batch 1) sums eight strips at a time (eight
+ * independent accumulators) over the whole of K.
+ *
+ * Each column's sum is one chain of multiply-adds in k order from its start
+ * (bias, input part, or 0), as in every other set: the gemm gives the avx2
+ * set's bits, and one row alone the same bits as in a batch. The
+ * activations are the avx2 set's formulas, with the 14-bit reciprocal
+ * estimate and one Newton step for both sigmoid and tanh (a 512-bit divide
+ * is twice as slow as two 256-bit ones on Intel's cores).
+ */
+#if !defined(__AVX512F__) || !defined(__AVX512VL__) || !defined(__AVX512BW__) ||                 \
+    !defined(__AVX512DQ__) || !defined(__FMA__) || !defined(__F16C__)
+#error "kernels_avx512.c must be compiled with -mavx512f -mavx512vl -mavx512bw -mavx512dq -mfma -mf16c"
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("align-loops=64") /* as in kernels_avx2.c: loop placement moved small steps */
+#endif
+
+#include <string.h>
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define MR 6          /* rows of the full microkernel */
+_Static_assert(MR == LSTM_PACK_ROWS, "packed rows (kernels.h) come in groups of the microkernel's rows");
+#define MAX_NS 4      /* strips of one microkernel call (one panel) */
+#define KC_MAX 256
+#define CELL_ROWS 48  /* cell rows whose gate sums wait in a stack tile */
+#define MAX_L2_ROWS 1536
+#define ROW_STRIPS 32 /* strips whose sums a one-row step computes before their updates */
+
+#define EACH(v, n) _Pragma("GCC unroll 8") for (int v = 0; v < (n); v++)
+#define PRAGMA_(x) _Pragma(#x)
+#define UNROLLED(n) PRAGMA_(GCC unroll n)
+#if defined(__clang__)
+#define NOIPA
+#else
+#define NOIPA __attribute__((noipa))
+#endif
+
+/* K-block of ns strips: the strips' block (kc x ns x 64 bytes) in half of this CPU's L1d. */
+static int64_t k_block(int ns) {
+    const int64_t kc = lstm_cache_sizes()->l1d / 2 / (ns * LSTM_TILE * (int64_t)sizeof(float)) / 8 * 8;
+    return kc < 32 ? 32 : kc > KC_MAX ? KC_MAX : kc;
+}
+
+/* Rows of A kept in L2 while the strips stream past (as kernels_avx2.c's l2_rows). */
+static int64_t l2_rows(int64_t K) {
+    const int64_t rows = lstm_cache_sizes()->l2 * 3 / 4 / ((K > 0 ? K : 1) * (int64_t)sizeof(float));
+    return rows < CELL_ROWS ? CELL_ROWS : rows > MAX_L2_ROWS ? MAX_L2_ROWS : rows / MR * MR;
+}
+
+// ---------------------------------------------------------------- activations
+
+/* exp(x), or exp(x) - 1 where m1[v]: kernels_avx2.c's exp_n (see there), 16 lanes. */
+INLINE void exp_n(const int n, __m512 *x, const int *m1) {
+    __m512 k[8], p[8], s[8];
+    // max/min return their second operand when either is NaN: x goes second so NaN survives
+    EACH(v, n) if (!m1[v]) x[v] = _mm512_min_ps(_mm512_set1_ps(88.3f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x[v]));
+    const __m512 shift = _mm512_set1_ps(12583039.0f);
+    EACH(v, n) s[v] = _mm512_fmadd_ps(x[v], _mm512_set1_ps(1.44269504088896341f), shift);
+    EACH(v, n) k[v] = _mm512_sub_ps(s[v], shift);
+    EACH(v, n) x[v] = _mm512_fnmadd_ps(k[v], _mm512_set1_ps(0.693359375f), x[v]);
+    EACH(v, n) x[v] = _mm512_fnmadd_ps(k[v], _mm512_set1_ps(-2.12194440e-4f), x[v]);
+    EACH(v, n) p[v] = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), x[v], _mm512_set1_ps(1.3981999507e-3f));
+    EACH(v, n) p[v] = _mm512_fmadd_ps(p[v], x[v], _mm512_set1_ps(8.3334519073e-3f));
+    EACH(v, n) p[v] = _mm512_fmadd_ps(p[v], x[v], _mm512_set1_ps(4.1665795894e-2f));
+    EACH(v, n) p[v] = _mm512_fmadd_ps(p[v], x[v], _mm512_set1_ps(1.6666665459e-1f));
+    EACH(v, n) p[v] = _mm512_fmadd_ps(p[v], x[v], _mm512_set1_ps(5.0000001201e-1f));
+    EACH(v, n) p[v] = _mm512_fmadd_ps(p[v], _mm512_mul_ps(x[v], x[v]), x[v]);
+    EACH(v, n) s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(s[v]), 23));
+    EACH(v, n) x[v] = _mm512_fmadd_ps(s[v], p[v], m1[v] ? _mm512_sub_ps(s[v], _mm512_set1_ps(1.0f)) : s[v]);
+}
+
+/*
+ * x[v] becomes sigmoid(x[v]), or tanh(x[v]) where is_tanh[v]: the avx2 set's
+ * formulas (1 / (1 + e^-x); m / (m + 2) with m = e^(2|x|) - 1, |x| capped at
+ * 9, then x's sign), each reciprocal the 14-bit estimate and a Newton step.
+ */
+INLINE void act_n(const int n, __m512 *x, const int *is_tanh) {
+    const __m512 sign = _mm512_set1_ps(-0.0f), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    __m512 e[8], d[8], r[8];
+    EACH(v, n) {
+        if (is_tanh[v]) {
+            const __m512 ax = _mm512_min_ps(_mm512_set1_ps(9.0f), _mm512_andnot_ps(sign, x[v])); // NaN kept
+            e[v] = _mm512_add_ps(ax, ax);
+        } else {
+            e[v] = _mm512_xor_ps(sign, x[v]);
+        }
+    }
+    exp_n(n, e, is_tanh);
+    EACH(v, n) d[v] = _mm512_add_ps(e[v], is_tanh[v] ? two : one);
+    EACH(v, n) r[v] = _mm512_rcp14_ps(d[v]);
+    EACH(v, n) r[v] = _mm512_fmadd_ps(r[v], _mm512_fnmadd_ps(d[v], r[v], one), r[v]);
+    // a sigmoid below 2^-126 is 0, as the avx2 set's estimate flushes it: so that 0 * Inf
+    // (a GRU's reset gate on an infinite sum) is NaN, as in torch, not Inf
+    EACH(v, n) if (!is_tanh[v]) r[v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d[v], _mm512_set1_ps(0x1p126f), _CMP_NGE_UQ), r[v]);
+    EACH(v, n) x[v] = is_tanh[v] ? _mm512_or_ps(_mm512_mul_ps(e[v], r[v]), _mm512_and_ps(sign, x[v])) : r[v];
+}
+
+/* lanes [0, units) of a tile, units <= 16 */
+INLINE __mmask16 tile_mask(int64_t units) {
+    return units >= LSTM_TILE ? (__mmask16)0xffff : (__mmask16)((1u << units) - 1);
+}
+
+/*
+ * The gates of one LSTM or GRU tile from its sums q, in place (LSTM: i f g o
+ * -> sigmoid, sigmoid, tanh, sigmoid; GRU: r z of gi + q -> sigmoid): the
+ * first pass of rows_kind, as in kernels_avx2.c.
+ */
+INLINE void tile_gates(const int kind, float *q, const float *gi) {
+    static const int lstm4[4] = {0, 0, 1, 0}, sig2[2] = {0, 0};
+    __m512 s[4];
+    if (kind == LSTM_CELL_LSTM) {
+        EACH(v, 4) s[v] = _mm512_loadu_ps(q + 16 * v);
+        act_n(4, s, lstm4);
+        EACH(v, 4) _mm512_storeu_ps(q + 16 * v, s[v]);
+    } else {
+        EACH(v, 2) s[v] = _mm512_add_ps(_mm512_loadu_ps(gi + 16 * v), _mm512_loadu_ps(q + 16 * v));
+        act_n(2, s, sig2);
+        EACH(v, 2) _mm512_storeu_ps(q + 16 * v, s[v]);
+    }
+}
+
+/*
+ * The update of tile t of one row from its sums q (gates * 16 floats), as
+ * kernels_avx2.c's tile_step: h's units [16t, min(16t + 16, H)) written
+ * and, for the LSTM, c's 16 units. gr: the row of g (the GRU's input part);
+ * ar: the row of a (the GRU's h_prev); cr: the row of c. `pre`: q holds the
+ * LSTM's or GRU's gates already (tile_gates ran).
+ */
+INLINE void tile_step(const int kind, const int pre, const float *q, const float *gr,
+                      const float *ar, float *cr, int64_t t, int64_t H, float *hr) {
+    static const int lstm4[4] = {0, 0, 1, 0}, sig2[2] = {0, 0}, tanh1[1] = {1};
+    const int64_t unit0 = t * LSTM_TILE;
+    const __mmask16 mask = tile_mask(H - unit0);
+    __m512 s[4], h;
+    EACH(v, lstm_gates(kind)) s[v] = _mm512_loadu_ps(q + 16 * v);
+    if (kind == LSTM_CELL_LSTM) {
+        if (!pre) act_n(4, s, lstm4);
+        __m512 c = _mm512_fmadd_ps(s[1], _mm512_loadu_ps(cr + unit0), _mm512_mul_ps(s[0], s[2]));
+        _mm512_storeu_ps(cr + unit0, c);
+        act_n(1, &c, tanh1);
+        h = _mm512_mul_ps(s[3], c);
+    } else if (kind == LSTM_CELL_GRU) {
+        const float *gi = gr + t * 3 * LSTM_TILE;
+        if (!pre) {
+            EACH(v, 2) s[v] = _mm512_add_ps(_mm512_loadu_ps(gi + 16 * v), s[v]);
+            act_n(2, s, sig2);
+        }
+        // h = n + z * (h_prev - n), torch's (1 - z) * n + z * h_prev as torch computes it
+        __m512 n = _mm512_fmadd_ps(s[0], s[2], _mm512_loadu_ps(gi + 32));
+        act_n(1, &n, tanh1);
+        const __m512 h_prev = _mm512_maskz_loadu_ps(mask, ar + unit0); // units past H are not a's
+        h = _mm512_fmadd_ps(s[1], _mm512_sub_ps(h_prev, n), n);
+    } else if (kind == LSTM_CELL_RNN_RELU) {
+        h = _mm512_max_ps(_mm512_setzero_ps(), s[0]); // NaN (second operand) survives
+    } else {
+        act_n(1, s, tanh1);
+        h = s[0];
+    }
+    _mm512_mask_storeu_ps(hr + unit0, mask, h);
+}
+
+// ---------------------------------------------------------------- microkernel
+
+/*
+ * block_MRxNS: out[r][col + 16s .. +16] for rows r < MR_ and strips s < NS,
+ * over one K-block:
+ *   (init ? init[r][col ..] : bias ? bias : 0)[16s ..] + sum_k a[r][k] * strip s row k
+ * a[r] and bs point at the block's first k; strips are sstride apart. One
+ * function per shape, its accumulators an array of exactly its size (kept
+ * in registers; see kernels_avx2.c). block_6xNS_packed reads the six rows'
+ * values of a k side by side (kernels.h, lstm_pack_rows): the same sums.
+ */
+#define BLOCK_BODY(MR_, NS, XOF)                                                                   \
+    __m512 acc[MR_][NS];                                                                           \
+    EACH(r, MR_) EACH(s, NS)                                                                       \
+        acc[r][s] = init ? _mm512_loadu_ps(init[r] + col + 16 * s)                                 \
+                  : bias ? _mm512_loadu_ps(bias + 16 * s)                                          \
+                         : _mm512_setzero_ps();                                                    \
+    UNROLLED(2) for (int64_t k = 0; k < kc; k++) {                                                 \
+        __m512 bv[NS];                                                                             \
+        EACH(s, NS) bv[s] = _mm512_loadu_ps(bs + s * sstride + k * LSTM_TILE);                     \
+        EACH(r, MR_) {                                                                             \
+            const __m512 x = _mm512_set1_ps(XOF(r, k));                                            \
+            EACH(s, NS) acc[r][s] = _mm512_fmadd_ps(x, bv[s], acc[r][s]);                          \
+        }                                                                                          \
+    }                                                                                              \
+    EACH(r, MR_) EACH(s, NS) _mm512_storeu_ps(out[r] + col + 16 * s, acc[r][s]);
+
+typedef void (*block_fn)(int64_t kc, const float *const *a, const float *bs, int64_t sstride,
+                         const float *const *init, const float *bias, float *const *out, int64_t col);
+typedef void (*block_packed_fn)(int64_t kc, const float *ap, const float *bs, int64_t sstride,
+                                const float *const *init, const float *bias, float *const *out,
+                                int64_t col);
+
+#define ROWS_OF(r, k) a[r][k]
+#define PACKED_OF(r, k) ap[(k) * MR + (r)]
+#define DEFINE_BLOCK(MR_, NS)                                                                      \
+    static NOIPA void block512_##MR_##x##NS(int64_t kc, const float *const *a, const float *bs,   \
+                                            int64_t sstride, const float *const *init,             \
+                                            const float *bias, float *const *out, int64_t col) {   \
+        BLOCK_BODY(MR_, NS, ROWS_OF)                                                               \
+    }
+#define DEFINE_PACKED(NS)                                                                          \
+    static NOIPA void block512_6x##NS##_packed(int64_t kc, const float *ap, const float *bs,      \
+                                               int64_t sstride, const float *const *init,          \
+                                               const float *bias, float *const *out, int64_t col) { \
+        BLOCK_BODY(MR, NS, PACKED_OF)                                                              \
+    }
+#define DEFINE_ROWS(MR_) DEFINE_BLOCK(MR_, 1) DEFINE_BLOCK(MR_, 2) DEFINE_BLOCK(MR_, 3) DEFINE_BLOCK(MR_, 4)
+DEFINE_ROWS(1)
+DEFINE_ROWS(2)
+DEFINE_ROWS(3)
+DEFINE_ROWS(4)
+DEFINE_ROWS(5)
+DEFINE_ROWS(6)
+DEFINE_PACKED(1)
+DEFINE_PACKED(2)
+DEFINE_PACKED(3)
+DEFINE_PACKED(4)
+
+#define ROW_BLOCKS(MR_) {block512_##MR_##x1, block512_##MR_##x2, block512_##MR_##x3, block512_##MR_##x4}
+static const block_fn blocks[MR][MAX_NS] = {ROW_BLOCKS(1), ROW_BLOCKS(2), ROW_BLOCKS(3),
+                                            ROW_BLOCKS(4), ROW_BLOCKS(5), ROW_BLOCKS(6)};
+static const block_packed_fn blocks_packed[MAX_NS] = {block512_6x1_packed, block512_6x2_packed,
+                                                      block512_6x3_packed, block512_6x4_packed};
+
+/*
+ * One K-block [k0, k0 + kc) of out[r][0 .. 16 ns] for rows r < m: the
+ * strips' block at bs (sstride floats apart), onto (init rows, or bias, or
+ * 0) where k0 is 0, else onto out. ap: a's full groups of 6 rows packed
+ * (group g at ap + 6 g pk, pk columns a packed row; at this call's first
+ * column), or NULL.
+ */
+static void rows_pass(int64_t m, int64_t k0, int64_t kc, lstm_rows a, const float *ap, int64_t pk,
+                      const float *bs, int64_t sstride, int ns, const lstm_rows *init,
+                      const float *bias, lstm_rows out) {
+    const float *ar[MR], *ir[MR];
+    float *orow[MR];
+    const float *bi = k0 ? NULL : bias;
+    for (int64_t r0 = 0; r0 < m; r0 += MR) {
+        const int mr = m - r0 < MR ? (int)(m - r0) : MR;
+        for (int r = 0; r < mr; r++) {
+            ar[r] = lstm_row(a, r0 + r) + k0;
+            orow[r] = lstm_row(out, r0 + r);
+            ir[r] = k0 ? orow[r] : init ? lstm_row(*init, r0 + r) : NULL;
+        }
+        const float *const *in = k0 || init ? ir : NULL;
+        if (ap && mr == MR) blocks_packed[ns - 1](kc, ap + r0 * pk + k0 * MR, bs, sstride, in, bi, orow, 0);
+        else blocks[mr - 1][ns - 1](kc, ar, bs, sstride, in, bi, orow, 0);
+    }
+}
+
+/*
+ * out[r][0 .. 16 ns] = (init rows, or bias, or 0) + a[r] (K) @ the ns strips
+ * (1 to 4) at bp, for rows r < m (ap as in rows_pass): K-block by K-block,
+ * the strips' block staying in L1 while every row group passes over it.
+ */
+static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *ap, int64_t pk,
+                       const float *bp, int ns, const lstm_rows *init, const float *bias,
+                       lstm_rows out) {
+    const int64_t kb = k_block(ns);
+    for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kb) // K = 0 still writes the starts
+        rows_pass(m, k0, K - k0 < kb ? K - k0 : kb, a, ap, pk, bp + k0 * LSTM_TILE, K * LSTM_TILE, ns,
+                  init, bias, out);
+}
+
+/*
+ * panel_rows on the ns strips from strip s0 of a half (F16) matrix: each
+ * K-block of them is converted into a stack tile, which the float32
+ * microkernels then run over every row (the float32 sums on the converted
+ * weights, in the same order: the same bits).
+ */
+static void panel_rows_f16(int64_t m, int64_t K, lstm_rows a, const float *ap, int64_t pk,
+                           const uint16_t *w, int64_t s0, int ns, const lstm_rows *init,
+                           const float *bias, lstm_rows out) {
+    _Alignas(64) float tile[KC_MAX * MAX_NS * LSTM_TILE];
+    const int64_t kb = k_block(ns);
+    for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kb) {
+        const int64_t kc = K - k0 < kb ? K - k0 : kb;
+        for (int s = 0; s < ns; s++) {
+            const uint16_t *src = w + ((s0 + s) * K + k0) * LSTM_TILE;
+            for (int64_t i = 0; i < kc * LSTM_TILE; i += LSTM_TILE)
+                _mm512_store_ps(tile + s * kc * LSTM_TILE + i,
+                                _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+        }
+        rows_pass(m, k0, kc, a, ap, pk, tile, kc * LSTM_TILE, ns, init, bias, out);
+    }
+}
+
+/* panel_rows on float32 or half weights w (strips from s0, K rows each) */
+INLINE void panel_any(const int type, int64_t m, int64_t K, lstm_rows a, const float *ap, int64_t pk,
+                      const void *w, int64_t s0, int ns, const lstm_rows *init, const float *bias,
+                      lstm_rows out) {
+    if (type == LSTM_WEIGHTS_F16) panel_rows_f16(m, K, a, ap, pk, w, s0, ns, init, bias, out);
+    else panel_rows(m, K, a, ap, pk, (const float *)w + s0 * K * LSTM_TILE, ns, init, bias, out);
+}
+
+// ---------------------------------------------------------------- one row
+
+/*
+ * A row's sums over ns (compile-time, 1 to 8) strips at w, sstride values
+ * apart, float32 or (half) F16: out[16s ..] = (init ? init[16s ..] : 0) +
+ * a (K) @ strip s, each in k order (the microkernels' bits).
+ */
+INLINE void row_strips(const int ns, const int half, int64_t K, const float *a, const void *w,
+                       int64_t sstride, const float *init, float *out) {
+    const float *wf = w;
+    const uint16_t *wh = w;
+    __m512 acc[8];
+    EACH(s, ns) acc[s] = init ? _mm512_loadu_ps(init + 16 * s) : _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        const __m512 x = _mm512_set1_ps(a[k]);
+        EACH(s, ns) {
+            const int64_t at = s * sstride + k * LSTM_TILE;
+            const __m512 wv = half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wh + at)))
+                                   : _mm512_loadu_ps(wf + at);
+            acc[s] = _mm512_fmadd_ps(x, wv, acc[s]);
+        }
+    }
+    EACH(s, ns) _mm512_storeu_ps(out + 16 * s, acc[s]);
+}
+
+/* The sums of one row for the ns strips of w from strip s0 (as row_strips), eight at a time. */
+INLINE void row_sums(const int type, int64_t K, const float *a, const void *w, int64_t s0, int64_t ns,
+                     const float *init, float *out) {
+    const int64_t sstride = K * LSTM_TILE;
+    const int half = type == LSTM_WEIGHTS_F16;
+    for (int64_t s = 0; s < ns;) {
+        const int64_t n = ns - s < 8 ? ns - s : 8, at = (s0 + s) * sstride;
+        const void *ws = half ? (const void *)((const uint16_t *)w + at) : (const void *)((const float *)w + at);
+        const float *init_s = init ? init + s * LSTM_TILE : NULL;
+        float *out_s = out + s * LSTM_TILE;
+#define STRIPS(N) row_strips(N, half, K, a, ws, sstride, init_s, out_s)
+        switch (n) {
+        case 8: STRIPS(8); break;
+        case 7: STRIPS(7); break;
+        case 6: STRIPS(6); break;
+        case 5: STRIPS(5); break;
+        case 4: STRIPS(4); break;
+        case 3: STRIPS(3); break;
+        case 2: STRIPS(2); break;
+        default: STRIPS(1); break;
+        }
+#undef STRIPS
+        s += n;
+    }
+}
+
+/* c's strips [s0, s1) of one row (a function apart, as gemm_row_avx2), float32 or half weights */
+static __attribute__((noinline)) void gemm_row_avx512(int type, int64_t K, const float *ar, const void *b,
+                                                      const float *bias, int64_t s0, int64_t s1,
+                                                      int64_t ncols, float *cr) {
+    float tmp[LSTM_TILE];
+    const int64_t full = ncols / LSTM_TILE < s1 ? ncols / LSTM_TILE : s1;
+    if (type == LSTM_WEIGHTS_F16) {
+        if (full > s0)
+            row_sums(LSTM_WEIGHTS_F16, K, ar, b, s0, full - s0, bias ? bias + s0 * LSTM_TILE : NULL,
+                     cr + s0 * LSTM_TILE);
+    } else if (full > s0) {
+        row_sums(LSTM_WEIGHTS_F32, K, ar, b, s0, full - s0, bias ? bias + s0 * LSTM_TILE : NULL,
+                 cr + s0 * LSTM_TILE);
+    }
+    if (full < s1) { // the last strip of a width that is not a multiple of 16
+        const int64_t s = full > s0 ? full : s0;
+        if (type == LSTM_WEIGHTS_F16) row_sums(LSTM_WEIGHTS_F16, K, ar, b, s, 1, bias ? bias + s * LSTM_TILE : NULL, tmp);
+        else row_sums(LSTM_WEIGHTS_F32, K, ar, b, s, 1, bias ? bias + s * LSTM_TILE : NULL, tmp);
+        memcpy(cr + s * LSTM_TILE, tmp, (size_t)(ncols - s * LSTM_TILE) * sizeof(float));
+    }
+}
+
+// ---------------------------------------------------------------- kernels
+
+/*
+ * kernels.h's gemm on float32 or half weights: strips [p0 gates, p1 gates)
+ * four at a time, those wholly past ncols left out. Up to GEMM_ROW_ROWS rows
+ * run the one-row sums (the same bits).
+ */
+#define GEMM_ROW_ROWS 1
+INLINE void gemm_typed(const int type, int64_t m, int64_t K, lstm_rows a, const float *ap, const void *b,
+                       int gates, const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    float tmp[MR][LSTM_PANEL];
+    const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
+    const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
+    if (s0 >= s1) return;
+    if (m <= GEMM_ROW_ROWS) {
+        for (int64_t r = 0; r < m; r++) gemm_row_avx512(type, K, lstm_row(a, r), b, bias, s0, s1, ncols, lstm_row(c, r));
+        return;
+    }
+    const int64_t block = l2_rows(K);
+    for (int64_t rb = 0; rb < m; rb += block) {
+        const int64_t rows = m - rb < block ? m - rb : block;
+        const lstm_rows ab = lstm_rows_from(a, rb);
+        const float *apb = ap ? ap + rb * K : NULL; // rb is a multiple of 6
+        for (int64_t s = s0; s < s1; s += MAX_NS) {
+            const int ns = s1 - s < MAX_NS ? (int)(s1 - s) : MAX_NS;
+            const float *bias_p = bias ? bias + s * LSTM_TILE : NULL;
+            const int64_t width = ncols - s * LSTM_TILE;
+            const lstm_rows cb = lstm_rows_col(lstm_rows_from(c, rb), s * LSTM_TILE);
+            if (width >= ns * LSTM_TILE) {
+                panel_any(type, rows, K, ab, apb, K, b, s, ns, NULL, bias_p, cb);
+                continue;
+            }
+            // the last strip of a matrix whose width is not a multiple of 16: via a stack tile
+            for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+                const int64_t mr = rows - r0 < MR ? rows - r0 : MR;
+                panel_any(type, mr, K, lstm_rows_from(ab, r0), apb ? apb + r0 * K : NULL, K, b, s, ns, NULL,
+                          bias_p, (lstm_rows){tmp[0], LSTM_PANEL, NULL});
+                for (int64_t r = 0; r < mr; r++)
+                    memcpy(lstm_row(cb, r0 + r), tmp[r], (size_t)width * sizeof(float));
+            }
+        }
+    }
+}
+
+static void gemm_avx512(int64_t m, int64_t K, lstm_rows a, const float *ap, const float *b, int gates,
+                        const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    gemm_typed(LSTM_WEIGHTS_F32, m, K, a, ap, b, gates, bias, p0, p1, ncols, c);
+}
+
+/* half weights here; int8 ones in the avx2 set's kernel (whose float32 sums are these to the bit) */
+static void gemm_r_avx512(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
+                          const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+    if (b.type == LSTM_WEIGHTS_F16) gemm_typed(LSTM_WEIGHTS_F16, m, K, a, ap, b.w, gates, bias, p0, p1, ncols, c);
+    else lstm_gemm_r_avx2(m, K, a, ap, b, gates, bias, p0, p1, ncols, c);
+}
+
+/*
+ * One row's step of kind `kind`, as kernels_avx2.c's row_kind: the sums of
+ * up to 32 strips, then their updates. The sums start from g (LSTM, RNN) or
+ * b_hh (GRU).
+ */
+INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar, const void *w_hh,
+                     const float *b_hh, const float *gr, float *c, int64_t t0, int64_t t1, int64_t H,
+                     float *hr) {
+    const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
+    const int64_t chunk = ROW_STRIPS / gates;
+    _Alignas(64) float sums[ROW_STRIPS * LSTM_TILE];
+    for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
+        const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
+        const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;
+        row_sums(type, K, ar, w_hh, c0 * gates, n * gates, init, sums);
+        for (int64_t j = 0; j < n; j++) tile_step(kind, 0, sums + j * W, gr, ar, c, c0 + j, H, hr);
+    }
+}
+
+/*
+ * The step of more than one row, as kernels_avx2.c's rows_kind: a group of
+ * tiles of at most four strips is one panel_rows call over a chunk of rows,
+ * then (LSTM, GRU) every row's gates, then every row's update.
+ */
+INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm_rows a, const void *w_hh,
+                      const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0, int64_t t1,
+                      int64_t H, lstm_rows h) {
+    const int gates = lstm_gates(kind), W = gates * LSTM_TILE, group = MAX_NS / gates;
+    const int gru = kind == LSTM_CELL_GRU, pre = kind == LSTM_CELL_LSTM || gru;
+    _Alignas(64) float tmp[CELL_ROWS][LSTM_PANEL];
+    for (int64_t t = t0; t < t1; t += group) {
+        const int64_t nt = t1 - t < group ? t1 - t : group;
+        for (int64_t r0 = 0; r0 < m; r0 += CELL_ROWS) {
+            const int64_t rows = m - r0 < CELL_ROWS ? m - r0 : CELL_ROWS;
+            const lstm_rows out = {tmp[0], LSTM_PANEL, NULL};
+            const lstm_rows gt = lstm_rows_col(lstm_rows_from(g, r0), t * W);
+            panel_any(type, rows, K, lstm_rows_from(a, r0), NULL, 0, w_hh, t * gates,
+                      gru ? gates : (int)nt * gates, gru ? NULL : &gt, gru && b_hh ? b_hh + t * W : NULL, out);
+            if (pre) // one tile (nt = 1)
+                for (int64_t r = 0; r < rows; r++)
+                    tile_gates(kind, tmp[r], gru ? lstm_row(g, r0 + r) + t * W : NULL);
+            for (int64_t r = 0; r < rows; r++) {
+                const float *ar = gru ? lstm_row(a, r0 + r) : NULL;
+                const float *gr = gru ? lstm_row(g, r0 + r) : NULL;
+                float *cr = kind == LSTM_CELL_LSTM ? c + (r0 + r) * ldc : NULL;
+                float *hr = lstm_row(h, r0 + r);
+                for (int64_t j = 0; j < nt; j++) tile_step(kind, pre, tmp[r] + j * W, gr, ar, cr, t + j, H, hr);
+            }
+        }
+    }
+}
+
+/*
+ * The two bodies compiled for each kind and weight type (float32, half) as
+ * functions of their own (see kernels_avx2.c), one row or many.
+ */
+#define CELL_KIND(name, kind, type)                                                                \
+    static __attribute__((noinline)) void cell_row_##name(int64_t K, const float *ar,              \
+                                                          const void *w_hh, const float *b_hh,     \
+                                                          const float *gr, float *c, int64_t t0,   \
+                                                          int64_t t1, int64_t H, float *hr) {      \
+        row_kind(kind, type, K, ar, w_hh, b_hh, gr, c, t0, t1, H, hr);                             \
+    }                                                                                              \
+    static __attribute__((noinline)) void cell_rows_##name(                                        \
+        int64_t m, int64_t K, lstm_rows a, const void *w_hh, const float *b_hh, lstm_rows g,       \
+        float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                   \
+        const int64_t block = l2_rows(K);                                                          \
+        for (int64_t rb = 0; rb < m; rb += block)                                                  \
+            rows_kind(kind, type, m - rb < block ? m - rb : block, K, lstm_rows_from(a, rb), w_hh, \
+                      b_hh, lstm_rows_from(g, rb), c + rb * ldc, ldc, t0, t1, H,                   \
+                      lstm_rows_from(h, rb));                                                      \
+    }
+CELL_KIND(lstm, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32)
+CELL_KIND(gru, LSTM_CELL_GRU, LSTM_WEIGHTS_F32)
+CELL_KIND(rnn_tanh, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32)
+CELL_KIND(rnn_relu, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F32)
+CELL_KIND(lstm_f16, LSTM_CELL_LSTM, LSTM_WEIGHTS_F16)
+CELL_KIND(gru_f16, LSTM_CELL_GRU, LSTM_WEIGHTS_F16)
+CELL_KIND(rnn_tanh_f16, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F16)
+CELL_KIND(rnn_relu_f16, LSTM_CELL_RNN_RELU, LSTM_WEIGHTS_F16)
+
+#define STEP(name)                                                                                 \
+    (m == 1 ? cell_row_##name(K, lstm_row(a, 0), w_hh, b_hh, lstm_row(g, 0), c, t0, t1, H,      \
+                              lstm_row(h, 0))                                                      \
+            : cell_rows_##name(m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, H, h))
+
+static void cell_avx512(int cell, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
+                        const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                        int64_t t1, int64_t H, lstm_rows h) {
+    switch (cell) {
+    case LSTM_CELL_GRU: STEP(gru); break;
+    case LSTM_CELL_RNN_TANH: STEP(rnn_tanh); break;
+    case LSTM_CELL_RNN_RELU: STEP(rnn_relu); break;
+    default: STEP(lstm); break;
+    }
+}
+
+/* half weights here (the float32 step on the converted weights, to the bit); int8 in the avx2 set */
+static void cell_r_avx512(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
+                          const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                          int64_t t1, int64_t H, lstm_rows h) {
+    if (w.type != LSTM_WEIGHTS_F16) {
+        lstm_cell_r_avx2(cell, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);
+        return;
+    }
+    const void *w_hh = w.w;
+    switch (cell) {
+    case LSTM_CELL_GRU: STEP(gru_f16); break;
+    case LSTM_CELL_RNN_TANH: STEP(rnn_tanh_f16); break;
+    case LSTM_CELL_RNN_RELU: STEP(rnn_relu_f16); break;
+    default: STEP(lstm_f16); break;
+    }
+}
+#undef STEP
+
+const lstm_kernels lstm_kernels_avx512 = {"avx512", gemm_avx512, cell_avx512, gemm_r_avx512, cell_r_avx512, 1};
