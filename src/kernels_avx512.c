@@ -5,7 +5,10 @@
  * called after the CPU and the OS reported all of them. Half weights
  * convert a K-block at a time into a stack tile the float32 microkernels run
  * over (or, one row, in the sums' loop), so they give the float32 kernels'
- * bits on the converted weights; int8 weights run the avx2 set's kernels.
+ * bits on the converted weights. The int8 step widens the weights to int16
+ * and sums with vpdpwssd where the CPU has AVX512-VNNI (only those functions
+ * are compiled for it), else runs the avx2 set's; the int8 gemm (not on a
+ * model's path: W_ih of an int8 model is half) is the avx2 set's.
  *
  * A strip row (16 columns, kernels.h) is one vector, so a panel of an LSTM
  * tile is four. One register-blocked microkernel serves both kernels: 6
@@ -33,8 +36,9 @@
 #pragma GCC optimize("align-loops=64") /* as in kernels_avx2.c: loop placement moved small steps */
 #endif
 
-#include <string.h>
+#include <float.h>
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -509,6 +513,135 @@ INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm
     }
 }
 
+// ---------------------------------------------------------------- int8 (AVX512-VNNI)
+
+#define VNNI __attribute__((target("avx512vnni")))
+
+/* vpdpwssd is there: the int8 step below, else the avx2 set's (libgcc's check includes the OS's) */
+static int cpu_has_vnni(void) { return __builtin_cpu_supports("avx512vnni"); }
+
+/* a (K) quantized to qa (Kq, zeros past K) as lstm_i8_row_scale says, to int16 in
+ * [-lstm_i8_state_max(Kq), ..]; returns the scale (kernels_avx2.c's quantize_row, 16 lanes) */
+static float quantize_row(const float *a, int64_t K, int16_t *qa) {
+    const int64_t Kq = lstm_i8_k(K);
+    const int32_t qmax = lstm_i8_state_max(Kq);
+    __m512 mx = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    for (int64_t k = 0; k < K; k += LSTM_TILE) {
+        const __mmask16 m = tile_mask(K - k);
+        const __m512 v = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, a + k));
+        bad |= _mm512_cmp_ps_mask(v, _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ); // NaN, Inf
+        mx = _mm512_max_ps(mx, v);
+    }
+    float inv;
+    const float sa = lstm_i8_row_scale(_mm512_reduce_max_ps(mx), !bad, qmax, &inv);
+    if (inv == 0.0f) { // a scale of 0 or NaN: all zeros (a * 0 would keep a NaN or Inf)
+        memset(qa, 0, (size_t)Kq * sizeof *qa);
+        return sa;
+    }
+    // |a * inv| <= qmax rounds (to nearest, ties to even) to at most qmax: no clamping needed
+    const __m512 iv = _mm512_set1_ps(inv);
+    for (int64_t k = 0; k < Kq; k += LSTM_TILE) { // k < K here (Kq < K + 4, k a multiple of 16)
+        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tile_mask(K - k), a + k), iv);
+        _mm256_mask_storeu_epi16(qa + k, tile_mask(Kq - k), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));
+    }
+    return sa;
+}
+
+/*
+ * A row's int8 sums over ns (compile-time, 1 to 4) int8 strips at w,
+ * sstride bytes apart, from the int16 quantized row qa (Kq):
+ * out[16s + j] = fmaf(qa . column j, sa * scale[16s + j], init ? init[16s + j] : 0).
+ * A strip row (4 k of 16 columns, kernels.h) is two halves of 8 columns,
+ * each widened to int16 (vpmovsxbw) and multiplied with qa's 4 k by
+ * vpdpwssd: int32 lane 2i holds column i's k 0-1, lane 2i + 1 its k 2-3
+ * (exact, as lstm_i8_state_max bounds the sums), the two added at the end.
+ */
+VNNI INLINE void row_strips_i8(const int ns, int64_t Kq, const int16_t *qa, const int8_t *w,
+                               int64_t sstride, const float *scale, float sa, const float *init,
+                               float *out) {
+    __m512i acc[4][2];
+    EACH(s, ns) EACH(half, 2) acc[s][half] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < Kq; k += 4, w += 4 * LSTM_TILE) {
+        int64_t x4;
+        memcpy(&x4, qa + k, sizeof x4);
+        const __m512i x = _mm512_set1_epi64(x4);
+        EACH(s, ns) EACH(half, 2) {
+            const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + s * sstride + 32 * half)));
+            acc[s][half] = _mm512_dpwssd_epi32(acc[s][half], wv, x);
+        }
+    }
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 sav = _mm512_set1_ps(sa);
+    EACH(s, ns) {
+        const __m512i isum = _mm512_add_epi32(_mm512_permutex2var_epi32(acc[s][0], even, acc[s][1]),
+                                              _mm512_permutex2var_epi32(acc[s][0], odd, acc[s][1]));
+        const __m512 start = init ? _mm512_loadu_ps(init + 16 * s) : _mm512_setzero_ps();
+        _mm512_storeu_ps(out + 16 * s, _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
+                                                       _mm512_mul_ps(sav, _mm512_loadu_ps(scale + 16 * s)), start));
+    }
+}
+
+/* The int8 sums of one row for the ns strips of w from strip s0 (as row_strips_i8), four at a time. */
+VNNI INLINE void row_sums_i8(int64_t K, const int16_t *qa, float sa, lstm_wmat w, int64_t s0, int64_t ns,
+                             const float *init, float *out) {
+    const int64_t Kq = lstm_i8_k(K), sstride = Kq * LSTM_TILE;
+    for (int64_t s = 0; s < ns;) {
+        const int64_t n = ns - s < 4 ? ns - s : 4;
+        const int8_t *ws = (const int8_t *)w.w + (s0 + s) * sstride;
+        const float *sc = w.scale + (s0 + s) * LSTM_TILE, *init_s = init ? init + s * LSTM_TILE : NULL;
+        float *out_s = out + s * LSTM_TILE;
+#define STRIPS(N) row_strips_i8(N, Kq, qa, ws, sstride, sc, sa, init_s, out_s)
+        switch (n) {
+        case 4: STRIPS(4); break;
+        case 3: STRIPS(3); break;
+        case 2: STRIPS(2); break;
+        default: STRIPS(1); break;
+        }
+#undef STRIPS
+        s += n;
+    }
+}
+
+/* row_kind on int8 weights: qa, sa the row ar quantized (quantize_row) */
+VNNI INLINE void row_kind_i8(const int kind, int64_t K, const float *ar, const int16_t *qa, float sa,
+                             lstm_wmat w, const float *b_hh, const float *gr, float *c, int64_t t0,
+                             int64_t t1, int64_t H, float *hr) {
+    const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
+    const int64_t chunk = ROW_STRIPS / gates;
+    _Alignas(64) float sums[ROW_STRIPS * LSTM_TILE];
+    for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
+        const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
+        const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;
+        row_sums_i8(K, qa, sa, w, c0 * gates, n * gates, init, sums);
+        for (int64_t j = 0; j < n; j++) tile_step(kind, 0, sums + j * W, gr, ar, c, c0 + j, H, hr);
+    }
+}
+
+/*
+ * The int8 step of kind `kind`, row by row (each row quantized first, so a
+ * sequence gets the same bits alone as in a batch), as the avx2 set's.
+ */
+#define CELL_KIND_I8(name, kind)                                                                   \
+    static VNNI __attribute__((noinline)) void cell_i8_##name(                                     \
+        int64_t m, int64_t K, lstm_rows a, lstm_wmat w, const float *b_hh, lstm_rows g, float *c,  \
+        int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                             \
+        _Alignas(64) int16_t qa[LSTM_MAX_I8_STATE];                                                 \
+        for (int64_t r = 0; r < m; r++) {                                                          \
+            const float *ar = lstm_row(a, r);                                                      \
+            const float sa = quantize_row(ar, K, qa);                                              \
+            row_kind_i8(kind, K, ar, qa, sa, w, b_hh, lstm_row(g, r),                              \
+                        kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, t0, t1, H, lstm_row(h, r));   \
+        }                                                                                          \
+    }
+CELL_KIND_I8(lstm, LSTM_CELL_LSTM)
+CELL_KIND_I8(gru, LSTM_CELL_GRU)
+CELL_KIND_I8(rnn_tanh, LSTM_CELL_RNN_TANH)
+CELL_KIND_I8(rnn_relu, LSTM_CELL_RNN_RELU)
+
+// ---------------------------------------------------------------- the cell
+
 /*
  * The two bodies compiled for each kind and weight type (float32, half) as
  * functions of their own (see kernels_avx2.c), one row or many.
@@ -554,10 +687,20 @@ static void cell_avx512(int cell, int64_t m, int64_t K, lstm_rows a, const float
     }
 }
 
-/* half weights here (the float32 step on the converted weights, to the bit); int8 in the avx2 set */
+/* half weights here (the float32 step on the converted weights, to the bit); int8 here with
+ * AVX512-VNNI, else in the avx2 set */
 static void cell_r_avx512(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
                           const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
                           int64_t t1, int64_t H, lstm_rows h) {
+    if (w.type == LSTM_WEIGHTS_I8 && cpu_has_vnni()) {
+        switch (cell) {
+        case LSTM_CELL_GRU: cell_i8_gru(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        case LSTM_CELL_RNN_TANH: cell_i8_rnn_tanh(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        case LSTM_CELL_RNN_RELU: cell_i8_rnn_relu(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        default: cell_i8_lstm(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
+        }
+        return;
+    }
     if (w.type != LSTM_WEIGHTS_F16) {
         lstm_cell_r_avx2(cell, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);
         return;

@@ -103,10 +103,11 @@ static void test_set(const lstm_kernels *k) {
 }
 
 int main(void) {
-    const char *isas[2] = {"scalar", NULL};
+    const char *isas[3] = {"scalar", NULL, NULL};
     int n_isas = 1;
 #if defined(__x86_64__)
     if (cpu_has_avx2()) isas[n_isas++] = "avx2";
+    if (cpu_has_avx512()) isas[n_isas++] = "avx512"; /* its own int8 step where the CPU has VNNI */
 #elif defined(__aarch64__)
     isas[n_isas++] = "neon";
 #endif
