@@ -23,9 +23,9 @@
  * Each column's sum is one chain of multiply-adds in k order from its start
  * (bias, input part, or 0), as in every other set: the gemm gives the avx2
  * set's bits, and one row alone the same bits as in a batch. The
- * activations are the avx2 set's formulas, with the 14-bit reciprocal
- * estimate and one Newton step for both sigmoid and tanh (a 512-bit divide
- * is twice as slow as two 256-bit ones on Intel's cores).
+ * activations are the avx2 set's formulas, except that tanh too takes the
+ * reciprocal estimate (14 bits here) and a Newton step instead of dividing:
+ * test_kernels measures 1.6e-7 relative error for tanh, 1.3e-7 for sigmoid.
  */
 #if !defined(__AVX512F__) || !defined(__AVX512VL__) || !defined(__AVX512BW__) ||                 \
     !defined(__AVX512DQ__) || !defined(__FMA__) || !defined(__F16C__)

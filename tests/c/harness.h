@@ -79,4 +79,12 @@ static inline void keep_only_isa(const char *name, const char **isas, int *n) {
         }
 }
 
+/* LSTM_TEST_BEST_SIMD set (the tsan target): only scalar and the best SIMD set, the last of
+   isas[0 .. *n): the threads' work and its partition are the same for every set, and a
+   kernel touches only its own rows and tiles (test_kernels checks that under ASan), so a
+   narrower set under ThreadSanitizer adds time, not coverage */
+static inline void keep_best_simd(const char **isas, int *n) {
+    if (getenv("LSTM_TEST_BEST_SIMD") && *n > 2) isas[1] = isas[*n - 1], *n = 2;
+}
+
 #endif /* LSTM_TEST_HARNESS_H */

@@ -1176,6 +1176,7 @@ int main(void) {
     /* LSTM_INFER_ISA (read at the first use) picks the kernels when it names a set this CPU
        has; the test then covers that set alone */
     keep_only_isa(getenv("LSTM_INFER_ISA"), isas, &n_isas);
+    keep_best_simd(isas, &n_isas);
     if (n_isas == 1 && getenv("LSTM_INFER_ISA"))
         CHECK(strcmp(lstm_get_isa(), isas[0]) == 0, "LSTM_INFER_ISA=%s gave %s", isas[0], lstm_get_isa());
     test_forward(isas, n_isas);
