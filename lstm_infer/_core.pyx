@@ -435,10 +435,16 @@ def get_num_threads():
 
 
 def get_isa():
+    """The kernel set in use: 'avx512', 'avx2', 'neon' or 'scalar' -- the best this
+    CPU has, unless the LSTM_INFER_ISA environment variable or set_isa chose another."""
     return lstm_get_isa().decode()
 
 
 def set_isa(name):
+    """Uses the kernel set `name` ('auto': the best this CPU has); ValueError for a
+    set this CPU lacks. Every set computes the same model (results agree within
+    float32 rounding); tests and benchmarks use it to compare them. Not to be
+    called while another thread runs a model."""
     if name not in ("auto", "avx512", "avx2", "neon", "scalar"):
         raise ValueError(f"unknown or unsupported instruction set {name!r} "
                          f"(choose 'auto', 'avx512', 'avx2', 'neon' or 'scalar')")

@@ -428,3 +428,18 @@ def test_nonfinite_against_reference(isa):
     m.load_state_dict(_sd(weight_hh_l0=np.full_like(SD["weight_hh_l0"], np.nan)))
     o2, _ = m(X, HX, LENS)
     assert np.isnan(o2[0, 0]).all() and not o2[LENS[2]:, 2].any()
+
+
+def test_set_isa_refuses_unknown_and_absent_sets():
+    from isa_helpers import available_isas
+    have = available_isas()
+    try:
+        with pytest.raises(ValueError, match="choose 'auto', 'avx512', 'avx2', 'neon' or 'scalar'"):
+            li.set_isa("avx1024")
+        for name in {"avx512", "avx2", "neon"} - set(have):
+            with pytest.raises(ValueError, match="this CPU lacks it"):
+                li.set_isa(name)
+        li.set_isa("auto")
+        assert li.get_isa() == have[-1]  # the widest set this CPU has (available_isas: narrow to wide)
+    finally:
+        li.set_isa("auto")

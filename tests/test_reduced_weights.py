@@ -117,11 +117,11 @@ def test_float16_is_float32_on_the_rounded_weights(kind, args, isa):
 @pytest.mark.parametrize("weights", ["float16", "int8"])
 @pytest.mark.parametrize("kind,args", LAYOUTS, ids=lambda v: v if isinstance(v, str) else
                          "-".join(f"{k}{v}" for k, v in v.items() if k != "input_size"))
-def test_scalar_and_avx2_agree(kind, args, weights):
-    """The kernels against the scalar reference. float16: float32's parity
-    bound. int8: the int32 sums are exact on both, but h differs between the
-    two by float32 rounding of the activations (~1e-7), which can move a
-    quantized h by one step; 2e-3 bounds what that does after 11 steps."""
+def test_kernel_sets_agree(kind, args, weights):
+    """Every SIMD kernel set this CPU has against the scalar reference. float16:
+    float32's parity bound. int8: the int32 sums are exact on every set, but h
+    differs between them by float32 rounding of the activations (~1e-7), which
+    can move a quantized h by one step; 2e-3 bounds what that does after 11 steps."""
     tm = _torch_module(kind, args)
     extra = {k: args[k] for k in ("batch_first", "nonlinearity") if k in args}
     m = getattr(li, kind).from_state_dict(tm.state_dict(), weights=weights, **extra)
@@ -134,8 +134,9 @@ def test_scalar_and_avx2_agree(kind, args, weights):
     finally:
         li.set_isa("auto")
     bound = 1e-5 if weights == "float16" else 2e-3
-    assert _max_err(results["scalar"][0], results["avx2"][0]) <= bound
-    assert _max_err(results["scalar"][1], results["avx2"][1]) <= bound
+    for name in ISAS[1:]:
+        assert _max_err(results["scalar"][0], results[name][0]) <= bound, name
+        assert _max_err(results["scalar"][1], results[name][1]) <= bound, name
 
 
 @pytest.mark.parametrize("weights", ["float16", "int8"])
