@@ -688,7 +688,7 @@ static __attribute__((noinline)) void gemm_row_f16(int64_t K, const float *ar, l
 }
 
 void lstm_gemm_r_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b, int gates,
-                        const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
+                      const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
     float tmp[ROW_BLOCK][LSTM_TILE];
     const int64_t s0 = p0 * gates, s_end = (ncols + LSTM_TILE - 1) / LSTM_TILE;
     const int64_t s1 = p1 * gates < s_end ? p1 * gates : s_end;
@@ -888,8 +888,8 @@ CELL_KIND_R(rnn_tanh, LSTM_CELL_RNN_TANH)
 CELL_KIND_R(rnn_relu, LSTM_CELL_RNN_RELU)
 
 void lstm_cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
-                        const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
-                        int64_t t1, int64_t H, lstm_rows h) {
+                      const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                      int64_t t1, int64_t H, lstm_rows h) {
     switch (cell) {
     case LSTM_CELL_GRU: cell_r_gru(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
     case LSTM_CELL_RNN_TANH: cell_r_rnn_tanh(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
