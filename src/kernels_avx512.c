@@ -46,7 +46,7 @@
 #define MR 6          /* rows of the full microkernel */
 _Static_assert(MR == LSTM_PACK_ROWS, "packed rows (kernels.h) come in groups of the microkernel's rows");
 #define MAX_NS 4      /* strips of one microkernel call (one panel) */
-#define TILE_KC 256   /* rows of a half strip converted at once (64 KB of stack at most) */
+#define TILE_KC 128   /* rows of a half strip converted at once (a 32 KB stack tile: small thread stacks) */
 #define CELL_ROWS 48  /* cell rows whose gate sums wait in a stack tile */
 #define MAX_L2_ROWS 1536
 #define ROW_STRIPS 32 /* strips whose sums a one-row step computes before their updates */
