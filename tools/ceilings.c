@@ -2,7 +2,9 @@
  * ceilings.c - what this x86 CPU can do at most, what that allows the
  * batch-1 benchmark cases (bench.py's edge and wide) in each weight type, and
  * how close the library gets: the "what bounds it, measured" of issue 17's
- * missed targets.
+ * missed targets. It measures the kernel set the library chooses here, avx2
+ * or avx512, against the ceilings of that set's instructions (ymm, or zmm
+ * and, for int8, AVX512-VNNI's vpdpwssd).
  *
  *   make ceilings && build/c/ceilings [ROUNDS]
  *
@@ -80,18 +82,48 @@ LOOP(loop_f16, F16)
 LOOP(loop_i8, I8)
 LOOP(loop_i16, I16)
 
-enum { SEQ_FMA, SEQ_FMA_M, SEQ_F16, SEQ_I8, SEQ_I16, N_SEQ };
+/* The avx512 set's sequences: the same in zmm registers (a weight vector is 64 bytes of
+ * float32, 32 of halves or int8 widened to 16 bits); int8 sums with vpdpwssd (AVX512-VNNI). */
+#define FMA_Z(i) "vfmadd231ps %%zmm14, %%zmm15, %%zmm" S(i) "\n"
+#define FMA_ZM(i) "vfmadd231ps " S(i) "*64(%1), %%zmm15, %%zmm" S(i) "\n"
+#define F16_Z(i) "vcvtph2ps " S(i) "*32(%1), %%zmm12\n vfmadd231ps %%zmm12, %%zmm15, %%zmm" S(i) "\n"
+#define I8_Z(i) "vpmovsxbw " S(i) "*32(%1), %%zmm12\n vpdpwssd %%zmm12, %%zmm15, %%zmm" S(i) "\n"
+#define I16_Z(i) "vpdpwssd " S(i) "*64(%1), %%zmm15, %%zmm" S(i) "\n"
+#define LOOP_Z(NAME, BODY, TARGET)                                                                 \
+    __attribute__((noinline, target(TARGET))) static void NAME(long n, const void *p) {            \
+        __asm__ volatile("1:\n" R12(BODY) "dec %0\n jnz 1b\n"                                      \
+                         : "+r"(n)                                                                  \
+                         : "r"(p)                                                                   \
+                         : "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", \
+                           "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm14", "xmm15");           \
+    }
+LOOP_Z(loop_fma_z, FMA_Z, "avx512f")
+LOOP_Z(loop_fma_zm, FMA_ZM, "avx512f")
+LOOP_Z(loop_f16_z, F16_Z, "avx512f")
+LOOP_Z(loop_i8_z, I8_Z, "avx512f,avx512bw,avx512vnni")
+LOOP_Z(loop_i16_z, I16_Z, "avx512f,avx512vnni")
+
+enum { SEQ_FMA, SEQ_FMA_M, SEQ_F16, SEQ_I8, SEQ_I16, SEQ_FMA_Z, SEQ_FMA_ZM, SEQ_F16_Z, SEQ_I8_Z, SEQ_I16_Z, N_SEQ };
+enum { NEEDS_AVX2, NEEDS_AVX512, NEEDS_VNNI };
 static const struct {
     void (*run)(long, const void *);
     int macs; /* multiply-adds per copy */
+    int needs;
     const char *what;
 } SEQ[N_SEQ] = {
-    {loop_fma, 8, "vfmadd231ps (registers): the FMA peak"},
-    {loop_fma_m, 8, "vfmadd231ps m256: a float32 weight"},
-    {loop_f16, 8, "vcvtph2ps m128 + vfmadd231ps: a float16 weight"},
-    {loop_i8, 16, "vpmovsxbw m128 + vpmaddwd + vpaddd: an int8 weight, 16-bit h"},
-    {loop_i16, 16, "vpmaddwd m256 + vpaddd: a weight kept widened to int16"},
+    {loop_fma, 8, NEEDS_AVX2, "vfmadd231ps ymm (registers): the FMA peak (avx2)"},
+    {loop_fma_m, 8, NEEDS_AVX2, "vfmadd231ps m256: a float32 weight"},
+    {loop_f16, 8, NEEDS_AVX2, "vcvtph2ps m128 + vfmadd231ps: a float16 weight"},
+    {loop_i8, 16, NEEDS_AVX2, "vpmovsxbw m128 + vpmaddwd + vpaddd: an int8 weight, 16-bit h"},
+    {loop_i16, 16, NEEDS_AVX2, "vpmaddwd m256 + vpaddd: a weight kept widened to int16"},
+    {loop_fma_z, 16, NEEDS_AVX512, "vfmadd231ps zmm (registers): the FMA peak (avx512)"},
+    {loop_fma_zm, 16, NEEDS_AVX512, "vfmadd231ps m512: a float32 weight"},
+    {loop_f16_z, 16, NEEDS_AVX512, "vcvtph2ps m256 + vfmadd231ps zmm: a float16 weight"},
+    {loop_i8_z, 32, NEEDS_VNNI, "vpmovsxbw m256 + vpdpwssd zmm: an int8 weight, 16-bit h (VNNI)"},
+    {loop_i16_z, 32, NEEDS_VNNI, "vpdpwssd m512: a weight kept widened to int16 (VNNI)"},
 };
+static int have[3]; /* have[NEEDS_...]: this CPU runs the sequences that need it */
+static int peak_seq = SEQ_FMA; /* the FMA peak of the kernel set measured */
 
 /* multiply-adds per TSC cycle, median of rounds */
 static double mac_rate[N_SEQ];
@@ -107,6 +139,10 @@ static void measure_seq(void) {
     double r[N_SEQ][ROUNDS];
     for (int k = 0; k < ROUNDS; k++)
         for (int s = 0; s < N_SEQ; s++) { // interleaved, so a slow moment hits every sequence
+            if (!have[SEQ[s].needs]) {
+                r[s][k] = 0;
+                continue;
+            }
             const uint64_t t = __rdtsc();
             SEQ[s].run(ITERS, data);
             r[s][k] = (double)ITERS * 12 * SEQ[s].macs / (double)(__rdtsc() - t);
@@ -130,8 +166,8 @@ static void *fma_thread(void *arg) {
     fma_job *j = arg;
     while (!atomic_load(j->go)) _mm_pause();
     const uint64_t t = __rdtsc();
-    loop_fma(ITERS, NULL);
-    j->rate = (double)ITERS * 12 * SEQ[SEQ_FMA].macs / (double)(__rdtsc() - t);
+    SEQ[peak_seq].run(ITERS, NULL);
+    j->rate = (double)ITERS * 12 * SEQ[peak_seq].macs / (double)(__rdtsc() - t);
     return NULL;
 }
 
@@ -279,16 +315,25 @@ static const struct {
 
 /* how each weight type runs: the sequence of its W_hh step, of its input
  * projection, and the bytes a W_hh weight takes in memory */
-static const struct {
+typedef struct {
     const char *name;
     int step_seq, proj_seq, bytes;
-} TYPES[] = {
+} weight_type;
+enum { N_TYPES = 4 };
+static const weight_type TYPES_AVX2[N_TYPES] = {
     {"float32", SEQ_FMA_M, SEQ_FMA, 4},
     {"float16", SEQ_F16, SEQ_FMA, 2}, // W_ih's halves are converted once per GEMM block
     {"int8 (as built: W_ih float16)", SEQ_I8, SEQ_FMA, 1},
     // no such kernel: the bound of any design that keeps h at 16 bits, on AVX2 without VNNI
     {"int8, any 16-bit-h design (vpmaddwd everywhere)", SEQ_I16, SEQ_I16, 1},
 };
+static const weight_type TYPES_AVX512[N_TYPES] = {
+    {"float32", SEQ_FMA_ZM, SEQ_FMA_Z, 4},
+    {"float16", SEQ_F16_Z, SEQ_FMA_Z, 2},
+    {"int8 (as built: W_ih float16)", SEQ_I8_Z, SEQ_FMA_Z, 1},
+    {"int8, any 16-bit-h design (vpdpwssd everywhere)", SEQ_I16_Z, SEQ_I16_Z, 1},
+};
+static const weight_type *TYPES = TYPES_AVX2;
 
 static float lcg(unsigned *s) { /* deterministic, in [-0.1, 0.1) */
     *s = *s * 1664525u + 1013904223u;
@@ -349,14 +394,31 @@ static double bound(int c, int w, int n, double hop) {
     return cycles;
 }
 
-enum { N_CASES = sizeof CASES / sizeof *CASES, N_TYPES = sizeof TYPES / sizeof *TYPES, MAX_ROUNDS = 99 };
+enum { N_CASES = sizeof CASES / sizeof *CASES, MAX_ROUNDS = 99 };
 
 int main(int argc, char **argv) {
-    // the library's avx2 kernels need what these loops do (AVX2, FMA, F16C); measure those kernels
-    if (lstm_set_isa("avx2") != LSTM_OK) {
+    // the library's best kernels, avx2 or avx512, against the ceilings of their instructions
+    // (AVX2, FMA and F16C at least, as the avx2 set; AVX-512 and its VNNI where the CPU has them)
+    if (lstm_set_isa("auto") != LSTM_OK ||
+        (strcmp(lstm_get_isa(), "avx2") != 0 && strcmp(lstm_get_isa(), "avx512") != 0)) {
         fprintf(stderr, "ceilings: needs AVX2, FMA and F16C\n");
         return 2;
     }
+    __builtin_cpu_init();
+    have[NEEDS_AVX2] = 1;
+    have[NEEDS_AVX512] = strcmp(lstm_get_isa(), "avx512") == 0;
+    have[NEEDS_VNNI] = have[NEEDS_AVX512] && __builtin_cpu_supports("avx512vnni");
+    if (have[NEEDS_AVX512]) {
+        TYPES = TYPES_AVX512;
+        peak_seq = SEQ_FMA_Z;
+    }
+    weight_type types[N_TYPES];
+    memcpy(types, TYPES, sizeof types);
+    if (have[NEEDS_AVX512] && !have[NEEDS_VNNI]) { // int8 runs the avx2 set's step there
+        types[2].step_seq = SEQ_I8;
+        types[3] = TYPES_AVX2[3];
+    }
+    TYPES = types;
     char *end = NULL;
     const long rounds = argc > 1 ? strtol(argv[1], &end, 10) : 7;
     if (argc > 2 || (end && *end) || rounds < 1 || rounds > MAX_ROUNDS) {
@@ -385,7 +447,7 @@ int main(int argc, char **argv) {
         measure_seq();
         for (int s = 0; s < N_SEQ; s++) rates[s][r] = mac_rate[s];
         pair[r] = fma_pair_rate();
-        pair_gain[r] = 2 * pair[r] / mac_rate[SEQ_FMA];
+        pair_gain[r] = 2 * pair[r] / mac_rate[peak_seq];
         hops[r] = round_trip() / 2;
         for (int c = 0; c < N_CASES; c++)
             for (int w = 0; w < N_TYPES; w++)
@@ -405,6 +467,7 @@ int main(int argc, char **argv) {
     printf("kernels %s; TSC %.3f GHz; %ld rounds, medians [range].\n", lstm_get_isa(), ghz, rounds);
     printf("\nInstruction ceilings (multiply-adds per TSC cycle, one core, L1 data):\n");
     for (int s = 0; s < N_SEQ; s++) {
+        if (!have[SEQ[s].needs]) continue;
         const double med = MEDIAN(rates[s]);
         printf("  %6.1f [%.1f-%.1f]  %s\n", med, rates[s][0], rates[s][rounds - 1], SEQ[s].what);
     }
