@@ -28,12 +28,17 @@ def _loops(path):
     return backward_loops(text, r"j\w+\s+([0-9a-f]+)\b", max_len=128)
 
 
+def _multiply_adds(instruction):
+    """A float (vfmadd) or int16-pair (vpdpwssd, the avx512 set's int8 step) multiply-add."""
+    return "vfmadd" in instruction or "vpdpwssd" in instruction
+
+
 @pytest.mark.skipif(not X86 or shutil.which("objdump") is None,
                     reason="needs x86-64 and objdump")
 def test_fma_inner_loops_do_not_touch_the_stack():
     # (the smallest shapes, 1x1 and the one-row tails, have two multiply-adds a loop)
     loops = [(f, body) for f, body in _loops(_core.__file__)
-             if sum("vfmadd" in t for t in body) >= 2]
+             if sum(_multiply_adds(t) for t in body) >= 2]
     # the register-blocked microkernels (6x1 also on packed rows), the one-row step of every
     # cell kind and the one-row gemm have such a loop
     names = {f.split(".")[0] for f, _ in loops}
@@ -44,9 +49,11 @@ def test_fma_inner_loops_do_not_touch_the_stack():
     # the avx512 set: every shape of up to 6 rows and 4 strips, 6 rows also on packed rows
     shapes |= {f"block512_{mr}x{ns}" for mr in range(1, 7) for ns in range(1, 5)}
     shapes |= {f"block512_6x{ns}_packed" for ns in range(1, 5)}
+    # and its batched int8 step (vpdpwssd): up to 6 rows and 2 strips
+    shapes |= {f"block_i8_{mr}x{ns}" for mr in range(1, 7) for ns in (1, 2)}
     assert shapes | steps <= names, sorted(names)
     spilling = [(f, [t for t in body if "(%rsp)" in t or "(%rbp)" in t])
                 for f, body in loops
                 if any("(%rsp)" in t or "(%rbp)" in t for t in body)
-                and sum("vfmadd" in t for t in body) * 3 >= len(body)]
+                and sum(_multiply_adds(t) for t in body) * 3 >= len(body)]
     assert not spilling, f"SIMD inner loops spill to the stack: {spilling}"
