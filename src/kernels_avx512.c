@@ -737,7 +737,7 @@ INLINE void rows_kind_i8(const int kind, int64_t m, int64_t K, lstm_rows a, lstm
                          int64_t t1, int64_t H, lstm_rows h) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE, group = MAX_NS / gates;
     const int gru = kind == LSTM_CELL_GRU;
-    const int64_t Kq = lstm_i8_k(K), fit = I8_QA / Kq;
+    const int64_t Kq = lstm_i8_k(K), fit = I8_QA / (Kq > 0 ? Kq : 1);
     const int64_t chunk = fit < 1 ? 1 : fit > CELL_ROWS ? CELL_ROWS : fit;
     _Alignas(64) int16_t qa[I8_QA > LSTM_MAX_I8_STATE ? I8_QA : LSTM_MAX_I8_STATE];
     _Alignas(64) float tmp[CELL_ROWS][LSTM_PANEL];
