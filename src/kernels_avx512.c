@@ -461,21 +461,28 @@ static void gemm_r_avx512(int64_t m, int64_t K, lstm_rows a, const float *ap, ls
     else lstm_gemm_r_avx2(m, K, a, ap, b, gates, bias, p0, p1, ncols, c);
 }
 
+/* row_sums_i8 in a function of its own, compiled for VNNI: row_kind calls it for int8 weights
+   (below, with the int8 step; only called where the CPU has VNNI) */
+static void row_sums_i8_vnni(int64_t K, const int16_t *qa, float sa, lstm_wmat w, int64_t s0,
+                             int64_t ns, const float *init, float *out);
+
 /*
  * One row's step of kind `kind`, as kernels_avx2.c's row_kind: the sums of
  * up to 32 strips, then their updates. The sums start from g (LSTM, RNN) or
- * b_hh (GRU).
+ * b_hh (GRU); for int8 weights, qa and sa are the row ar quantized
+ * (quantize_row).
  */
-INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar, const void *w_hh,
-                     const float *b_hh, const float *gr, float *c, int64_t t0, int64_t t1, int64_t H,
-                     float *hr) {
+INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar, lstm_wmat w,
+                     const int16_t *qa, float sa, const float *b_hh, const float *gr, float *c,
+                     int64_t t0, int64_t t1, int64_t H, float *hr) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
     const int64_t chunk = ROW_STRIPS / gates;
     _Alignas(64) float sums[ROW_STRIPS * LSTM_TILE];
     for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
         const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
         const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;
-        row_sums(type, K, ar, w_hh, c0 * gates, n * gates, init, sums);
+        if (type == LSTM_WEIGHTS_I8) row_sums_i8_vnni(K, qa, sa, w, c0 * gates, n * gates, init, sums);
+        else row_sums(type, K, ar, w.w, c0 * gates, n * gates, init, sums);
         for (int64_t j = 0; j < n; j++) tile_step(kind, 0, sums + j * W, gr, ar, c, c0 + j, H, hr);
     }
 }
@@ -617,19 +624,10 @@ VNNI INLINE void row_sums_i8(int64_t K, const int16_t *qa, float sa, lstm_wmat w
     }
 }
 
-/* row_kind on int8 weights: qa, sa the row ar quantized (quantize_row) */
-VNNI INLINE void row_kind_i8(const int kind, int64_t K, const float *ar, const int16_t *qa, float sa,
-                             lstm_wmat w, const float *b_hh, const float *gr, float *c, int64_t t0,
-                             int64_t t1, int64_t H, float *hr) {
-    const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
-    const int64_t chunk = ROW_STRIPS / gates;
-    _Alignas(64) float sums[ROW_STRIPS * LSTM_TILE];
-    for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
-        const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
-        const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;
-        row_sums_i8(K, qa, sa, w, c0 * gates, n * gates, init, sums);
-        for (int64_t j = 0; j < n; j++) tile_step(kind, 0, sums + j * W, gr, ar, c, c0 + j, H, hr);
-    }
+static VNNI __attribute__((noinline)) void row_sums_i8_vnni(int64_t K, const int16_t *qa, float sa,
+                                                            lstm_wmat w, int64_t s0, int64_t ns,
+                                                            const float *init, float *out) {
+    row_sums_i8(K, qa, sa, w, s0, ns, init, out);
 }
 
 /*
@@ -757,7 +755,7 @@ INLINE void rows_kind_i8(const int kind, int64_t m, int64_t K, lstm_rows a, lstm
 }
 
 /*
- * The int8 step of kind `kind`: one row through row_kind_i8, more through
+ * The int8 step of kind `kind`: one row through row_kind, more through
  * rows_kind_i8 (the same bits for each row).
  */
 #define CELL_KIND_I8(name, kind)                                                                   \
@@ -772,8 +770,8 @@ INLINE void rows_kind_i8(const int kind, int64_t m, int64_t K, lstm_rows a, lstm
         for (int64_t r = 0; r < m; r++) {                                                          \
             const float *ar = lstm_row(a, r);                                                      \
             const float sa = quantize_row(ar, K, qa);                                              \
-            row_kind_i8(kind, K, ar, qa, sa, w, b_hh, lstm_row(g, r),                              \
-                        kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, t0, t1, H, lstm_row(h, r));   \
+            row_kind(kind, LSTM_WEIGHTS_I8, K, ar, w, qa, sa, b_hh, lstm_row(g, r),                \
+                     kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, t0, t1, H, lstm_row(h, r));      \
         }                                                                                          \
     }
 CELL_KIND_I8(lstm, LSTM_CELL_LSTM)
@@ -792,7 +790,7 @@ CELL_KIND_I8(rnn_relu, LSTM_CELL_RNN_RELU)
                                                           const void *w_hh, const float *b_hh,     \
                                                           const float *gr, float *c, int64_t t0,   \
                                                           int64_t t1, int64_t H, float *hr) {      \
-        row_kind(kind, type, K, ar, w_hh, b_hh, gr, c, t0, t1, H, hr);                             \
+        row_kind(kind, type, K, ar, (lstm_wmat){w_hh, NULL, type}, NULL, 0.0f, b_hh, gr, c, t0, t1, H, hr); \
     }                                                                                              \
     static __attribute__((noinline)) void cell_rows_##name(                                        \
         int64_t m, int64_t K, lstm_rows a, const void *w_hh, const float *b_hh, lstm_rows g,       \
