@@ -199,9 +199,9 @@ INLINE void tile_step(const int kind, const int pre, const float *q, const float
 // ---------------------------------------------------------------- microkernel
 
 /*
- * block_MRxNS: out[r][col + 16s .. +16] for rows r < MR_ and strips s < NS,
+ * block_MRxNS: out[r][16s .. +16] for rows r < MR_ and strips s < NS,
  * over one K-block:
- *   (init ? init[r][col ..] : bias ? bias : 0)[16s ..] + sum_k a[r][k] * strip s row k
+ *   (init ? init[r] : bias ? bias : 0)[16s ..] + sum_k a[r][k] * strip s row k
  * a[r] and bs point at the block's first k; strips are sstride apart. One
  * function per shape, its accumulators an array of exactly its size (kept
  * in registers; see kernels_avx2.c). block_6xNS_packed reads the six rows'
@@ -210,7 +210,7 @@ INLINE void tile_step(const int kind, const int pre, const float *q, const float
 #define BLOCK_BODY(MR_, NS, XOF)                                                                   \
     __m512 acc[MR_][NS];                                                                           \
     EACH(r, MR_) EACH(s, NS)                                                                       \
-        acc[r][s] = init ? _mm512_loadu_ps(init[r] + col + 16 * s)                                 \
+        acc[r][s] = init ? _mm512_loadu_ps(init[r] + 16 * s)                                       \
                   : bias ? _mm512_loadu_ps(bias + 16 * s)                                          \
                          : _mm512_setzero_ps();                                                    \
     UNROLLED(2) for (int64_t k = 0; k < kc; k++) {                                                 \
@@ -221,26 +221,25 @@ INLINE void tile_step(const int kind, const int pre, const float *q, const float
             EACH(s, NS) acc[r][s] = _mm512_fmadd_ps(x, bv[s], acc[r][s]);                          \
         }                                                                                          \
     }                                                                                              \
-    EACH(r, MR_) EACH(s, NS) _mm512_storeu_ps(out[r] + col + 16 * s, acc[r][s]);
+    EACH(r, MR_) EACH(s, NS) _mm512_storeu_ps(out[r] + 16 * s, acc[r][s]);
 
 typedef void (*block_fn)(int64_t kc, const float *const *a, const float *bs, int64_t sstride,
-                         const float *const *init, const float *bias, float *const *out, int64_t col);
+                         const float *const *init, const float *bias, float *const *out);
 typedef void (*block_packed_fn)(int64_t kc, const float *ap, const float *bs, int64_t sstride,
-                                const float *const *init, const float *bias, float *const *out,
-                                int64_t col);
+                                const float *const *init, const float *bias, float *const *out);
 
 #define ROWS_OF(r, k) a[r][k]
 #define PACKED_OF(r, k) ap[(k) * MR + (r)]
 #define DEFINE_BLOCK(MR_, NS)                                                                      \
     static NOIPA void block512_##MR_##x##NS(int64_t kc, const float *const *a, const float *bs,   \
                                             int64_t sstride, const float *const *init,             \
-                                            const float *bias, float *const *out, int64_t col) {   \
+                                            const float *bias, float *const *out) {                \
         BLOCK_BODY(MR_, NS, ROWS_OF)                                                               \
     }
 #define DEFINE_PACKED(NS)                                                                          \
     static NOIPA void block512_6x##NS##_packed(int64_t kc, const float *ap, const float *bs,      \
                                                int64_t sstride, const float *const *init,          \
-                                               const float *bias, float *const *out, int64_t col) { \
+                                               const float *bias, float *const *out) {              \
         BLOCK_BODY(MR, NS, PACKED_OF)                                                              \
     }
 #define DEFINE_ROWS(MR_) DEFINE_BLOCK(MR_, 1) DEFINE_BLOCK(MR_, 2) DEFINE_BLOCK(MR_, 3) DEFINE_BLOCK(MR_, 4)
@@ -282,8 +281,8 @@ static void rows_pass(int64_t m, int64_t k0, int64_t kc, lstm_rows a, const floa
             ir[r] = k0 ? orow[r] : init ? lstm_row(*init, r0 + r) : NULL;
         }
         const float *const *in = k0 || init ? ir : NULL;
-        if (ap && mr == MR) blocks_packed[ns - 1](kc, ap + r0 * pk + k0 * MR, bs, sstride, in, bi, orow, 0);
-        else blocks[mr - 1][ns - 1](kc, ar, bs, sstride, in, bi, orow, 0);
+        if (ap && mr == MR) blocks_packed[ns - 1](kc, ap + r0 * pk + k0 * MR, bs, sstride, in, bi, orow);
+        else blocks[mr - 1][ns - 1](kc, ar, bs, sstride, in, bi, orow);
     }
 }
 
