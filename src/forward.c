@@ -277,17 +277,18 @@ static void run_gemm(const forward_job *j, int64_t m, int64_t K, lstm_rows a, co
                      const void *b, int gates, const float *bias, int64_t p0, int64_t p1,
                      int64_t ncols, lstm_rows c) {
     if (j->m->cfg.weights == LSTM_WEIGHTS_F32) j->k->gemm(m, K, a, ap, b, gates, bias, p0, p1, ncols, c);
-    else j->gemm_r(m, K, a, ap, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F16}, gates, bias, p0, p1, ncols, c);
+    else j->gemm_r(m, K, a, ap, (lstm_wmat){.w = b, .type = LSTM_WEIGHTS_F16}, gates, bias, p0, p1, ncols, c);
 }
 
 /* The cell of kernels.h on a w_hh of the model's weight type. */
-static void run_cell(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const void *w_hh,
-                     const float *scale, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
-                     int64_t t0, int64_t t1, lstm_rows h) {
+static void run_cell(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const layer_weights *lw,
+                     int64_t d, const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
+                     int64_t t1, lstm_rows h) {
     const lstm_model *md = j->m;
     const int type = md->cfg.weights, cell = md->cfg.cell;
-    if (type == LSTM_WEIGHTS_F32) j->k->cell(cell, m, K, a, w_hh, b_hh, g, c, ldc, t0, t1, md->H, h);
-    else j->cell_r(cell, m, K, a, (lstm_wmat){w_hh, scale, type}, b_hh, g, c, ldc, t0, t1, md->H, h);
+    if (type == LSTM_WEIGHTS_F32) j->k->cell(cell, m, K, a, lw->w_hh[d], b_hh, g, c, ldc, t0, t1, md->H, h);
+    else j->cell_r(cell, m, K, a, (lstm_wmat){lw->w_hh[d], lw->s_hh[d], type, lw->colsum_hh[d]}, b_hh, g, c,
+                   ldc, t0, t1, md->H, h);
 }
 
 /* The recurrence of one direction of one layer, by one member of a team.
@@ -321,10 +322,10 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
         const lstm_rows gates = {r->G + d * m->tiles * m->W, G_ld, r->cur[d] + r->off[s]};
         const lstm_rows out = {Y + B * DP + d * P, DP, r->cur[d] + r->off[s]};
         if (!proj) {
-            run_cell(j, rows, P, prev, lw->w_hh[d], lw->s_hh[d], lw->b_hh[d], gates, cst, m->Hp, t0, t1, out);
+            run_cell(j, rows, P, prev, lw, d, lw->b_hh[d], gates, cst, m->Hp, t0, t1, out);
         } else {
             const lstm_rows hr = {hbuf, m->Hp, NULL};
-            run_cell(j, rows, P, prev, lw->w_hh[d], lw->s_hh[d], NULL, gates, cst, m->Hp, t0, t1, hr);
+            run_cell(j, rows, P, prev, lw, d, NULL, gates, cst, m->Hp, t0, t1, hr);
             if (n > 1) lstm_barrier_wait(bar);
             run_gemm(j, rows, m->H, hr, NULL, lw->w_hr[d], 4, NULL, q0, q1, P, out);
         }
@@ -581,7 +582,7 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
         float *h0 = a->h_0 ? (float *)a->h_0 + l * B * P : y;
         if (!a->h_0) memset(y, 0, (size_t)(B * P) * sizeof(float));
         for (int64_t t = 0; t < n; t++)
-            run_cell(j, B, P, (lstm_rows){t ? y + t * B * P : h0, P, NULL}, lw->w_hh[0], lw->s_hh[0],
+            run_cell(j, B, P, (lstm_rows){t ? y + t * B * P : h0, P, NULL}, lw, 0,
                      lw->b_hh[0], (lstm_rows){g + t * B * G_ld, G_ld, NULL}, c, Hp, 0, m->tiles,
                      (lstm_rows){y + (t + 1) * B * P, P, NULL});
         if (a->h_n) memcpy(a->h_n + l * B * P, y + n * B * P, (size_t)(B * P) * sizeof(float));

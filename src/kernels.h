@@ -46,12 +46,25 @@ static inline int64_t lstm_packed_at(int64_t K, int gates, int64_t k, int64_t co
  * multiplies the column's int8 values.
  */
 typedef struct {
-    const void *w;      // packed panels of float, uint16_t (half) or int8_t
-    const float *scale; // I8: one per packed column
-    int type;           // lstm_weight_type
+    const void *w;         // packed panels of float, uint16_t (half) or int8_t
+    const float *scale;    // I8: one per packed column
+    int type;              // lstm_weight_type
+    const int32_t *colsum; // I8 in a cell: one per packed column, the sum of its int8 values
 } lstm_wmat;
 
 static inline int64_t lstm_i8_k(int64_t K) { return (K + 3) / 4 * 4; }
+
+/* The sum of each packed column's int8 values (ncols a multiple of 16: strip after strip of
+   Kq x 16, as lstm_packed_i8_at lays them out), for lstm_wmat.colsum. */
+static inline void lstm_i8_colsums(const int8_t *w, int64_t K, int64_t ncols, int32_t *colsum) {
+    const int64_t Kq = lstm_i8_k(K);
+    for (int64_t col = 0; col < ncols; col++) {
+        const int8_t *strip = w + col / LSTM_TILE * LSTM_TILE * Kq + col % LSTM_TILE * 4;
+        int32_t sum = 0;
+        for (int64_t k = 0; k < Kq; k++) sum += strip[k / 4 * 4 * LSTM_TILE + k % 4];
+        colsum[col] = sum;
+    }
+}
 
 /* Offset of int8 element (k, col) in a packed (K, N) matrix of `gates` strips a panel. */
 static inline int64_t lstm_packed_i8_at(int64_t K, int gates, int64_t k, int64_t col) {
@@ -186,7 +199,8 @@ typedef void (*lstm_cell_fn)(int cell, int64_t m, int64_t K, lstm_rows a, const 
  *           quantized to int16 (lstm_i8_row_scale with lstm_i8_state_max,
  *           K <= LSTM_MAX_I8_STATE), the int32 sums qa . q_col are exact,
  *           and sum = fmaf((float)isum, sa * scale[col], start) with start
- *           g or b_hh as in cell; then the same update.
+ *           g or b_hh as in cell; then the same update. w_hh.colsum is
+ *           set (lstm_i8_colsums).
  */
 typedef void (*lstm_gemm_r_fn)(int64_t m, int64_t K, lstm_rows a, const float *ap, lstm_wmat b,
                                int gates, const float *bias, int64_t p0, int64_t p1, int64_t ncols,

@@ -5,9 +5,10 @@
  * called after the CPU and the OS reported all of them. Half weights
  * convert a K-block at a time into a stack tile the float32 microkernels run
  * over (or, one row, in the sums' loop), so they give the float32 kernels'
- * bits on the converted weights. The int8 step widens the weights to int16
- * and sums with vpdpwssd where the CPU has AVX512-VNNI (only those functions
- * are compiled for it), else runs the avx2 set's; the int8 gemm (not on a
+ * bits on the converted weights. Where the CPU has AVX512-VNNI (only those
+ * functions are compiled for it) the int8 step of one row sums the weights
+ * as they are with vpdpbusd, h split into bytes, and a batch's widens them
+ * once to int16 for vpdpwssd; else it runs the avx2 set's; the int8 gemm (not on a
  * model's path: W_ih of an int8 model is half) is the avx2 set's.
  *
  * A strip row (16 columns, kernels.h) is one vector, so a panel of an LSTM
@@ -460,19 +461,19 @@ static void gemm_r_avx512(int64_t m, int64_t K, lstm_rows a, const float *ap, ls
     else lstm_gemm_r_avx2(m, K, a, ap, b, gates, bias, p0, p1, ncols, c);
 }
 
-/* row_sums_i8 in a function of its own, compiled for VNNI: row_kind calls it for int8 weights
-   (below, with the int8 step; only called where the CPU has VNNI) */
-static void row_sums_i8_vnni(int64_t K, const int16_t *qa, float sa, lstm_wmat w, int64_t s0,
+/* One row's int8 sums, compiled for VNNI: row_kind calls it for int8 weights (below, with the
+   int8 step; only called where the CPU has VNNI) */
+static void row_sums_i8_vnni(int64_t K, const uint8_t *qb, float sa, lstm_wmat w, int64_t s0,
                              int64_t ns, const float *init, float *out);
 
 /*
  * One row's step of kind `kind`, as kernels_avx2.c's row_kind: the sums of
  * up to 32 strips, then their updates. The sums start from g (LSTM, RNN) or
- * b_hh (GRU); for int8 weights, qa and sa are the row ar quantized
- * (quantize_row).
+ * b_hh (GRU); for int8 weights, qb and sa are the row ar quantized
+ * (quantize_row_bytes).
  */
 INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar, lstm_wmat w,
-                     const int16_t *qa, float sa, const float *b_hh, const float *gr, float *c,
+                     const uint8_t *qb, float sa, const float *b_hh, const float *gr, float *c,
                      int64_t t0, int64_t t1, int64_t H, float *hr) {
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
     const int64_t chunk = ROW_STRIPS / gates;
@@ -480,7 +481,7 @@ INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar,
     for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
         const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
         const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;
-        if (type == LSTM_WEIGHTS_I8) row_sums_i8_vnni(K, qa, sa, w, c0 * gates, n * gates, init, sums);
+        if (type == LSTM_WEIGHTS_I8) row_sums_i8_vnni(K, qb, sa, w, c0 * gates, n * gates, init, sums);
         else row_sums(type, K, ar, w.w, c0 * gates, n * gates, init, sums);
         for (int64_t j = 0; j < n; j++) tile_step(kind, 0, sums + j * W, gr, ar, c, c0 + j, H, hr);
     }
@@ -536,14 +537,13 @@ INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm
 
 #define VNNI __attribute__((target("avx512vnni")))
 
-/* vpdpwssd is there: the int8 step below, else the avx2 set's (libgcc's check includes the OS's) */
+/* vpdpbusd and vpdpwssd are there: the int8 step below, else the avx2 set's (libgcc's check
+   includes the OS's) */
 static int cpu_has_vnni(void) { return __builtin_cpu_supports("avx512vnni"); }
 
-/* a (K) quantized to qa (Kq, zeros past K) as lstm_i8_row_scale says, to int16 in
- * [-lstm_i8_state_max(Kq), ..]; returns the scale (kernels_avx2.c's quantize_row, 16 lanes) */
-static float quantize_row(const float *a, int64_t K, int16_t *qa) {
-    const int64_t Kq = lstm_i8_k(K);
-    const int32_t qmax = lstm_i8_state_max(Kq);
+/* The scale of a (K) as lstm_i8_row_scale says, for int16 in [-lstm_i8_state_max(Kq), ..],
+ * and in *inv the factor that quantizes (kernels_avx2.c's quantize_row, 16 lanes). */
+static float row_scale(const float *a, int64_t K, float *inv) {
     __m512 mx = _mm512_setzero_ps();
     __mmask16 bad = 0;
     for (int64_t k = 0; k < K; k += LSTM_TILE) {
@@ -552,67 +552,129 @@ static float quantize_row(const float *a, int64_t K, int16_t *qa) {
         bad |= _mm512_cmp_ps_mask(v, _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ); // NaN, Inf
         mx = _mm512_max_ps(mx, v);
     }
+    return lstm_i8_row_scale(_mm512_reduce_max_ps(mx), !bad, lstm_i8_state_max(lstm_i8_k(K)), inv);
+}
+
+/* The int32 q of a[k, k + 16) (zeros past K): |a * inv| <= qmax rounds (to nearest, ties to
+ * even) to at most qmax, so no clamping is needed. */
+INLINE __m512i quantize_16(const float *a, int64_t K, int64_t k, __m512 inv) {
+    return _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(tile_mask(K - k), a + k), inv));
+}
+
+/* a (K) quantized to int16 qa (Kq, zeros past K); returns the scale */
+static float quantize_row(const float *a, int64_t K, int16_t *qa) {
+    const int64_t Kq = lstm_i8_k(K);
     float inv;
-    const float sa = lstm_i8_row_scale(_mm512_reduce_max_ps(mx), !bad, qmax, &inv);
+    const float sa = row_scale(a, K, &inv);
     if (inv == 0.0f) { // a scale of 0 or NaN: all zeros (a * 0 would keep a NaN or Inf)
         memset(qa, 0, (size_t)Kq * sizeof *qa);
         return sa;
     }
-    // |a * inv| <= qmax rounds (to nearest, ties to even) to at most qmax: no clamping needed
-    const __m512 iv = _mm512_set1_ps(inv);
-    for (int64_t k = 0; k < Kq; k += LSTM_TILE) { // k < K here (Kq < K + 4, k a multiple of 16)
-        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tile_mask(K - k), a + k), iv);
-        _mm256_mask_storeu_epi16(qa + k, tile_mask(Kq - k), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));
+    for (int64_t k = 0; k < Kq; k += LSTM_TILE) // k < K here (Kq < K + 4, k a multiple of 16)
+        _mm256_mask_storeu_epi16(qa + k, tile_mask(Kq - k),
+                                 _mm512_cvtsepi32_epi16(quantize_16(a, K, k, _mm512_set1_ps(inv))));
+    return sa;
+}
+
+/* a (K) quantized as quantize_row does, each q kept as the two bytes of q + 32768, the low
+ * ones in qb[0, Kq) and the high ones in qb[Kq, 2 Kq): q = 256 (high - 128) + low, two
+ * unsigned bytes for vpdpbusd; returns the scale */
+static float quantize_row_bytes(const float *a, int64_t K, uint8_t *qb) {
+    const int64_t Kq = lstm_i8_k(K);
+    float inv;
+    const float sa = row_scale(a, K, &inv);
+    const __m512 iv = _mm512_set1_ps(inv); // 0: every q is 0 (a * 0 would keep a NaN or Inf)
+    for (int64_t k = 0; k < Kq; k += LSTM_TILE) {
+        const __m512i q = inv != 0.0f ? quantize_16(a, K, k, iv) : _mm512_setzero_si512();
+        const __m512i u = _mm512_add_epi32(q, _mm512_set1_epi32(32768));
+        const __mmask16 m = tile_mask(Kq - k);
+        _mm_mask_storeu_epi8(qb + k, m, _mm512_cvtepi32_epi8(u));
+        _mm_mask_storeu_epi8(qb + Kq + k, m, _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 8)));
     }
     return sa;
 }
 
 /*
- * A row's int8 sums over ns (compile-time, 1 to 4) int8 strips at w,
- * sstride bytes apart, from the int16 quantized row qa (Kq):
- * out[16s + j] = fmaf(qa . column j, sa * scale[16s + j], init ? init[16s + j] : 0).
- * A strip row (4 k of 16 columns, kernels.h) is two halves of 8 columns,
- * each widened to int16 (vpmovsxbw) and multiplied with qa's 4 k by
- * vpdpwssd: int32 lane 2i holds column i's k 0-1, lane 2i + 1 its k 2-3
- * (exact, as lstm_i8_state_max bounds the sums), the two added at the end.
+ * A row's int8 sums over ns (compile-time, 1 to 8) int8 strips at w,
+ * sstride bytes apart, from the row quantized to bytes qb (quantize_row_bytes):
+ * out[16s + j] = fmaf(q . column j, sa * scale[16s + j], init ? init[16s + j] : 0).
+ * A strip row holds 4 k of each of 16 columns (kernels.h), one int32 lane a
+ * column, as vpdpbusd takes them: it multiplies them, unwidened, with 4
+ * unsigned bytes of q. So q . column = 256 (high . column - 128 colsum) + low
+ * . column, in int32 arithmetic that wraps but ends exact (lstm_i8_state_max
+ * bounds the true sum): the int16 pair sums' result (the batched step's), two
+ * vpdpbusd a 4 k instead of two widenings and two vpdpwssd.
  */
-VNNI INLINE void row_strips_i8(const int ns, int64_t Kq, const int16_t *qa, const int8_t *w,
-                               int64_t sstride, const float *scale, float sa, const float *init,
-                               float *out) {
-    __m512i acc[4][2];
-    EACH(s, ns) EACH(half, 2) acc[s][half] = _mm512_setzero_si512();
+/* acc + the products of u8's unsigned bytes and s8's signed ones, 4 to an int32 lane
+   (vpdpbusd; written out because GCC 12 copies every accumulator of a loop of the intrinsic
+   through another register on each use, and spills some) */
+VNNI INLINE __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+    return acc;
+}
+
+VNNI INLINE void row_strips_i8_body(const int ns, int64_t Kq, const uint8_t *qb, const int8_t *w,
+                               int64_t sstride, const float *scale, const int32_t *colsum, float sa,
+                               const float *init, float *out) {
+    __m512i high[8], low[8];
+    EACH(s, ns) {
+        high[s] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(colsum + 16 * s), 7));
+        low[s] = _mm512_setzero_si512();
+    }
     for (int64_t k = 0; k < Kq; k += 4, w += 4 * LSTM_TILE) {
-        int64_t x4;
-        memcpy(&x4, qa + k, sizeof x4);
-        const __m512i x = _mm512_set1_epi64(x4);
-        EACH(s, ns) EACH(half, 2) {
-            const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + s * sstride + 32 * half)));
-            acc[s][half] = _mm512_dpwssd_epi32(acc[s][half], wv, x);
+        int32_t l4, h4;
+        memcpy(&l4, qb + k, sizeof l4);
+        memcpy(&h4, qb + Kq + k, sizeof h4);
+        const __m512i xl = _mm512_set1_epi32(l4), xh = _mm512_set1_epi32(h4);
+        EACH(s, ns) {
+            const __m512i wv = _mm512_loadu_si512(w + s * sstride); // loaded once for both
+            high[s] = dpbusd(high[s], xh, wv);
+            low[s] = dpbusd(low[s], xl, wv);
         }
     }
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512 sav = _mm512_set1_ps(sa);
     EACH(s, ns) {
-        const __m512i isum = _mm512_add_epi32(_mm512_permutex2var_epi32(acc[s][0], even, acc[s][1]),
-                                              _mm512_permutex2var_epi32(acc[s][0], odd, acc[s][1]));
+        const __m512i isum = _mm512_add_epi32(_mm512_slli_epi32(high[s], 8), low[s]);
         const __m512 start = init ? _mm512_loadu_ps(init + 16 * s) : _mm512_setzero_ps();
         _mm512_storeu_ps(out + 16 * s, _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
                                                        _mm512_mul_ps(sav, _mm512_loadu_ps(scale + 16 * s)), start));
     }
 }
 
-/* The int8 sums of one row for the ns strips of w from strip s0 (as row_strips_i8), four at a time. */
-VNNI INLINE void row_sums_i8(int64_t K, const int16_t *qa, float sa, lstm_wmat w, int64_t s0, int64_t ns,
-                             const float *init, float *out) {
+#define DEFINE_ROW_STRIPS_I8(N)                                                                    \
+    static VNNI NOIPA void row_strips_i8_##N(int64_t Kq, const uint8_t *qb, const int8_t *w,       \
+                                             int64_t sstride, const float *scale,                  \
+                                             const int32_t *colsum, float sa, const float *init,   \
+                                             float *out) {                                         \
+        row_strips_i8_body(N, Kq, qb, w, sstride, scale, colsum, sa, init, out);                   \
+    }
+DEFINE_ROW_STRIPS_I8(1)
+DEFINE_ROW_STRIPS_I8(2)
+DEFINE_ROW_STRIPS_I8(3)
+DEFINE_ROW_STRIPS_I8(4)
+DEFINE_ROW_STRIPS_I8(5)
+DEFINE_ROW_STRIPS_I8(6)
+DEFINE_ROW_STRIPS_I8(7)
+DEFINE_ROW_STRIPS_I8(8)
+
+/* The int8 sums of one row for the ns strips of w from strip s0 (as row_strips_i8), eight at a
+   time (sixteen sums in flight cover vpdpbusd's latency on two ports) */
+static VNNI __attribute__((noinline)) void row_sums_i8_vnni(int64_t K, const uint8_t *qb, float sa,
+                                                            lstm_wmat w, int64_t s0, int64_t ns,
+                                                            const float *init, float *out) {
     const int64_t Kq = lstm_i8_k(K), sstride = Kq * LSTM_TILE;
     for (int64_t s = 0; s < ns;) {
-        const int64_t n = ns - s < 4 ? ns - s : 4;
+        const int64_t n = ns - s < 8 ? ns - s : 8;
         const int8_t *ws = (const int8_t *)w.w + (s0 + s) * sstride;
         const float *sc = w.scale + (s0 + s) * LSTM_TILE, *init_s = init ? init + s * LSTM_TILE : NULL;
+        const int32_t *cs = w.colsum + (s0 + s) * LSTM_TILE;
         float *out_s = out + s * LSTM_TILE;
-#define STRIPS(N) row_strips_i8(N, Kq, qa, ws, sstride, sc, sa, init_s, out_s)
+#define STRIPS(N) row_strips_i8_##N(Kq, qb, ws, sstride, sc, cs, sa, init_s, out_s)
         switch (n) {
+        case 8: STRIPS(8); break;
+        case 7: STRIPS(7); break;
+        case 6: STRIPS(6); break;
+        case 5: STRIPS(5); break;
         case 4: STRIPS(4); break;
         case 3: STRIPS(3); break;
         case 2: STRIPS(2); break;
@@ -621,12 +683,6 @@ VNNI INLINE void row_sums_i8(int64_t K, const int16_t *qa, float sa, lstm_wmat w
 #undef STRIPS
         s += n;
     }
-}
-
-static VNNI __attribute__((noinline)) void row_sums_i8_vnni(int64_t K, const int16_t *qa, float sa,
-                                                            lstm_wmat w, int64_t s0, int64_t ns,
-                                                            const float *init, float *out) {
-    row_sums_i8(K, qa, sa, w, s0, ns, init, out);
 }
 
 /*
@@ -765,11 +821,11 @@ INLINE void rows_kind_i8(const int kind, int64_t m, int64_t K, lstm_rows a, lstm
             rows_kind_i8(kind, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);                         \
             return;                                                                                \
         }                                                                                          \
-        _Alignas(64) int16_t qa[LSTM_MAX_I8_STATE];                                                 \
+        _Alignas(64) uint8_t qb[2 * LSTM_MAX_I8_STATE];                                            \
         for (int64_t r = 0; r < m; r++) {                                                          \
             const float *ar = lstm_row(a, r);                                                      \
-            const float sa = quantize_row(ar, K, qa);                                              \
-            row_kind(kind, LSTM_WEIGHTS_I8, K, ar, w, qa, sa, b_hh, lstm_row(g, r),                \
+            const float sa = quantize_row_bytes(ar, K, qb);                                        \
+            row_kind(kind, LSTM_WEIGHTS_I8, K, ar, w, qb, sa, b_hh, lstm_row(g, r),                \
                      kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, t0, t1, H, lstm_row(h, r));      \
         }                                                                                          \
     }
@@ -784,19 +840,19 @@ CELL_KIND_I8(rnn_relu, LSTM_CELL_RNN_RELU)
  * The two bodies compiled for each kind and weight type (float32, half) as
  * functions of their own (see kernels_avx2.c), one row or many.
  */
-#define CELL_KIND(name, kind, type)                                                                \
+#define CELL_KIND(name, kind, wtype)                                                                \
     static __attribute__((noinline)) void cell_row_##name(int64_t K, const float *ar,              \
                                                           const void *w_hh, const float *b_hh,     \
                                                           const float *gr, float *c, int64_t t0,   \
                                                           int64_t t1, int64_t H, float *hr) {      \
-        row_kind(kind, type, K, ar, (lstm_wmat){w_hh, NULL, type}, NULL, 0.0f, b_hh, gr, c, t0, t1, H, hr); \
+        row_kind(kind, wtype, K, ar, (lstm_wmat){.w = w_hh, .type = wtype}, NULL, 0.0f, b_hh, gr, c, t0, t1, H, hr); \
     }                                                                                              \
     static __attribute__((noinline)) void cell_rows_##name(                                        \
         int64_t m, int64_t K, lstm_rows a, const void *w_hh, const float *b_hh, lstm_rows g,       \
         float *c, int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                   \
         const int64_t block = l2_rows(K);                                                          \
         for (int64_t rb = 0; rb < m; rb += block)                                                  \
-            rows_kind(kind, type, m - rb < block ? m - rb : block, K, lstm_rows_from(a, rb), w_hh, \
+            rows_kind(kind, wtype, m - rb < block ? m - rb : block, K, lstm_rows_from(a, rb), w_hh, \
                       b_hh, lstm_rows_from(g, rb), c + rb * ldc, ldc, t0, t1, H,                   \
                       lstm_rows_from(h, rb));                                                      \
     }

@@ -98,7 +98,7 @@ static void gemm_scalar_r(int64_t m, int64_t K, lstm_rows a, const float *ap, ls
 
 static void gemm_scalar(int64_t m, int64_t K, lstm_rows a, const float *ap, const float *b, int gates,
                         const float *bias, int64_t p0, int64_t p1, int64_t ncols, lstm_rows c) {
-    gemm_scalar_r(m, K, a, ap, (lstm_wmat){b, NULL, LSTM_WEIGHTS_F32}, gates, bias, p0, p1, ncols, c);
+    gemm_scalar_r(m, K, a, ap, (lstm_wmat){.w = b, .type = LSTM_WEIGHTS_F32}, gates, bias, p0, p1, ncols, c);
 }
 
 /*
@@ -162,7 +162,7 @@ static void cell_scalar_r(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat
 static void cell_scalar(int cell, int64_t m, int64_t K, lstm_rows a, const float *w_hh,
                         const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
                         int64_t t1, int64_t H, lstm_rows h) {
-    cell_scalar_r(cell, m, K, a, (lstm_wmat){w_hh, NULL, LSTM_WEIGHTS_F32}, b_hh, g, c, ldc, t0,
+    cell_scalar_r(cell, m, K, a, (lstm_wmat){.w = w_hh, .type = LSTM_WEIGHTS_F32}, b_hh, g, c, ldc, t0,
                   t1, H, h);
 }
 

@@ -191,6 +191,7 @@ static void layout_weights(lstm_model *m, lstm_arena *a) {
         for (int64_t d = 0; d < m->D; d++) {
             lw->w_hh[d] = lstm_arena_take(a, cols * (i8 ? lstm_i8_k(m->P) : m->P), es_hh);
             lw->s_hh[d] = i8 ? lstm_arena_take(a, cols, sizeof(float)) : NULL;
+            lw->colsum_hh[d] = i8 ? lstm_arena_take(a, cols, sizeof(int32_t)) : NULL;
             lw->b_hh[d] = gru_bias ? lstm_arena_take(a, cols, sizeof(float)) : NULL;
             lw->w_hr[d] = m->cfg.proj_size ? lstm_arena_take(a, proj_cols * m->H, es) : NULL;
         }
@@ -261,6 +262,7 @@ static lstm_status create(const lstm_config *cfg, const void *const *weights,
             // the GRU's b_hn sits inside r * (W_hn h + b_hn), so its b_hh stays with the step
             pack_bias(b_ih, gru ? NULL : b_hh, m->H, m->tiles, m->gates, lw->bias + d * m->tiles * m->W);
             pack_gates(type, w_hh, s_hh, m->P, m->H, m->tiles, m->gates, lw->w_hh[d], lw->s_hh[d]);
+            if (lw->colsum_hh[d]) lstm_i8_colsums(lw->w_hh[d], m->P, m->tiles * m->W, lw->colsum_hh[d]);
             if (lw->b_hh[d]) pack_bias(b_hh, NULL, m->H, m->tiles, m->gates, lw->b_hh[d]);
             if (w_hr) pack_plain(type_ih, w_hr, NULL, m->P, m->H, lw->w_hr[d], NULL);
         }

@@ -15,7 +15,7 @@
 #define LSTM_ALIGN 64
 
 /* The matrices hold float, half or int8 values as lstm_weight_storage says
- * (kernels.h); s_hh holds the int8 w_hh's scales (NULL otherwise). */
+ * (kernels.h); s_hh and colsum_hh go with an int8 w_hh (NULL otherwise). */
 typedef struct {
     void *w_ih;      // D*tiles panels of (in rows x W): both directions' input weights
     float *bias;     // D*tiles*W: the input projection's bias, packed like a panel row
@@ -23,6 +23,7 @@ typedef struct {
     float *b_hh[2];  // tiles*W: GRU only, b_hh (the other kinds fold it into bias)
     void *w_hr[2];   // ceil(P/64) panels of (H rows x 64), projection only
     float *s_hh[2];  // I8: a scale per packed column of w_hh
+    int32_t *colsum_hh[2]; // I8: the sum of each packed column of w_hh (lstm_i8_colsums)
     int64_t in;      // input width: input_size for layer 0, else D*out
 } layer_weights;
 

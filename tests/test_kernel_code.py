@@ -29,8 +29,9 @@ def _loops(path):
 
 
 def _multiply_adds(instruction):
-    """A float (vfmadd) or int16-pair (vpdpwssd, the avx512 set's int8 step) multiply-add."""
-    return "vfmadd" in instruction or "vpdpwssd" in instruction
+    """A float (vfmadd), int16-pair (vpdpwssd, the avx512 set's batched int8 step) or byte-quad
+    (vpdpbusd, its one-row int8 step) multiply-add."""
+    return "vfmadd" in instruction or "vpdpwssd" in instruction or "vpdpbusd" in instruction
 
 
 @pytest.mark.skipif(not X86 or shutil.which("objdump") is None,
@@ -51,6 +52,8 @@ def test_fma_inner_loops_do_not_touch_the_stack():
     shapes |= {f"block512_6x{ns}_packed" for ns in range(1, 5)}
     # and its batched int8 step (vpdpwssd): up to 6 rows and 2 strips
     shapes |= {f"block_i8_{mr}x{ns}" for mr in range(1, 7) for ns in (1, 2)}
+    # and its one-row int8 sums (vpdpbusd): 1 to 8 strips
+    shapes |= {f"row_strips_i8_{ns}" for ns in range(1, 9)}
     assert shapes | steps <= names, sorted(names)
     spilling = [(f, [t for t in body if "(%rsp)" in t or "(%rbp)" in t])
                 for f, body in loops

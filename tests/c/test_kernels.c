@@ -167,6 +167,7 @@ static void result_free(result *o) { free(o->block), free(o->idx), free(o->writt
 typedef struct {
     float *dense, *packed, *scale;
     int type;
+    int32_t *colsum; /* I8: lstm_i8_colsums of packed */
 } matrix;
 
 /* the half of v = n * 2^-11, 0 < |n| < 2048 or v = 0 (|v| < 1: normal halves) */
@@ -180,7 +181,8 @@ static uint16_t half_bits(float v) {
 static matrix matrix_new_typed(int type, int64_t K, int64_t N, int gates, float lo, float hi) {
     const int64_t w = gates * LSTM_TILE, panels = (N + w - 1) / w;
     const int64_t Kw = type == LSTM_WEIGHTS_I8 ? lstm_i8_k(K) : K;
-    matrix b = {floats(K * N, 0), floats(panels * Kw * w, 0), floats(panels * w, 0), type};
+    matrix b = {floats(K * N, 0), floats(panels * Kw * w, 0), floats(panels * w, 0), type,
+                calloc((size_t)(panels * w), sizeof(int32_t))};
     for (int64_t col = 0; col < N; col++) b.scale[col] = rnd_f(0.001f, 0.02f);
     for (int64_t k = 0; k < K; k++)
         for (int64_t col = 0; col < N; col++) {
@@ -197,12 +199,13 @@ static matrix matrix_new_typed(int type, int64_t K, int64_t N, int gates, float 
             }
             b.dense[k * N + col] = v;
         }
+    if (type == LSTM_WEIGHTS_I8) lstm_i8_colsums((const int8_t *)b.packed, K, panels * w, b.colsum);
     return b;
 }
 
-static void matrix_free(matrix *b) { free(b->dense), free(b->packed), free(b->scale); }
+static void matrix_free(matrix *b) { free(b->dense), free(b->packed), free(b->scale), free(b->colsum); }
 
-static lstm_wmat wmat_of(const matrix *b) { return (lstm_wmat){b->packed, b->scale, b->type}; }
+static lstm_wmat wmat_of(const matrix *b) { return (lstm_wmat){b->packed, b->scale, b->type, b->colsum}; }
 
 /* the kernel set's kernels for reduced weights, or the reference's it falls back to */
 static lstm_gemm_r_fn gemm_r_of(const lstm_kernels *k) {

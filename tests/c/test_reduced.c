@@ -43,7 +43,9 @@ static void step(const lstm_kernels *k, int64_t m, int64_t K, const float *a, co
         memcpy(rows + r * K, a, (size_t)K * sizeof(float));
         for (int j = 0; j < LSTM_TILE; j++) g[r * LSTM_TILE + j] = g0;
     }
-    const lstm_wmat w = {q, scale, LSTM_WEIGHTS_I8};
+    int32_t colsum[LSTM_TILE];
+    lstm_i8_colsums(q, K, LSTM_TILE, colsum);
+    const lstm_wmat w = {q, scale, LSTM_WEIGHTS_I8, colsum};
     k->cell_r(LSTM_CELL_RNN_RELU, m, K, (lstm_rows){rows, K, NULL}, w, NULL,
               (lstm_rows){g, LSTM_TILE, NULL}, NULL, 0, 0, 1, LSTM_TILE, (lstm_rows){h, LSTM_TILE, NULL});
     free(rows), free(g);
