@@ -430,8 +430,9 @@ static void plan_teams(forward_job *j, int nth) {
     const lstm_model *m = j->m;
     j->teams = (m->D == 2 && nth >= 2) ? 2 : 1;
     j->team_size = nth / j->teams;
-    // a team splits hidden units only when every member gets real work per step
-    const double step_flops = 2.0 * (double)j->B * (double)m->W * (double)m->tiles * (double)m->P;
+    // a team splits hidden units only when every member gets real work per step (in float32 flops)
+    const double cost = j->k->step_cost ? j->k->step_cost(m->cfg.weights) : 1.0;
+    const double step_flops = cost * 2.0 * (double)j->B * (double)m->W * (double)m->tiles * (double)m->P;
     j->split = j->team_size > 1 && m->tiles >= j->team_size && step_flops >= MIN_STEP_FLOPS_TO_SPLIT;
     if (!j->split) j->team_size = 1;
 }

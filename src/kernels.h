@@ -216,6 +216,9 @@ typedef struct {
     lstm_gemm_r_fn gemm_r; /* NULL: the scalar reference's */
     lstm_cell_r_fn cell_r;
     int packs; /* nonzero: gemm and gemm_r read packed rows (ap) when given them */
+    /* A step's time per multiply-add on weights of this lstm_weight_type against float32's,
+       for the thread plan (forward.c); NULL: 1 for every type. */
+    double (*step_cost)(int type);
 } lstm_kernels;
 
 extern const lstm_kernels lstm_kernels_scalar;

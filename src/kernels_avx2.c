@@ -898,4 +898,4 @@ void lstm_cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
     }
 }
 
-const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, lstm_gemm_r_avx2, lstm_cell_r_avx2, 1};
+const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, lstm_gemm_r_avx2, lstm_cell_r_avx2, 1, NULL};

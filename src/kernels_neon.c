@@ -647,4 +647,4 @@ static void cell_r_neon(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w
     }
 }
 
-const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon, 0};
+const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon, 0, NULL};

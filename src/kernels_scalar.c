@@ -167,4 +167,4 @@ static void cell_scalar(int cell, int64_t m, int64_t K, lstm_rows a, const float
 }
 
 const lstm_kernels lstm_kernels_scalar = {"scalar", gemm_scalar, cell_scalar, gemm_scalar_r,
-                                          cell_scalar_r, 0};
+                                          cell_scalar_r, 0, NULL};
