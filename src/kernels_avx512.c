@@ -594,6 +594,14 @@ static float quantize_row_bytes(const float *a, int64_t K, uint8_t *qb) {
     return sa;
 }
 
+/* acc + the products of u8's unsigned bytes and s8's signed ones, 4 to an int32 lane
+   (vpdpbusd; written out because GCC 12 copies every accumulator of a loop of the intrinsic
+   through another register on each use, and spills some) */
+VNNI INLINE __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+    return acc;
+}
+
 /*
  * A row's int8 sums over ns (compile-time, 1 to 8) int8 strips at w,
  * sstride bytes apart, from the row quantized to bytes qb (quantize_row_bytes):
@@ -605,20 +613,13 @@ static float quantize_row_bytes(const float *a, int64_t K, uint8_t *qb) {
  * bounds the true sum): the int16 pair sums' result (the batched step's), two
  * vpdpbusd a 4 k instead of two widenings and two vpdpwssd.
  */
-/* acc + the products of u8's unsigned bytes and s8's signed ones, 4 to an int32 lane
-   (vpdpbusd; written out because GCC 12 copies every accumulator of a loop of the intrinsic
-   through another register on each use, and spills some) */
-VNNI INLINE __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
-    return acc;
-}
-
-VNNI INLINE void row_strips_i8_body(const int ns, int64_t Kq, const uint8_t *qb, const int8_t *w,
+VNNI INLINE void row_strips_i8(const int ns, int64_t Kq, const uint8_t *qb, const int8_t *w,
                                int64_t sstride, const float *scale, const int32_t *colsum, float sa,
                                const float *init, float *out) {
     __m512i high[8], low[8];
     EACH(s, ns) {
-        high[s] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(colsum + 16 * s), 7));
+        const __m512i sum = _mm512_loadu_si512(colsum + 16 * s);
+        high[s] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 7)); // -128 colsum
         low[s] = _mm512_setzero_si512();
     }
     for (int64_t k = 0; k < Kq; k += 4, w += 4 * LSTM_TILE) {
@@ -641,12 +642,13 @@ VNNI INLINE void row_strips_i8_body(const int ns, int64_t Kq, const uint8_t *qb,
     }
 }
 
+/* row_strips_i8 for each ns, a function apart (named for test_kernel_code, which checks its loop) */
 #define DEFINE_ROW_STRIPS_I8(N)                                                                    \
     static VNNI NOIPA void row_strips_i8_##N(int64_t Kq, const uint8_t *qb, const int8_t *w,       \
                                              int64_t sstride, const float *scale,                  \
                                              const int32_t *colsum, float sa, const float *init,   \
                                              float *out) {                                         \
-        row_strips_i8_body(N, Kq, qb, w, sstride, scale, colsum, sa, init, out);                   \
+        row_strips_i8(N, Kq, qb, w, sstride, scale, colsum, sa, init, out);                        \
     }
 DEFINE_ROW_STRIPS_I8(1)
 DEFINE_ROW_STRIPS_I8(2)
@@ -657,7 +659,7 @@ DEFINE_ROW_STRIPS_I8(6)
 DEFINE_ROW_STRIPS_I8(7)
 DEFINE_ROW_STRIPS_I8(8)
 
-/* The int8 sums of one row for the ns strips of w from strip s0 (as row_strips_i8), eight at a
+/* The int8 sums of one row for the ns strips of w from strip s0 (row_strips_i8's), eight at a
    time (sixteen sums in flight cover vpdpbusd's latency on two ports) */
 static VNNI __attribute__((noinline)) void row_sums_i8_vnni(int64_t K, const uint8_t *qb, float sa,
                                                             lstm_wmat w, int64_t s0, int64_t ns,
