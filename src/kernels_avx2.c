@@ -821,8 +821,8 @@ INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm
                                                           const float *w_hh, const float *b_hh,    \
                                                           const float *gr, float *c, int64_t t0,   \
                                                           int64_t t1, int64_t H, float *hr) {      \
-        row_kind(kind, LSTM_WEIGHTS_F32, K, ar, (lstm_wmat){.w = w_hh, .type = LSTM_WEIGHTS_F32}, NULL,    \
-                 0.0f, b_hh, gr, c, t0, t1, H, hr);                                                \
+        row_kind(kind, LSTM_WEIGHTS_F32, K, ar, (lstm_wmat){.w = w_hh, .type = LSTM_WEIGHTS_F32},  \
+                 NULL, 0.0f, b_hh, gr, c, t0, t1, H, hr);                                          \
     }                                                                                              \
     static __attribute__((noinline)) void cell_rows_##name(                                        \
         int64_t m, int64_t K, lstm_rows a, const float *w_hh, const float *b_hh, lstm_rows g,      \
@@ -830,7 +830,8 @@ INLINE void rows_kind(const int kind, const int type, int64_t m, int64_t K, lstm
         const int64_t block = l2_rows(K), chunk = cell_rows(K);                                    \
         for (int64_t rb = 0; rb < m; rb += block)                                                  \
             rows_kind(kind, LSTM_WEIGHTS_F32, m - rb < block ? m - rb : block, K,                  \
-                      lstm_rows_from(a, rb), (lstm_wmat){.w = w_hh, .type = LSTM_WEIGHTS_F32}, b_hh,      \
+                      lstm_rows_from(a, rb), (lstm_wmat){.w = w_hh, .type = LSTM_WEIGHTS_F32},     \
+                      b_hh,                                                                        \
                       lstm_rows_from(g, rb), c + rb * ldc, ldc, t0, t1, H, lstm_rows_from(h, rb),  \
                       chunk);                                                                      \
     }

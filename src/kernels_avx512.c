@@ -821,14 +821,12 @@ INLINE void rows_kind_i8(const int kind, int64_t m, int64_t K, lstm_rows a, lstm
         int64_t ldc, int64_t t0, int64_t t1, int64_t H, lstm_rows h) {                             \
         if (m > 1) {                                                                               \
             rows_kind_i8(kind, m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h);                         \
-            return;                                                                                \
-        }                                                                                          \
-        _Alignas(64) uint8_t qb[2 * LSTM_MAX_I8_STATE];                                            \
-        for (int64_t r = 0; r < m; r++) {                                                          \
-            const float *ar = lstm_row(a, r);                                                      \
+        } else if (m == 1) {                                                                       \
+            _Alignas(64) uint8_t qb[2 * LSTM_MAX_I8_STATE];                                        \
+            const float *ar = lstm_row(a, 0);                                                      \
             const float sa = quantize_row_bytes(ar, K, qb);                                        \
-            row_kind(kind, LSTM_WEIGHTS_I8, K, ar, w, qb, sa, b_hh, lstm_row(g, r),                \
-                     kind == LSTM_CELL_LSTM ? c + r * ldc : NULL, t0, t1, H, lstm_row(h, r));      \
+            row_kind(kind, LSTM_WEIGHTS_I8, K, ar, w, qb, sa, b_hh, lstm_row(g, 0),                \
+                     kind == LSTM_CELL_LSTM ? c : NULL, t0, t1, H, lstm_row(h, 0));                \
         }                                                                                          \
     }
 CELL_KIND_I8(lstm, LSTM_CELL_LSTM)
@@ -842,12 +840,13 @@ CELL_KIND_I8(rnn_relu, LSTM_CELL_RNN_RELU)
  * The two bodies compiled for each kind and weight type (float32, half) as
  * functions of their own (see kernels_avx2.c), one row or many.
  */
-#define CELL_KIND(name, kind, wtype)                                                                \
+#define CELL_KIND(name, kind, wtype)                                                               \
     static __attribute__((noinline)) void cell_row_##name(int64_t K, const float *ar,              \
                                                           const void *w_hh, const float *b_hh,     \
                                                           const float *gr, float *c, int64_t t0,   \
                                                           int64_t t1, int64_t H, float *hr) {      \
-        row_kind(kind, wtype, K, ar, (lstm_wmat){.w = w_hh, .type = wtype}, NULL, 0.0f, b_hh, gr, c, t0, t1, H, hr); \
+        row_kind(kind, wtype, K, ar, (lstm_wmat){.w = w_hh, .type = wtype}, NULL, 0.0f, b_hh, gr, \
+                 c, t0, t1, H, hr);                                                                \
     }                                                                                              \
     static __attribute__((noinline)) void cell_rows_##name(                                        \
         int64_t m, int64_t K, lstm_rows a, const void *w_hh, const float *b_hh, lstm_rows g,       \
