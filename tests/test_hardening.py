@@ -228,7 +228,7 @@ def test_kept_scratch_is_released_by_small_calls_and_release_memory():
             with open("/proc/self/statm") as f:
                 return int(f.read().split()[1]) * 4096 / 2**20
         li.set_num_threads(1)
-        m = li.LSTM(64, 256)
+        m = li.LSTM(64, 256, num_layers=2)
         small = np.zeros((2, 1, 64), np.float32)
         big = np.zeros((400, 256, 64), np.float32)
         m(small); base = rss_mb()
@@ -241,7 +241,7 @@ def test_kept_scratch_is_released_by_small_calls_and_release_memory():
     """)
     assert rc == 0, err[-3000:]
     base, after_big, after_small, released = map(float, out.split())
-    assert after_big - base > 300, out  # the big call's scratch (~420 MB) is kept ...
+    assert after_big - base > 150, out  # the big call's scratch (~210 MB: two layers' outputs) is kept ...
     assert after_small - base < 120, out  # ... until a much smaller call frees it
     assert released - base < 120, out
 

@@ -657,8 +657,8 @@ static void test_packed_projection(const char *const *isas, int n_isas) {
         lstm_config cfg; /* I, H, L, bias, bi, P, cell, weights */
         int64_t B, lo, hi; /* lengths in [lo, hi]; equal ones (lo + hi) / 2 */
     } cases[] = {
-        {{20, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130}, /* two chunks; polls */
-        {{64, 256, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 60, 120}, /* short path, two chunks */
+        {{20, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130}, /* ~2,000 tokens: chunks of steps; polls */
+        {{64, 256, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 60, 120}, /* short path, chunks of steps */
         {{20, 128, 2, 1, 1, 11, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 8, 20, 60},  /* layer 1 input 22 */
         {{13, 352, 1, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 8, 20, 60},
         {{7, 512, 1, 0, 1, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 8, 20, 60},
@@ -909,7 +909,7 @@ static void test_errors(void) {
     {
         const int64_t Tb = INT64_C(1) << 36;
         lstm_status s = lstm_workspace_size(m, Tb, 64, NULL, &need);
-        if (s == LSTM_OK && need >= (size_t)1 << 50) {
+        if (s == LSTM_OK && need >= (size_t)1 << 44) { /* tens of TiB: no malloc gives them */
             a = good;
             a.seq_len = Tb, a.batch = 64, a.lengths = NULL;
             s = lstm_model_forward(m, &a, NULL, 0);
