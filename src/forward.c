@@ -80,17 +80,19 @@ static int64_t pack_rows(const lstm_model *m, int64_t N) {
 
 /*
  * Rows of a chunk's G: as many as fill this CPU's L2 (both directions), at
- * least one step's, at most every token's. The recurrence then reads G from
- * L2 soon after the projection wrote it, not from L3 or memory. Measured on
- * the Xeon (2 MB L2), paired against projecting every token first, 1 thread,
- * ragged: big-like (B 256, hidden 256; 512 rows) 1.06-1.10x, 256 rows
- * 1.05x; nlp-like (B 32, hidden 256, two directions; 256 rows) 1.03x;
- * server-like (B 64, hidden 512, two directions; 128 rows) 1.00x, where 4 MB
- * chunks (512 rows) ran 0.96x.
+ * most every token's; every token's when that is under one step's or under
+ * MIN_CHUNK_ROWS. The recurrence then reads G from L2 soon after the
+ * projection wrote it, not from L3 or memory. Measured on the Xeon (2 MB
+ * L2), paired against projecting every token first, 1 thread, ragged:
+ * big-like (B 256, hidden 256; 512 rows) 1.07x, 256 rows 1.05x; nlp-like
+ * (B 32, hidden 256, two directions; 256 rows) 1.02-1.03x; server-like (B
+ * 64, hidden 512, two directions) 0.98x in chunks of 128 rows, 0.96x in 4 MB
+ * ones (512 rows), and 0.96x in one-step chunks at B 256: those run whole.
  */
+#define MIN_CHUNK_ROWS 256
 static int64_t chunk_rows(const lstm_model *m, int64_t B, int64_t N) {
-    int64_t rows = (int64_t)lstm_cache_sizes()->l2 / (m->D * m->tiles * m->W * (int64_t)sizeof(float));
-    if (rows < B) rows = B;
+    const int64_t fit = (int64_t)lstm_cache_sizes()->l2 / (m->D * m->tiles * m->W * (int64_t)sizeof(float));
+    const int64_t rows = fit >= B && fit >= MIN_CHUNK_ROWS ? fit : N;
     return rows < N ? rows : N;
 }
 

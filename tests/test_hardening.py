@@ -241,7 +241,7 @@ def test_kept_scratch_is_released_by_small_calls_and_release_memory():
     """)
     assert rc == 0, err[-3000:]
     base, after_big, after_small, released = map(float, out.split())
-    assert after_big - base > 150, out  # the big call's scratch (~210 MB: two layers' outputs) is kept ...
+    assert after_big - base > 150, out  # the big call's scratch (two layers' outputs, ~210 MB) is kept ...
     assert after_small - base < 120, out  # ... until a much smaller call frees it
     assert released - base < 120, out
 

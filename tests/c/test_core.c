@@ -653,12 +653,12 @@ static int never_stop(void *ctx) {
  * type, with a wider and a narrower layer 1 input.
  */
 static void test_packed_projection(const char *const *isas, int n_isas) {
-    static const struct {
+    static struct {
         lstm_config cfg; /* I, H, L, bias, bi, P, cell, weights */
         int64_t B, lo, hi; /* lengths in [lo, hi]; equal ones (lo + hi) / 2 */
     } cases[] = {
-        {{20, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130}, /* ~2,000 tokens: chunks of steps; polls */
-        {{64, 256, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 60, 120}, /* short path, chunks of steps */
+        {{20, 128, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130}, /* ~2,000 tokens; polls */
+        {{64, 256, 2, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 60, 120}, /* short path */
         {{20, 128, 2, 1, 1, 11, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 8, 20, 60},  /* layer 1 input 22 */
         {{13, 352, 1, 1, 0, 0, LSTM_CELL_GRU, LSTM_WEIGHTS_F32}, 8, 20, 60},
         {{7, 512, 1, 0, 1, 0, LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32}, 8, 20, 60},
@@ -668,8 +668,15 @@ static void test_packed_projection(const char *const *isas, int n_isas) {
          * thread must take the same chunks (each once took its own from its share of panels,
          * packing over another's rows and meeting barriers out of step) */
         {{100, 272, 1, 1, 0, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130},
+        /* hidden size set below from this CPU's L2: chunks of steps (forward.c's chunk_rows)
+         * of ~350 tokens whatever the L2, so ~2,000 tokens run in several */
+        {{20, 0, 2, 1, 1, 0, LSTM_CELL_LSTM, LSTM_WEIGHTS_F32}, 24, 40, 130},
     };
     enum { MAX_B = 24 };
+    {
+        const int64_t tiles = lstm_cache_sizes()->l2 / (2 * LSTM_TILE * 4 * (int64_t)sizeof(float) * 350);
+        cases[sizeof cases / sizeof *cases - 1].cfg.hidden_size = LSTM_TILE * (tiles < 1 ? 1 : tiles);
+    }
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         const lstm_config *cfg = &cases[ci].cfg;
         const int64_t B = cases[ci].B, T = cases[ci].hi, I = cfg->input_size, H = cfg->hidden_size;
