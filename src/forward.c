@@ -407,12 +407,13 @@ static void project_chunk(forward_job *j, int64_t l, int64_t s0, int64_t s1, int
         if (packed) {
             // every thread packs a share of the piece's groups (both directions'), all read all
             if (r0 && nth > 1) lstm_barrier_wait(&j->all); // nobody reads the last piece now
+            const int64_t groups = n / LSTM_PACK_ROWS; // of each direction
             int64_t g0, g1;
-            split_range(m->D * (n / LSTM_PACK_ROWS), nth, tid, &g0, &g1);
+            split_range(m->D * groups, nth, tid, &g0, &g1);
             for (int64_t d = 0; d < m->D; d++) {
-                const int64_t lo = g0 - d * (n / LSTM_PACK_ROWS), hi = g1 - d * (n / LSTM_PACK_ROWS);
-                lstm_pack_rows(lstm_rows_from(x[d], r0), lo < 0 ? 0 : lo, hi > n / LSTM_PACK_ROWS ? n / LSTM_PACK_ROWS : hi,
-                               lw->in, r->xp + d * packed * lw->in);
+                const int64_t lo = g0 - d * groups, hi = g1 - d * groups;
+                lstm_pack_rows(lstm_rows_from(x[d], r0), lo < 0 ? 0 : lo, hi > groups ? groups : hi, lw->in,
+                               r->xp + d * packed * lw->in);
             }
             if (nth > 1) lstm_barrier_wait(&j->all);
         }
