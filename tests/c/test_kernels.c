@@ -754,6 +754,8 @@ static void test_kernels(const lstm_kernels *k) {
     for (int kind = 0; kind < 4; kind++) { /* every row-tail shape; K past one K-block */
         test_row_alone(k, kind, 11, 37, 50);
         test_row_alone(k, kind, 6, 300, 20);
+        test_row_alone(k, kind, 5, 16, 32); /* the small steps (at most two tiles), full and cut */
+        test_row_alone(k, kind, 3, 40, 9);
         const int64_t ms[] = {1, 2, 3, 4, 5, 7, 13, 49};
         for (size_t i = 0; i < sizeof ms / sizeof *ms; i++) { /* every row-tail shape */
             test_half_as_float(k, kind, ms[i], 37, 50);
