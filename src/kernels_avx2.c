@@ -755,6 +755,7 @@ INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar,
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
     const int64_t chunk = ROW_STRIPS / gates;
     float sums[ROW_STRIPS * LSTM_TILE];
+    if (type != LSTM_WEIGHTS_I8) lstm_prefetch_row(ar, K); // (int8: quantizing read it already)
     for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
         const int64_t n = t1 - c0 < chunk ? t1 - c0 : chunk;
         const float *init = kind != LSTM_CELL_GRU ? gr + c0 * W : b_hh ? b_hh + c0 * W : NULL;

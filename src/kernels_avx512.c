@@ -533,6 +533,7 @@ INLINE void row_kind(const int kind, const int type, int64_t K, const float *ar,
     const int gates = lstm_gates(kind), W = gates * LSTM_TILE;
     const int64_t chunk = ROW_STRIPS / gates;
     _Alignas(64) float sums[ROW_STRIPS * LSTM_TILE];
+    if (type != LSTM_WEIGHTS_I8) lstm_prefetch_row(ar, K); // (int8: quantizing read it already)
     if (type != LSTM_WEIGHTS_I8 && t1 - t0 <= 2) {
         const int half = type == LSTM_WEIGHTS_F16;
         if (t1 - t0 == 2) row_small(kind, half, 2, K, ar, w.w, b_hh, gr, c, t0, H, hr);
