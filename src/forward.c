@@ -46,6 +46,14 @@
 #define PACK_MIN_ROWS 192
 #define PACK_MIN_COLS 1024
 #define PACK_CHUNK_ROWS 1536
+/*
+ * Half weights a call converts to float32 once, into its scratch (see
+ * convert_ih), from this many valid tokens: converting costs about as much
+ * as a few tokens' steps, and the half path pays for its tiles' conversions
+ * every step; and w_hh from this batch, whose steps are bound by arithmetic.
+ */
+#define CONVERT_MIN_TOKENS 16
+#define CONVERT_MIN_BATCH 16
 /* A kept scratch block above this size goes when a call needs under a quarter of it. */
 #define KEEP_ANY_SCRATCH (1u << 20)
 /* Lengths are copied once; up to this many on the stack. */
@@ -69,6 +77,8 @@ typedef struct {
     int64_t *cur[2]; // (N) per direction, step-major: packed row computed at that step
     int64_t *prev[2];// (N) per direction, step-major: Y row holding the previous h
     float *xp;       // per direction (pack_rows(m, gc_rows), widest layer input): projection rows packed, or NULL
+    float *wc_ih;    // (D*tiles panels of the widest input): a layer's half w_ih as float32 (convert_ih), or NULL
+    float *wc_hh;    // (D, tiles panels of P rows): a layer's half w_hh as float32 (convert_hh), or NULL
     int64_t gc_rows;
 } run_state;
 
@@ -104,6 +114,36 @@ static int64_t widest_input(const lstm_model *m) {
     return widest;
 }
 
+/*
+ * Whether a call of N valid tokens, projected gc_rows at a time
+ * (chunk_rows), converts its layers' half w_ih (F16 and I8 models) to
+ * float32 once, each thread the panels it projects, so that the projection
+ * runs the float32 kernels on the same values (the same bits). Each gemm on
+ * halves converts every weight in its blocks' tiles, so that pays from two
+ * chunks; one chunk would only add the copy's bytes (a wide-like call, 100
+ * tokens, 4 MB of float32 w_ih a layer, ran 0.97x converting).
+ */
+static int convert_ih(const lstm_model *m, int64_t N, int64_t gc_rows) {
+    return m->cfg.weights != LSTM_WEIGHTS_F32 && N >= CONVERT_MIN_TOKENS && N > gc_rows;
+}
+
+/*
+ * The same for w_hh (F16 models): where its float32 copy (one direction)
+ * fits in half of L2, a step reads that at float32's speed, while halves are
+ * converted as they are read (vcvtph2ps and the FMA together ran at a third
+ * of the FMA's rate on the Xeon, tools/ceilings.c); and from
+ * CONVERT_MIN_BATCH rows, whose steps are bound by arithmetic.
+ * Bigger w_hh at small batches keep their halves: there the bytes bound.
+ * Measured on the Xeon, 1 thread, T 50, half against float32 weights before
+ * this: batch 2-16 at hidden 128 0.70-0.84x, batch 16 at hidden 512 0.98x,
+ * batch 32-256 0.89-0.92x; batch 2 at hidden 512 (4 MB) 1.54x.
+ */
+static int convert_hh(const lstm_model *m, int64_t B, int64_t N) {
+    if (m->cfg.weights != LSTM_WEIGHTS_F16 || N < CONVERT_MIN_TOKENS) return 0;
+    const double bytes = (double)sizeof(float) * (double)(m->tiles * m->W) * (double)m->P;
+    return B >= CONVERT_MIN_BATCH || bytes <= 0.5 * (double)lstm_cache_sizes()->l2;
+}
+
 static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lstm_arena *a,
                        run_state *r) {
     int64_t rows, dp, g;
@@ -134,6 +174,9 @@ static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lst
         r->prev[d] = d < m->D ? lstm_arena_take(a, N, sizeof(int64_t)) : NULL;
     }
     r->xp = packed ? lstm_arena_take(a, packed, sizeof(float)) : NULL;
+    const int64_t panels = m->D * m->tiles * m->W; // floats of a panel row, both directions
+    r->wc_ih = convert_ih(m, N, r->gc_rows) ? lstm_arena_take(a, panels * widest_input(m), sizeof(float)) : NULL;
+    r->wc_hh = convert_hh(m, B, N) ? lstm_arena_take(a, panels * m->P, sizeof(float)) : NULL;
 }
 
 /* The valid tokens of a batch, or -1 for a length outside [0, T]. */
@@ -176,6 +219,7 @@ typedef struct {
     const lstm_kernels *k;
     lstm_gemm_r_fn gemm_r;  // reduced weights: the kernel set's, else the scalar reference's
     lstm_cell_r_fn cell_r;
+    lstm_widen_fn widen;    // the kernel set's, else the scalar reference's
     run_state r;
     int64_t T, B, N, steps; // steps: the longest length
     int nth, teams, team_size, split;
@@ -298,29 +342,77 @@ static int agreed_stop(forward_job *j, int nth) {
     return stop;
 }
 
-/* The gemm of kernels.h on w_ih or w_hr, stored as float32 or (F16 and I8 models) halves. */
-static void run_gemm(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const float *ap,
+/* The gemm of kernels.h on w_ih or w_hr stored as `type`: float32 (also a converted copy), or
+   halves (F16 and I8 models). */
+static void run_gemm(const forward_job *j, int type, int64_t m, int64_t K, lstm_rows a, const float *ap,
                      const void *b, int gates, const float *bias, int64_t p0, int64_t p1,
                      int64_t ncols, lstm_rows c) {
-    if (j->m->cfg.weights == LSTM_WEIGHTS_F32) j->k->gemm(m, K, a, ap, b, gates, bias, p0, p1, ncols, c);
+    if (type == LSTM_WEIGHTS_F32) j->k->gemm(m, K, a, ap, b, gates, bias, p0, p1, ncols, c);
     else j->gemm_r(m, K, a, ap, (lstm_wmat){.w = b, .type = LSTM_WEIGHTS_F16}, gates, bias, p0, p1, ncols, c);
 }
 
-/* Direction d's panels of w_ih (float32, or halves in F16 and I8 models). */
+/* The storage of the model's w_ih and w_hr: float32, or halves in F16 and I8 models. */
+static int gemm_type(const lstm_model *m) {
+    return m->cfg.weights == LSTM_WEIGHTS_F32 ? LSTM_WEIGHTS_F32 : LSTM_WEIGHTS_F16;
+}
+
+/* Direction d's panels of w_ih as stored (gemm_type). */
 static const void *w_ih_of(const lstm_model *m, const layer_weights *lw, int64_t d) {
-    const size_t bytes = m->cfg.weights == LSTM_WEIGHTS_F32 ? sizeof(float) : sizeof(uint16_t);
+    const size_t bytes = gemm_type(m) == LSTM_WEIGHTS_F32 ? sizeof(float) : sizeof(uint16_t);
     return (const char *)lw->w_ih + (size_t)(d * m->tiles * lw->in * m->W) * bytes;
 }
 
-/* The cell of kernels.h on a w_hh of the model's weight type. */
+/* The cell of kernels.h on direction d's w_hh: wc, its float32 copy, when given (convert_hh),
+   else as the model stores it. */
 static void run_cell(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const layer_weights *lw,
-                     int64_t d, const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
-                     int64_t t1, lstm_rows h) {
+                     int64_t d, const float *wc, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
+                     int64_t t0, int64_t t1, lstm_rows h) {
     const lstm_model *md = j->m;
     const int type = md->cfg.weights, cell = md->cfg.cell;
-    if (type == LSTM_WEIGHTS_F32) j->k->cell(cell, m, K, a, lw->w_hh[d], b_hh, g, c, ldc, t0, t1, md->H, h);
+    if (wc) j->k->cell(cell, m, K, a, wc, b_hh, g, c, ldc, t0, t1, md->H, h);
+    else if (type == LSTM_WEIGHTS_F32) j->k->cell(cell, m, K, a, lw->w_hh[d], b_hh, g, c, ldc, t0, t1, md->H, h);
     else j->cell_r(cell, m, K, a, (lstm_wmat){lw->w_hh[d], lw->s_hh[d], type, lw->colsum_hh[d]}, b_hh, g, c,
                    ldc, t0, t1, md->H, h);
+}
+
+/* Whether thread tid steps direction d's recurrence (the teams of forward_thread), and its
+   tiles [t0, t1) of every step then (recur's split). */
+static int recur_tiles(const forward_job *j, int tid, int64_t d, int64_t *t0, int64_t *t1) {
+    int rank = tid;
+    if (j->teams == 2) {
+        if (tid % 2 != d) return 0;
+        rank = tid / 2;
+    }
+    if (rank >= j->team_size) return 0;
+    *t0 = 0, *t1 = j->m->tiles;
+    if (j->split && j->team_size > 1) split_range(j->m->tiles, j->team_size, rank, t0, t1);
+    return 1;
+}
+
+/*
+ * Layer l's half weights as float32 into the call's scratch (convert_ih,
+ * convert_hh), each thread the w_ih panels it projects (project_chunk's
+ * split) and the w_hh tiles it steps (recur_tiles): no thread reads another's,
+ * so none waits.
+ */
+static void convert_layer(const forward_job *j, int64_t l, int tid, int nth) {
+    const lstm_model *m = j->m;
+    const layer_weights *lw = &m->layers[l];
+    const run_state *r = &j->r;
+    if (r->wc_ih) {
+        int64_t p0, p1;
+        split_range(m->D * m->tiles, nth, tid, &p0, &p1);
+        const int64_t panel = lw->in * m->W;
+        j->widen(LSTM_WEIGHTS_F16, (const uint16_t *)lw->w_ih + p0 * panel, r->wc_ih + p0 * panel,
+                 (p1 - p0) * panel);
+    }
+    for (int64_t d = 0; r->wc_hh && d < m->D; d++) {
+        int64_t t0, t1;
+        const int64_t panel = m->P * m->W;
+        if (recur_tiles(j, tid, d, &t0, &t1))
+            j->widen(LSTM_WEIGHTS_F16, (const uint16_t *)lw->w_hh[d] + t0 * panel,
+                     r->wc_hh + (d * m->tiles + t0) * panel, (t1 - t0) * panel);
+    }
 }
 
 /* Steps [s0, s1) of the recurrence of one direction of one layer, by one member of a
@@ -335,6 +427,7 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
     const int proj = m->cfg.proj_size != 0;
     float *cst = r->cst ? r->cst + d * B * m->Hp : NULL;
     float *hbuf = proj ? r->hbuf + d * B * m->Hp : NULL;
+    const float *wc = r->wc_hh ? r->wc_hh + d * m->tiles * m->W * P : NULL;
     int64_t t0 = 0, t1 = m->tiles, q0 = 0, q1 = m->proj_panels;
     if (n > 1) {
         split_range(m->tiles, n, rank, &t0, &t1);
@@ -357,12 +450,12 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
         const lstm_rows gates = {r->G[d] + (r->off[s] - r->off[s0]) * G_ld, G_ld, NULL};
         const lstm_rows out = {Y + B * DP + d * P, DP, r->cur[d] + r->off[s]};
         if (!proj) {
-            run_cell(j, rows, P, prev, lw, d, lw->b_hh[d], gates, cst, m->Hp, t0, t1, out);
+            run_cell(j, rows, P, prev, lw, d, wc, lw->b_hh[d], gates, cst, m->Hp, t0, t1, out);
         } else {
             const lstm_rows hr = {hbuf, m->Hp, NULL};
-            run_cell(j, rows, P, prev, lw, d, NULL, gates, cst, m->Hp, t0, t1, hr);
+            run_cell(j, rows, P, prev, lw, d, wc, NULL, gates, cst, m->Hp, t0, t1, hr);
             if (n > 1) lstm_barrier_wait(bar);
-            run_gemm(j, rows, m->H, hr, NULL, lw->w_hr[d], 4, NULL, q0, q1, P, out);
+            run_gemm(j, gemm_type(m), rows, m->H, hr, NULL, lw->w_hr[d], 4, NULL, q0, q1, P, out);
         }
         if (n > 1) lstm_barrier_wait(bar);
     }
@@ -419,9 +512,10 @@ static void project_chunk(forward_job *j, int64_t l, int64_t s0, int64_t s1, int
         }
         for (int64_t d = 0; d < m->D; d++)
             if (q0[d] < q1[d])
-                run_gemm(j, n, lw->in, lstm_rows_from(x[d], r0), packed ? r->xp + d * packed * lw->in : NULL,
-                         w_ih_of(m, lw, d), m->gates, lw->bias + d * G_ld, q0[d], q1[d], G_ld,
-                         (lstm_rows){r->G[d] + r0 * G_ld, G_ld, NULL});
+                run_gemm(j, r->wc_ih ? LSTM_WEIGHTS_F32 : gemm_type(m), n, lw->in, lstm_rows_from(x[d], r0),
+                         packed ? r->xp + d * packed * lw->in : NULL,
+                         r->wc_ih ? r->wc_ih + d * m->tiles * lw->in * m->W : w_ih_of(m, lw, d), m->gates,
+                         lw->bias + d * G_ld, q0[d], q1[d], G_ld, (lstm_rows){r->G[d] + r0 * G_ld, G_ld, NULL});
         if (j->check_every && r0 + n < rows) {
             if (tid == 0) poll_interrupt(j);
             if (agreed_stop(j, nth)) return;
@@ -441,6 +535,7 @@ static void forward_thread(void *arg, int tid, int nth) {
     for (int64_t l = 0; l < m->L; l++) {
         float *Y = r->Y[l & 1];
         if (tid == 0) init_state(j, l, Y);
+        convert_layer(j, l, tid, nth);
 
         // chunks of steps: their tokens' projections, then their recurrence
         int stopped = 0;
@@ -593,19 +688,21 @@ static int64_t uniform_steps(const forward_job *j) {
  * panels; with xp (room for pack_rows(m, rows) rows), packed a chunk at a time
  * when there are enough rows.
  */
-static void project(const forward_job *j, int64_t rows, const layer_weights *lw, lstm_rows x, float *xp,
-                    lstm_rows g) {
+static void project(const forward_job *j, int64_t rows, const layer_weights *lw, const float *wc,
+                    lstm_rows x, float *xp, lstm_rows g) {
     const lstm_model *m = j->m;
     const int64_t chunk = xp ? pack_rows(m, rows) : 0, ncols = m->D * m->tiles * m->W;
+    const int type = wc ? LSTM_WEIGHTS_F32 : gemm_type(m);
+    const void *w = wc ? (const void *)wc : lw->w_ih;
     if (!chunk) {
-        run_gemm(j, rows, lw->in, x, NULL, lw->w_ih, m->gates, lw->bias, 0, m->D * m->tiles, ncols, g);
+        run_gemm(j, type, rows, lw->in, x, NULL, w, m->gates, lw->bias, 0, m->D * m->tiles, ncols, g);
         return;
     }
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
         const lstm_rows xr = lstm_rows_from(x, r0);
         lstm_pack_rows(xr, 0, n / LSTM_PACK_ROWS, lw->in, xp);
-        run_gemm(j, n, lw->in, xr, xp, lw->w_ih, m->gates, lw->bias, 0, m->D * m->tiles, ncols,
+        run_gemm(j, type, n, lw->in, xr, xp, w, m->gates, lw->bias, 0, m->D * m->tiles, ncols,
                  lstm_rows_from(g, r0));
     }
 }
@@ -629,6 +726,11 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
     // the general layout holds all of these and more, so they fit its size
     const int64_t packed = j->packs ? pack_rows(m, per * B) : 0;
     float *xp = packed ? lstm_arena_take(&ar, packed * widest_input(m), sizeof(float)) : NULL;
+    // half weights converted once (convert_ih, convert_hh), as the general layout has room for
+    const int64_t panel_row = m->tiles * m->W;
+    const int ih = convert_ih(m, n * B, chunk_rows(m, B, n * B)), hh = convert_hh(m, B, n * B);
+    float *wc_ih = ih ? lstm_arena_take(&ar, panel_row * widest_input(m), sizeof(float)) : NULL;
+    float *wc_hh = hh ? lstm_arena_take(&ar, panel_row * P, sizeof(float)) : NULL;
     const unsigned fp_mode = lstm_denormals_off();
     // the input's rows (t, b) evenly spaced, as one sequence's or a packed batch's are
     const int64_t sb = a->input_stride_b, st = a->input_stride_t;
@@ -644,19 +746,21 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
         }
         float *h0 = a->h_0 ? (float *)a->h_0 + l * B * P : y;
         if (!a->h_0) memset(y, 0, (size_t)(B * P) * sizeof(float));
+        if (wc_ih) j->widen(LSTM_WEIGHTS_F16, lw->w_ih, wc_ih, panel_row * lw->in);
+        if (wc_hh) j->widen(LSTM_WEIGHTS_F16, lw->w_hh[0], wc_hh, panel_row * P);
         for (int64_t t0 = 0; t0 < n; t0 += per) {
             const int64_t steps = n - t0 < per ? n - t0 : per;
             if (l) {
-                project(j, steps * B, lw, (lstm_rows){Y[(l - 1) & 1] + (1 + t0) * B * P, P, NULL}, xp,
+                project(j, steps * B, lw, wc_ih, (lstm_rows){Y[(l - 1) & 1] + (1 + t0) * B * P, P, NULL}, xp,
                         (lstm_rows){g, G_ld, NULL});
             } else {
                 for (int64_t t = 0; t < (even ? 1 : steps); t++)
-                    project(j, even ? steps * B : B, lw,
+                    project(j, even ? steps * B : B, lw, wc_ih,
                             (lstm_rows){(float *)a->input + (t0 + t) * st, B == 1 ? st : sb, NULL}, xp,
                             (lstm_rows){g + t * B * G_ld, G_ld, NULL});
             }
             for (int64_t t = t0; t < t0 + steps; t++)
-                run_cell(j, B, P, (lstm_rows){t ? y + t * B * P : h0, P, NULL}, lw, 0, lw->b_hh[0],
+                run_cell(j, B, P, (lstm_rows){t ? y + t * B * P : h0, P, NULL}, lw, 0, wc_hh, lw->b_hh[0],
                          (lstm_rows){g + (t - t0) * B * G_ld, G_ld, NULL}, c, Hp, 0, m->tiles,
                          (lstm_rows){y + (t + 1) * B * P, P, NULL});
         }
@@ -681,6 +785,7 @@ lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *arg
                      .B = args->batch};
     j.gemm_r = j.k->gemm_r ? j.k->gemm_r : lstm_kernels_scalar.gemm_r;
     j.cell_r = j.k->cell_r ? j.k->cell_r : lstm_kernels_scalar.cell_r;
+    j.widen = j.k->widen ? j.k->widen : lstm_kernels_scalar.widen;
     j.packs = j.k->packs && (m->cfg.weights == LSTM_WEIGHTS_F32 || j.k->gemm_r);
     atomic_init(&j.stop, 0);
     int64_t TB;

@@ -220,6 +220,13 @@ typedef void (*lstm_cell_r_fn)(int cell, int64_t m, int64_t K, lstm_rows a, lstm
                                const float *b_hh, lstm_rows g, float *c, int64_t ldc, int64_t t0,
                                int64_t t1, int64_t H, lstm_rows h);
 
+/*
+ * widen: dst[i] = src[i] exactly, for i < n: halves (type F16) to float, or
+ * int8 (I8) to int16. A call of many tokens converts its reduced weights
+ * once (forward.c) rather than in every step's and every block's tiles.
+ */
+typedef void (*lstm_widen_fn)(int type, const void *src, void *dst, int64_t n);
+
 typedef struct {
     const char *name;
     lstm_gemm_fn gemm;
@@ -230,6 +237,7 @@ typedef struct {
     /* A step's time per multiply-add on weights of this lstm_weight_type against float32's,
        for the thread plan (forward.c); NULL: 1 for every type. */
     double (*step_cost)(int type);
+    lstm_widen_fn widen; /* NULL: the scalar reference's */
 } lstm_kernels;
 
 extern const lstm_kernels lstm_kernels_scalar;

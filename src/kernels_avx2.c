@@ -900,4 +900,22 @@ void lstm_cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
     }
 }
 
-const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, lstm_gemm_r_avx2, lstm_cell_r_avx2, 1, NULL};
+/* kernels.h's widen: F16C, and vpmovsxbw */
+static void widen_avx2(int type, const void *src, void *dst, int64_t n) {
+    int64_t i = 0;
+    if (type == LSTM_WEIGHTS_F16) {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+        for (; i < n; i++) f[i] = lstm_half_to_float(h[i]);
+    } else {
+        const int8_t *q = src;
+        int16_t *w = dst;
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i *)(w + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
+        for (; i < n; i++) w[i] = q[i];
+    }
+}
+
+const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, lstm_gemm_r_avx2, lstm_cell_r_avx2, 1, NULL,
+                                        widen_avx2};

@@ -980,5 +980,23 @@ static void cell_r_avx512(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat
    float32 ones gain from ~50 K (LSTM 80: 1.05x, 96: 1.10x) */
 static double step_cost_avx512(int type) { return type == LSTM_WEIGHTS_I8 && cpu_has_vnni() ? 0.33 : 1.0; }
 
+/* kernels.h's widen on zmm */
+static void widen_avx512(int type, const void *src, void *dst, int64_t n) {
+    int64_t i = 0;
+    if (type == LSTM_WEIGHTS_F16) {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+        for (; i < n; i++) f[i] = lstm_half_to_float(h[i]);
+    } else {
+        const int8_t *q = src;
+        int16_t *w = dst;
+        for (; i + 32 <= n; i += 32)
+            _mm512_storeu_si512(w + i, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(q + i))));
+        for (; i < n; i++) w[i] = q[i];
+    }
+}
+
 const lstm_kernels lstm_kernels_avx512 = {"avx512", gemm_avx512, cell_avx512, gemm_r_avx512, cell_r_avx512, 1,
-                                          step_cost_avx512};
+                                          step_cost_avx512, widen_avx512};

@@ -647,4 +647,29 @@ static void cell_r_neon(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w
     }
 }
 
-const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon, 0, NULL};
+/* kernels.h's widen: FCVTL (exact), and SXTL */
+static void widen_neon(int type, const void *src, void *dst, int64_t n) {
+    int64_t i = 0;
+    if (type == LSTM_WEIGHTS_F16) {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (; i + 8 <= n; i += 8) {
+            const float16x8_t v = vreinterpretq_f16_u16(vld1q_u16(h + i));
+            vst1q_f32(f + i, vcvt_f32_f16(vget_low_f16(v)));
+            vst1q_f32(f + i + 4, vcvt_high_f32_f16(v));
+        }
+        for (; i < n; i++) f[i] = lstm_half_to_float(h[i]);
+    } else {
+        const int8_t *q = src;
+        int16_t *w = dst;
+        for (; i + 16 <= n; i += 16) {
+            const int8x16_t v = vld1q_s8(q + i);
+            vst1q_s16(w + i, vmovl_s8(vget_low_s8(v)));
+            vst1q_s16(w + i + 8, vmovl_high_s8(v));
+        }
+        for (; i < n; i++) w[i] = q[i];
+    }
+}
+
+const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon, 0, NULL,
+                                        widen_neon};

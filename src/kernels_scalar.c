@@ -166,5 +166,12 @@ static void cell_scalar(int cell, int64_t m, int64_t K, lstm_rows a, const float
                   t1, H, h);
 }
 
+static void widen_scalar(int type, const void *src, void *dst, int64_t n) {
+    if (type == LSTM_WEIGHTS_F16)
+        for (int64_t i = 0; i < n; i++) ((float *)dst)[i] = lstm_half_to_float(((const uint16_t *)src)[i]);
+    else
+        for (int64_t i = 0; i < n; i++) ((int16_t *)dst)[i] = ((const int8_t *)src)[i];
+}
+
 const lstm_kernels lstm_kernels_scalar = {"scalar", gemm_scalar, cell_scalar, gemm_scalar_r,
-                                          cell_scalar_r, 0, NULL};
+                                          cell_scalar_r, 0, NULL, widen_scalar};

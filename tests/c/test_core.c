@@ -1032,6 +1032,100 @@ static int forward_plain(const lstm_model *m, int64_t T, int64_t B, const float 
 }
 
 /*
+ * A float16 model computes what a float32 model of the rounded weights does,
+ * to the bit, on each of forward.c's paths for halves: every block
+ * converting its own tiles (under CONVERT_MIN_TOKENS tokens); w_hh converted
+ * to float32 once (a small one, or a batch of CONVERT_MIN_BATCH); w_ih too
+ * (more tokens than one chunk of projections, chunk_rows); and w_ih
+ * converted with w_hh kept in halves (over half of L2 as float32, at a small
+ * batch; only where L2 passes 512 KB can such a w_hh come in chunks). The
+ * sizes follow this CPU's L2. Ragged, 2 layers, 1 and 2 threads.
+ */
+static void test_f16_paths(const char *const *isas, int n_isas) {
+    const int64_t l2 = lstm_cache_sizes()->l2;
+    int64_t big = 16; /* the smallest hidden size whose float32 LSTM w_hh passes half of L2 */
+    while (16 * big * big <= l2 / 2) big += 16;
+    const int chunked_big = l2 / (16 * big) >= 256; /* its chunks' rows reach MIN_CHUNK_ROWS */
+    const int64_t fit40 = l2 / (3 * 64 * 4);        /* an LSTM chunk's rows at hidden 40 */
+    const struct {
+        int cell, I, H, L, bi;
+        int64_t T, B;
+        int ih, hh; /* converted: w_ih, w_hh */
+    } cases[] = {
+        {LSTM_CELL_LSTM, 7, 40, 2, 1, 3, 3, 0, 0},  /* at most 6 tokens: no conversion */
+        {LSTM_CELL_GRU, 7, 40, 2, 0, 3, 3, 0, 0},
+        {LSTM_CELL_LSTM, 7, 40, 2, 1, 9, 5, 0, 1},  /* 35 tokens, one chunk, a small w_hh */
+        {LSTM_CELL_GRU, 5, 20, 2, 0, 4, 20, 0, 1},  /* a batch of 20 */
+        {LSTM_CELL_LSTM, 5, 40, 2, 0, 3 * fit40 / 40 + 1, 20, 1, 1}, /* a chunk and a half */
+        {LSTM_CELL_LSTM, 9, big, 1, 0, l2 / (16 * big) / 3 + 3, 3, 1, 0}, /* over a chunk, a big w_hh */
+    };
+    const size_t n_cases = sizeof cases / sizeof *cases - !chunked_big;
+    for (size_t ci = 0; ci < n_cases; ci++) {
+        lstm_config cfg = {.input_size = cases[ci].I, .hidden_size = cases[ci].H, .num_layers = cases[ci].L, .bias = 1,
+                           .bidirectional = cases[ci].bi, .cell = cases[ci].cell};
+        const int64_t T = cases[ci].T, B = cases[ci].B;
+        weights W;
+        make_weights(&cfg, &W);
+        float **rounded = xcalloc(W.n, sizeof(float *));
+        uint16_t *half = NULL;
+        for (size_t i = 0; i < W.n; i++) {
+            const int64_t n = W.rows[i] * W.cols[i];
+            rounded[i] = xcalloc((size_t)n, sizeof(float));
+            memcpy(rounded[i], W.w[i], (size_t)n * sizeof(float));
+            if (W.cols[i] == 1) continue; /* a bias stays float32 */
+            half = realloc(half, (size_t)n * sizeof(uint16_t));
+            CHECK(half && lstm_reduce_weight(LSTM_WEIGHTS_F16, W.w[i], W.rows[i], W.cols[i], half, NULL) == LSTM_OK,
+                  "reduce %zu", i);
+            for (int64_t e = 0; half && e < n; e++) rounded[i][e] = lstm_half_to_float(half[e]);
+        }
+        free(half);
+        const int64_t D = 1 + cfg.bidirectional, n_out = T * B * D * cfg.hidden_size;
+        float *x = xcalloc((size_t)(T * B * cfg.input_size), sizeof(float));
+        for (int64_t i = 0; i < T * B * cfg.input_size; i++) x[i] = rnd_f(-2, 2);
+        int64_t *lengths = xcalloc((size_t)B, sizeof(int64_t));
+        for (int64_t b = 0; b < B; b++) lengths[b] = (T - b % (T + 1)); /* T, T - 1, .., 0, T, ..: the tokens fixed */
+        float *o16 = xcalloc((size_t)n_out, sizeof(float)), *o32 = xcalloc((size_t)n_out, sizeof(float));
+        for (int i = 0; i < n_isas; i++)
+            for (int threads = 1; threads <= 2; threads++) {
+                lstm_set_isa(isas[i]);
+                lstm_set_num_threads(threads);
+                lstm_model *m16 = NULL, *m32 = NULL;
+                lstm_config c16 = cfg;
+                c16.weights = LSTM_WEIGHTS_F16;
+                CHECK(lstm_model_create(&c16, (const float *const *)W.w, W.n, &m16) == LSTM_OK &&
+                          lstm_model_create(&cfg, (const float *const *)rounded, W.n, &m32) == LSTM_OK,
+                      "f16 paths: create");
+                if (m16 && m32) {
+                    /* the path taken shows in the workspace: float32 copies of the converted halves */
+                    const int64_t panels = (1 + cfg.bidirectional) * ((cfg.hidden_size + 15) / 16) * 16 *
+                                           lstm_gates(cfg.cell) * (int64_t)sizeof(float);
+                    const int64_t widest = cfg.num_layers > 1 ? (1 + cfg.bidirectional) * cfg.hidden_size : 0;
+                    const int64_t in = cfg.input_size > widest ? cfg.input_size : widest;
+                    const int64_t want = (cases[ci].ih ? panels * in : 0) + (cases[ci].hh ? panels * cfg.hidden_size : 0);
+                    size_t ws16 = 0, ws32 = 0;
+                    CHECK(lstm_workspace_size(m16, T, B, lengths, &ws16) == LSTM_OK &&
+                              lstm_workspace_size(m32, T, B, lengths, &ws32) == LSTM_OK,
+                          "f16 paths: workspace size");
+                    const int64_t extra = (int64_t)ws16 - (int64_t)ws32;
+                    CHECK(extra >= want && extra < want + 128, "[f16 paths case %zu] %ld extra workspace bytes, "
+                          "want %ld (w_ih %sconverted, w_hh %sconverted)", ci, (long)extra, (long)want,
+                          cases[ci].ih ? "" : "not ", cases[ci].hh ? "" : "not ");
+                    memset(o16, 0xff, (size_t)n_out * sizeof(float));
+                    CHECK(forward_plain(m16, T, B, x, lengths, o16) && forward_plain(m32, T, B, x, lengths, o32),
+                          "f16 paths: forward");
+                    CHECK(memcmp(o16, o32, (size_t)n_out * sizeof(float)) == 0,
+                          "[f16 paths isa=%s thr=%d cell=%d H=%d T=%ld B=%ld] float16 differs from float32 on the "
+                          "rounded weights", isas[i], threads, cfg.cell, cfg.hidden_size, (long)T, (long)B);
+                }
+                lstm_model_free(m16), lstm_model_free(m32);
+            }
+        for (size_t i = 0; i < W.n; i++) free(rounded[i]);
+        free(rounded), free(x), free(lengths), free(o16), free(o32);
+        free_weights(&W);
+    }
+}
+
+/*
  * float16 and int8 models through the whole forward pass, every kind, bi,
  * layers, proj, ragged, both ISAs, 1 and 2 threads: lstm_model_create on
  * float32 weights and lstm_model_create_reduced on lstm_reduce_weight's
@@ -1201,6 +1295,7 @@ int main(void) {
     for (int i = 0; i < n_isas; i++) test_interrupt(isas[i]);
     test_errors();
     test_reduced_forward(isas, n_isas);
+    test_f16_paths(isas, n_isas);
     lstm_set_num_threads(1);
     printf("%s: %d checks, %d failures (ISAs:", failures ? "FAILED" : "OK", checks, failures);
     for (int i = 0; i < n_isas; i++) printf(" %s", isas[i]);
