@@ -47,10 +47,11 @@
 #define PACK_MIN_COLS 1024
 #define PACK_CHUNK_ROWS 1536
 /*
- * Half weights a call converts to float32 once, into its scratch (see
- * convert_ih), from this many valid tokens: converting costs about as much
- * as a few tokens' steps, and the half path pays for its tiles' conversions
- * every step; and w_hh from this batch, whose steps are bound by arithmetic.
+ * Reduced weights a call widens once, into its scratch (convert_ih,
+ * convert_hh), from this many valid tokens: widening costs about as much as
+ * a few tokens' steps, and the other way pays for its tiles' conversions
+ * every step; and an F16 w_hh from this batch, whose steps are bound by
+ * arithmetic.
  */
 #define CONVERT_MIN_TOKENS 16
 #define CONVERT_MIN_BATCH 16
@@ -78,7 +79,7 @@ typedef struct {
     int64_t *prev[2];// (N) per direction, step-major: Y row holding the previous h
     float *xp;       // per direction (pack_rows(m, gc_rows), widest layer input): projection rows packed, or NULL
     float *wc_ih;    // (D*tiles panels of the widest input): a layer's half w_ih as float32 (convert_ih), or NULL
-    float *wc_hh;    // (D, tiles panels of P rows): a layer's half w_hh as float32 (convert_hh), or NULL
+    void *wc_hh;     // (D, tiles panels): a layer's w_hh widened (convert_hh, hh_panel), or NULL
     int64_t gc_rows;
 } run_state;
 
@@ -127,19 +128,34 @@ static int convert_ih(const lstm_model *m, int64_t N, int64_t gc_rows) {
     return m->cfg.weights != LSTM_WEIGHTS_F32 && N >= CONVERT_MIN_TOKENS && N > gc_rows;
 }
 
+/* Elements of a panel of w_hh: int8 ones pad K to a multiple of 4 (kernels.h). */
+static int64_t hh_panel(const lstm_model *m) {
+    return (m->cfg.weights == LSTM_WEIGHTS_I8 ? lstm_i8_k(m->P) : m->P) * m->W;
+}
+
+/* Bytes of an element of w_hh widened: halves to float32, int8 to int16. */
+static int64_t wide_bytes(const lstm_model *m) {
+    return m->cfg.weights == LSTM_WEIGHTS_I8 ? (int64_t)sizeof(int16_t) : (int64_t)sizeof(float);
+}
+
 /*
- * The same for w_hh (F16 models): where its float32 copy (one direction)
- * fits in half of L2, a step reads that at float32's speed, while halves are
- * converted as they are read (vcvtph2ps and the FMA together ran at a third
- * of the FMA's rate on the Xeon, tools/ceilings.c); and from
- * CONVERT_MIN_BATCH rows, whose steps are bound by arithmetic.
- * Bigger w_hh at small batches keep their halves: there the bytes bound.
- * Measured on the Xeon, 1 thread, T 50, half against float32 weights before
- * this: batch 2-16 at hidden 128 0.70-0.84x, batch 16 at hidden 512 0.98x,
- * batch 32-256 0.89-0.92x; batch 2 at hidden 512 (4 MB) 1.54x.
+ * Whether a call widens its layers' w_hh once, each thread the tiles it
+ * steps. F16 models, to float32: where that copy (one direction) fits in
+ * half of L2, a step reads it at float32's speed, while halves are converted
+ * as they are read (vcvtph2ps and the FMA together ran at a third of the
+ * FMA's rate on the Xeon, tools/ceilings.c); and from CONVERT_MIN_BATCH rows,
+ * whose steps are bound by arithmetic. Bigger w_hh at small batches keep
+ * their halves: there the bytes bound. Measured on the Xeon, 1 thread, T 50,
+ * halves against float32 before this: batch 2-16 at hidden 128 0.70-0.84x,
+ * batch 16 at hidden 512 0.98x, batch 32-256 0.89-0.92x; batch 2 at hidden
+ * 512 (4 MB) 1.54x. I8 models, to int16 (lstm_wmat.wide): from batches of
+ * 2, whose VNNI step otherwise widens its int8 weights for every chunk of
+ * rows (batch 4 at hidden 256 1.14x, big-like 1.03x); a one-row step reads
+ * the int8 weights as they are, and the other kernel sets ignore the copy.
  */
 static int convert_hh(const lstm_model *m, int64_t B, int64_t N) {
-    if (m->cfg.weights != LSTM_WEIGHTS_F16 || N < CONVERT_MIN_TOKENS) return 0;
+    if (m->cfg.weights == LSTM_WEIGHTS_F32 || N < CONVERT_MIN_TOKENS) return 0;
+    if (m->cfg.weights == LSTM_WEIGHTS_I8) return B >= 2;
     const double bytes = (double)sizeof(float) * (double)(m->tiles * m->W) * (double)m->P;
     return B >= CONVERT_MIN_BATCH || bytes <= 0.5 * (double)lstm_cache_sizes()->l2;
 }
@@ -176,7 +192,7 @@ static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lst
     r->xp = packed ? lstm_arena_take(a, packed, sizeof(float)) : NULL;
     const int64_t panels = m->D * m->tiles * m->W; // floats of a panel row, both directions
     r->wc_ih = convert_ih(m, N, r->gc_rows) ? lstm_arena_take(a, panels * widest_input(m), sizeof(float)) : NULL;
-    r->wc_hh = convert_hh(m, B, N) ? lstm_arena_take(a, panels * m->P, sizeof(float)) : NULL;
+    r->wc_hh = convert_hh(m, B, N) ? lstm_arena_take(a, m->D * m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
 }
 
 /* The valid tokens of a batch, or -1 for a length outside [0, T]. */
@@ -362,17 +378,18 @@ static const void *w_ih_of(const lstm_model *m, const layer_weights *lw, int64_t
     return (const char *)lw->w_ih + (size_t)(d * m->tiles * lw->in * m->W) * bytes;
 }
 
-/* The cell of kernels.h on direction d's w_hh: wc, its float32 copy, when given (convert_hh),
-   else as the model stores it. */
+/* The cell of kernels.h on direction d's w_hh, with wc its widened copy when given (convert_hh):
+   float32 for an F16 model, which the float32 cell then reads; int16 for an I8 one. */
 static void run_cell(const forward_job *j, int64_t m, int64_t K, lstm_rows a, const layer_weights *lw,
-                     int64_t d, const float *wc, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
+                     int64_t d, const void *wc, const float *b_hh, lstm_rows g, float *c, int64_t ldc,
                      int64_t t0, int64_t t1, lstm_rows h) {
     const lstm_model *md = j->m;
     const int type = md->cfg.weights, cell = md->cfg.cell;
-    if (wc) j->k->cell(cell, m, K, a, wc, b_hh, g, c, ldc, t0, t1, md->H, h);
-    else if (type == LSTM_WEIGHTS_F32) j->k->cell(cell, m, K, a, lw->w_hh[d], b_hh, g, c, ldc, t0, t1, md->H, h);
-    else j->cell_r(cell, m, K, a, (lstm_wmat){lw->w_hh[d], lw->s_hh[d], type, lw->colsum_hh[d]}, b_hh, g, c,
-                   ldc, t0, t1, md->H, h);
+    if (type == LSTM_WEIGHTS_F32 || (wc && type == LSTM_WEIGHTS_F16))
+        j->k->cell(cell, m, K, a, wc ? wc : lw->w_hh[d], b_hh, g, c, ldc, t0, t1, md->H, h);
+    else
+        j->cell_r(cell, m, K, a, (lstm_wmat){lw->w_hh[d], lw->s_hh[d], type, lw->colsum_hh[d], wc}, b_hh, g,
+                  c, ldc, t0, t1, md->H, h);
 }
 
 /* Whether thread tid steps direction d's recurrence (the teams of forward_thread), and its
@@ -408,10 +425,10 @@ static void convert_layer(const forward_job *j, int64_t l, int tid, int nth) {
     }
     for (int64_t d = 0; r->wc_hh && d < m->D; d++) {
         int64_t t0, t1;
-        const int64_t panel = m->P * m->W;
+        const int64_t panel = hh_panel(m), stored = m->cfg.weights == LSTM_WEIGHTS_I8 ? 1 : 2;
         if (recur_tiles(j, tid, d, &t0, &t1))
-            j->widen(LSTM_WEIGHTS_F16, (const uint16_t *)lw->w_hh[d] + t0 * panel,
-                     r->wc_hh + (d * m->tiles + t0) * panel, (t1 - t0) * panel);
+            j->widen(m->cfg.weights, (const char *)lw->w_hh[d] + t0 * panel * stored,
+                     (char *)r->wc_hh + (d * m->tiles + t0) * panel * wide_bytes(m), (t1 - t0) * panel);
     }
 }
 
@@ -427,7 +444,7 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
     const int proj = m->cfg.proj_size != 0;
     float *cst = r->cst ? r->cst + d * B * m->Hp : NULL;
     float *hbuf = proj ? r->hbuf + d * B * m->Hp : NULL;
-    const float *wc = r->wc_hh ? r->wc_hh + d * m->tiles * m->W * P : NULL;
+    const void *wc = r->wc_hh ? (char *)r->wc_hh + d * m->tiles * hh_panel(m) * wide_bytes(m) : NULL;
     int64_t t0 = 0, t1 = m->tiles, q0 = 0, q1 = m->proj_panels;
     if (n > 1) {
         split_range(m->tiles, n, rank, &t0, &t1);
@@ -730,7 +747,7 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
     const int64_t panel_row = m->tiles * m->W;
     const int ih = convert_ih(m, n * B, chunk_rows(m, B, n * B)), hh = convert_hh(m, B, n * B);
     float *wc_ih = ih ? lstm_arena_take(&ar, panel_row * widest_input(m), sizeof(float)) : NULL;
-    float *wc_hh = hh ? lstm_arena_take(&ar, panel_row * P, sizeof(float)) : NULL;
+    void *wc_hh = hh ? lstm_arena_take(&ar, m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
     const unsigned fp_mode = lstm_denormals_off();
     // the input's rows (t, b) evenly spaced, as one sequence's or a packed batch's are
     const int64_t sb = a->input_stride_b, st = a->input_stride_t;
@@ -747,7 +764,7 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
         float *h0 = a->h_0 ? (float *)a->h_0 + l * B * P : y;
         if (!a->h_0) memset(y, 0, (size_t)(B * P) * sizeof(float));
         if (wc_ih) j->widen(LSTM_WEIGHTS_F16, lw->w_ih, wc_ih, panel_row * lw->in);
-        if (wc_hh) j->widen(LSTM_WEIGHTS_F16, lw->w_hh[0], wc_hh, panel_row * P);
+        if (wc_hh) j->widen(m->cfg.weights, lw->w_hh[0], wc_hh, m->tiles * hh_panel(m));
         for (int64_t t0 = 0; t0 < n; t0 += per) {
             const int64_t steps = n - t0 < per ? n - t0 : per;
             if (l) {

@@ -50,6 +50,8 @@ typedef struct {
     const float *scale;    // I8: one per packed column
     int type;              // lstm_weight_type
     const int32_t *colsum; // I8 in a cell: one per packed column, the sum of its int8 values
+    const int16_t *wide;   // I8 in a cell: the same values as int16 (widen), or NULL; a kernel set
+                           // whose batched step widens its weights may read these instead
 } lstm_wmat;
 
 static inline int64_t lstm_i8_k(int64_t K) { return (K + 3) / 4 * 4; }

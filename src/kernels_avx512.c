@@ -760,18 +760,21 @@ static VNNI __attribute__((noinline)) void row_sums_i8_vnni(int64_t K, const uin
 #define I8_KC 128           /* k of a widened tile: 2 strips x 128 x 16 int16 = 8 KB */
 #define I8_QA (8 * 1024)    /* int16 of a chunk's quantized rows (16 KB of stack) */
 
-/* iacc[r] (2 strips x 2 halves x 16 int32) += the pair sums of rows r < MR_ over kq k (a
-   multiple of 4) of NS widened strips at wt (strip s at wt + s * I8_KC * 16, k at + 16 k) */
+/* iacc[r] (2 strips x 2 halves x 16 int32) = (first ? 0 : iacc[r]) + the pair sums of rows
+   r < MR_ over kq k (a multiple of 4) of NS widened strips at wt (strip s at wt + s * sstride,
+   k at + 16 k) */
 #define DEFINE_BLOCK_I8(MR_, NS)                                                                   \
     static VNNI NOIPA void block_i8_##MR_##x##NS(int64_t kq, const int16_t *const *qa,            \
-                                                 const int16_t *wt, int32_t *const *iacc) {        \
+                                                 const int16_t *wt, int64_t sstride, int first,    \
+                                                 int32_t *const *iacc) {                           \
         __m512i acc[MR_][NS][2];                                                                   \
         EACH(r, MR_) EACH(s, NS) EACH(hf, 2)                                                       \
-            acc[r][s][hf] = _mm512_loadu_si512(iacc[r] + (2 * s + hf) * LSTM_TILE);                \
+            acc[r][s][hf] = first ? _mm512_setzero_si512()                                         \
+                                  : _mm512_loadu_si512(iacc[r] + (2 * s + hf) * LSTM_TILE);        \
         for (int64_t k = 0; k < kq; k += 4) {                                                      \
             __m512i wv[NS][2];                                                                     \
             EACH(s, NS) EACH(hf, 2)                                                                \
-                wv[s][hf] = _mm512_load_si512(wt + s * I8_KC * LSTM_TILE + k * LSTM_TILE + 32 * hf); \
+                wv[s][hf] = _mm512_load_si512(wt + s * sstride + k * LSTM_TILE + 32 * hf);         \
             EACH(r, MR_) {                                                                         \
                 int64_t x4;                                                                        \
                 memcpy(&x4, qa[r] + k, sizeof x4);                                                 \
@@ -789,7 +792,8 @@ DEFINE_ROWS_I8(3)
 DEFINE_ROWS_I8(4)
 DEFINE_ROWS_I8(5)
 DEFINE_ROWS_I8(6)
-typedef void (*block_i8_fn)(int64_t kq, const int16_t *const *qa, const int16_t *wt, int32_t *const *iacc);
+typedef void (*block_i8_fn)(int64_t kq, const int16_t *const *qa, const int16_t *wt, int64_t sstride, int first,
+                            int32_t *const *iacc);
 #define ROW_BLOCKS_I8(MR_) {block_i8_##MR_##x1, block_i8_##MR_##x2}
 static const block_i8_fn blocks_i8[MR][2] = {ROW_BLOCKS_I8(1), ROW_BLOCKS_I8(2), ROW_BLOCKS_I8(3),
                                              ROW_BLOCKS_I8(4), ROW_BLOCKS_I8(5), ROW_BLOCKS_I8(6)};
@@ -812,19 +816,25 @@ static VNNI NOIPA void panel_i8(int64_t m, int64_t K, const int16_t *qa, const f
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (int s = 0; s < ns; s += 2) {
         const int np = ns - s < 2 ? ns - s : 2;
-        memset(iacc, 0, (size_t)m * sizeof iacc[0]);
         for (int64_t k0 = 0; k0 < Kq; k0 += I8_KC) {
             const int64_t kq = Kq - k0 < I8_KC ? Kq - k0 : I8_KC;
-            for (int p = 0; p < np; p++) { // int8 byte i of the block becomes int16 i of the tile
-                const int8_t *src = (const int8_t *)w.w + ((s0 + s + p) * Kq + k0) * LSTM_TILE;
-                for (int64_t i = 0; i < kq * LSTM_TILE; i += 32)
-                    _mm512_store_si512(tile + p * I8_KC * LSTM_TILE + i,
-                                       _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(src + i))));
+            const int16_t *wt = tile;
+            int64_t sstride = I8_KC * LSTM_TILE;
+            if (w.wide) { // widened once for the call (forward.c)
+                wt = w.wide + ((s0 + s) * Kq + k0) * LSTM_TILE;
+                sstride = Kq * LSTM_TILE;
+            } else {
+                for (int p = 0; p < np; p++) { // int8 byte i of the block becomes int16 i of the tile
+                    const int8_t *src = (const int8_t *)w.w + ((s0 + s + p) * Kq + k0) * LSTM_TILE;
+                    for (int64_t i = 0; i < kq * LSTM_TILE; i += 32)
+                        _mm512_store_si512(tile + p * I8_KC * LSTM_TILE + i,
+                                           _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(src + i))));
+                }
             }
             for (int64_t r0 = 0; r0 < m; r0 += MR) {
                 const int mr = m - r0 < MR ? (int)(m - r0) : MR;
                 for (int r = 0; r < mr; r++) qr[r] = qa + (r0 + r) * Kq + k0, ir[r] = iacc[r0 + r];
-                blocks_i8[mr - 1][np - 1](kq, qr, tile, ir);
+                blocks_i8[mr - 1][np - 1](kq, qr, wt, sstride, k0 == 0, ir);
             }
         }
         for (int64_t r = 0; r < m; r++) {

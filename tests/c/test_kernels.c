@@ -699,6 +699,20 @@ static void test_i8_as_scalar(const lstm_kernels *k, int64_t m, int64_t K, int64
     for (int64_t r = 0; r < m; r++) differ += memcmp(h_k + r * Hp, h_s + r * Hp, (size_t)H * sizeof(float)) != 0;
     CHECK(differ == 0, "%s int8 m=%ld K=%ld H=%ld: %d rows differ from the scalar reference's", k->name,
           (long)m, (long)K, (long)H, differ);
+    /* and with the weights widened to int16 beside them (lstm_wmat.wide, as forward.c gives a batch) */
+    const int64_t n = lstm_i8_k(K) * Hp;
+    int16_t *wide = aligned_alloc(64, (size_t)((n * 2 + 63) / 64 * 64));
+    (k->widen ? k->widen : lstm_kernels_scalar.widen)(LSTM_WEIGHTS_I8, wq.packed, wide, n);
+    for (int64_t i = 0; i < n; i++) differ += wide[i] != ((const int8_t *)wq.packed)[i];
+    CHECK(differ == 0, "%s widen: %d int16 differ from their int8", k->name, differ);
+    lstm_wmat ww = wmat_of(&wq);
+    ww.wide = wide;
+    memset(h_k, 0, (size_t)(m * Hp) * sizeof(float));
+    k->cell_r(LSTM_CELL_RNN_RELU, m, K, a.rows, ww, NULL, g.rows, NULL, 0, 0, tiles, H, (lstm_rows){h_k, Hp, NULL});
+    for (int64_t r = 0; r < m; r++) differ += memcmp(h_k + r * Hp, h_s + r * Hp, (size_t)H * sizeof(float)) != 0;
+    CHECK(differ == 0, "%s int8 m=%ld K=%ld H=%ld, widened: %d rows differ from the scalar reference's", k->name,
+          (long)m, (long)K, (long)H, differ);
+    free(wide);
     operand_free(&a), operand_free(&g), matrix_free(&wq), free(h_k), free(h_s);
 }
 
@@ -763,7 +777,10 @@ static void test_kernels(const lstm_kernels *k) {
         }
     }
     const int64_t i8_Ks[] = {1, 7, 16, 37, 300};
-    for (size_t i = 0; i < sizeof i8_Ks / sizeof *i8_Ks; i++) test_i8_as_scalar(k, 3, i8_Ks[i], 70);
+    for (size_t i = 0; i < sizeof i8_Ks / sizeof *i8_Ks; i++) {
+        test_i8_as_scalar(k, 3, i8_Ks[i], 70);
+        test_i8_as_scalar(k, 13, i8_Ks[i], 40); /* more rows than a microkernel's */
+    }
     test_activation_accuracy(k);
     test_reduced(k);
 }
