@@ -150,18 +150,19 @@ static int64_t wide_bytes(const lstm_model *m) {
  * batch 16 at hidden 512 0.98x, batch 32-256 0.89-0.92x; batch 2 at hidden
  * 512 (4 MB) 1.54x. I8 models, to int16 (lstm_wmat.wide): from batches of
  * 2, whose VNNI step otherwise widens its int8 weights for every chunk of
- * rows (batch 4 at hidden 256 1.14x, big-like 1.03x); a one-row step reads
- * the int8 weights as they are, and the other kernel sets ignore the copy.
+ * rows (batch 4 at hidden 256 1.14x, big-like 1.03x), on the kernel sets
+ * that read the copy (lstm_kernels.wide_i8); a one-row step reads the int8
+ * weights as they are.
  */
-static int convert_hh(const lstm_model *m, int64_t B, int64_t N) {
+static int convert_hh(const lstm_model *m, const lstm_kernels *k, int64_t B, int64_t N) {
     if (m->cfg.weights == LSTM_WEIGHTS_F32 || N < CONVERT_MIN_TOKENS) return 0;
-    if (m->cfg.weights == LSTM_WEIGHTS_I8) return B >= 2;
+    if (m->cfg.weights == LSTM_WEIGHTS_I8) return B >= 2 && k->wide_i8 && k->wide_i8();
     const double bytes = (double)sizeof(float) * (double)(m->tiles * m->W) * (double)m->P;
     return B >= CONVERT_MIN_BATCH || bytes <= 0.5 * (double)lstm_cache_sizes()->l2;
 }
 
-static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lstm_arena *a,
-                       run_state *r) {
+static void layout_run(const lstm_model *m, const lstm_kernels *k, int64_t T, int64_t B, int64_t N,
+                       lstm_arena *a, run_state *r) {
     int64_t rows, dp, g;
     r->gc_rows = chunk_rows(m, B, N);
     if (!lstm_add_ok(B, N, &rows) || !lstm_mul_ok(m->tiles, m->W, &g) ||
@@ -192,7 +193,7 @@ static void layout_run(const lstm_model *m, int64_t T, int64_t B, int64_t N, lst
     r->xp = packed ? lstm_arena_take(a, packed, sizeof(float)) : NULL;
     const int64_t panels = m->D * m->tiles * m->W; // floats of a panel row, both directions
     r->wc_ih = convert_ih(m, N, r->gc_rows) ? lstm_arena_take(a, panels * widest_input(m), sizeof(float)) : NULL;
-    r->wc_hh = convert_hh(m, B, N) ? lstm_arena_take(a, m->D * m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
+    r->wc_hh = convert_hh(m, k, B, N) ? lstm_arena_take(a, m->D * m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
 }
 
 /* The valid tokens of a batch, or -1 for a length outside [0, T]. */
@@ -206,10 +207,11 @@ static int64_t valid_tokens(int64_t T, int64_t B, const int64_t *lengths) {
     return N;
 }
 
-static lstm_status scratch_size(const lstm_model *m, int64_t T, int64_t B, int64_t N, size_t *bytes) {
+static lstm_status scratch_size(const lstm_model *m, const lstm_kernels *k, int64_t T, int64_t B, int64_t N,
+                               size_t *bytes) {
     lstm_arena a = {NULL, 0, 1};
     run_state r;
-    layout_run(m, T, B, N, &a, &r);
+    layout_run(m, k, T, B, N, &a, &r);
     if (!a.ok || !lstm_add_ok(a.size, LSTM_ALIGN, &a.size) || (uint64_t)a.size > (uint64_t)SIZE_MAX)
         return LSTM_ERR_SIZE_OVERFLOW;
     *bytes = (size_t)a.size;
@@ -223,7 +225,7 @@ lstm_status lstm_workspace_size(const lstm_model *m, int64_t T, int64_t B, const
     if (!lstm_mul_ok(T, B, &TB)) return LSTM_ERR_SIZE_OVERFLOW;
     const int64_t N = valid_tokens(T, B, lengths);
     if (N < 0) return LSTM_ERR_INVALID_ARGUMENT;
-    return scratch_size(m, T, B, N, bytes);
+    return scratch_size(m, lstm_active_kernels(), T, B, N, bytes);
 }
 
 // ------------------------------------------------------------------ forward
@@ -745,7 +747,7 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
     float *xp = packed ? lstm_arena_take(&ar, packed * widest_input(m), sizeof(float)) : NULL;
     // half weights converted once (convert_ih, convert_hh), as the general layout has room for
     const int64_t panel_row = m->tiles * m->W;
-    const int ih = convert_ih(m, n * B, chunk_rows(m, B, n * B)), hh = convert_hh(m, B, n * B);
+    const int ih = convert_ih(m, n * B, chunk_rows(m, B, n * B)), hh = convert_hh(m, j->k, B, n * B);
     float *wc_ih = ih ? lstm_arena_take(&ar, panel_row * widest_input(m), sizeof(float)) : NULL;
     void *wc_hh = hh ? lstm_arena_take(&ar, m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
     const unsigned fp_mode = lstm_denormals_off();
@@ -821,7 +823,7 @@ lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *arg
     size_t need;
     j.N = valid_tokens(j.T, j.B, lengths);
     if (j.N < 0) s = LSTM_ERR_INVALID_ARGUMENT;
-    else s = scratch_size(m, j.T, j.B, j.N, &need);
+    else s = scratch_size(m, j.k, j.T, j.B, j.N, &need); // the layout below takes the same kernels
     if (s == LSTM_OK && !workspace) {
         own = take_scratch(m, need);
         if (!own) s = LSTM_ERR_OUT_OF_MEMORY;
@@ -836,7 +838,7 @@ lstm_status lstm_model_forward(const lstm_model *m, const lstm_forward_args *arg
             forward_uniform(&j, n, base);
         } else {
             lstm_arena a = {base, 0, 1};
-            layout_run(m, j.T, j.B, j.N, &a, &j.r);
+            layout_run(m, j.k, j.T, j.B, j.N, &a, &j.r);
             build_tables(&j);
             plan_threads(&j);
             lstm_pool_run(j.nth, j.join_wait_ns, set_team, forward_thread, &j);

@@ -240,6 +240,8 @@ typedef struct {
        for the thread plan (forward.c); NULL: 1 for every type. */
     double (*step_cost)(int type);
     lstm_widen_fn widen; /* NULL: the scalar reference's */
+    /* Nonzero where cell_r's batched int8 step reads lstm_wmat.wide when given it; NULL: never. */
+    int (*wide_i8)(void);
 } lstm_kernels;
 
 extern const lstm_kernels lstm_kernels_scalar;

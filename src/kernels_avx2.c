@@ -918,4 +918,4 @@ static void widen_avx2(int type, const void *src, void *dst, int64_t n) {
 }
 
 const lstm_kernels lstm_kernels_avx2 = {"avx2", gemm_avx2, cell_avx2, lstm_gemm_r_avx2, lstm_cell_r_avx2, 1, NULL,
-                                        widen_avx2};
+                                        widen_avx2, NULL};

@@ -1009,4 +1009,4 @@ static void widen_avx512(int type, const void *src, void *dst, int64_t n) {
 }
 
 const lstm_kernels lstm_kernels_avx512 = {"avx512", gemm_avx512, cell_avx512, gemm_r_avx512, cell_r_avx512, 1,
-                                          step_cost_avx512, widen_avx512};
+                                          step_cost_avx512, widen_avx512, cpu_has_vnni};

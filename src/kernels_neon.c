@@ -672,4 +672,4 @@ static void widen_neon(int type, const void *src, void *dst, int64_t n) {
 }
 
 const lstm_kernels lstm_kernels_neon = {"neon", gemm_neon, cell_neon, gemm_r_neon, cell_r_neon, 0, NULL,
-                                        widen_neon};
+                                        widen_neon, NULL};

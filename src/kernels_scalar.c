@@ -174,4 +174,4 @@ static void widen_scalar(int type, const void *src, void *dst, int64_t n) {
 }
 
 const lstm_kernels lstm_kernels_scalar = {"scalar", gemm_scalar, cell_scalar, gemm_scalar_r,
-                                          cell_scalar_r, 0, NULL, widen_scalar};
+                                          cell_scalar_r, 0, NULL, widen_scalar, NULL};

@@ -240,7 +240,9 @@ typedef struct {
 /*
  * Bytes of scratch lstm_model_forward needs for seq_len x batch with these
  * lengths (NULL: all seq_len; the scratch grows with the valid steps, not
- * with seq_len x batch). Returns LSTM_ERR_INVALID_ARGUMENT for a length
+ * with seq_len x batch), on the kernels in use (lstm_set_isa; a float16 or
+ * int8 model may widen its weights into the scratch for a long or batched
+ * call). Returns LSTM_ERR_INVALID_ARGUMENT for a length
  * outside [0, seq_len] and LSTM_ERR_SIZE_OVERFLOW when the size cannot be
  * represented.
  */
