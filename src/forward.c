@@ -119,13 +119,15 @@ static int64_t widest_input(const lstm_model *m) {
  * Whether a call of N valid tokens, projected gc_rows at a time
  * (chunk_rows), converts its layers' half w_ih (F16 and I8 models) to
  * float32 once, each thread the panels it projects, so that the projection
- * runs the float32 kernels on the same values (the same bits). Each gemm on
- * halves converts every weight in its blocks' tiles, so that pays from two
- * chunks; one chunk would only add the copy's bytes (a wide-like call, 100
- * tokens, 4 MB of float32 w_ih a layer, ran 0.97x converting).
+ * runs the float32 kernels on the same values (the same bits). A gemm on
+ * halves converts every weight in its tiles once per block of rows (at
+ * most ~1,500 rows), so that pays from two chunks or over 1,024 tokens; one
+ * pass would only add the copy's bytes (a wide-like call, 100 tokens, 4 MB
+ * of float32 w_ih a layer, ran 0.97x converting). Server-like calls (4,800
+ * tokens in one chunk) ran 1.09x (float16) and 1.12x (int8) converting.
  */
 static int convert_ih(const lstm_model *m, int64_t N, int64_t gc_rows) {
-    return m->cfg.weights != LSTM_WEIGHTS_F32 && N >= CONVERT_MIN_TOKENS && N > gc_rows;
+    return m->cfg.weights != LSTM_WEIGHTS_F32 && N >= CONVERT_MIN_TOKENS && (N > gc_rows || N > 1024);
 }
 
 /* Elements of a panel of w_hh: int8 ones pad K to a multiple of 4 (kernels.h). */
@@ -152,10 +154,11 @@ static int64_t wide_bytes(const lstm_model *m) {
  * 2, whose VNNI step otherwise widens its int8 weights for every chunk of
  * rows (batch 4 at hidden 256 1.14x, big-like 1.03x), on the kernel sets
  * that read the copy (lstm_kernels.wide_i8); a one-row step reads the int8
- * weights as they are.
+ * weights as they are. Never for one step (a stream's): its tiles convert
+ * each weight once a chunk of rows, so a copy would only add its bytes.
  */
-static int convert_hh(const lstm_model *m, const lstm_kernels *k, int64_t B, int64_t N) {
-    if (m->cfg.weights == LSTM_WEIGHTS_F32 || N < CONVERT_MIN_TOKENS) return 0;
+static int convert_hh(const lstm_model *m, const lstm_kernels *k, int64_t T, int64_t B, int64_t N) {
+    if (m->cfg.weights == LSTM_WEIGHTS_F32 || N < CONVERT_MIN_TOKENS || T < 2) return 0;
     if (m->cfg.weights == LSTM_WEIGHTS_I8) return B >= 2 && k->wide_i8 && k->wide_i8();
     const double bytes = (double)sizeof(float) * (double)(m->tiles * m->W) * (double)m->P;
     return B >= CONVERT_MIN_BATCH || bytes <= 0.5 * (double)lstm_cache_sizes()->l2;
@@ -193,7 +196,7 @@ static void layout_run(const lstm_model *m, const lstm_kernels *k, int64_t T, in
     r->xp = packed ? lstm_arena_take(a, packed, sizeof(float)) : NULL;
     const int64_t panels = m->D * m->tiles * m->W; // floats of a panel row, both directions
     r->wc_ih = convert_ih(m, N, r->gc_rows) ? lstm_arena_take(a, panels * widest_input(m), sizeof(float)) : NULL;
-    r->wc_hh = convert_hh(m, k, B, N) ? lstm_arena_take(a, m->D * m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
+    r->wc_hh = convert_hh(m, k, T, B, N) ? lstm_arena_take(a, m->D * m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
 }
 
 /* The valid tokens of a batch, or -1 for a length outside [0, T]. */
@@ -747,7 +750,7 @@ static void forward_uniform(const forward_job *j, int64_t n, char *base) {
     float *xp = packed ? lstm_arena_take(&ar, packed * widest_input(m), sizeof(float)) : NULL;
     // half weights converted once (convert_ih, convert_hh), as the general layout has room for
     const int64_t panel_row = m->tiles * m->W;
-    const int ih = convert_ih(m, n * B, chunk_rows(m, B, n * B)), hh = convert_hh(m, j->k, B, n * B);
+    const int ih = convert_ih(m, n * B, chunk_rows(m, B, n * B)), hh = convert_hh(m, j->k, n, B, n * B);
     float *wc_ih = ih ? lstm_arena_take(&ar, panel_row * widest_input(m), sizeof(float)) : NULL;
     void *wc_hh = hh ? lstm_arena_take(&ar, m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
     const unsigned fp_mode = lstm_denormals_off();
