@@ -195,8 +195,9 @@ static void layout_run(const lstm_model *m, const lstm_kernels *k, int64_t T, in
     }
     r->xp = packed ? lstm_arena_take(a, packed, sizeof(float)) : NULL;
     const int64_t panels = m->D * m->tiles * m->W; // floats of a panel row, both directions
-    r->wc_ih = convert_ih(m, N, r->gc_rows) ? lstm_arena_take(a, panels * widest_input(m), sizeof(float)) : NULL;
-    r->wc_hh = convert_hh(m, k, T, B, N) ? lstm_arena_take(a, m->D * m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
+    const int ih = convert_ih(m, N, r->gc_rows), hh = convert_hh(m, k, T, B, N);
+    r->wc_ih = ih ? lstm_arena_take(a, panels * widest_input(m), sizeof(float)) : NULL;
+    r->wc_hh = hh ? lstm_arena_take(a, m->D * m->tiles * hh_panel(m), wide_bytes(m)) : NULL;
 }
 
 /* The valid tokens of a batch, or -1 for a length outside [0, T]. */
@@ -412,10 +413,10 @@ static int recur_tiles(const forward_job *j, int tid, int64_t d, int64_t *t0, in
 }
 
 /*
- * Layer l's half weights as float32 into the call's scratch (convert_ih,
- * convert_hh), each thread the w_ih panels it projects (project_chunk's
- * split) and the w_hh tiles it steps (recur_tiles): no thread reads another's,
- * so none waits.
+ * Layer l's reduced weights widened into the call's scratch (convert_ih,
+ * convert_hh: halves to float32, int8 to int16), each thread the w_ih panels
+ * it projects (project_chunk's split) and the w_hh tiles it steps
+ * (recur_tiles): no thread reads another's, so none waits.
  */
 static void convert_layer(const forward_job *j, int64_t l, int tid, int nth) {
     const lstm_model *m = j->m;
