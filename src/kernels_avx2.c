@@ -483,6 +483,24 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, const 
     }
 }
 
+/* kernels.h's widen: F16C, and vpmovsxbw; also dequantize_strip's halves */
+static void widen_avx2(int type, const void *src, void *dst, int64_t n) {
+    int64_t i = 0;
+    if (type == LSTM_WEIGHTS_F16) {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+        for (; i < n; i++) f[i] = lstm_half_to_float(h[i]);
+    } else {
+        const int8_t *q = src;
+        int16_t *w = dst;
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i *)(w + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
+        for (; i < n; i++) w[i] = q[i];
+    }
+}
+
 /*
  * Rows [k0, k0 + kc) of strip s of a reduced packed matrix (K rows) as floats:
  * tile (rounded up to 4 rows for I8, kc <= KC), each value as the scalar
@@ -490,9 +508,7 @@ static void gemm_avx2(int64_t m, int64_t K, lstm_rows a, const float *ap, const 
  */
 static void dequantize_strip(lstm_wmat w, int64_t K, int64_t s, int64_t k0, int64_t kc, float *tile) {
     if (w.type == LSTM_WEIGHTS_F16) {
-        const uint16_t *src = (const uint16_t *)w.w + (s * K + k0) * LSTM_TILE;
-        for (int64_t i = 0; i < kc * LSTM_TILE; i += 8)
-            _mm256_storeu_ps(tile + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        widen_avx2(LSTM_WEIGHTS_F16, (const uint16_t *)w.w + (s * K + k0) * LSTM_TILE, tile, kc * LSTM_TILE);
         return;
     }
     // a strip row of int8 is 4 k of 16 columns: 32-bit lane j of each half holds column j's 4 bytes
@@ -897,23 +913,6 @@ void lstm_cell_r_avx2(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat w,
     case LSTM_CELL_RNN_TANH: cell_r_rnn_tanh(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
     case LSTM_CELL_RNN_RELU: cell_r_rnn_relu(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
     default: cell_r_lstm(m, K, a, w, b_hh, g, c, ldc, t0, t1, H, h); break;
-    }
-}
-
-/* kernels.h's widen: F16C, and vpmovsxbw */
-static void widen_avx2(int type, const void *src, void *dst, int64_t n) {
-    int64_t i = 0;
-    if (type == LSTM_WEIGHTS_F16) {
-        const uint16_t *h = src;
-        float *f = dst;
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-        for (; i < n; i++) f[i] = lstm_half_to_float(h[i]);
-    } else {
-        const int8_t *q = src;
-        int16_t *w = dst;
-        for (; i + 16 <= n; i += 16)
-            _mm256_storeu_si256((__m256i *)(w + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + i))));
-        for (; i < n; i++) w[i] = q[i];
     }
 }
 

@@ -301,6 +301,24 @@ static void panel_rows(int64_t m, int64_t K, lstm_rows a, const float *ap, int64
                   init, bias, out);
 }
 
+/* kernels.h's widen on zmm; also each block's tile of halves or int8 below */
+static void widen_avx512(int type, const void *src, void *dst, int64_t n) {
+    int64_t i = 0;
+    if (type == LSTM_WEIGHTS_F16) {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+        for (; i < n; i++) f[i] = lstm_half_to_float(h[i]);
+    } else {
+        const int8_t *q = src;
+        int16_t *w = dst;
+        for (; i + 32 <= n; i += 32)
+            _mm512_storeu_si512(w + i, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(q + i))));
+        for (; i < n; i++) w[i] = q[i];
+    }
+}
+
 /*
  * panel_rows on the ns strips from strip s0 of a half (F16) matrix: each
  * K-block of them is converted into a stack tile, which the float32
@@ -314,12 +332,9 @@ static void panel_rows_f16(int64_t m, int64_t K, lstm_rows a, const float *ap, i
     const int64_t kb = tile_block(ns);
     for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kb) {
         const int64_t kc = K - k0 < kb ? K - k0 : kb;
-        for (int s = 0; s < ns; s++) {
-            const uint16_t *src = w + ((s0 + s) * K + k0) * LSTM_TILE;
-            for (int64_t i = 0; i < kc * LSTM_TILE; i += LSTM_TILE)
-                _mm512_store_ps(tile + s * kc * LSTM_TILE + i,
-                                _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
-        }
+        for (int s = 0; s < ns; s++)
+            widen_avx512(LSTM_WEIGHTS_F16, w + ((s0 + s) * K + k0) * LSTM_TILE, tile + s * kc * LSTM_TILE,
+                         kc * LSTM_TILE);
         rows_pass(m, k0, kc, a, ap, pk, tile, kc * LSTM_TILE, ns, init, bias, out);
     }
 }
@@ -824,12 +839,9 @@ static VNNI NOIPA void panel_i8(int64_t m, int64_t K, const int16_t *qa, const f
                 wt = w.wide + ((s0 + s) * Kq + k0) * LSTM_TILE;
                 sstride = Kq * LSTM_TILE;
             } else {
-                for (int p = 0; p < np; p++) { // int8 byte i of the block becomes int16 i of the tile
-                    const int8_t *src = (const int8_t *)w.w + ((s0 + s + p) * Kq + k0) * LSTM_TILE;
-                    for (int64_t i = 0; i < kq * LSTM_TILE; i += 32)
-                        _mm512_store_si512(tile + p * I8_KC * LSTM_TILE + i,
-                                           _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(src + i))));
-                }
+                for (int p = 0; p < np; p++) // int8 byte i of the block becomes int16 i of the tile
+                    widen_avx512(LSTM_WEIGHTS_I8, (const int8_t *)w.w + ((s0 + s + p) * Kq + k0) * LSTM_TILE,
+                                 tile + p * I8_KC * LSTM_TILE, kq * LSTM_TILE);
             }
             for (int64_t r0 = 0; r0 < m; r0 += MR) {
                 const int mr = m - r0 < MR ? (int)(m - r0) : MR;
@@ -989,24 +1001,6 @@ static void cell_r_avx512(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat
    ~125 K flops a step (GRU hidden 112-144, LSTM 96-112) and 1.08x at 131 K (LSTM 128), where
    float32 ones gain from ~50 K (LSTM 80: 1.05x, 96: 1.10x) */
 static double step_cost_avx512(int type) { return type == LSTM_WEIGHTS_I8 && cpu_has_vnni() ? 0.33 : 1.0; }
-
-/* kernels.h's widen on zmm */
-static void widen_avx512(int type, const void *src, void *dst, int64_t n) {
-    int64_t i = 0;
-    if (type == LSTM_WEIGHTS_F16) {
-        const uint16_t *h = src;
-        float *f = dst;
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
-        for (; i < n; i++) f[i] = lstm_half_to_float(h[i]);
-    } else {
-        const int8_t *q = src;
-        int16_t *w = dst;
-        for (; i + 32 <= n; i += 32)
-            _mm512_storeu_si512(w + i, _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(q + i))));
-        for (; i < n; i++) w[i] = q[i];
-    }
-}
 
 const lstm_kernels lstm_kernels_avx512 = {"avx512", gemm_avx512, cell_avx512, gemm_r_avx512, cell_r_avx512, 1,
                                           step_cost_avx512, widen_avx512, cpu_has_vnni};
