@@ -262,6 +262,19 @@ static const block_packed_fn blocks_packed[MAX_NS] = {block512_6x1_packed, block
                                                       block512_6x3_packed, block512_6x4_packed};
 
 /*
+ * The rows of the next group when `left` rows remain: groups of at most MR,
+ * as even as their number allows (32 rows are 6 6 5 5 5 5, 7 are 4 3). Every
+ * group passes over the strips' block once, and a group of 1 or 2 rows
+ * streams it for few multiply-adds: a 7-row step ran 1.19x in 4 + 3 rows
+ * against 6 + 1, 13 rows 1.13x (Xeon, hidden 256). A row's sums are the same
+ * in any group.
+ */
+static int64_t group_rows(int64_t left) {
+    const int64_t groups = (left + MR - 1) / MR;
+    return (left + groups - 1) / groups;
+}
+
+/*
  * One K-block [k0, k0 + kc) of out[r][0 .. 16 ns] for rows r < m: the
  * strips' block at bs (sstride floats apart), onto (init rows, or bias, or
  * 0) where k0 is 0, else onto out. ap: a's full groups of 6 rows packed
@@ -274,8 +287,8 @@ static void rows_pass(int64_t m, int64_t k0, int64_t kc, lstm_rows a, const floa
     const float *ar[MR], *ir[MR];
     float *orow[MR];
     const float *bi = k0 ? NULL : bias;
-    for (int64_t r0 = 0; r0 < m; r0 += MR) {
-        const int mr = m - r0 < MR ? (int)(m - r0) : MR;
+    for (int64_t r0 = 0, mr; r0 < m; r0 += mr) {
+        mr = ap ? (m - r0 < MR ? m - r0 : MR) : group_rows(m - r0);
         for (int r = 0; r < mr; r++) {
             ar[r] = lstm_row(a, r0 + r) + k0;
             orow[r] = lstm_row(out, r0 + r);
