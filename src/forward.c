@@ -31,6 +31,16 @@
 #define JOIN_WAIT_FLOPS_PER_NS 600.0
 /* Below this many flops per recurrent step, a team does not split hidden units. */
 #define MIN_STEP_FLOPS_TO_SPLIT 40000.0
+/*
+ * A pipe (one direction whose steps are not split): a second thread projects
+ * while the first steps, when the projection is at least this share of the
+ * steps' work (less gains too little for a thread) and at most twice it
+ * (more: both threads project, one steps, as before). The first piece of a
+ * chunk's projections, which the first step waits for, is this many rows;
+ * the others are ~1/16 of the chunk, at least as many.
+ */
+#define PIPE_MIN_SHARE 0.05
+#define PIPE_PIECE_ROWS 16
 /* Calls above this many flops (~2 ms) poll the interrupt callback, about this often. */
 #define INTERRUPT_FLOPS 6e7
 /*
@@ -245,12 +255,14 @@ typedef struct {
     run_state r;
     int64_t T, B, N, steps; // steps: the longest length
     int nth, teams, team_size, split;
+    int pipe, pipe_worth;   // 2 threads: tid 1 projects while tid 0 steps (plan_threads)
     int64_t join_wait_ns;   // how long the call waits for workers: ~5% of its 1-thread time
     int64_t check_every;    // steps between interrupt checks, 0 for none
     int packs;              // the projection's gemm reads packed rows (kernels.h)
     atomic_int stop;        // the interrupt callback said stop (written by the caller only)
     int team_stop[2];       // stop as each team leader saw it, read by its team after a barrier
     lstm_barrier all, team[2];
+    _Alignas(64) _Atomic int64_t projected; // pipe: rows tid 1 has projected, over the whole call
 } forward_job;
 
 static void split_range(int64_t n, int parts, int part, int64_t *lo, int64_t *hi) {
@@ -423,8 +435,9 @@ static void convert_layer(const forward_job *j, int64_t l, int tid, int nth) {
     const layer_weights *lw = &m->layers[l];
     const run_state *r = &j->r;
     if (r->wc_ih) {
-        int64_t p0, p1;
-        split_range(m->D * m->tiles, nth, tid, &p0, &p1);
+        int64_t p0 = m->D * m->tiles, p1 = p0;
+        if (!j->pipe) split_range(m->D * m->tiles, nth, tid, &p0, &p1);
+        else if (tid == 1) p0 = 0; // the projecting thread reads them all
         const int64_t panel = lw->in * m->W;
         j->widen(LSTM_WEIGHTS_F16, (const uint16_t *)lw->w_ih + p0 * panel, r->wc_ih + p0 * panel,
                  (p1 - p0) * panel);
@@ -440,9 +453,10 @@ static void convert_layer(const forward_job *j, int64_t l, int tid, int nth) {
 
 /* Steps [s0, s1) of the recurrence of one direction of one layer, by one member of a
  * team, on the chunk's projections. Returns early, in step with its team, when the
- * call is interrupted. */
+ * call is interrupted. piped >= 0: a pipe's stepping thread, which waits for each
+ * step's projections (the chunk's rows start at `piped` of j->projected). */
 static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int team, int rank, int n,
-                  lstm_barrier *bar, int64_t s0, int64_t s1) {
+                  lstm_barrier *bar, int64_t s0, int64_t s1, int64_t piped) {
     const lstm_model *m = j->m;
     const layer_weights *lw = &m->layers[l];
     const run_state *r = &j->r;
@@ -468,6 +482,7 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
             if (n > 1) lstm_barrier_wait(bar);
             if (j->team_stop[team]) return;
         }
+        if (piped >= 0) lstm_wait_at_least(&j->projected, piped + r->off[s + 1] - r->off[s0]);
         const int64_t rows = r->bs[s];
         const lstm_rows prev = {Y + d * P, DP, r->prev[d] + r->off[s]};
         const lstm_rows gates = {r->G[d] + (r->off[s] - r->off[s0]) * G_ld, G_ld, NULL};
@@ -491,15 +506,21 @@ static void recur(forward_job *j, int64_t l, int64_t d, float *Y, int tid, int t
  * the kernel set reads packed rows and there are enough. A call that polls
  * for interrupts polls after every piece of ~INTERRUPT_FLOPS (a batch of
  * thousands makes a chunk of one step big), all threads stopping together.
+ * piped >= 0: the pipe's projecting thread alone (tid 0 of 1 here), which
+ * says after every piece how far it is (j->projected, from `piped` at the
+ * chunk's first row) and stops when the stepping thread has stopped the call.
  */
-static void project_chunk(forward_job *j, int64_t l, int64_t s0, int64_t s1, int tid, int nth) {
+static void project_chunk(forward_job *j, int64_t l, int64_t s0, int64_t s1, int tid, int nth,
+                          int64_t piped) {
     const lstm_model *m = j->m;
     const layer_weights *lw = &m->layers[l];
     const run_state *r = &j->r;
     const int64_t B = j->B, DP = m->D * m->P, G_ld = m->tiles * m->W, first = r->off[s0];
-    const int64_t rows = r->off[s1] - first, packed = j->packs ? pack_rows(m, rows) : 0;
+    const int64_t rows = r->off[s1] - first, packed = j->packs && piped < 0 ? pack_rows(m, rows) : 0;
     int64_t piece = packed ? packed : rows;
-    if (j->check_every) { // the same pieces on every thread: from the largest share of panels
+    if (piped >= 0) {
+        piece = rows / 16 < PIPE_PIECE_ROWS ? PIPE_PIECE_ROWS : rows / 16;
+    } else if (j->check_every) { // the same pieces on every thread: from the largest share of panels
         const int64_t share = (m->D * m->tiles + nth - 1) / nth;
         const double polled = INTERRUPT_FLOPS / (2.0 * (double)lw->in * (double)(share * m->W) + 1.0);
         const int64_t most = polled < 384.0 ? 384 : polled > (double)rows ? rows : (int64_t)polled / 6 * 6;
@@ -518,8 +539,9 @@ static void project_chunk(forward_job *j, int64_t l, int64_t s0, int64_t s1, int
         q0[d] = (p0 > d * m->tiles ? p0 : d * m->tiles) - d * m->tiles; // this thread's panels of d
         q1[d] = (p1 < (d + 1) * m->tiles ? p1 : (d + 1) * m->tiles) - d * m->tiles;
     }
-    for (int64_t r0 = 0; r0 < rows; r0 += piece) {
-        const int64_t n = rows - r0 < piece ? rows - r0 : piece;
+    for (int64_t r0 = 0, n; r0 < rows; r0 += n) {
+        n = rows - r0 < piece ? rows - r0 : piece;
+        if (piped >= 0 && r0 == 0 && n > PIPE_PIECE_ROWS) n = PIPE_PIECE_ROWS; // the first step's wait
         if (packed) {
             // every thread packs a share of the piece's groups (both directions'), all read all
             if (r0 && nth > 1) lstm_barrier_wait(&j->all); // nobody reads the last piece now
@@ -539,12 +561,17 @@ static void project_chunk(forward_job *j, int64_t l, int64_t s0, int64_t s1, int
                          packed ? r->xp + d * packed * lw->in : NULL,
                          r->wc_ih ? r->wc_ih + d * m->tiles * lw->in * m->W : w_ih_of(m, lw, d), m->gates,
                          lw->bias + d * G_ld, q0[d], q1[d], G_ld, (lstm_rows){r->G[d] + r0 * G_ld, G_ld, NULL});
+        if (piped >= 0) {
+            atomic_store_explicit(&j->projected, piped + r0 + n, memory_order_release);
+            if (atomic_load_explicit(&j->stop, memory_order_relaxed)) return;
+            continue;
+        }
         if (j->check_every && r0 + n < rows) {
             if (tid == 0) poll_interrupt(j);
             if (agreed_stop(j, nth)) return;
         }
     }
-    if (tid == 0) poll_interrupt(j);
+    if (tid == 0 && piped < 0) poll_interrupt(j);
 }
 
 static void forward_thread(void *arg, int tid, int nth) {
@@ -554,26 +581,36 @@ static void forward_thread(void *arg, int tid, int nth) {
     run_state *r = &j->r;
     const int64_t B = j->B, DP = m->D * m->P;
     const unsigned fp_mode = lstm_denormals_off();
+    int64_t piped = 0; // a pipe: rows projected before this chunk, over the whole call
 
     for (int64_t l = 0; l < m->L; l++) {
         float *Y = r->Y[l & 1];
         if (tid == 0) init_state(j, l, Y);
         convert_layer(j, l, tid, nth);
 
-        // chunks of steps: their tokens' projections, then their recurrence
+        // chunks of steps: their tokens' projections, then their recurrence (a pipe: both at once)
         int stopped = 0;
         for (int64_t s0 = 0, s1; s0 < j->steps && !stopped; s0 = s1) {
             for (s1 = s0 + 1; s1 < j->steps && r->off[s1 + 1] - r->off[s0] <= r->gc_rows;) s1++;
-            project_chunk(j, l, s0, s1, tid, nth);
+            if (j->pipe) {
+                if (tid == 1) project_chunk(j, l, s0, s1, 0, 1, piped);
+                else if (tid == 0) recur(j, l, 0, Y, 0, 0, 0, 1, &j->team[0], s0, s1, piped);
+                piped += r->off[s1] - r->off[s0];
+                if (tid == 0) poll_interrupt(j);
+                stopped = agreed_stop(j, nth); // (no thread reads the chunk's projections any more)
+                continue;
+            }
+            project_chunk(j, l, s0, s1, tid, nth, -1);
             if ((stopped = agreed_stop(j, nth))) break; // (and the chunk's projections are there for all)
             // one team per direction when there are threads for both
             if (j->teams == 2) {
                 const int team = tid % 2, rank = tid / 2;
                 const int size = j->team_size;
-                if (rank < size) recur(j, l, team, Y, tid, team, rank, j->split ? size : 1, &j->team[team], s0, s1);
+                if (rank < size)
+                    recur(j, l, team, Y, tid, team, rank, j->split ? size : 1, &j->team[team], s0, s1, -1);
             } else if (tid < j->team_size) {
                 for (int64_t d = 0; d < m->D && !j->team_stop[0]; d++)
-                    recur(j, l, d, Y, tid, 0, tid, j->split ? j->team_size : 1, &j->team[0], s0, s1);
+                    recur(j, l, d, Y, tid, 0, tid, j->split ? j->team_size : 1, &j->team[0], s0, s1, -1);
             }
             if (tid == 0) poll_interrupt(j);
             stopped = agreed_stop(j, nth); // (no thread reads the chunk's projections any more)
@@ -620,6 +657,7 @@ static void plan_teams(forward_job *j, int nth) {
     const double step_flops = cost * 2.0 * (double)j->B * (double)m->W * (double)m->tiles * (double)m->P;
     j->split = j->team_size > 1 && m->tiles >= j->team_size && step_flops >= MIN_STEP_FLOPS_TO_SPLIT;
     if (!j->split) j->team_size = 1;
+    j->pipe = j->pipe_worth && nth >= 2 && j->teams == 1 && !j->split;
 }
 
 /* Chooses threads, teams and interrupt checks from the amount of work. */
@@ -637,11 +675,15 @@ static void plan_threads(forward_job *j) {
         j->check_every = every < 1.0 ? 1 : every > 1e9 ? 1000000000 : (int64_t)every;
     }
     int wanted = flops < MIN_FLOPS_FOR_THREADS ? 1 : lstm_get_num_threads();
+    const double steps = flops - gemm_flops;
+    j->pipe_worth = m->D == 1 && gemm_flops >= PIPE_MIN_SHARE * steps && gemm_flops <= 2.0 * steps;
     plan_teams(j, wanted);
-    // one recurrence that cannot be shared: threads only pay off for a big input projection
-    // (the idle thread spins through the recurrence, which costs the busy one on shared cores)
-    if (j->teams == 1 && !j->split &&
-        (gemm_flops < 4.0 * MIN_FLOPS_FOR_THREADS || gemm_flops < flops - gemm_flops))
+    // one recurrence that cannot be shared: a pipe takes two threads; else threads only pay off
+    // for a big input projection (the idle thread spins through the recurrence, which costs the
+    // busy one on shared cores)
+    if (j->pipe) wanted = 2;
+    else if (j->teams == 1 && !j->split &&
+             (gemm_flops < 4.0 * MIN_FLOPS_FOR_THREADS || gemm_flops < flops - gemm_flops))
         wanted = 1;
     j->nth = lstm_pool_begin(wanted); // at most this many: see set_team
     // a worker that has gone to sleep wakes in 10-20 us, at worst in milliseconds

@@ -1008,12 +1008,12 @@ static void cell_r_avx512(int cell, int64_t m, int64_t K, lstm_rows a, lstm_wmat
 #undef STEP
 
 /* int8 steps sum with VNNI at 2.3x the float32 FMA's multiply-adds a cycle (77.8 and 75.7 against
-   33.5 in tools/ceilings.c), so a step of the same size is worth splitting over two threads only
-   from about three times the flops: measured on the Xeon (edge-like calls, T 200, input 64,
-   1 against 2 threads alternated 7 times), split int8 steps ran 0.79-0.98x one thread up to
-   ~125 K flops a step (GRU hidden 112-144, LSTM 96-112) and 1.08x at 131 K (LSTM 128), where
-   float32 ones gain from ~50 K (LSTM 80: 1.05x, 96: 1.10x) */
-static double step_cost_avx512(int type) { return type == LSTM_WEIGHTS_I8 && cpu_has_vnni() ? 0.33 : 1.0; }
+   33.5 in tools/ceilings.c), and a step split over two threads pays a hand-off of h (~600 TSC
+   cycles at hidden 128) that a step this cheap does not earn back: measured on the Xeon (T 200,
+   input 64, split against forward.c's pipe, alternated), int8 LSTM steps at hidden 128 ran 0.81x
+   split, 192 0.95x, 256 1.06x, GRU 256 1.05x, where float32 LSTM ones run 1.14x split from
+   hidden 96. Counted at 0.12 of their flops, split int8 steps start at ~330 K flops (LSTM ~204). */
+static double step_cost_avx512(int type) { return type == LSTM_WEIGHTS_I8 && cpu_has_vnni() ? 0.12 : 1.0; }
 
 const lstm_kernels lstm_kernels_avx512 = {"avx512", gemm_avx512, cell_avx512, gemm_r_avx512, cell_r_avx512, 1,
                                           step_cost_avx512, widen_avx512, cpu_has_vnni};

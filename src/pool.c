@@ -285,6 +285,14 @@ void lstm_barrier_init(lstm_barrier *b, int n) {
     b->n = n;
 }
 
+void lstm_wait_at_least(_Atomic int64_t *v, int64_t at_least) {
+    int spins = 0;
+    while (atomic_load_explicit(v, memory_order_acquire) < at_least) {
+        if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
+        else sched_yield(); /* the thread we wait for may share our CPU */
+    }
+}
+
 void lstm_barrier_wait(lstm_barrier *b) {
     if (b->n <= 1) return;
     const int phase = atomic_load_explicit(&b->phase, memory_order_acquire);

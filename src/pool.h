@@ -44,6 +44,9 @@ typedef struct {
 void lstm_barrier_init(lstm_barrier *b, int n);
 void lstm_barrier_wait(lstm_barrier *b);
 
+/* Spins (then yields, as the barrier) until *v >= at_least; *v's writer stores with release. */
+void lstm_wait_at_least(_Atomic int64_t *v, int64_t at_least);
+
 /* Flush denormals to zero on this thread (x86); returns the old mode for restore. */
 unsigned lstm_denormals_off(void);
 void lstm_denormals_restore(unsigned mode);

@@ -6,7 +6,7 @@
  *       RNN (tanh, relu) written from torch's equations, many configs, every
  *       ISA (only the one LSTM_INFER_ISA names, if set), 1 and 2 threads,
  *       library and caller-provided workspace, strided input/output;
- *       interrupts; scratch sized by the valid steps;
+ *       interrupts; scratch sized by the valid steps; the pipe's bits;
  *   (c) error statuses.
  *
  * Exits non-zero on any failure. Built by tests/c/Makefile (also under
@@ -1017,6 +1017,73 @@ static void test_interrupt(const char *isa) {
             }
 }
 
+/*
+ * forward.c's pipe (one direction, steps too small to split, 2 threads: one
+ * projects while the other steps, waiting for each step's projections)
+ * gives the bits of 1 thread: outputs, h_n and c_n, 1 and 2 layers, every
+ * cell, float32, float16 and int8, batch 1 and a ragged batch of 2, the
+ * library's and the caller's workspace. The shapes are the pipe's: the
+ * projection 0.05-2x the steps' flops, each step under 40 K flops (int8 on
+ * AVX512-VNNI under 330 K; elsewhere those steps are split, also checked).
+ */
+static void test_pipe(const char *const *isas, int n_isas) {
+    const struct { int cell, weights; int64_t I, H, L, T, B; } cases[] = {
+        {LSTM_CELL_LSTM, LSTM_WEIGHTS_F32, 64, 64, 2, 300, 1},
+        {LSTM_CELL_GRU, LSTM_WEIGHTS_F32, 48, 40, 1, 257, 2},
+        {LSTM_CELL_RNN_TANH, LSTM_WEIGHTS_F32, 64, 64, 1, 300, 1},
+        {LSTM_CELL_LSTM, LSTM_WEIGHTS_F16, 64, 64, 1, 300, 1},
+        {LSTM_CELL_LSTM, LSTM_WEIGHTS_I8, 64, 128, 2, 200, 1},
+        {LSTM_CELL_GRU, LSTM_WEIGHTS_I8, 64, 128, 1, 201, 2},
+    };
+    for (int i = 0; i < n_isas; i++)
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            const int64_t I = cases[c].I, H = cases[c].H, T = cases[c].T, B = cases[c].B, L = cases[c].L;
+            const int lstm = cases[c].cell == LSTM_CELL_LSTM;
+            lstm_config cfg = {(int32_t)I, (int32_t)H, (int32_t)L, 1, 0, 0, cases[c].cell, cases[c].weights};
+            weights W;
+            make_weights(&cfg, &W);
+            lstm_model *m = NULL;
+            CHECK(lstm_set_isa(isas[i]) == LSTM_OK, "set_isa");
+            CHECK(lstm_model_create(&cfg, (const float *const *)W.w, W.n, &m) == LSTM_OK, "create");
+            const int64_t n_x = T * B * I, n_out = T * B * H, n_state = L * B * H;
+            float *x = xcalloc((size_t)n_x, sizeof(float));
+            for (int64_t e = 0; e < n_x; e++) x[e] = rnd_f(-2, 2);
+            const int64_t lens[2] = {T, T * 2 / 3};
+            float *out[2], *hn[2], *cn[2];
+            for (int t = 0; t < 2; t++) {
+                out[t] = xcalloc((size_t)n_out, sizeof(float));
+                hn[t] = xcalloc((size_t)n_state, sizeof(float));
+                cn[t] = xcalloc((size_t)n_state, sizeof(float));
+            }
+            for (int ws = 0; ws < 2; ws++) {
+                for (int t = 0; t < 2; t++) {
+                    lstm_set_num_threads(t + 1);
+                    lstm_forward_args a = {.seq_len = T, .batch = B, .input = x, .input_stride_t = B * I,
+                                           .input_stride_b = I, .lengths = B > 1 ? lens : NULL,
+                                           .output = out[t], .output_stride_t = B * H, .output_stride_b = H,
+                                           .h_n = hn[t], .c_n = lstm ? cn[t] : NULL};
+                    size_t bytes = 0;
+                    void *w = NULL;
+                    if (ws) {
+                        CHECK(lstm_workspace_size(m, T, B, a.lengths, &bytes) == LSTM_OK, "workspace size");
+                        w = xcalloc(bytes ? bytes : 1, 1);
+                    }
+                    CHECK(lstm_model_forward(m, &a, w, bytes) == LSTM_OK, "forward");
+                    free(w);
+                }
+                CHECK(memcmp(out[0], out[1], (size_t)n_out * sizeof(float)) == 0 &&
+                          memcmp(hn[0], hn[1], (size_t)n_state * sizeof(float)) == 0 &&
+                          memcmp(cn[0], cn[1], (size_t)n_state * sizeof(float)) == 0,
+                      "%s pipe case %zu (workspace %d): 2 threads differ from 1", isas[i], c, ws);
+            }
+            for (int t = 0; t < 2; t++) free(out[t]), free(hn[t]), free(cn[t]);
+            free(x);
+            lstm_model_free(m);
+            free_weights(&W);
+        }
+    lstm_set_num_threads(1);
+}
+
 /* ------------------------------------------------------------------ reduced weights */
 
 /* out (T, B, D*O) of model m on x, ragged lengths; returns 0 on failure */
@@ -1296,6 +1363,7 @@ int main(void) {
     test_errors();
     test_reduced_forward(isas, n_isas);
     test_f16_paths(isas, n_isas);
+    test_pipe(isas, n_isas);
     lstm_set_num_threads(1);
     printf("%s: %d checks, %d failures (ISAs:", failures ? "FAILED" : "OK", checks, failures);
     for (int i = 0; i < n_isas; i++) printf(" %s", isas[i]);
