@@ -17,13 +17,15 @@
  *     thread can add to a compute-bound call at most (two busy cores may run
  *     slower clocks, or share a core with a neighbour's work);
  *   - read bandwidth per thread, 1 and 2 threads, for the footprints the
- *     steps stream (each thread its own buffer, read again and again).
+ *     steps stream (each thread its own buffer, read again and again);
+ *   - a cache line's trip between two threads, and a step's hand-off of h.
  * Then a lower bound on each case's time: the input projection (one GEMM per
  * layer over all steps) at the FMA peak, plus every step's W_hh product at
  * the slower of its instruction ceiling and its read bandwidth, split over
- * the threads perfectly, with nothing else (no activations, no sync, no
- * call). A target below that bound cannot be met by any kernel of that kind
- * on this CPU.
+ * the threads perfectly, plus on 2 threads the least hand-off of h a split
+ * step needs (measured: each thread writes its half, a flag, reads the
+ * other's), with nothing else (no activations, no call). A target below
+ * that bound cannot be met by any kernel of that kind on this CPU.
  *
  * Each round measures the ceilings and then times the library on the same
  * cases (fastest of 3 calls each), so the share of the bound it reaches is
@@ -315,6 +317,56 @@ static double round_trip(void) {
     return tries[2];
 }
 
+/* TSC cycles of the least a step split over two threads must add: each
+ * thread writes its half of an h of H floats (a row of its own a step, as
+ * the library's output rows are), says so with a store to a line of its own,
+ * waits for the other's word and reads the other's half (median of 5). No
+ * barrier can do with less: the flag is the cheaper of the two handshakes
+ * measured on the Xeon, and the h lines cross once. */
+enum { HANDOFFS = 20000, HANDOFF_H = 512 };
+static struct {
+    _Alignas(64) float h[2][HANDOFF_H]; // a row by step parity: a writer is at most a step ahead
+    _Alignas(64) atomic_long said[2][8];  // [t][0], each on its own line
+    int H;
+    volatile float sink;
+} handoff_state;
+static void handoff_steps(int t) {
+    const int H = handoff_state.H, half = H / 2, o = 1 - t;
+    float acc = 0;
+    for (long s = 1; s <= HANDOFFS; s++) {
+        float *row = handoff_state.h[s & 1];
+        for (int k = 0; k < half; k++) row[t * half + k] = acc + (float)k;
+        atomic_store_explicit(&handoff_state.said[t][0], s, memory_order_release);
+        while (atomic_load_explicit(&handoff_state.said[o][0], memory_order_acquire) < s) _mm_pause();
+        for (int k = 0; k < half; k++) acc += row[o * half + k] * 1e-9f;
+    }
+    handoff_state.sink = acc;
+}
+static void *handoff_other(void *arg) {
+    (void)arg;
+    handoff_steps(1);
+    return NULL;
+}
+static double handoff(int H) {
+    double tries[5];
+    handoff_state.H = H;
+    for (int k = 0; k < 5; k++) {
+        pthread_t th;
+        atomic_store(&handoff_state.said[0][0], 0);
+        atomic_store(&handoff_state.said[1][0], 0);
+        if (pthread_create(&th, NULL, handoff_other, NULL)) {
+            fprintf(stderr, "ceilings: cannot start a thread\n");
+            exit(1);
+        }
+        const uint64_t t = __rdtsc();
+        handoff_steps(0);
+        tries[k] = (double)(__rdtsc() - t) / HANDOFFS;
+        pthread_join(th, NULL);
+    }
+    qsort(tries, 5, sizeof(double), cmpd);
+    return tries[2];
+}
+
 static double tsc_ghz(void) {
     struct timespec a, b, pause = {0, 200000000};
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -397,19 +449,27 @@ static double time_call(lstm_model *m, int c, int threads, const float *x, float
 }
 
 /* the lower bound of TSC cycles for case c, weights w, n threads, from this
- * round's rates; `hop` is a one-way cross-core latency, paid once a step on
- * more than one thread (a step needs the other thread's half of h) */
-static double bound(int c, int w, int n, double hop) {
-    double cycles = 0;
+ * round's rates; `hand` is the hand-off of the case's h between two threads
+ * (handoff), paid once a step on more than one thread where the steps are
+ * split; the other way to use 2 threads, forward.c's pipe (one projects
+ * while the other steps), takes the longer of the two on one thread each:
+ * the bound is the lesser */
+static double step_cycles(int c, int w, int n) {
+    const double step_macs = 4.0 * CASES[c].H * CASES[c].H, share = step_macs * TYPES[w].bytes / n;
+    const double compute = step_macs / (n * mac_rate[TYPES[w].step_seq]);
+    const double stream = share / read_rate((size_t)share, n);
+    return compute > stream ? compute : stream;
+}
+static double bound(int c, int w, int n, double hand) {
+    double split = 0, pipe = 0;
     for (int l = 0; l < CASES[c].L; l++) {
         const double in = l ? CASES[c].H : CASES[c].I, G = 4.0 * CASES[c].H;
-        const double proj = CASES[c].T * in * G / (n * mac_rate[TYPES[w].proj_seq]);
-        const double step_macs = G * CASES[c].H, share = step_macs * TYPES[w].bytes / n;
-        const double compute = step_macs / (n * mac_rate[TYPES[w].step_seq]);
-        const double stream = share / read_rate((size_t)share, n);
-        cycles += proj + CASES[c].T * ((compute > stream ? compute : stream) + (n > 1 ? hop : 0));
+        const double proj = CASES[c].T * in * G / mac_rate[TYPES[w].proj_seq]; // on 1 thread
+        split += proj / n + CASES[c].T * (step_cycles(c, w, n) + (n > 1 ? hand : 0));
+        const double steps = CASES[c].T * step_cycles(c, w, 1);
+        pipe += proj > steps ? proj : steps;
     }
-    return cycles;
+    return n > 1 && pipe < split ? pipe : split;
 }
 
 enum { N_CASES = sizeof CASES / sizeof *CASES, MAX_ROUNDS = 99 };
@@ -459,7 +519,7 @@ int main(int argc, char **argv) {
                 return 1;
             }
     }
-    static double rates[N_SEQ][MAX_ROUNDS], pair[MAX_ROUNDS], pair_gain[MAX_ROUNDS], hops[MAX_ROUNDS],
+    static double rates[N_SEQ][MAX_ROUNDS], pair[MAX_ROUNDS], pair_gain[MAX_ROUNDS], hops[MAX_ROUNDS], hands[N_CASES][MAX_ROUNDS],
         bounds[N_CASES][N_TYPES][2][MAX_ROUNDS], ours[N_CASES][3][2][MAX_ROUNDS], share[N_CASES][3][2][MAX_ROUNDS];
     for (int r = 0; r < rounds; r++) {
         measure_seq();
@@ -467,10 +527,11 @@ int main(int argc, char **argv) {
         pair[r] = fma_pair_rate();
         pair_gain[r] = 2 * pair[r] / mac_rate[peak_seq];
         hops[r] = round_trip() / 2;
+        for (int c = 0; c < N_CASES; c++) hands[c][r] = handoff(CASES[c].H);
         for (int c = 0; c < N_CASES; c++)
             for (int w = 0; w < N_TYPES; w++)
                 for (int n = 1; n <= 2; n++) {
-                    bounds[c][w][n - 1][r] = bound(c, w, n, hops[r]);
+                    bounds[c][w][n - 1][r] = bound(c, w, n, hands[c][r]);
                     if (w >= 3) continue;
                     const double t = time_call(models[c][w], c, n, x[c], y[c]);
                     if (t <= 0) {
@@ -496,14 +557,21 @@ int main(int argc, char **argv) {
     const double hop = MEDIAN(hops);
     printf("\nA cache line between two threads: %.0f TSC cycles one way [%.0f-%.0f] (half a round trip)\n",
            hop, hops[0], hops[rounds - 1]);
+    printf("A step's hand-off of h between two threads (each writes its half, a flag, reads the other's):\n");
+    for (int c = 0; c < N_CASES; c++) {
+        const double hd = MEDIAN(hands[c]);
+        printf("  hidden %4d: %.0f TSC cycles [%.0f-%.0f], %.1f us over %s's %d steps a layer\n", CASES[c].H, hd,
+               hands[c][0], hands[c][rounds - 1], hd * CASES[c].T / ghz / 1e3, CASES[c].name, CASES[c].T);
+    }
     printf("\nRead bandwidth per thread (bytes per TSC cycle; each thread reads its own buffer):\n");
     printf("  %10s %9s %9s\n", "footprint", "1 thread", "2 threads");
     static const size_t SIZES[] = {32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20};
     for (size_t i = 0; i < sizeof SIZES / sizeof *SIZES; i++)
         printf("  %7zu KB %9.1f %9.1f\n", SIZES[i] >> 10, read_rate(SIZES[i], 1), read_rate(SIZES[i], 2));
     printf("\nLower bound per call (projection at its ceiling + each step's W_hh product at the slower of its\n"
-           "instruction ceiling and the read bandwidth of its footprint, split perfectly, + on 2 threads one\n"
-           "one-way hop a step; nothing else) and this library's call (fastest of 3 per round), in\n"
+           "instruction ceiling and the read bandwidth of its footprint, split perfectly, + on 2 threads the\n"
+           "hand-off of h a step, or where less, a pipe's: the longer of projection and steps on a thread\n"
+           "each; nothing else) and this library's call (fastest of 3 per round), in\n"
            "microseconds; share = bound / ours per round.\n");
     printf("  %-5s %-50s %3s %9s %9s %15s\n", "case", "weights", "thr", "bound", "ours", "share [range]");
     for (int c = 0; c < N_CASES; c++)
