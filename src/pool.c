@@ -43,6 +43,21 @@
 #define SPIN_BEFORE_SLEEP 20000
 #define SPIN_BEFORE_YIELD 100
 #define MAX_THREADS 256
+/*
+ * More runnable threads than CPUs (two processes that each use all cores:
+ * gunicorn or multiprocessing workers) make threads that wait for each other
+ * every step wait for the scheduler instead: measured on a 2-CPU VM, two
+ * processes running 2-thread edge-like calls took 8 ms a call, against 0.39
+ * ms alone and 0.55 ms with 1 thread each. A wait's sched_yield that gives
+ * the CPU away for over LONG_YIELD_NS says so; when such yields fill a
+ * quarter of a job's time, calls run on their own thread for a while:
+ * CROWDED_MIN_NS, doubled while each retry finds it so, up to CROWDED_MAX_NS
+ * (then the same two processes: 0.56-0.65 ms a call). LSTM_INFER_DYNAMIC=0
+ * keeps every call on its threads, as OMP_DYNAMIC=false does.
+ */
+#define LONG_YIELD_NS 20000
+#define CROWDED_MIN_NS 100000000LL
+#define CROWDED_MAX_NS 10000000000LL
 
 static struct {
     pthread_mutex_t busy;      /* held by the call that uses the workers, and by resizes */
@@ -69,6 +84,32 @@ static struct {
     .sleep_mu = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
 };
+
+static struct {
+    _Atomic int64_t yielded_ns; /* the current job's long yields, all threads */
+    _Atomic int64_t until_ns;   /* calls run alone until then (CLOCK_MONOTONIC) */
+    _Atomic int64_t window_ns;  /* the last such pause, 0 after a job that ran clear */
+} crowd;
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Whether LSTM_INFER_DYNAMIC=0 (read when it matters: only while crowded) */
+static int dynamic_off(void) {
+    const char *e = getenv("LSTM_INFER_DYNAMIC");
+    return e && strcmp(e, "0") == 0;
+}
+
+/* A waiting thread's yield; time the CPU went to another thread counts against the job. */
+static void yield_cpu(void) {
+    const int64_t t = now_ns();
+    sched_yield();
+    const int64_t gone = now_ns() - t;
+    if (gone > LONG_YIELD_NS) atomic_fetch_add_explicit(&crowd.yielded_ns, gone, memory_order_relaxed);
+}
 
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static int fork_handlers; /* 1 once registered: without them no worker starts */
@@ -236,6 +277,8 @@ int lstm_pool_size(void) {
 int lstm_pool_begin(int wanted) {
     if (wanted <= 1) return 1;
     if (lstm_pool_size() <= 1) return 1;
+    if (now_ns() < atomic_load_explicit(&crowd.until_ns, memory_order_relaxed) && !dynamic_off())
+        return 1; /* crowded */
     if (pthread_mutex_trylock(&pool.busy) != 0) return 1;
     /* busy held: the size is settled; workers start here on first use and after fork */
     start_workers(atomic_load(&pool.size) - 1);
@@ -245,10 +288,9 @@ int lstm_pool_begin(int wanted) {
     return n;
 }
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+void lstm_pool_forget_crowding(void) {
+    atomic_store(&crowd.until_ns, 0);
+    atomic_store(&crowd.window_ns, 0);
 }
 
 void lstm_pool_run(int n, int64_t join_wait_ns, lstm_team_fn team, lstm_job_fn fn, void *arg) {
@@ -274,8 +316,21 @@ void lstm_pool_run(int n, int64_t join_wait_ns, lstm_team_fn team, lstm_job_fn f
     atomic_store(&pool.remaining, nth - 1);
     team(arg, nth);
     atomic_store_explicit(&pool.go, gen, memory_order_release);
+    const int64_t started = now_ns();
+    atomic_store_explicit(&crowd.yielded_ns, 0, memory_order_relaxed); /* (busy held: our job's) */
     fn(arg, 0, nth);
-    while (atomic_load_explicit(&pool.remaining, memory_order_acquire) > 0) CPU_RELAX();
+    for (int spins = 0; atomic_load_explicit(&pool.remaining, memory_order_acquire) > 0;)
+        if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
+        else yield_cpu();
+    const int64_t end = now_ns();
+    if (atomic_load_explicit(&crowd.yielded_ns, memory_order_relaxed) * 4 > end - started) {
+        const int64_t w = atomic_load_explicit(&crowd.window_ns, memory_order_relaxed);
+        const int64_t next = w < CROWDED_MIN_NS ? CROWDED_MIN_NS : w * 2 > CROWDED_MAX_NS ? CROWDED_MAX_NS : w * 2;
+        atomic_store_explicit(&crowd.window_ns, next, memory_order_relaxed);
+        atomic_store_explicit(&crowd.until_ns, end + next, memory_order_relaxed);
+    } else {
+        atomic_store_explicit(&crowd.window_ns, 0, memory_order_relaxed);
+    }
     pthread_mutex_unlock(&pool.busy);
 }
 
@@ -289,7 +344,7 @@ void lstm_wait_at_least(_Atomic int64_t *v, int64_t at_least) {
     int spins = 0;
     while (atomic_load_explicit(v, memory_order_acquire) < at_least) {
         if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
-        else sched_yield(); /* the thread we wait for may share our CPU */
+        else yield_cpu(); /* the thread we wait for may share our CPU */
     }
 }
 
@@ -304,6 +359,6 @@ void lstm_barrier_wait(lstm_barrier *b) {
     int spins = 0;
     while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) {
         if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
-        else sched_yield(); /* more threads than free cores: let the others run */
+        else yield_cpu(); /* more threads than free cores: let the others run */
     }
 }

@@ -18,9 +18,14 @@ typedef void (*lstm_team_fn)(void *arg, int nthreads);
 /*
  * Asks for up to `wanted` threads (the caller included). Returns how many the
  * call may use: 1 means the caller runs alone and holds nothing; more means the
- * pool is held until lstm_pool_run returns.
+ * pool is held until lstm_pool_run returns. 1 also while the CPUs are crowded:
+ * a recent job's waits gave the CPU to other threads for over a quarter of its
+ * time (pool.c; not with LSTM_INFER_DYNAMIC=0).
  */
 int lstm_pool_begin(int wanted);
+
+/* Ends a pause for crowded CPUs (tests) */
+void lstm_pool_forget_crowding(void);
 
 /*
  * Runs fn(arg, tid, m) for tid in [0, m), the caller as tid 0, where m <= n

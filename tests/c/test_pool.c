@@ -10,6 +10,11 @@
  *       thread runs, during resizes, and again in the child. A child must get
  *       a working pool of the configured size (its workers really run) and
  *       the parent must not notice. Children run under a timeout.
+ *   (e) crowded CPUs: a job whose barriers wait for threads that busy
+ *       threads keep off the CPUs makes the next calls run alone, unless
+ *       LSTM_INFER_DYNAMIC=0; once the pause is over, jobs get their team
+ *       again. (The other tests run with LSTM_INFER_DYNAMIC=0: they count
+ *       teams, on a machine that may be busy.)
  *
  * Exits non-zero on any failure. Built by tests/c/Makefile (also under
  * ASan+UBSan and TSan).
@@ -379,11 +384,83 @@ static void test_fork_during_resizes(void) {
     CHECK(run_job(2, LONG_WAIT_NS, NULL, &j) == 2, "parent after: team %d", j.team_nth);
 }
 
+// ------------------------------------------------------------------ (e)
+
+static atomic_int busy_stop;
+static void *busy_thread(void *p) {
+    (void)p;
+    volatile unsigned x = 0;
+    while (!atomic_load_explicit(&busy_stop, memory_order_relaxed)) x++;
+    return NULL;
+}
+
+typedef struct {
+    lstm_barrier b;
+    int nth;
+} barrier_job;
+static void barrier_team(void *arg, int nth) {
+    barrier_job *j = arg;
+    j->nth = nth;
+    lstm_barrier_init(&j->b, nth);
+}
+static void barrier_fn(void *arg, int tid, int nth) {
+    (void)tid, (void)nth;
+    barrier_job *j = arg;
+    for (int i = 0; i < 300; i++) lstm_barrier_wait(&j->b); /* a step-by-step call's waits */
+}
+static int barrier_job_run(int wanted) {
+    barrier_job j;
+    const int n = lstm_pool_begin(wanted);
+    lstm_pool_run(n, LONG_WAIT_NS, barrier_team, barrier_fn, &j);
+    return j.nth;
+}
+
+static void test_crowded(void) {
+    lstm_pool_set_size(2);
+    lstm_pool_forget_crowding(); /* (the tests before may have crowded the CPUs) */
+    unsetenv("LSTM_INFER_DYNAMIC");
+    CHECK(barrier_job_run(2) == 2, "a job on idle CPUs: not a team of 2");
+    /* a busy thread on every CPU: the job's two threads share the CPUs with them */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cpus = cpus < 1 ? 1 : cpus > 64 ? 64 : cpus;
+    pthread_t busy[64];
+    atomic_store(&busy_stop, 0);
+    int started = 0;
+    for (long i = 0; i < cpus; i++) started += pthread_create(&busy[started], NULL, busy_thread, NULL) == 0;
+    int crowded = 0;
+    for (int tries = 0; tries < 20 && !crowded; tries++) { /* a job with its team says so */
+        const int n = barrier_job_run(2);
+        crowded = n == 2 && lstm_pool_begin(2) == 1;
+        if (!crowded && n == 1) crowded = 1; /* (a job already ran alone: crowded before) */
+        if (!crowded) { /* begin took the pool: give it back with a job */
+            barrier_job j;
+            lstm_pool_run(2, LONG_WAIT_NS, barrier_team, barrier_fn, &j);
+        }
+    }
+    CHECK(crowded, "busy threads on every CPU: calls still get a team of 2");
+    setenv("LSTM_INFER_DYNAMIC", "0", 1);
+    CHECK(barrier_job_run(2) == 2, "LSTM_INFER_DYNAMIC=0: a crowded call did not get its team");
+    unsetenv("LSTM_INFER_DYNAMIC");
+    atomic_store(&busy_stop, 1);
+    for (int i = 0; i < started; i++) pthread_join(busy[i], NULL);
+    /* the pause ends (100 ms, doubled per crowded retry, 10 s at most): a team again */
+    int team = 0;
+    const double end = now_s() + 25;
+    while (!team && now_s() < end) {
+        sleep_ms(50);
+        team = barrier_job_run(2) == 2;
+    }
+    CHECK(team, "the CPUs are free again: calls still run alone after 25 s");
+    setenv("LSTM_INFER_DYNAMIC", "0", 1);
+}
+
 int main(void) {
+    setenv("LSTM_INFER_DYNAMIC", "0", 1); /* these count teams; test_crowded unsets it */
     test_first_size();
     test_jobs();
     test_concurrent_callers_and_resizes();
     test_size_never_waits();
+    test_crowded();
     /* qemu-user cannot fork a process that has threads (the child aborts in cpu_exec) and
        shows its own threads in /proc/self/task: aarch64.mk sets LSTM_TEST_NO_FORK */
     if (getenv("LSTM_TEST_NO_FORK")) {
