@@ -48,14 +48,22 @@
  * gunicorn or multiprocessing workers) make threads that wait for each other
  * every step wait for the scheduler instead: measured on a 2-CPU VM, two
  * processes running 2-thread edge-like calls took 8 ms a call, against 0.39
- * ms alone and 0.55 ms with 1 thread each. A wait's sched_yield that gives
- * the CPU away for over LONG_YIELD_NS says so; when such yields fill a
- * quarter of a job's time, calls run on their own thread for a while:
- * CROWDED_MIN_NS, doubled while each retry finds it so, up to CROWDED_MAX_NS
- * (then the same two processes: 0.56-0.65 ms a call). LSTM_INFER_DYNAMIC=0
- * keeps every call on its threads, as OMP_DYNAMIC=false does.
+ * ms alone and 0.55 ms with 1 thread each. The waits say so: a waiting
+ * thread's looks at the clock (every 16 spins, ~1 us, and around each yield)
+ * find gaps of over LONG_GAP_NS, where it was off its CPU: a yield that ran
+ * another thread (a yield with nothing else to run takes under 0.5 us), or
+ * preemption. When the job's threads' gaps add up to a quarter of its time
+ * and to CROWDED_GAPS_NS, in two jobs in a row, calls run on their own
+ * thread for a while (on a quiet machine, kernel threads take 30-80 us of a
+ * waiting thread's CPU now and then, a pipe's projecting thread waits for
+ * half of a short call, and one job in a few hundred loses a millisecond or
+ * more): CROWDED_MIN_NS, doubled while each retry finds it so, up to
+ * CROWDED_MAX_NS. The same two processes then take 0.53-0.55 ms a call;
+ * alone, calls are as before. LSTM_INFER_DYNAMIC=0 keeps every call on its
+ * threads, as OMP_DYNAMIC=false does.
  */
-#define LONG_YIELD_NS 20000
+#define LONG_GAP_NS 2000
+#define CROWDED_GAPS_NS 500000
 #define CROWDED_MIN_NS 100000000LL
 #define CROWDED_MAX_NS 10000000000LL
 
@@ -86,9 +94,10 @@ static struct {
 };
 
 static struct {
-    _Atomic int64_t yielded_ns; /* the current job's long yields, all threads */
+    _Atomic int64_t gaps_ns;    /* the current job's threads' time off their CPUs in waits */
     _Atomic int64_t until_ns;   /* calls run alone until then (CLOCK_MONOTONIC) */
     _Atomic int64_t window_ns;  /* the last such pause, 0 after a job that ran clear */
+    int strikes;                /* crowded jobs in a row (busy held) */
 } crowd;
 
 static int64_t now_ns(void) {
@@ -103,12 +112,26 @@ static int dynamic_off(void) {
     return e && strcmp(e, "0") == 0;
 }
 
-/* A waiting thread's yield; time the CPU went to another thread counts against the job. */
-static void yield_cpu(void) {
-    const int64_t t = now_ns();
-    sched_yield();
-    const int64_t gone = now_ns() - t;
-    if (gone > LONG_YIELD_NS) atomic_fetch_add_explicit(&crowd.yielded_ns, gone, memory_order_relaxed);
+/* One wait of a job's thread: spins, then yields; its gaps count against the job. */
+typedef struct {
+    int spins;
+    int64_t seen; /* the clock at the last look, 0 before the first */
+} waiter;
+
+static void wait_start(waiter *w) {
+    w->spins = 0;
+    w->seen = 0;
+}
+
+static void wait_pause(waiter *w) {
+    if (++w->spins < SPIN_BEFORE_YIELD) CPU_RELAX();
+    else sched_yield(); /* the threads we wait for may need our CPU */
+    if (w->spins >= SPIN_BEFORE_YIELD || w->spins % 16 == 0) {
+        const int64_t t = now_ns();
+        if (w->seen && t - w->seen > LONG_GAP_NS)
+            atomic_fetch_add_explicit(&crowd.gaps_ns, t - w->seen, memory_order_relaxed);
+        w->seen = t;
+    }
 }
 
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
@@ -315,21 +338,24 @@ void lstm_pool_run(int n, int64_t join_wait_ns, lstm_team_fn team, lstm_job_fn f
     pool.nth = nth;
     atomic_store(&pool.remaining, nth - 1);
     team(arg, nth);
-    atomic_store_explicit(&pool.go, gen, memory_order_release);
+    atomic_store_explicit(&crowd.gaps_ns, 0, memory_order_relaxed); /* (busy held: our job's) */
     const int64_t started = now_ns();
-    atomic_store_explicit(&crowd.yielded_ns, 0, memory_order_relaxed); /* (busy held: our job's) */
+    atomic_store_explicit(&pool.go, gen, memory_order_release);
     fn(arg, 0, nth);
-    for (int spins = 0; atomic_load_explicit(&pool.remaining, memory_order_acquire) > 0;)
-        if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
-        else yield_cpu();
+    waiter w;
+    wait_start(&w);
+    while (atomic_load_explicit(&pool.remaining, memory_order_acquire) > 0) wait_pause(&w);
     const int64_t end = now_ns();
-    if (atomic_load_explicit(&crowd.yielded_ns, memory_order_relaxed) * 4 > end - started) {
+    const int64_t gaps = atomic_load_explicit(&crowd.gaps_ns, memory_order_relaxed);
+    if (gaps * 4 <= end - started || gaps <= CROWDED_GAPS_NS) { /* ran clear */
+        crowd.strikes = 0;
+        atomic_store_explicit(&crowd.window_ns, 0, memory_order_relaxed);
+    } else if (++crowd.strikes >= 2) {
+        crowd.strikes = 0;
         const int64_t w = atomic_load_explicit(&crowd.window_ns, memory_order_relaxed);
         const int64_t next = w < CROWDED_MIN_NS ? CROWDED_MIN_NS : w * 2 > CROWDED_MAX_NS ? CROWDED_MAX_NS : w * 2;
         atomic_store_explicit(&crowd.window_ns, next, memory_order_relaxed);
         atomic_store_explicit(&crowd.until_ns, end + next, memory_order_relaxed);
-    } else {
-        atomic_store_explicit(&crowd.window_ns, 0, memory_order_relaxed);
     }
     pthread_mutex_unlock(&pool.busy);
 }
@@ -341,11 +367,9 @@ void lstm_barrier_init(lstm_barrier *b, int n) {
 }
 
 void lstm_wait_at_least(_Atomic int64_t *v, int64_t at_least) {
-    int spins = 0;
-    while (atomic_load_explicit(v, memory_order_acquire) < at_least) {
-        if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
-        else yield_cpu(); /* the thread we wait for may share our CPU */
-    }
+    waiter w;
+    wait_start(&w);
+    while (atomic_load_explicit(v, memory_order_acquire) < at_least) wait_pause(&w);
 }
 
 void lstm_barrier_wait(lstm_barrier *b) {
@@ -356,9 +380,7 @@ void lstm_barrier_wait(lstm_barrier *b) {
         atomic_fetch_add_explicit(&b->phase, 1, memory_order_release);
         return;
     }
-    int spins = 0;
-    while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) {
-        if (++spins < SPIN_BEFORE_YIELD) CPU_RELAX();
-        else yield_cpu(); /* more threads than free cores: let the others run */
-    }
+    waiter w;
+    wait_start(&w);
+    while (atomic_load_explicit(&b->phase, memory_order_acquire) == phase) wait_pause(&w);
 }

@@ -406,7 +406,7 @@ static void barrier_team(void *arg, int nth) {
 static void barrier_fn(void *arg, int tid, int nth) {
     (void)tid, (void)nth;
     barrier_job *j = arg;
-    for (int i = 0; i < 300; i++) lstm_barrier_wait(&j->b); /* a step-by-step call's waits */
+    for (int i = 0; i < 3000; i++) lstm_barrier_wait(&j->b); /* a step-by-step call's waits */
 }
 static int barrier_job_run(int wanted) {
     barrier_job j;
