@@ -284,7 +284,10 @@ LSTM_API void lstm_dense_free(lstm_dense *dense);
  * Worker threads for all models (default: LSTM_INFER_NUM_THREADS, else the
  * usable cores), n in [1, LSTM_MAX_THREADS]. After fork() the child starts
  * with a fresh pool of the same size. lstm_get_num_threads never waits for
- * a running call.
+ * a running call. While the CPUs are crowded (calls whose threads spent over
+ * a quarter of their time off their CPUs, two in a row), calls run on the
+ * caller's thread for 0.1 s, doubled while it lasts, up to 10 s; the
+ * environment variable LSTM_INFER_DYNAMIC=0 keeps them on their threads.
  */
 LSTM_API void lstm_set_num_threads(int n);
 LSTM_API int lstm_get_num_threads(void);
