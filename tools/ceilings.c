@@ -22,10 +22,11 @@
  * Then a lower bound on each case's time: the input projection (one GEMM per
  * layer over all steps) at the FMA peak, plus every step's W_hh product at
  * the slower of its instruction ceiling and its read bandwidth, split over
- * the threads perfectly, plus on 2 threads the least hand-off of h a split
- * step needs (measured: each thread writes its half, a flag, reads the
- * other's), with nothing else (no activations, no call). A target below
- * that bound cannot be met by any kernel of that kind on this CPU.
+ * the threads perfectly, plus on 2 threads a hand-off of h a step (measured:
+ * each thread writes its half, a flag, reads the other's); or, where less,
+ * the pipe's (one thread projects while the other steps: the longer of the
+ * two); with nothing else (no activations, no call). A target below that
+ * bound cannot be met by any kernel of that kind on this CPU.
  *
  * Each round measures the ceilings and then times the library on the same
  * cases (fastest of 3 calls each), so the share of the bound it reaches is
@@ -320,9 +321,9 @@ static double round_trip(void) {
 /* TSC cycles of the least a step split over two threads must add: each
  * thread writes its half of an h of H floats (a row of its own a step, as
  * the library's output rows are), says so with a store to a line of its own,
- * waits for the other's word and reads the other's half (median of 5). No
- * barrier can do with less: the flag is the cheaper of the two handshakes
- * measured on the Xeon, and the h lines cross once. */
+ * waits for the other's word and reads the other's half (median of 5). The
+ * flag is the cheaper of the two handshakes measured on the Xeon (the
+ * library's barrier is the other), and the h lines cross once. */
 enum { HANDOFFS = 20000, HANDOFF_H = 512 };
 static struct {
     _Alignas(64) float h[2][HANDOFF_H]; // a row by step parity: a writer is at most a step ahead
