@@ -38,10 +38,6 @@ CALLS = 3             # per thread-use measurement: ~0.3 s of work per thread
 
 @pytest.fixture(scope="module")
 def setup():
-    # these count the threads a call uses; on a busy machine (a parent's call while the
-    # child runs, several pool processes) the engine would run crowded calls alone
-    saved_dynamic = os.environ.get("LSTM_INFER_DYNAMIC")
-    os.environ["LSTM_INFER_DYNAMIC"] = "0"
     rng = np.random.default_rng(5)
     m = li.LSTM(**CFG)
     m.load_state_dict(random_state_dict(rng, **CFG))
@@ -51,10 +47,6 @@ def setup():
     want = _digest(m(x))  # the parent has used its pool before any fork
     yield m, x, want
     li.set_num_threads(saved)
-    if saved_dynamic is None:
-        del os.environ["LSTM_INFER_DYNAMIC"]
-    else:
-        os.environ["LSTM_INFER_DYNAMIC"] = saved_dynamic
 
 
 def _digest(result):
